@@ -1,0 +1,247 @@
+"""A routed network is a tree of nodes.
+
+Each ``Node`` carries its transformation, an optional router and its sinks
+(children). A node with one sink always passes its output on; a node with
+n >= 2 sinks is a *junction* whose router scores the sinks; a node without
+sinks is a *leaf*: its transformation is a classifier and its output logits.
+
+``RoutedTree`` numbers the nodes in pre-order and offers the two primitives
+every strategy and evaluator is built from: a dense forward pass (every node
+on every example) and routing probabilities derived from router scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Router input for dynamic k_cpt is expressed in cost per ten million MACs (paper §4.6).
+K_CPT_INPUT_SCALE = 1e7
+
+
+class Node(nn.Module):
+    """One node of a routed tree: ``transform``, optional ``router``, ``sinks``."""
+
+    def __init__(
+        self,
+        transform: nn.Module,
+        sinks: Sequence[Node] = (),
+        router: nn.Module | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if len(sinks) >= 2 and router is None:
+            raise ValueError(f"node {name!r} has {len(sinks)} sinks and needs a router")
+        if len(sinks) < 2 and router is not None:
+            raise ValueError(f"node {name!r} has a router but fewer than two sinks")
+        self.transform = transform
+        self.router = router
+        self.sinks = nn.ModuleList(sinks)
+        self.name = name
+
+    @property
+    def is_leaf(self) -> bool:
+        return len(self.sinks) == 0
+
+    @property
+    def is_junction(self) -> bool:
+        return len(self.sinks) >= 2
+
+    def own_modules(self) -> Iterator[nn.Module]:
+        """The node's transformation and router, not its sinks."""
+        yield self.transform
+        if self.router is not None:
+            yield self.router
+
+    def own_parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.own_modules():
+            yield from module.parameters()
+
+
+@dataclass
+class DenseOutput:
+    """Everything a dense pass computes: router scores and classifier logits."""
+
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    logits: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class RoutedTree(nn.Module):
+    """A tree of ``Node`` objects with pre-order indexing and cached MAC counts.
+
+    ``spec`` is the plain-data description the tree was built from (see
+    ``dynroute.nn.registry``); checkpoints store it so a model can be rebuilt
+    from the checkpoint alone. ``input_shape`` (C, H, W) lets the tree count its
+    own multiply-accumulates.
+    """
+
+    def __init__(
+        self,
+        root: Node,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        dynamic_k_cpt: bool = False,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.dynamic_k_cpt = dynamic_k_cpt
+        self.spec = dict(spec or {})
+        nodes: list[Node] = []
+        parent: list[int] = []
+        branch: list[int] = []
+
+        def visit(node: Node, parent_index: int, branch_index: int) -> None:
+            index = len(nodes)
+            nodes.append(node)
+            parent.append(parent_index)
+            branch.append(branch_index)
+            for k, sink in enumerate(node.sinks):
+                visit(sink, index, k)
+
+        visit(root, -1, -1)
+        # A plain list: the nodes are already registered as submodules through ``root``.
+        self.nodes: list[Node] = nodes
+        self.parent = parent
+        self.branch = branch
+        self.children_of: list[list[int]] = [[] for _ in nodes]
+        for i, p in enumerate(parent):
+            if p >= 0:
+                self.children_of[p].append(i)
+        for i, node in enumerate(nodes):
+            if not node.name:
+                node.name = f"node{i}"
+        names = [n.name for n in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique")
+        self.leaves = [i for i, n in enumerate(nodes) if n.is_leaf]
+        self.junctions = [i for i, n in enumerate(nodes) if n.is_junction]
+        self.leaves_below = self._count_leaves_below()
+        self._macs: list[int] | None = None
+
+    # ------------------------------------------------------------------ structure
+    def _count_leaves_below(self) -> list[int]:
+        counts = [0] * len(self.nodes)
+        for i in reversed(range(len(self.nodes))):
+            kids = self.children_of[i]
+            counts[i] = 1 if not kids else sum(counts[c] for c in kids)
+        return counts
+
+    def path_to(self, index: int) -> list[int]:
+        """Node indices from the root to ``index`` inclusive."""
+        path = [index]
+        while self.parent[path[-1]] >= 0:
+            path.append(self.parent[path[-1]])
+        return path[::-1]
+
+    def node_index(self, name: str) -> int:
+        for i, node in enumerate(self.nodes):
+            if node.name == name:
+                return i
+        raise KeyError(name)
+
+    # ------------------------------------------------------------------ MACs
+    def node_macs(self) -> list[int]:
+        """Multiply-accumulates of each node (transform + router), per example."""
+        if self._macs is None:
+            from dynroute.nn.macs import count_node_macs
+
+            self._macs = count_node_macs(self)
+        return self._macs
+
+    def path_macs(self, leaf: int) -> int:
+        macs = self.node_macs()
+        return sum(macs[i] for i in self.path_to(leaf))
+
+    def expected_macs(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-example MACs expected under per-node arrival probabilities."""
+        macs = self.node_macs()
+        return sum(p * float(m) for p, m in zip(probabilities, macs, strict=True))
+
+    # ------------------------------------------------------------------ forward
+    def router_k_cpt(self, k_cpt: torch.Tensor | float | None, batch: int, like: torch.Tensor):
+        """The k_cpt column routers see, or ``None`` for a fixed-cost tree."""
+        if not self.dynamic_k_cpt:
+            return None
+        if k_cpt is None:
+            raise ValueError("this tree routes on k_cpt: pass k_cpt to the forward pass")
+        k = torch.as_tensor(k_cpt, dtype=like.dtype, device=like.device)
+        return (k.expand(batch) if k.dim() == 0 else k).reshape(batch, 1) * K_CPT_INPUT_SCALE
+
+    def run_node(self, index: int, signal: Any, k_feature: torch.Tensor | None):
+        """Apply one node: returns (output, router scores or None)."""
+        node = self.nodes[index]
+        out = node.transform(signal)
+        scores = None
+        if node.router is not None:
+            scores = node.router(out) if k_feature is None else node.router(out, k_feature)
+        return out, scores
+
+    def forward_dense(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None):
+        """Evaluate every node on every example (what the actor loss needs)."""
+        k_feature = self.router_k_cpt(k_cpt, x.shape[0], x)
+        result = DenseOutput()
+        stack: list[tuple[int, Any]] = [(0, x)]
+        while stack:
+            index, signal = stack.pop()
+            out, scores = self.run_node(index, signal, k_feature)
+            if scores is not None:
+                result.scores[index] = scores
+            if self.nodes[index].is_leaf:
+                result.logits[index] = out
+            for child in reversed(self.children_of[index]):
+                stack.append((child, out))
+        return result
+
+    def forward(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None) -> DenseOutput:
+        return self.forward_dense(x, k_cpt)
+
+    # ------------------------------------------------------------------ routing
+    def exploration_floor(self, junction: int) -> torch.Tensor:
+        """Share of the exploration floor per sink: proportional to leaves below it."""
+        counts = [self.leaves_below[c] for c in self.children_of[junction]]
+        total = float(sum(counts))
+        return torch.tensor([c / total for c in counts])
+
+    def branch_probabilities(
+        self, scores: dict[int, torch.Tensor], tau: float, epsilon: float = 1e-6
+    ) -> dict[int, torch.Tensor]:
+        """Training policy per junction: softmax(s / tau) mixed with a floor epsilon."""
+        out = {}
+        for j, s in scores.items():
+            floor = self.exploration_floor(j).to(device=s.device, dtype=s.dtype)
+            out[j] = (1.0 - epsilon) * torch.softmax(s / tau, dim=1) + epsilon * floor
+        return out
+
+    def hard_branches(self, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Inference policy per junction: one-hot argmax of the scores."""
+        return {
+            j: nn.functional.one_hot(s.argmax(dim=1), s.shape[1]).to(s.dtype)
+            for j, s in scores.items()
+        }
+
+    def arrival_probabilities(
+        self, branches: dict[int, torch.Tensor], batch: int, like: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Probability that each example reaches each node (product along its path)."""
+        probs: list[torch.Tensor] = [torch.ones(batch, dtype=like.dtype, device=like.device)]
+        for i in range(1, len(self.nodes)):
+            p, k = self.parent[i], self.branch[i]
+            if p in branches:
+                probs.append(probs[p] * branches[p][:, k])
+            else:
+                probs.append(probs[p])
+        return probs
+
+
+def coarsest(signal: Any) -> torch.Tensor:
+    """Flattened coarsest map of a signal (a tensor or a fine-to-coarse list)."""
+    if isinstance(signal, (list, tuple)):
+        signal = signal[-1]
+    return signal.flatten(1)

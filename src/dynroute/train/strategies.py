@@ -1,0 +1,218 @@
+"""Training strategies: how a node tree's cost terms become one loss.
+
+Every strategy sees the same dense pass (every node on every example), the
+per-node MACs and the per-node weight norms; they differ only in how they
+combine them (REFERENCE §3):
+
+- ``static``: cross-entropy at the single exit plus L2.
+- ``actor``: the exact expectation of c_inf = c_err + k_cpt * MACs under the
+  training policy softmax(s / tau) (+ exploration floor), with the
+  decisiveness term k_dec * ||s||^2; routers learn through p_train.
+- ``critic``: routers regress the negative cost of each sink's subtree
+  (``pragmatic``: under the current hard policy downstream; ``optimistic``:
+  the best downstream choice), with cross-entropy or 0/1 error inside the
+  targets; p_train is a constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dynroute.errors import DynrouteError
+from dynroute.nn.tree import DenseOutput, RoutedTree
+
+
+@dataclass
+class LossOutput:
+    """The loss to minimise, the arrival probabilities it used, and log values."""
+
+    loss: torch.Tensor
+    arrival: list[torch.Tensor]
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def node_weight_norms(tree: RoutedTree) -> list[torch.Tensor]:
+    """Sum of squared conv/linear weights of each node (transform and router)."""
+    norms = []
+    for node in tree.nodes:
+        weights = [p for p in node.own_parameters() if p.dim() > 1]
+        norms.append(sum((w.pow(2).sum() for w in weights), torch.zeros(())))
+    return norms
+
+
+def _per_example(k_cpt: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(k_cpt, dtype=like.dtype, device=like.device).expand(like.shape[0])
+
+
+@dataclass
+class Strategy:
+    """Shared hyperparameters; subclasses implement ``loss``."""
+
+    k_l2: float = 1e-4
+    epsilon: float = 1e-6
+    name = "base"
+
+    def check(self, tree: RoutedTree) -> None:
+        """Refuse a tree this strategy cannot train."""
+
+    def loss(
+        self,
+        tree: RoutedTree,
+        dense: DenseOutput,
+        labels: torch.Tensor,
+        k_cpt: torch.Tensor | float,
+        tau: float,
+    ) -> LossOutput:
+        raise NotImplementedError
+
+    def _l2(self, tree: RoutedTree, arrival: list[torch.Tensor]) -> torch.Tensor:
+        """Path-weighted L2: each node's weights count as often as it is reached."""
+        norms = node_weight_norms(tree)
+        return self.k_l2 * sum(p * n.to(p) for p, n in zip(arrival, norms, strict=True))
+
+
+@dataclass
+class ActorStrategy(Strategy):
+    """Minimise E[c_inf] exactly, by weighting every node's terms by p_train."""
+
+    k_dec: float = 0.01
+    regularise_policy: bool = False
+    name = "actor"
+
+    def loss(self, tree, dense, labels, k_cpt, tau):
+        like = next(iter(dense.logits.values()))
+        batch = labels.shape[0]
+        branches = tree.branch_probabilities(dense.scores, tau, self.epsilon)
+        arrival = tree.arrival_probabilities(branches, batch, like)
+        fixed = [p.detach() for p in arrival]
+        error = sum(
+            arrival[leaf] * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
+            for leaf in tree.leaves
+        )
+        k = _per_example(k_cpt, like)
+        compute = k * tree.expected_macs(arrival)
+        regularised = arrival if self.regularise_policy else fixed
+        l2 = self._l2(tree, regularised)
+        decisiveness = sum(
+            (regularised[j] * dense.scores[j].float().pow(2).sum(dim=1) for j in tree.junctions),
+            torch.zeros_like(k),
+        )
+        total = error + compute + l2 + self.k_dec * decisiveness
+        terms = {"error": error.mean(), "compute": compute.mean(), "l2": l2.mean()}
+        return LossOutput(total.mean(), fixed, terms)
+
+
+@dataclass
+class StaticStrategy(ActorStrategy):
+    """A statically-routed net: cross-entropy at its one exit plus L2."""
+
+    name = "static"
+
+    def check(self, tree):
+        if tree.junctions:
+            raise DynrouteError("the static strategy trains trees without junctions (static-N)")
+
+
+def subtree_costs(
+    tree: RoutedTree,
+    dense: DenseOutput,
+    labels: torch.Tensor,
+    k_cpt: torch.Tensor,
+    target: str,
+    error_measure: str,
+) -> list[torch.Tensor]:
+    """Per-example cost of each node's subtree, bottom-up (critic targets).
+
+    cost(node) = k_cpt * MACs(node) + (error if leaf, else the cost of the sink
+    chosen downstream: argmax of the scores for ``pragmatic``, the cheapest
+    sink for ``optimistic``).
+    """
+    macs = tree.node_macs()
+    costs: list[torch.Tensor | None] = [None] * len(tree.nodes)
+    for i in reversed(range(len(tree.nodes))):
+        own = k_cpt * float(macs[i])
+        kids = tree.children_of[i]
+        if not kids:
+            logits = dense.logits[i].float()
+            if error_measure == "cross-entropy":
+                err = F.cross_entropy(logits, labels, reduction="none")
+            else:
+                err = (logits.argmax(dim=1) != labels).to(own.dtype)
+            costs[i] = own + err
+        elif len(kids) == 1:
+            costs[i] = own + costs[kids[0]]
+        else:
+            below = torch.stack([costs[c] for c in kids], dim=1)
+            if target == "pragmatic":
+                choice = dense.scores[i].argmax(dim=1, keepdim=True)
+                costs[i] = own + below.gather(1, choice).squeeze(1)
+            else:
+                costs[i] = own + below.min(dim=1).values
+    return costs  # type: ignore[return-value]
+
+
+@dataclass
+class CriticStrategy(Strategy):
+    """Routers regress -cost of each sink; classifiers minimise p-weighted error."""
+
+    target: str = "pragmatic"
+    error_measure: str = "cross-entropy"
+    k_cre: float = 0.001
+    name = "critic"
+
+    def __post_init__(self) -> None:
+        if self.target not in ("pragmatic", "optimistic"):
+            raise DynrouteError(
+                f"critic target must be pragmatic or optimistic, not {self.target!r}"
+            )
+        if self.error_measure not in ("cross-entropy", "classification"):
+            raise DynrouteError(
+                f"error measure must be cross-entropy or classification, not {self.error_measure!r}"
+            )
+
+    def check(self, tree):
+        if not tree.junctions:
+            raise DynrouteError("the critic strategy needs a tree with junctions")
+
+    def loss(self, tree, dense, labels, k_cpt, tau):
+        like = next(iter(dense.logits.values()))
+        batch = labels.shape[0]
+        detached = {j: s.detach() for j, s in dense.scores.items()}
+        branches = tree.branch_probabilities(detached, tau, self.epsilon)
+        arrival = [p.detach() for p in tree.arrival_probabilities(branches, batch, like)]
+        k = _per_example(k_cpt, like)
+        with torch.no_grad():
+            costs = subtree_costs(tree, dense, labels, k, self.target, self.error_measure)
+        error = sum(
+            arrival[leaf] * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
+            for leaf in tree.leaves
+        )
+        regression = sum(
+            arrival[j]
+            * (dense.scores[j].float() + torch.stack([costs[c] for c in tree.children_of[j]], 1))
+            .pow(2)
+            .sum(dim=1)
+            for j in tree.junctions
+        )
+        l2 = self._l2(tree, arrival)
+        total = error + self.k_cre * regression + l2
+        terms = {"error": error.mean(), "regression": regression.mean(), "l2": l2.mean()}
+        return LossOutput(total.mean(), arrival, terms)
+
+
+STRATEGIES = {"static": StaticStrategy, "actor": ActorStrategy, "critic": CriticStrategy}
+
+
+def make_strategy(name: str, **options) -> Strategy:
+    """Build a strategy by name; unknown names and options are user errors."""
+    if name not in STRATEGIES:
+        raise DynrouteError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    fields = cls.__dataclass_fields__
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise DynrouteError(f"strategy {name!r} does not take {', '.join(unknown)}")
+    return cls(**options)
