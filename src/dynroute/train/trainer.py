@@ -1,0 +1,314 @@
+"""The training loop: the engineering around a strategy's loss.
+
+Iteration-based, seeded, resumable. A run directory holds ``config.json``,
+``metrics.jsonl`` (one line per evaluation, with per-node statistics),
+``checkpoint.pt`` (atomic, every N iterations and at the end) and
+``summary.json`` once finished. Resuming a killed run replays nothing: the
+checkpoint carries model, optimiser and random-generator state, so the final
+weights equal those of an uninterrupted run (CPU, deterministic mode).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dynroute import checkpoint
+from dynroute.data.datasets import load_dataset
+from dynroute.data.loader import BatchLoader
+from dynroute.errors import DynrouteError
+from dynroute.infer.evaluate import evaluate
+from dynroute.nn.registry import build_model
+from dynroute.nn.tree import RoutedTree
+from dynroute.train.config import TrainConfig
+from dynroute.train.schedules import Schedule
+from dynroute.train.strategies import make_strategy
+from dynroute.train.talr import apply_talr, talr_scales
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+#: Options that change how a run is executed, not what it computes.
+EXECUTION_ONLY = ("device", "compile")
+
+
+@dataclass
+class Split:
+    """Images (N, C, H, W float32 in [0, 1]) and labels of one evaluation split."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class TrainingData:
+    """What the trainer needs from a dataset: a batch stream and evaluation splits."""
+
+    loader: BatchLoader
+    evaluation: dict[str, Split]
+    num_classes: int
+
+
+def load_training_data(
+    config: TrainConfig, data_dir: str | os.PathLike[str] | None, device: torch.device
+) -> TrainingData:
+    """Load the run's dataset (built and cached on first use) for ``config``."""
+    splits = load_dataset(
+        config.dataset, data_dir, validation_size=config.validation_size, seed=config.seed
+    )
+    loader = BatchLoader(
+        splits.train,
+        config.batch_size,
+        seed=config.seed,
+        augment=config.augment,
+        replacement=config.sampling == "replacement",
+        device=device,
+    )
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    evaluation = {
+        name: Split(
+            torch.from_numpy(np.array(parts[name].images)), torch.from_numpy(parts[name].labels)
+        )
+        for name in config.eval_splits
+    }
+    return TrainingData(loader, evaluation, len(splits.class_names))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DynrouteError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> bool:
+    """Create or check the run directory; True when there is a checkpoint to resume."""
+    config_path = out_dir / CONFIG_FILE
+    if resume and overwrite:
+        raise DynrouteError("--resume and --overwrite exclude each other")
+    if config_path.exists() and not overwrite:
+        existing = json.loads(config_path.read_text())
+        mine = config.to_dict()
+        differs = sorted(
+            k
+            for k in set(existing) | set(mine)
+            if k not in EXECUTION_ONLY and existing.get(k) != mine.get(k)
+        )
+        if not resume:
+            raise DynrouteError(
+                f"{out_dir} already holds a run; pass --resume to continue it "
+                "or --overwrite to replace it"
+            )
+        if differs:
+            raise DynrouteError(
+                f"{out_dir} holds a different run (differs in {', '.join(differs)}); "
+                "pass --overwrite to replace it"
+            )
+        return (out_dir / CHECKPOINT_FILE).exists()
+    if overwrite:
+        for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = config_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    os.replace(tmp, config_path)
+    return False
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+class Trainer:
+    """Runs one ``TrainConfig`` on one ``TrainingData`` into one directory."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: TrainingData,
+        out_dir: str | os.PathLike[str],
+        progress: bool = True,
+    ) -> None:
+        self.config = config.validate()
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.tree: RoutedTree = build_model(
+            config.model, data.num_classes, config.width, config.dynamic_k_cpt
+        ).to(self.device)
+        self.strategy = make_strategy(config.strategy, **config.strategy_options())
+        self.strategy.check(self.tree)
+        self.schedule = Schedule(
+            config.resolved_lr,
+            config.resolved_lr_half_life,
+            config.resolved_tau,
+            config.resolved_tau_half_life,
+        )
+        self.optimizer = torch.optim.SGD(
+            self.tree.parameters(), lr=self.schedule.lr, momentum=config.momentum
+        )
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.k_cpt_set = torch.tensor(config.resolved_k_cpt_set, dtype=torch.float32)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_eval: dict[str, Any] | None = None
+        self._forward = self.tree.forward_dense
+        if config.compile:
+            self._forward = torch.compile(self.tree.forward_dense)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "loader": self.data.loader.state_dict(),
+            "train_seconds": self.train_seconds,
+            "config": self.config.to_dict(),
+        }
+
+    def save(self) -> None:
+        checkpoint.save(
+            self.out_dir / CHECKPOINT_FILE,
+            self.tree,
+            optimizer_state=self.optimizer.state_dict(),
+            extra=self.state(),
+        )
+
+    def load(self) -> None:
+        path = self.out_dir / CHECKPOINT_FILE
+        raw = checkpoint.load_checkpoint(path, map_location="cpu")
+        checkpoint.check_state_dict(self.tree, raw["state_dict"], source=f"checkpoint {path}")
+        self.tree.load_state_dict(raw["state_dict"])
+        self.optimizer.load_state_dict(raw["optimizer_state"])
+        extra = raw["extra"]
+        self.generator.set_state(extra["generator"])
+        self.data.loader.load_state_dict(extra["loader"])
+        self.step = int(extra["step"])
+        self.train_seconds = float(extra["train_seconds"])
+        _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+
+    # ------------------------------------------------------------------ batches
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+        """An augmented batch and its k_cpt (drawn per example for dynamic k_cpt)."""
+        images, labels = self.data.loader.next_batch()
+        if self.config.dynamic_k_cpt:
+            pick = torch.randint(len(self.k_cpt_set), (len(labels),), generator=self.generator)
+            return images, labels, self.k_cpt_set[pick].to(self.device)
+        return images, labels, self.config.k_cpt
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        lr, tau = self.schedule.lr_at(self.step), self.schedule.tau_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, labels, k_cpt = self.next_batch()
+        self.tree.train()
+        use_bf16 = cfg.bf16 and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            dense = self._forward(images, k_cpt if cfg.dynamic_k_cpt else None)
+        out = self.strategy.loss(self.tree, dense, labels, k_cpt, tau)
+        loss_value = out.loss.item()
+        if not math.isfinite(loss_value):
+            raise DynrouteError(
+                f"the loss became {loss_value} at iteration {self.step}; stopped. The last good "
+                f"checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept. Try a lower --lr."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.talr:
+            apply_talr(self.tree, talr_scales(out.arrival))
+        self.optimizer.step()
+        self.step += 1
+        return {"loss": loss_value, "lr": lr, "tau": tau}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Hard-routing statistics on every evaluation split (and every k_cpt if dynamic)."""
+        record: dict[str, Any] = {"iteration": self.step, "train_seconds": self.train_seconds}
+        k_values = list(self.config.resolved_k_cpt_set) if self.config.dynamic_k_cpt else [None]
+        for name, split in self.data.evaluation.items():
+            results = {}
+            for k in k_values:
+                stats = evaluate(self.tree, split.images, split.labels, k_cpt=k, method="engine")
+                results["default" if k is None else repr(k)] = stats.to_dict()
+            record[name] = results if self.config.dynamic_k_cpt else results["default"]
+        return record
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.last_eval = record
+
+    def headline(self) -> dict[str, float]:
+        """Accuracy and mean MACs of the first evaluation split, for the progress bar."""
+        if not self.last_eval or not self.data.evaluation:
+            return {}
+        stats = self.last_eval[next(iter(self.data.evaluation))]
+        if self.config.dynamic_k_cpt:
+            stats = next(iter(stats.values()))
+        return {"accuracy": stats["accuracy"], "mean_macs": stats["mean_macs"]}
+
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train to the configured number of iterations; returns the summary."""
+        cfg = self.config
+        if prepare_run_dir(self.out_dir, cfg, resume, overwrite):
+            self.load()
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.step,
+            disable=not self.progress,
+            desc=self.out_dir.name,
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < cfg.iterations:
+                started = time.perf_counter()
+                info = self.train_step()
+                self.train_seconds += time.perf_counter() - started
+                if self.step % cfg.resolved_eval_every == 0 or self.step == cfg.iterations:
+                    self._log(self.evaluate())
+                if self.step % cfg.resolved_checkpoint_every == 0 or self.step == cfg.iterations:
+                    self.save()
+                head = self.headline()
+                bar.set_postfix(
+                    loss=f"{info['loss']:.3f}",
+                    tau=f"{info['tau']:.3g}",
+                    lr=f"{info['lr']:.3g}",
+                    acc=f"{head.get('accuracy', float('nan')):.3f}",
+                    macs=f"{head.get('mean_macs', float('nan')) / 1e6:.2f}M",
+                    refresh=False,
+                )
+                bar.update(1)
+        finally:
+            bar.close()
+        if self.last_eval is None or self.last_eval["iteration"] != self.step:
+            self._log(self.evaluate())
+        summary = {
+            "config": cfg.to_dict(),
+            "iterations": self.step,
+            "train_seconds": self.train_seconds,
+            "device": str(self.device),
+            "final": self.last_eval,
+            "spec": self.tree.spec,
+        }
+        tmp = self.out_dir / (SUMMARY_FILE + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.out_dir / SUMMARY_FILE)
+        return summary

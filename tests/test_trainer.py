@@ -1,0 +1,177 @@
+"""The trainer: validation, metrics, checkpoints, NaN handling, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynroute.data.datasets import DatasetSplit
+from dynroute.data.loader import BatchLoader
+from dynroute.errors import DynrouteError
+from dynroute.train.config import TrainConfig
+from dynroute.train.trainer import Split, Trainer, TrainingData
+
+
+def synthetic_data(batch_size: int = 16, n: int = 64, classes: int = 3) -> TrainingData:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, n)
+    images = rng.random((n, 3, 32, 32), dtype=np.float32) * 0.2
+    images[:, labels % 3] += 0.5  # class-dependent colour: learnable
+    split = DatasetSplit(images, labels, tuple("abc"), (True, False, True))
+    loader = BatchLoader(split, batch_size, seed=0)
+    test = Split(torch.from_numpy(images[:32]), torch.from_numpy(labels[:32]))
+    return TrainingData(loader, {"test": test}, classes)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = dict(dataset="hybrid", iterations=6, batch_size=16, eval_every=3, checkpoint_every=2)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "resnet"}, "unknown model"),
+        ({"strategy": "greedy"}, "unknown strategy"),
+        ({"k_cpt": -1.0}, "k_cpt must be"),
+        ({"tau": 0.0}, "tau must be positive"),
+        ({"tau": -1.0}, "tau must be positive"),
+        ({"iterations": 0}, "iterations must be positive"),
+        ({"model": "static-3", "strategy": "static", "k_cpt": 1e-9}, "does not apply to a static"),
+        ({"k_cpt_set": (1e-9,)}, "only used with dynamic"),
+        ({"dynamic_k_cpt": True, "k_cpt_set": ()}, "non-empty"),
+        ({"model": "static-3", "strategy": "actor"}, "needs the static strategy"),
+        ({"eval_splits": ("validation",)}, "validation-size"),
+    ],
+)
+def test_config_validation(changes, message):
+    with pytest.raises(DynrouteError, match=message):
+        tiny_config(**changes).validate()
+
+
+def test_training_writes_metrics_checkpoints_and_summary(tmp_path):
+    trainer = Trainer(tiny_config(), synthetic_data(), tmp_path / "run", progress=False)
+    summary = trainer.run()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [3, 6]
+    stats = lines[-1]["test"]
+    assert {n["name"] for n in stats["nodes"]} >= {"column1", "exit1", "column8", "exit8"}
+    assert sum(n["classified"] for n in stats["nodes"]) == pytest.approx(1.0)
+    assert summary["iterations"] == 6
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] == 6
+
+
+def test_run_directory_is_protected(tmp_path):
+    Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False).run()
+    with pytest.raises(DynrouteError, match="already holds a run"):
+        Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False).run()
+    with pytest.raises(DynrouteError, match="different run.*k_cpt"):
+        Trainer(tiny_config(k_cpt=1e-9), synthetic_data(), tmp_path, progress=False).run(
+            resume=True
+        )
+    Trainer(tiny_config(k_cpt=1e-9), synthetic_data(), tmp_path, progress=False).run(
+        overwrite=True
+    )
+    assert json.loads((tmp_path / "config.json").read_text())["k_cpt"] == 1e-9
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(iterations=8), synthetic_data(), tmp_path, progress=False)
+    original = trainer.strategy.loss
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if trainer.step == 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.strategy.loss = poisoned
+    with pytest.raises(DynrouteError, match="loss became nan at iteration 5"):
+        trainer.run()
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["extra"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    full = Trainer(tiny_config(), synthetic_data(), tmp_path / "full", progress=False)
+    full.run()
+    part = Trainer(tiny_config(iterations=6), synthetic_data(), tmp_path / "part", progress=False)
+    for _ in range(4):  # train 4 steps, checkpoint at 4, then "crash"
+        part.train_step()
+    part.save()
+    resumed = Trainer(tiny_config(), synthetic_data(), tmp_path / "part", progress=False)
+    resumed.run(resume=True)
+    for (k, a), b in zip(full.tree.state_dict().items(), resumed.tree.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_dynamic_k_cpt_training_evaluates_every_k(tmp_path):
+    config = tiny_config(dynamic_k_cpt=True, k_cpt_set=(0.0, 1e-8), iterations=2, eval_every=2)
+    trainer = Trainer(config, synthetic_data(), tmp_path, progress=False)
+    summary = trainer.run()
+    assert set(summary["final"]["test"]) == {"0.0", "1e-08"}
+
+
+def test_critic_and_static_train(tmp_path):
+    for name, changes in {
+        "critic": {"strategy": "critic", "critic_target": "optimistic"},
+        "static": {"strategy": "static", "model": "static-2"},
+        "tree": {"model": "tree", "iterations": 2, "eval_every": 2},
+    }.items():
+        trainer = Trainer(tiny_config(**changes), synthetic_data(), tmp_path / name, progress=False)
+        summary = trainer.run()
+        assert 0.0 <= summary["final"]["test"]["accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------- real data, via the CLI
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.realdata
+def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, tmp_path):
+    args = [
+        sys.executable, "-m", "dynroute.cli", "train", "--dataset", "hybrid", "--model", "chain",
+        "--strategy", "actor", "--k-cpt", "4e-9", "--iterations", "36", "--batch-size", "32",
+        "--eval-every", "12", "--checkpoint-every", "6", "--no-progress",
+        "--data-dir", str(real_data_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([*args, "--out", str(full)], check=True, env=env, timeout=600)
+    metrics = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [12, 24, 36]
+    assert len(metrics[-1]["test"]["nodes"]) == 16
+
+    proc = subprocess.Popen([*args, "--out", str(killed)], env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        ckpt = killed / "checkpoint.pt"
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["extra"]["step"] >= 12:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(killed / "checkpoint.pt", weights_only=True)["extra"]["step"]
+    assert 12 <= step < 36, "the run must be killed half-way"
+    subprocess.run([*args, "--out", str(killed), "--resume"], check=True, env=env, timeout=600)
+    a, b = _weights(full), _weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    resumed = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in resumed] == [12, 24, 36]
