@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_trees import random_tree
 
 from dynroute.errors import DynrouteError
 from dynroute.nn.heads import Classifier
@@ -19,6 +18,7 @@ from dynroute.train.strategies import (
     subtree_costs,
 )
 from dynroute.train.talr import apply_talr, talr_scales
+from toy_trees import random_tree
 
 
 def brute_force_expected_cost(tree, dense, labels, k_cpt, tau, epsilon):
@@ -91,9 +91,10 @@ def test_regularised_policy_sends_l2_gradient_into_routers():
         actor = ActorStrategy(k_l2=1.0, k_dec=0.0, regularise_policy=regularise)
         plain = ActorStrategy(k_l2=0.0, k_dec=0.0)
         dense = tree(x)
-        diff = actor.loss(tree, dense, labels, 0.0, 1.0).loss - plain.loss(
-            tree, dense, labels, 0.0, 1.0
-        ).loss
+        diff = (
+            actor.loss(tree, dense, labels, 0.0, 1.0).loss
+            - plain.loss(tree, dense, labels, 0.0, 1.0).loss
+        )
         grads = torch.autograd.grad(diff, router_params, allow_unused=True)
         return sum(g.abs().sum() for g in grads if g is not None)
 

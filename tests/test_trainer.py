@@ -80,9 +80,7 @@ def test_run_directory_is_protected(tmp_path):
         Trainer(tiny_config(k_cpt=1e-9), synthetic_data(), tmp_path, progress=False).run(
             resume=True
         )
-    Trainer(tiny_config(k_cpt=1e-9), synthetic_data(), tmp_path, progress=False).run(
-        overwrite=True
-    )
+    Trainer(tiny_config(k_cpt=1e-9), synthetic_data(), tmp_path, progress=False).run(overwrite=True)
     assert json.loads((tmp_path / "config.json").read_text())["k_cpt"] == 1e-9
 
 
@@ -101,7 +99,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         trainer.run()
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["extra"]["step"] == 4
-    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_resume_in_process_equals_uninterrupted(tmp_path):
@@ -113,8 +113,9 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     part.save()
     resumed = Trainer(tiny_config(), synthetic_data(), tmp_path / "part", progress=False)
     resumed.run(resume=True)
-    for (k, a), b in zip(full.tree.state_dict().items(), resumed.tree.state_dict().values()):
-        assert torch.equal(a, b), k
+    expected, actual = full.tree.state_dict(), resumed.tree.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(value, actual[key]), key
 
 
 def test_dynamic_k_cpt_training_evaluates_every_k(tmp_path):
@@ -143,14 +144,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.realdata
-def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, tmp_path):
+def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, real_cache_dir, tmp_path):
     args = [
         sys.executable, "-m", "dynroute.cli", "train", "--dataset", "hybrid", "--model", "chain",
         "--strategy", "actor", "--k-cpt", "4e-9", "--iterations", "36", "--batch-size", "32",
         "--eval-every", "12", "--checkpoint-every", "6", "--no-progress",
         "--data-dir", str(real_data_dir),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DYNROUTE_CACHE": str(real_cache_dir)}
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*args, "--out", str(full)], check=True, env=env, timeout=600)
     metrics = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,35 @@
+"""Datasets of the paper (MNIST, CIFAR-10 and derived sets), caching and augmentation."""
+
+from dynroute.data.augment import AugmentParams, augment_batch, draw_params, shift_and_flip
+from dynroute.data.datasets import (
+    DATASETS,
+    DatasetSplit,
+    DatasetSplits,
+    dataset_names,
+    load_dataset,
+)
+from dynroute.data.loader import BatchLoader, iterate_batches
+from dynroute.data.sources import (
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
+    resolve_cache_dir,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "AugmentParams",
+    "BatchLoader",
+    "DatasetSplit",
+    "DatasetSplits",
+    "augment_batch",
+    "dataset_names",
+    "draw_params",
+    "iterate_batches",
+    "load_dataset",
+    "resolve_cache_dir",
+    "resolve_data_dir",
+    "shift_and_flip",
+]

@@ -1,0 +1,131 @@
+"""``dynroute data fetch|info``: get the raw files and inspect the built datasets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dynroute.data.datasets import DATASETS, load_dataset
+from dynroute.data.download import FETCHABLE, fetch_dataset
+from dynroute.data.sources import (
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
+    find_cifar10,
+    find_mnist,
+    resolve_cache_dir,
+    resolve_data_dir,
+)
+from dynroute.errors import DynrouteError
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, shared by every command that reads the raw datasets."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder with the raw MNIST/CIFAR-10 files (default: ${DATA_DIR_ENV}, "
+        "else ~/.cache/dynroute); may be read-only",
+    )
+
+
+def add_checksum_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-checksum-mismatch``, for deliberately using a non-official copy."""
+    parser.add_argument(
+        "--allow-checksum-mismatch",
+        action="store_true",
+        help="use raw files whose MD5 differs from the official release "
+        "(recorded in the dataset manifest)",
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="download and inspect datasets")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda _args: data.print_help() or 2)
+
+    fetch = commands.add_parser(
+        "fetch", help="download the official MNIST / CIFAR-10 files into the data directory"
+    )
+    add_data_dir_argument(fetch)
+    fetch.add_argument(
+        "--dataset", choices=[*FETCHABLE, "all"], default="all", help="what to download"
+    )
+    fetch.set_defaults(func=run_fetch)
+
+    info = commands.add_parser(
+        "info", help="describe a dataset, or list datasets and the raw sources found"
+    )
+    info.add_argument("dataset", nargs="?", metavar="DATASET", help=", ".join(DATASETS))
+    add_data_dir_argument(info)
+    add_checksum_argument(info)
+    info.add_argument("--validation-size", type=int, default=0, metavar="N")
+    info.add_argument("--seed", type=int, default=0, help="colouring / validation-split seed")
+    info.set_defaults(func=run_info)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    data_dir = resolve_data_dir(args.data_dir)
+    names = FETCHABLE if args.dataset == "all" else (args.dataset,)
+    for name in names:
+        print(f"{name}: fetching into {data_dir}")
+        for path, downloaded in fetch_dataset(name, data_dir):
+            print(f"  {path}: {'downloaded, checksum OK' if downloaded else 'already present, OK'}")
+    return 0
+
+
+def _describe_sources(data_dir: Path) -> list[str]:
+    lines = [f"raw data directory: {data_dir}"]
+    if not data_dir.is_dir():
+        return [*lines, "  (does not exist; see `dynroute data fetch` or --data-dir)"]
+    for label, finder in (("MNIST", find_mnist), ("CIFAR-10", find_cifar10)):
+        try:
+            source = finder(data_dir)
+            found = source.describe() if source else "not found"
+        except DynrouteError as exc:
+            found = f"problem: {exc}"
+        lines.append(f"  {label}: {found}")
+    return lines
+
+
+def run_info(args: argparse.Namespace) -> int:
+    data_dir = resolve_data_dir(args.data_dir)
+    cache_dir = resolve_cache_dir()
+    if args.dataset is None:
+        print("datasets:")
+        for spec in DATASETS.values():
+            cached = sorted(path.name for path in cache_dir.glob(f"{spec.name}-*"))
+            status = f" [cached: {', '.join(cached)}]" if cached else ""
+            print(f"  {spec.name:8} {spec.description}{status}")
+        print("\n".join(_describe_sources(data_dir)))
+        print(f"dataset cache: {cache_dir} (set {CACHE_DIR_ENV} to move it)")
+        return 0
+
+    dataset = load_dataset(
+        args.dataset,
+        data_dir,
+        validation_size=args.validation_size,
+        seed=args.seed,
+        allow_checksum_mismatch=args.allow_checksum_mismatch,
+    )
+    manifest = dataset.manifest
+    print(f"dataset {dataset.name}: {manifest['description']}")
+    print(f"  images: {manifest['image_format']}; seed {manifest['seed']}")
+    names = dataset.class_names
+    print("  classes: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)))
+    mirrored = [name for name, flag in zip(names, dataset.mirror_symmetric, strict=True) if flag]
+    print(f"  mirror-symmetric (flipped in augmentation): {', '.join(mirrored) or 'none'}")
+    for split in ("train", "validation", "test"):
+        if split in manifest["sizes"]:
+            counts = " ".join(str(count) for count in manifest["class_counts"][split])
+            print(f"  {split:10} {manifest['sizes'][split]:6d} examples; per class: {counts}")
+    for source in manifest["sources"]:
+        mismatch = source["checksum_mismatch"]
+        verdict = f"MISMATCH ALLOWED: {', '.join(mismatch)}" if mismatch else "checksums OK"
+        if all(entry["expected_md5"] is None for entry in source["files"]):
+            verdict = "no official checksum for this kind of copy"
+        print(f"  source {source['dataset']}: {source['kind']} at {source['path']}")
+        print(f"    checksum {source['checksum']} ({verdict})")
+    print(f"  cache: {dataset.path} (built {manifest['created']}, {manifest['build_seconds']} s)")
+    return 0

@@ -1,0 +1,127 @@
+"""Shared fixtures for the data-layer tests: tiny synthetic MNIST/CIFAR copies.
+
+The fakes are a few images per class, written to ``tmp_path``; checksum tables
+are patched to the fakes' MD5s where a test needs them to count as "official".
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynroute.data import sources
+
+CIFAR_SHAPE = (32, 32, 3)
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """Serialise a uint8 array as an IDX file with the given magic number."""
+    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _digits(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(count) % 10
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    images[:, 8:20, 10:18] = rng.integers(128, 256, (count, 12, 8))  # a bright "stroke"
+    return images, labels.astype(np.uint8)
+
+
+@pytest.fixture
+def make_mnist(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Write the four IDX files (20 train, 10 test images) and trust their MD5s."""
+
+    def make(root: Path, *, gz: bool = True, trusted: bool = True, train: int = 20) -> Path:
+        folder = root / "mnist"
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(1)
+        train_images, train_labels = _digits(train, rng)
+        test_images, test_labels = _digits(10, rng)
+        contents = {
+            "train-images-idx3-ubyte": idx_bytes(train_images, 2051),
+            "train-labels-idx1-ubyte": idx_bytes(train_labels, 2049),
+            "t10k-images-idx3-ubyte": idx_bytes(test_images, 2051),
+            "t10k-labels-idx1-ubyte": idx_bytes(test_labels, 2049),
+        }
+        for name, data in contents.items():
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+        if trusted:
+            table = {name: hashlib.md5(data).hexdigest() for name, data in contents.items()}
+            monkeypatch.setattr(sources, "MNIST_MD5", table)
+        return folder
+
+    return make
+
+
+def png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def cifar_pixels(label: int, index: int) -> np.ndarray:
+    """A flat image whose value encodes class and index, so tests can recognise it."""
+    return np.full(CIFAR_SHAPE, 10 * label + index, dtype=np.uint8)
+
+
+@pytest.fixture
+def make_cifar() -> Callable[..., Path]:
+    """Write a train/<class>/ test/<class>/ PNG tree (2 + 1 per class), or a zip of it."""
+
+    def make(root: Path, *, as_zip: bool = False, train: int = 2, test: int = 1) -> Path:
+        files = {
+            f"{split}/{name}/{index:04d}.png": png_bytes(cifar_pixels(label, index))
+            for split, count in (("train", train), ("test", test))
+            for label, name in enumerate(sources.CIFAR_CLASSES)
+            for index in range(count)
+        }
+        if as_zip:
+            root.mkdir(parents=True, exist_ok=True)
+            path = root / "cifar10-test.zip"
+            with zipfile.ZipFile(path, "w") as archive:
+                for name, data in files.items():
+                    archive.writestr(name, data)
+            return path
+        folder = root / "cifar10"
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private dataset cache, also exported as DYNROUTE_CACHE for CLI tests."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv(sources.CACHE_DIR_ENV, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The offline copies named by DYNROUTE_DATA; realdata tests skip without them."""
+    value = os.environ.get(sources.DATA_DIR_ENV)
+    if not value or not Path(value).is_dir():
+        pytest.skip(f"set {sources.DATA_DIR_ENV} to a folder with MNIST and CIFAR-10 copies")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def real_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dataset cache per test session, so each real dataset is built only once."""
+    return tmp_path_factory.mktemp("dataset-cache")
