@@ -1,0 +1,134 @@
+"""Wall-clock of the early-exit engine against the static 8-column network.
+
+The chain is built in eval mode and its routing is scripted: the first router
+still runs (so its cost is paid) but its scores are replaced by a fixed
+decision per example, sending a random fraction f of the batch to exit 1;
+every later router has a zero last layer with bias (0, 1), so the rest
+continue to exit 8. The static-8 network runs the same eight columns densely
+on the whole batch. Reported: median wall-clock over repeats (the two
+networks timed alternately), and the ratio static / engine next to the ratio
+of MACs per example.
+
+Run: python benchmarks/bench_engine.py [--device cuda] [--batch 256] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dynroute.infer.engine import EarlyExitEngine
+from dynroute.nn.registry import build_model
+
+
+class ScriptedRouter(nn.Module):
+    """Runs the real router, then returns scores that pick ``decisions`` (one per example)."""
+
+    def __init__(self, router: nn.Module) -> None:
+        super().__init__()
+        self.router = router
+        self.decisions: torch.Tensor | None = None
+
+    def forward(self, signal, k_feature=None) -> torch.Tensor:
+        scores = self.router(signal, k_feature)
+        if self.decisions is None or self.decisions.shape[0] != scores.shape[0]:
+            return scores
+        return nn.functional.one_hot(self.decisions, scores.shape[1]).to(scores.dtype)
+
+
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def median_seconds(
+    runs: list[Callable[[], object]], repeats: int, device: torch.device
+) -> list[float]:
+    """Median wall-clock of each run, interleaved so load drift hits all alike."""
+    for run in runs:  # warm-up
+        run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, record in zip(runs, times, strict=True):
+            record.append(seconds(run, device))
+    return [statistics.median(record) for record in times]
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.9])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice); 1 is steadier "
+        "on a loaded machine, where idle OpenMP workers wait for descheduled ones",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    chain = build_model("chain").to(device).eval()
+    for j in chain.junctions[1:]:
+        last = chain.nodes[j].router.layers[-1]
+        nn.init.zeros_(last.weight)
+        last.bias.data = torch.tensor([0.0, 1.0], device=device)  # always continue
+    scripted = ScriptedRouter(chain.nodes[0].router)
+    chain.nodes[0].router = scripted
+    engine = EarlyExitEngine(chain, channels_last=args.channels_last)
+    static = build_model("static-8").to(device).eval()
+    if args.channels_last:
+        static.to(memory_format=torch.channels_last)
+    static_macs = static.path_macs(static.leaves[0])
+
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    print(f"machine: {machine(device)}; batch {args.batch}; median of {args.repeats}")
+    print(f"static-8: {static_macs / 1e6:.2f} M MACs per image")
+    print(f"{'f':>5}{'static-8 ms':>13}{'engine ms':>11}{'wall-clock ratio':>18}{'MAC ratio':>11}")
+    for f in args.fractions:
+        n_exit = round(f * args.batch)
+        # 0 = take exit 1, 1 = continue; exiting examples are scattered through the batch.
+        scripted.decisions = (torch.randperm(args.batch, device=device) >= n_exit).long()
+        result = engine(x)
+        assert int((result.exits == chain.leaves[0]).sum()) == n_exit
+        with torch.inference_mode():
+            static_seconds, engine_seconds = median_seconds(
+                [lambda: static(x), lambda: engine(x)], args.repeats, device
+            )
+        mean_macs = result.macs.double().mean().item()
+        print(
+            f"{f:>5.2f}{static_seconds * 1e3:>13.1f}{engine_seconds * 1e3:>11.1f}"
+            f"{static_seconds / engine_seconds:>18.2f}{static_macs / mean_macs:>11.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

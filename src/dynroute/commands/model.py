@@ -1,0 +1,63 @@
+"""``dynroute model``: list the built-in models and describe one's cost structure."""
+
+from __future__ import annotations
+
+import argparse
+
+from dynroute.nn.registry import build_model, model_names
+from dynroute.nn.tree import RoutedTree
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="inspect the built-in models")
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    listing = sub.add_parser("list", help="list model names")
+    listing.set_defaults(func=run_list)
+
+    summary = sub.add_parser(
+        "summary", help="print a model's tree with parameters and MACs per node and per exit"
+    )
+    summary.add_argument("name", help="model name (see `dynroute model list`)")
+    summary.add_argument("--width", type=int, default=1, help="channel multiplier (1, 2, 3)")
+    summary.add_argument("--num-classes", type=int, default=10)
+    summary.add_argument(
+        "--dynamic-k-cpt", action="store_true", help="routers also see k_cpt (paper §4.6)"
+    )
+    summary.set_defaults(func=run_summary)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    for name in model_names():
+        print(name)
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    tree = build_model(args.name, args.num_classes, args.width, args.dynamic_k_cpt)
+    print(summary_text(tree))
+    return 0
+
+
+def summary_text(tree: RoutedTree) -> str:
+    """The tree indented by depth; exits also show the MACs of their whole path."""
+    macs = tree.node_macs()
+    params = [sum(p.numel() for p in node.own_parameters()) for node in tree.nodes]
+    spec = tree.spec
+    title = spec.get("name", type(tree.root.transform).__name__)
+    lines = [
+        f"{title}: width {spec.get('width', 1)}, {tree.num_classes} classes, "
+        f"dynamic k_cpt {'on' if tree.dynamic_k_cpt else 'off'}",
+        f"{'node':<32}{'params':>12}{'MACs':>14}{'path MACs':>14}",
+    ]
+    for i, node in enumerate(tree.nodes):
+        depth = len(tree.path_to(i)) - 1
+        label = "  " * depth + node.name + (" (router)" if node.is_junction else "")
+        path = f"{tree.path_macs(i) / 1e6:.2f} M" if node.is_leaf else ""
+        lines.append(f"{label:<32}{params[i]:>12,}{macs[i]:>14,}{path:>14}")
+    n_leaves = len(tree.leaves)
+    lines.append(
+        f"column nodes: {len(tree.nodes) - n_leaves}, exits: {n_leaves}, "
+        f"parameters: {sum(params):,} (MACs: multiply-accumulates per example)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Early-exit inference: each example runs only the nodes on its own path.
+
+The dense pass evaluates every node on every example; that is what training
+needs, but at inference it wastes the work the routers decided to skip. The
+engine instead walks the tree with a work stack of sub-batches. At every
+junction it splits the current sub-batch by the routers' argmax decision
+(``index_select`` compaction), pushes each non-empty part to the sink it
+chose, and at the leaves scatters logits back into the original order.
+
+In eval mode every layer acts on each example independently (batch norm uses
+its running statistics), so the engine returns what the dense reference
+returns: the same exits and MACs, and logits equal up to floating-point
+summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dynroute.errors import DynrouteError
+from dynroute.infer.prediction import Prediction
+from dynroute.nn.tree import RoutedTree
+
+
+def select_rows(signal: Any, rows: torch.Tensor) -> Any:
+    """The examples ``rows`` of a signal (a tensor or a nested list/tuple of tensors)."""
+    if isinstance(signal, torch.Tensor):
+        # Advanced indexing keeps channels-last strides, which index_select drops.
+        return signal.index_select(0, rows) if signal.is_contiguous() else signal[rows]
+    return type(signal)(select_rows(part, rows) for part in signal)
+
+
+# A unit of pending work: node index, its input, the original rows it holds
+# (None while it still holds the whole batch in order) and their k_cpt feature.
+_Work = tuple[int, Any, torch.Tensor | None, torch.Tensor | None]
+
+
+class EarlyExitEngine:
+    """Hard-routing inference that skips every node an example does not reach.
+
+    ``channels_last=True`` converts the tree's convolution weights and the
+    inputs to channels-last memory format, which some GPU kernels prefer.
+    """
+
+    def __init__(self, tree: RoutedTree, channels_last: bool = False) -> None:
+        self.tree = tree
+        self.channels_last = channels_last
+        if channels_last:
+            tree.to(memory_format=torch.channels_last)
+        # Cumulative MACs of the root-to-leaf path, looked up by exit index.
+        self._path_macs_cpu = torch.tensor(
+            [tree.path_macs(i) if tree.nodes[i].is_leaf else 0 for i in range(len(tree.nodes))],
+            dtype=torch.long,
+        )
+        self._path_macs: dict[torch.device, torch.Tensor] = {}
+
+    def _path_macs_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._path_macs:
+            self._path_macs[device] = self._path_macs_cpu.to(device)
+        return self._path_macs[device]
+
+    def __call__(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None) -> Prediction:
+        return self.predict(x, k_cpt)
+
+    def predict(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None) -> Prediction:
+        """Route ``x`` (N examples) by argmax and run each example's path only.
+
+        ``k_cpt`` is needed for dynamic-k_cpt trees: a scalar or one value per
+        example, compacted along with the examples.
+        """
+        tree = self.tree
+        if tree.training:
+            raise DynrouteError("the early-exit engine needs the tree in eval mode (tree.eval())")
+        device = next(tree.parameters()).device
+        with torch.inference_mode():
+            x = torch.as_tensor(x).to(device)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            n = int(x.shape[0])
+            exits = torch.empty(n, dtype=torch.long, device=device)
+            if n == 0:
+                logits = x.new_empty((0, tree.num_classes))
+                return Prediction(logits, exits, exits.clone())
+            k_feature = tree.router_k_cpt(k_cpt, n, x)
+            logits = self._run(x, n, k_feature, exits)
+            return Prediction(logits, exits, self._path_macs_on(device)[exits])
+
+    def _run(
+        self, x: torch.Tensor, n: int, k_feature: torch.Tensor | None, exits: torch.Tensor
+    ) -> torch.Tensor:
+        """Depth-first walk over sub-batches; fills ``exits`` and returns the logits."""
+        tree = self.tree
+        children_of = tree.children_of
+        logits: torch.Tensor | None = None
+        stack: list[_Work] = [(0, x, None, k_feature)]
+        while stack:
+            index, signal, rows, k = stack.pop()
+            out, scores = tree.run_node(index, signal, k)
+            children = children_of[index]
+            if not children:
+                if logits is None:
+                    logits = out.new_empty((n, out.shape[1]))
+                if rows is None:
+                    logits.copy_(out)
+                    exits.fill_(index)
+                else:
+                    logits.index_copy_(0, rows, out)
+                    exits.index_fill_(0, rows, index)
+                continue
+            if scores is None:
+                stack.append((children[0], out, rows, k))
+                continue
+            decision = scores.argmax(dim=1)
+            # The one host sync per junction: how many examples go to each sink.
+            counts = torch.bincount(decision, minlength=len(children)).tolist()
+            size = int(decision.shape[0])
+            if size in counts:  # everyone agrees: pass the sub-batch on untouched
+                stack.append((children[counts.index(size)], out, rows, k))
+                continue
+            order = torch.argsort(decision, stable=True)
+            for child, part, count in zip(children, order.split(counts), counts, strict=True):
+                if count == 0:
+                    continue
+                stack.append(
+                    (
+                        child,
+                        select_rows(out, part),
+                        part if rows is None else rows.index_select(0, part),
+                        None if k is None else k.index_select(0, part),
+                    )
+                )
+        assert logits is not None  # every example ends at a leaf
+        return logits

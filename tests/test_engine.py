@@ -1,0 +1,107 @@
+"""The early-exit engine must reproduce the dense hard-routing reference exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynroute.errors import DynrouteError
+from dynroute.infer.engine import EarlyExitEngine
+from dynroute.infer.evaluate import predict_dense
+from dynroute.infer.prediction import Prediction
+from dynroute.nn.registry import build_model
+from routing_helpers import random_conv_tree, scramble_routing
+from toy_trees import random_tree
+
+K_CPT_SET = torch.tensor([0, 1e-9, 2e-9, 4e-9, 8e-9, 1.6e-8, 3.2e-8, 6.4e-8])
+
+
+def assert_same(engine: Prediction, dense: Prediction) -> None:
+    assert torch.equal(engine.exits, dense.exits)
+    assert torch.equal(engine.macs, dense.macs)
+    assert torch.equal(engine.predictions, dense.predictions)
+    torch.testing.assert_close(engine.logits, dense.logits, rtol=1e-4, atol=1e-4)
+
+
+def check_tree(tree, x: torch.Tensor, k_cpt=None, single: int = 4) -> Prediction:
+    """Engine == dense on the batch, and on single examples against the batch reference."""
+    engine = EarlyExitEngine(tree)
+    dense = predict_dense(tree, x, k_cpt)
+    assert_same(engine(x, k_cpt), dense)
+    for i in range(single):
+        k = k_cpt[i : i + 1] if isinstance(k_cpt, torch.Tensor) else k_cpt
+        one = engine(x[i : i + 1], k)
+        assert one.exits.item() == dense.exits[i].item()
+        assert one.macs.item() == dense.macs[i].item()
+        torch.testing.assert_close(one.logits[0], dense.logits[i], rtol=1e-4, atol=1e-4)
+    return dense
+
+
+def k_cpt_per_example(n: int, seed: int) -> torch.Tensor:
+    pick = torch.randint(len(K_CPT_SET), (n,), generator=torch.Generator().manual_seed(seed))
+    return K_CPT_SET[pick]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_random_vector_trees(seed: int, dynamic: bool) -> None:
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(seed))
+    k = k_cpt_per_example(64, seed) if dynamic else None
+    tree = scramble_routing(random_tree(seed, max_depth=4, dynamic_k_cpt=dynamic), x, k)
+    dense = check_tree(tree, x, k)
+    assert dense.exits.unique().numel() >= 2  # routing is mixed
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_random_conv_trees(seed: int, dynamic: bool) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(64, 3, 4, 4, generator=gen) * torch.rand(64, 1, 1, 1, generator=gen)
+    k = k_cpt_per_example(64, seed) if dynamic else None
+    tree = scramble_routing(random_conv_tree(seed, dynamic=dynamic), x, k)
+    dense = check_tree(tree, x, k)
+    assert dense.exits.unique().numel() >= 2
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(64, 3, 32, 32, generator=gen) * torch.rand(64, 1, 1, 1, generator=gen)
+
+
+def test_chain_with_random_routers(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    tree = scramble_routing(build_model("chain"), images)
+    dense = check_tree(tree, images)
+    assert dense.exits.unique().numel() >= 3
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_dynamic_chain(images: torch.Tensor, per_example: bool) -> None:
+    torch.manual_seed(1)
+    k = k_cpt_per_example(64, 1) * 100 if per_example else 2e-8
+    tree = scramble_routing(build_model("chain", dynamic_k_cpt=True), images, k)
+    dense = check_tree(tree, images, k)
+    assert dense.exits.unique().numel() >= 2
+
+
+def test_branching_tree_three_way_junctions(images: torch.Tensor) -> None:
+    torch.manual_seed(2)
+    tree = scramble_routing(build_model("tree", width=1), images[:32])
+    dense = check_tree(tree, images[:32], single=2)
+    assert dense.exits.unique().numel() >= 3
+
+
+def test_channels_last_matches(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    tree = scramble_routing(build_model("chain"), images)
+    dense = predict_dense(tree, images)
+    assert_same(EarlyExitEngine(tree, channels_last=True)(images), dense)
+
+
+def test_empty_batch_and_training_mode() -> None:
+    tree = random_tree(0).eval()
+    empty = EarlyExitEngine(tree)(torch.zeros(0, 6))
+    assert empty.logits.shape == (0, 3) and len(empty) == 0
+    with pytest.raises(DynrouteError, match="eval mode"):
+        EarlyExitEngine(tree.train())(torch.zeros(2, 6))
