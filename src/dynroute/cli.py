@@ -14,7 +14,7 @@ import sys
 from dynroute import __version__
 from dynroute.errors import DynrouteError
 
-COMMAND_MODULES = ["data", "model", "train"]
+COMMAND_MODULES = ["data", "model", "train", "experiments"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ HELP = {
     "device": "cpu, cuda or auto",
     "bf16": "bfloat16 autocast on CUDA",
     "compile": "torch.compile the forward pass",
+    "channels_last": "channels-last memory layout (faster convolutions on CPU and GPU)",
 }
 OPTIONAL_TYPES = {
     "lr": float,
@@ -98,9 +99,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dynroute.train.trainer import Trainer, load_training_data, resolve_device
+    from dynroute.runtime import configure_threads, resolve_device
+    from dynroute.train.trainer import Trainer, load_training_data
 
     config = config_from_args(args).validate()
+    configure_threads(args.threads)
     out_dir = Path(args.out)
     device = resolve_device(config.device)
     data = load_training_data(config, args.data_dir, device)
@@ -163,8 +166,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute import checkpoint
     from dynroute.data.datasets import load_dataset
     from dynroute.infer.evaluate import evaluate
-    from dynroute.train.trainer import resolve_device
+    from dynroute.runtime import configure_threads, resolve_device
 
+    configure_threads(args.threads)
     path, run_config = _find_checkpoint(Path(args.run))
     device = resolve_device(args.device)
     tree = checkpoint.load_model(path, map_location=device)
@@ -194,6 +198,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: every available core; use 1 per process "
+        "when several jobs share the machine)",
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from dynroute.commands.data import add_data_dir_argument
 
@@ -203,6 +217,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_argument(train)
     add_data_dir_argument(train)
     train.set_defaults(func=cmd_train)
 
@@ -213,5 +228,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_threads_argument(evaluate)
     add_data_dir_argument(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

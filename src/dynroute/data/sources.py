@@ -447,7 +447,7 @@ def _group_image_entries(entries: Iterable[str], where: Path) -> dict[str, dict[
     """Sort ``split/class/file`` paths into split -> class -> files, enforcing the layout."""
     tree: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
     for entry in entries:
-        parts = PurePosixPath(entry).parts
+        parts = entry.split("/")
         if len(parts) >= 2 and parts[0] in tree:
             classes = tree[parts[0]]
             classes.setdefault(parts[1], [])
@@ -621,7 +621,9 @@ def identify_source(source: Source, allow_checksum_mismatch: bool = False) -> Pr
         return Provenance(source, _combined_checksum(checks), tuple(checks))
     store = _ImageStore(source)
     try:
-        return _image_tree_provenance(store)[1]
+        # Only the fingerprint keys the cache; the layout is checked when the tree is decoded.
+        check = store.fingerprint(store.entries())
+        return Provenance(source, check.md5, (check,))
     finally:
         store.close()
 

@@ -32,6 +32,17 @@ def select_rows(signal: Any, rows: torch.Tensor) -> Any:
     return type(signal)(select_rows(part, rows) for part in signal)
 
 
+def is_channels_last(module: torch.nn.Module) -> bool:
+    """Whether the module's convolution weights are stored channels-last."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1):
+            weight = m.weight
+            return weight.is_contiguous(memory_format=torch.channels_last) and not (
+                weight.is_contiguous()
+            )
+    return False
+
+
 # A unit of pending work: node index, its input, the original rows it holds
 # (None while it still holds the whole batch in order) and their k_cpt feature.
 _Work = tuple[int, Any, torch.Tensor | None, torch.Tensor | None]
@@ -41,11 +52,14 @@ class EarlyExitEngine:
     """Hard-routing inference that skips every node an example does not reach.
 
     ``channels_last=True`` converts the tree's convolution weights and the
-    inputs to channels-last memory format, which some GPU kernels prefer.
+    inputs to channels-last memory format (faster with oneDNN on CPU and with
+    tensor cores on GPU); the default follows the layout the tree already has.
     """
 
-    def __init__(self, tree: RoutedTree, channels_last: bool = False) -> None:
+    def __init__(self, tree: RoutedTree, channels_last: bool | None = None) -> None:
         self.tree = tree
+        if channels_last is None:
+            channels_last = is_channels_last(tree)
         self.channels_last = channels_last
         if channels_last:
             tree.to(memory_format=torch.channels_last)

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     compile: bool = False
+    channels_last: bool = True
 
     # ---------------------------------------------------------------- derived values
     @property

@@ -29,6 +29,7 @@ from dynroute.errors import DynrouteError
 from dynroute.infer.evaluate import evaluate
 from dynroute.nn.registry import build_model
 from dynroute.nn.tree import RoutedTree
+from dynroute.runtime import resolve_device, use_channels_last
 from dynroute.train.config import TrainConfig
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import make_strategy
@@ -39,7 +40,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 #: Options that change how a run is executed, not what it computes.
-EXECUTION_ONLY = ("device", "compile")
+EXECUTION_ONLY = ("device", "compile", "channels_last")
 
 
 @dataclass
@@ -82,14 +83,6 @@ def load_training_data(
         for name in config.eval_splits
     }
     return TrainingData(loader, evaluation, len(splits.class_names))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DynrouteError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> bool:
@@ -153,6 +146,9 @@ class Trainer:
         self.tree: RoutedTree = build_model(
             config.model, data.num_classes, config.width, config.dynamic_k_cpt
         ).to(self.device)
+        self.channels_last = config.channels_last and use_channels_last(self.device)
+        if self.channels_last:
+            self.tree.to(memory_format=torch.channels_last)
         self.strategy = make_strategy(config.strategy, **config.strategy_options())
         self.strategy.check(self.tree)
         self.schedule = Schedule(
@@ -208,6 +204,8 @@ class Trainer:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
         """An augmented batch and its k_cpt (drawn per example for dynamic k_cpt)."""
         images, labels = self.data.loader.next_batch()
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if self.config.dynamic_k_cpt:
             pick = torch.randint(len(self.k_cpt_set), (len(labels),), generator=self.generator)
             return images, labels, self.k_cpt_set[pick].to(self.device)

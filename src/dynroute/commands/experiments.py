@@ -1,0 +1,104 @@
+"""``dynroute experiments``, ``sweep``, ``plot`` and ``report``: the paper, reproduced.
+
+``sweep`` trains the networks of named experiments into ``results/<scale>/``; ``plot``
+and ``report`` read only those result files, so figures and claims can be redrawn from
+committed results on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dynroute.experiments.registry import EXPERIMENTS, SCALES
+
+FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "all")
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from dynroute.experiments.registry import expand
+
+    print("scales:")
+    for scale in SCALES.values():
+        print(f"  {scale.name:<8}{scale.iterations:>7} iterations  {scale.description}")
+    print("experiments:")
+    for experiment in EXPERIMENTS.values():
+        count = len(expand(experiment, "smoke"))
+        print(f"  {experiment.name:<28}{count:>2} networks  {experiment.dataset}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dynroute.experiments.sweep import run_sweep
+
+    report = run_sweep(
+        args.experiments,
+        args.scale,
+        results_dir=args.results,
+        runs_dir=args.runs,
+        data_dir=None if args.data_dir is None else str(args.data_dir),
+        workers=args.workers,
+        ray_address=args.ray_address,
+        progress=not args.no_progress,
+    )
+    print(
+        f"sweep {args.scale}: {len(report.trained)} trained, {len(report.skipped)} already "
+        f"done, {len(report.failed)} failed, {report.seconds:.0f} s; results in "
+        f"{args.results}/{args.scale}/"
+    )
+    for label, message in report.failed.items():
+        print(f"  failed {label}: {message}")
+    return 1 if report.failed else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from dynroute.plots import render
+
+    paths = render(args.results, args.scale, args.kind, args.out)
+    for path in paths:
+        print(path)
+    if not paths:
+        print(f"no results to plot in {args.results}/{args.scale}/")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dynroute.report import write_report
+
+    markdown, html = write_report(args.results, args.scale)
+    print(markdown)
+    print(html)
+    return 0
+
+
+def _results_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", default="quick", choices=list(SCALES), help="scale preset")
+    parser.add_argument("--results", default="results", help="results folder (default: results)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dynroute.commands.data import add_data_dir_argument
+
+    listing = sub.add_parser("experiments", help="list the named experiments and scales")
+    listing.set_defaults(func=cmd_experiments)
+
+    sweep = sub.add_parser("sweep", help="train every network of some experiments")
+    sweep.add_argument("experiments", nargs="+", metavar="EXPERIMENT", choices=list(EXPERIMENTS))
+    _results_arguments(sweep)
+    sweep.add_argument("--runs", default="runs", help="training state folder (default: runs)")
+    sweep.add_argument(
+        "--workers", type=int, default=1, help="local worker processes (default: 1)"
+    )
+    sweep.add_argument("--ray-address", help="run one Ray task per network on this cluster")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_data_dir_argument(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    plot = sub.add_parser("plot", help="draw figures from result files")
+    plot.add_argument("kind", choices=FIGURE_KINDS)
+    _results_arguments(plot)
+    plot.add_argument("--out", help="figure folder (default: <results>/<scale>/figures)")
+    plot.set_defaults(func=cmd_plot)
+
+    report = sub.add_parser("report", help="write report.md and report.html with every figure")
+    _results_arguments(report)
+    report.set_defaults(func=cmd_report)

@@ -1,0 +1,164 @@
+"""Where a sweep's networks train: in this process, a local process pool, or Ray.
+
+Every executor runs the same ``train_network`` on a ``Task`` and hands back the result
+document; only the sweep driver writes result files, so the layout never depends on
+the executor.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynroute.errors import DynrouteError
+from dynroute.experiments.results import build_result
+from dynroute.runtime import configure_threads, resolve_device
+from dynroute.train.config import TrainConfig
+from dynroute.train.trainer import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    Split,
+    Trainer,
+    TrainingData,
+    load_training_data,
+)
+
+#: Seed of the fixed evaluation subset (smoke scale), independent of the training seed.
+EVAL_SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs to train one network; plain data, so it pickles anywhere."""
+
+    experiment: str
+    network: str
+    config: dict[str, Any]
+    run_dir: str
+    data_dir: str | None
+    eval_subset: int | None
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.experiment}/{self.network}"
+
+
+DataLoaderFn = Callable[[TrainConfig, str | None, torch.device], TrainingData]
+
+
+def subset_evaluation(data: TrainingData, size: int | None) -> TrainingData:
+    """The same data with each evaluation split cut to a fixed, seeded subset of ``size``."""
+    if size is None:
+        return data
+    evaluation = {}
+    for name, split in data.evaluation.items():
+        n = len(split.labels)
+        if size >= n:
+            evaluation[name] = split
+            continue
+        rng = np.random.default_rng(EVAL_SUBSET_SEED)
+        keep = torch.from_numpy(np.sort(rng.choice(n, size, replace=False)))
+        evaluation[name] = Split(split.images[keep], split.labels[keep])
+    return TrainingData(data.loader, evaluation, data.num_classes)
+
+
+def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> dict[str, Any]:
+    """Train (or resume) one network in its run directory; return its result document."""
+    configure_threads(task.threads)
+    config = TrainConfig.from_dict(task.config).validate()
+    run_dir = Path(task.run_dir)
+    device = resolve_device(config.device)
+    data = subset_evaluation(load_data(config, task.data_dir, device), task.eval_subset)
+    trainer = Trainer(config, data, run_dir, progress=False)
+    summary = trainer.run(resume=(run_dir / CONFIG_FILE).exists())
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    return build_result(task.experiment, task.network, summary, records, task.eval_subset)
+
+
+Outcome = tuple[Task, dict[str, Any] | None, BaseException | None]
+
+
+class SerialExecutor:
+    """Trains in this process, one network after the other (``--workers 1``)."""
+
+    def __init__(self, load_data: DataLoaderFn = load_training_data) -> None:
+        self.load_data = load_data
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        for task in tasks:
+            try:
+                yield task, train_network(task, self.load_data), None
+            except DynrouteError as exc:
+                yield task, None, exc
+
+    def close(self) -> None:
+        pass
+
+
+def _init_worker(threads: int) -> None:
+    configure_threads(threads)
+
+
+class ProcessPoolRunner:
+    """A pool of spawned processes, each with ``threads`` torch threads."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        )
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        pending: dict[Future, Task] = {self.pool.submit(train_network, t): t for t in tasks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = pending.pop(future)
+                error = future.exception()
+                yield task, None if error else future.result(), error
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+class RayRunner:
+    """One Ray task per network on an existing cluster, retried if its worker dies.
+
+    Retries resume from the network's checkpoint when the retry lands on the machine
+    that holds its run directory.
+    """
+
+    def __init__(self, address: str, threads: int = 1, max_retries: int = 2) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise DynrouteError("--ray-address needs Ray: pip install 'dynroute[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith("DYNROUTE_")}
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
+        self.remote = ray.remote(max_retries=max_retries, num_cpus=threads)(train_network)
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        pending = {self.remote.remote(t): t for t in tasks}
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    yield task, self.ray.get(ref), None
+                except Exception as exc:  # a task error or a worker lost for good
+                    yield task, None, exc
+
+    def close(self) -> None:
+        self.ray.shutdown()

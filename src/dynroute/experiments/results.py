@@ -1,0 +1,173 @@
+"""Result files: one JSON per finished network, everything figures and the report need.
+
+Layout: ``<results>/<scale>/<experiment>/<network>.json``. A file is written atomically
+and only once its network has finished, so its presence means "done" and a sweep skips it.
+Each file holds the config, the final per-node statistics at every evaluated k_cpt
+(``points``), the compact training log (``metrics``, for figure 8), timings, the git
+revision and the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynroute.runtime import machine_description
+
+RESULT_FORMAT = 1
+
+
+def scale_dir(results_dir: str | os.PathLike[str], scale: str) -> Path:
+    return Path(results_dir) / scale
+
+
+def result_path(
+    results_dir: str | os.PathLike[str], scale: str, experiment: str, network: str
+) -> Path:
+    return scale_dir(results_dir, scale) / experiment / f"{network}.json"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temp file and rename, so a killed sweep never leaves half a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def git_revision() -> str | None:
+    """The checkout's commit (with ``-dirty`` when it has local edits), if there is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def evaluations_by_k(record: dict[str, Any], split: str) -> list[tuple[float | None, dict]]:
+    """(k_cpt, Evaluation dict) pairs of one metrics record's split, static or dynamic."""
+    stats = record[split]
+    if "nodes" in stats:
+        return [(None, stats)]
+    return [(float(k), evaluation) for k, evaluation in stats.items()]
+
+
+def compact_metrics(records: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """The training log reduced to what figure 8 draws: per-exit shares over time."""
+    out = []
+    for record in records:
+        points = []
+        for k, ev in evaluations_by_k(record, split):
+            leaves = [n for n in ev["nodes"] if n["is_leaf"]]
+            points.append(
+                {
+                    "k_cpt": k if k is not None else ev.get("k_cpt"),
+                    "accuracy": ev["accuracy"],
+                    "mean_macs": ev["mean_macs"],
+                    "classified": [n["classified"] for n in leaves],
+                }
+            )
+        out.append(
+            {
+                "iteration": record["iteration"],
+                "train_seconds": record["train_seconds"],
+                "points": points,
+            }
+        )
+    return out
+
+
+def build_result(
+    experiment: str,
+    network: str,
+    summary: dict[str, Any],
+    records: list[dict[str, Any]],
+    eval_subset: int | None,
+) -> dict[str, Any]:
+    """The result document of one finished training run (``Trainer.run``'s summary)."""
+    config = summary["config"]
+    split = "test" if "test" in config["eval_splits"] else config["eval_splits"][0]
+    points = []
+    for k, ev in evaluations_by_k(summary["final"], split):
+        if config["strategy"] == "static":
+            k = None
+        elif k is None:
+            k = config["k_cpt"]
+        points.append({**ev, "k_cpt": k})
+    leaves = [n["name"] for n in points[0]["nodes"] if n["is_leaf"]]
+    result: dict[str, Any] = {
+        "format": RESULT_FORMAT,
+        "experiment": experiment,
+        "network": network,
+        "config": config,
+        "split": split,
+        "eval_subset": eval_subset,
+        "iterations": summary["iterations"],
+        "train_seconds": summary["train_seconds"],
+        "device": summary["device"],
+        "exits": leaves,
+        "points": points,
+        "metrics": compact_metrics(records, split),
+        "machine": machine_description(),
+    }
+    if len(points) == 1:
+        result["accuracy"] = points[0]["accuracy"]
+        result["mean_macs"] = points[0]["mean_macs"]
+    return result
+
+
+@dataclass
+class CurvePoint:
+    """One (mean MACs, error) point of an accuracy/efficiency curve."""
+
+    experiment: str
+    network: str
+    k_cpt: float | None
+    mean_macs: float
+    accuracy: float
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.accuracy
+
+
+def load_results(
+    results_dir: str | os.PathLike[str], scale: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every result file of a scale: experiment -> network -> result document."""
+    root = scale_dir(results_dir, scale)
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    if not root.is_dir():
+        return found
+    for path in sorted(root.glob("*/*.json")):
+        data = json.loads(path.read_text())
+        if data.get("format") != RESULT_FORMAT:
+            continue
+        found.setdefault(path.parent.name, {})[path.stem] = data
+    return found
+
+
+def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
+    """The points of one experiment's networks, sorted by mean MACs."""
+    points = [
+        CurvePoint(r["experiment"], r["network"], p["k_cpt"], p["mean_macs"], p["accuracy"])
+        for r in results.values()
+        for p in r["points"]
+    ]
+    return sorted(points, key=lambda p: p.mean_macs)

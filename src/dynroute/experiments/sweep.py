@@ -1,0 +1,159 @@
+"""``dynroute sweep``: train every network of some experiments, resumably.
+
+A network whose result file exists is done and skipped; one with a run directory but no
+result resumes from its checkpoint. Results are written by this driver as networks
+finish, so a sweep can be killed at any time and result files committed as they come.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dynroute.data.datasets import load_dataset
+from dynroute.errors import DynrouteError
+from dynroute.experiments.executors import (
+    DataLoaderFn,
+    ProcessPoolRunner,
+    RayRunner,
+    SerialExecutor,
+    Task,
+)
+from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
+from dynroute.experiments.results import git_revision, result_path, write_json_atomic
+from dynroute.runtime import threads_per_worker
+from dynroute.train.trainer import load_training_data
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did: labels of networks trained, skipped as done, and failed."""
+
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def plan(experiments: list[str], scale: str) -> list[Network]:
+    """Every network of ``experiments`` at ``scale``, in order, without duplicates."""
+    seen: dict[str, Network] = {}
+    for name in experiments:
+        for network in expand(get_experiment(name), get_scale(scale)):
+            seen.setdefault(network.label, network)
+    return list(seen.values())
+
+
+def run_sweep(
+    experiments: list[str],
+    scale: str,
+    *,
+    results_dir: str | os.PathLike[str] = "results",
+    runs_dir: str | os.PathLike[str] = "runs",
+    data_dir: str | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: bool = True,
+    load_data: DataLoaderFn = load_training_data,
+) -> SweepReport:
+    """Train the missing networks and write their result files; returns what happened.
+
+    ``load_data`` replaces dataset loading for in-process runs (tests); spawned and Ray
+    workers always load the real dataset.
+    """
+    if workers < 1:
+        raise DynrouteError("--workers must be at least 1")
+    started = time.perf_counter()
+    report = SweepReport()
+    networks = plan(experiments, scale)
+    revision = git_revision()
+    tasks = []
+    for network in networks:
+        if result_path(results_dir, scale, network.experiment, network.name).exists():
+            report.skipped.append(network.label)
+            continue
+        tasks.append(_task(network, scale, runs_dir, data_dir, workers, ray_address))
+    bar = tqdm(
+        total=len(networks),
+        initial=len(report.skipped),
+        desc=f"sweep {scale}",
+        unit="net",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    if tasks:
+        if workers > 1 and not ray_address:
+            prepare_datasets(tasks)
+        runner = _runner(workers, ray_address, tasks[0].threads, load_data)
+        try:
+            for task, result, error in runner.run(tasks):
+                if error is not None:
+                    report.failed[task.label] = f"{type(error).__name__}: {error}"
+                    bar.write(f"FAILED {task.label}: {error}")
+                    continue
+                assert result is not None
+                result.update(scale=scale, git_revision=revision)
+                write_json_atomic(
+                    result_path(results_dir, scale, task.experiment, task.network), result
+                )
+                report.trained.append(task.label)
+                bar.write(_describe(task.label, result))
+                bar.update(1)
+        finally:
+            runner.close()
+            bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _task(
+    network: Network,
+    scale: str,
+    runs_dir: str | os.PathLike[str],
+    data_dir: str | None,
+    workers: int,
+    ray_address: str | None,
+) -> Task:
+    run_dir = Path(runs_dir, scale, network.experiment, network.name).resolve()
+    return Task(
+        experiment=network.experiment,
+        network=network.name,
+        config=network.config.to_dict(),
+        run_dir=str(run_dir),
+        data_dir=data_dir,
+        eval_subset=network.eval_subset,
+        # A Ray task asks the cluster for one CPU; locally the pool shares this machine's.
+        threads=1 if ray_address else threads_per_worker(workers),
+    )
+
+
+def _runner(workers: int, ray_address: str | None, threads: int, load_data: DataLoaderFn):
+    if ray_address:
+        return RayRunner(ray_address, threads)
+    if workers == 1:
+        return SerialExecutor(load_data)
+    return ProcessPoolRunner(workers, threads)
+
+
+def prepare_datasets(tasks: list[Task]) -> None:
+    """Build each dataset's cache once here, before parallel workers would race to."""
+    for dataset, validation_size, seed, data_dir in sorted(
+        {(t.config["dataset"], t.config["validation_size"], t.config["seed"], t.data_dir)
+         for t in tasks},
+        key=str,
+    ):
+        load_dataset(dataset, data_dir, validation_size=validation_size, seed=seed)
+
+
+def _describe(label: str, result: dict) -> str:
+    """One line per finished network: its accuracy and cost (best point if dynamic)."""
+    best = max(result["points"], key=lambda p: p["accuracy"])
+    extra = f" (best of {len(result['points'])} k_cpt)" if len(result["points"]) > 1 else ""
+    return (
+        f"done {label}: accuracy {best['accuracy']:.4f}, mean MACs "
+        f"{best['mean_macs'] / 1e6:.2f} M{extra}, {result['train_seconds']:.0f} s"
+    )
