@@ -15,17 +15,15 @@ Run: python benchmarks/bench_engine.py [--device cuda] [--batch 256] [--repeats 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
+import json
 
 import torch
 from torch import nn
 
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.nn.registry import build_model
+from dynroute.runtime import machine_description
+from timing import median_seconds
 
 
 class ScriptedRouter(nn.Module):
@@ -41,38 +39,6 @@ class ScriptedRouter(nn.Module):
         if self.decisions is None or self.decisions.shape[0] != scores.shape[0]:
             return scores
         return nn.functional.one_hot(self.decisions, scores.shape[1]).to(scores.dtype)
-
-
-def seconds(run: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def median_seconds(
-    runs: list[Callable[[], object]], repeats: int, device: torch.device
-) -> list[float]:
-    """Median wall-clock of each run, interleaved so load drift hits all alike."""
-    for run in runs:  # warm-up
-        run()
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, record in zip(runs, times, strict=True):
-            record.append(seconds(run, device))
-    return [statistics.median(record) for record in times]
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    )
 
 
 def main() -> None:
@@ -110,7 +76,8 @@ def main() -> None:
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    print(f"machine: {machine(device)}; batch {args.batch}; median of {args.repeats}")
+    print(f"machine: {json.dumps(machine_description())}")
+    print(f"batch {args.batch}; median of {args.repeats}")
     print(f"static-8: {static_macs / 1e6:.2f} M MACs per image")
     print(f"{'f':>5}{'static-8 ms':>13}{'engine ms':>11}{'wall-clock ratio':>18}{'MAC ratio':>11}")
     for f in args.fractions:

@@ -1,0 +1,33 @@
+"""Wall-clock helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock of one call, synchronising CUDA so queued kernels are counted."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def median_seconds(
+    runs: list[Callable[[], object]], repeats: int, device: torch.device
+) -> list[float]:
+    """Median wall-clock of each run, interleaved so load drift hits all alike."""
+    for run in runs:  # warm-up
+        run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, record in zip(runs, times, strict=True):
+            record.append(seconds(run, device))
+    return [statistics.median(record) for record in times]
