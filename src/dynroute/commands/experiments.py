@@ -85,9 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("experiments", nargs="+", metavar="EXPERIMENT", choices=list(EXPERIMENTS))
     _results_arguments(sweep)
     sweep.add_argument("--runs", default="runs", help="training state folder (default: runs)")
-    sweep.add_argument(
-        "--workers", type=int, default=1, help="local worker processes (default: 1)"
-    )
+    sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
     sweep.add_argument("--ray-address", help="run one Ray task per network on this cluster")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_dir_argument(sweep)

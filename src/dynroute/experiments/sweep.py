@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dynroute import runtime
 from dynroute.data.datasets import load_dataset
 from dynroute.errors import DynrouteError
 from dynroute.experiments.executors import (
@@ -25,7 +26,6 @@ from dynroute.experiments.executors import (
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
 from dynroute.experiments.results import git_revision, result_path, write_json_atomic
-from dynroute.runtime import threads_per_worker
 from dynroute.train.trainer import load_training_data
 
 
@@ -67,6 +67,12 @@ def run_sweep(
     """
     if workers < 1:
         raise DynrouteError("--workers must be at least 1")
+    if not ray_address and workers > local_cores():
+        print(
+            f"dynroute: {workers} workers asked for, {local_cores()} core(s) here: using "
+            f"{local_cores()}, since more would only slow every network down"
+        )
+        workers = local_cores()
     started = time.perf_counter()
     report = SweepReport()
     networks = plan(experiments, scale)
@@ -127,8 +133,21 @@ def _task(
         data_dir=data_dir,
         eval_subset=network.eval_subset,
         # A Ray task asks the cluster for one CPU; locally the pool shares this machine's.
-        threads=1 if ray_address else threads_per_worker(workers),
+        threads=1 if ray_address else local_threads(workers),
     )
+
+
+def local_cores() -> int:
+    """Cores that really compute in parallel here (the runtime's helper when it has one)."""
+    default_threads = getattr(runtime, "default_threads", None)
+    if default_threads is not None:
+        return max(1, int(default_threads()))
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def local_threads(workers: int) -> int:
+    """Torch threads per local worker, so workers x threads never exceed the cores."""
+    return max(1, local_cores() // workers)
 
 
 def _runner(workers: int, ray_address: str | None, threads: int, load_data: DataLoaderFn):
@@ -142,8 +161,10 @@ def _runner(workers: int, ray_address: str | None, threads: int, load_data: Data
 def prepare_datasets(tasks: list[Task]) -> None:
     """Build each dataset's cache once here, before parallel workers would race to."""
     for dataset, validation_size, seed, data_dir in sorted(
-        {(t.config["dataset"], t.config["validation_size"], t.config["seed"], t.data_dir)
-         for t in tasks},
+        {
+            (t.config["dataset"], t.config["validation_size"], t.config["seed"], t.data_dir)
+            for t in tasks
+        },
         key=str,
     ):
         load_dataset(dataset, data_dir, validation_size=validation_size, seed=seed)

@@ -80,7 +80,8 @@ class Evaluation:
 
 def _as_tensor(data: Any, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(data, np.ndarray):
-        return torch.from_numpy(data).to(dtype)
+        # Datasets are read-only memory maps: copy into memory torch may own.
+        return torch.from_numpy(np.array(data, copy=not data.flags.writeable)).to(dtype)
     return torch.as_tensor(data).to(dtype)
 
 
