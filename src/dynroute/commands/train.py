@@ -13,6 +13,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dynroute.errors import DynrouteError
 from dynroute.train.config import TrainConfig
 
@@ -166,12 +168,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute import checkpoint
     from dynroute.data.datasets import load_dataset
     from dynroute.infer.evaluate import evaluate
-    from dynroute.runtime import configure_threads, resolve_device
+    from dynroute.runtime import configure_threads, resolve_device, use_channels_last
 
     configure_threads(args.threads)
     path, run_config = _find_checkpoint(Path(args.run))
     device = resolve_device(args.device)
     tree = checkpoint.load_model(path, map_location=device)
+    if use_channels_last(device):
+        tree.to(memory_format=torch.channels_last)
     dataset = args.dataset or (run_config or {}).get("dataset")
     if dataset is None:
         raise DynrouteError("this checkpoint has no run directory: pass --dataset")
