@@ -268,6 +268,8 @@ class Trainer:
         cfg = self.config
         if prepare_run_dir(self.out_dir, cfg, resume, overwrite):
             self.load()
+        else:  # a fresh start: metrics of a run killed before its first checkpoint go
+            (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
         bar = tqdm(
             total=cfg.iterations,
             initial=self.step,
