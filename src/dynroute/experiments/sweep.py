@@ -67,12 +67,13 @@ def run_sweep(
     """
     if workers < 1:
         raise DynrouteError("--workers must be at least 1")
-    if not ray_address and workers > local_cores():
+    cores = runtime.available_cores()
+    if not ray_address and workers > cores:
         print(
-            f"dynroute: {workers} workers asked for, {local_cores()} core(s) here: using "
-            f"{local_cores()}, since more would only slow every network down"
+            f"dynroute: {workers} workers asked for, {cores} core(s) here: using "
+            f"{cores}, since more would only slow every network down"
         )
-        workers = local_cores()
+        workers = runtime.available_cores()
     started = time.perf_counter()
     report = SweepReport()
     networks = plan(experiments, scale)
@@ -133,21 +134,8 @@ def _task(
         data_dir=data_dir,
         eval_subset=network.eval_subset,
         # A Ray task asks the cluster for one CPU; locally the pool shares this machine's.
-        threads=1 if ray_address else local_threads(workers),
+        threads=1 if ray_address else runtime.threads_per_worker(workers),
     )
-
-
-def local_cores() -> int:
-    """Cores that really compute in parallel here (the runtime's helper when it has one)."""
-    default_threads = getattr(runtime, "default_threads", None)
-    if default_threads is not None:
-        return max(1, int(default_threads()))
-    return max(1, (os.cpu_count() or 1) // 2)
-
-
-def local_threads(workers: int) -> int:
-    """Torch threads per local worker, so workers x threads never exceed the cores."""
-    return max(1, local_cores() // workers)
 
 
 def _runner(workers: int, ray_address: str | None, threads: int, load_data: DataLoaderFn):

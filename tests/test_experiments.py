@@ -1,0 +1,233 @@
+"""Experiment registry, sweeps (skip finished, resume after a kill), executors, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynroute.cli import main
+from dynroute.data.datasets import DatasetSplit
+from dynroute.data.loader import BatchLoader
+from dynroute.experiments import sweep as sweep_module
+from dynroute.experiments.executors import ProcessPoolRunner, Task, subset_evaluation
+from dynroute.experiments.registry import EXPERIMENTS, expand
+from dynroute.experiments.results import load_results, result_path
+from dynroute.experiments.sweep import plan, run_sweep
+from dynroute.train.config import PAPER_K_CPT_SET
+from dynroute.train.trainer import Split, TrainingData
+
+torch.set_num_threads(1)
+RESULT_KEYS = {
+    "format", "experiment", "network", "config", "split", "eval_subset", "iterations",
+    "train_seconds", "device", "exits", "points", "metrics", "machine", "scale",
+    "git_revision",
+}  # fmt: skip
+
+
+def test_registry_covers_every_curve_and_expands_to_networks():
+    assert len(EXPERIMENTS) == 22
+    assert [n.name for n in expand("hybrid-static", "quick")] == [
+        f"static-{n}" for n in range(1, 9)
+    ]
+    actor = expand("hybrid-actor", "quick")
+    assert [n.config.k_cpt for n in actor] == list(PAPER_K_CPT_SET)
+    assert actor[3].name == "k_cpt-4e-09" and actor[3].config.iterations == 1500
+    (dynamic,) = expand("hybrid-actor-dynkcpt", "paper")
+    assert dynamic.name == "dynamic" and dynamic.config.dynamic_k_cpt
+    assert dynamic.config.iterations == 80_000 and dynamic.config.resolved_lr == 0.1
+    for width in (2, 3):
+        nets = expand(f"cifar10-actor-width{width}", "smoke")
+        assert [n.config.k_cpt for n in nets] == [k / width**2 for k in PAPER_K_CPT_SET]
+        assert all(n.config.width == width for n in nets)
+    assert expand("hybrid-critic-optimistic", "smoke")[0].config.critic_target == "optimistic"
+    assert expand("hybrid-actor-tree", "smoke")[0].config.model == "tree"
+    assert len(plan(["hybrid-actor", "hybrid-actor", "hybrid-static"], "smoke")) == 16
+
+
+class StoppingLoader(BatchLoader):
+    """A batch stream that "kills" the sweep after ``stop_after`` batches."""
+
+    stop_after: int | None = None
+
+    def next_batch(self):
+        if self.stop_after is not None:
+            if self.stop_after == 0:
+                raise KeyboardInterrupt
+            self.stop_after -= 1
+        return super().next_batch()
+
+
+def synthetic_loader(stop_after: int | None = None):
+    def load(config, data_dir, device) -> TrainingData:
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, 10, 64)
+        images = rng.random((64, 3, 32, 32), dtype=np.float32)
+        split = DatasetSplit(images, labels, tuple("abcdefghij"), (True,) * 10)
+        loader = StoppingLoader(split, config.batch_size, seed=config.seed)
+        loader.stop_after = stop_after
+        test = Split(torch.from_numpy(images[:40]), torch.from_numpy(labels[:40]))
+        return TrainingData(loader, {"test": test}, 10)
+
+    return load
+
+
+def sweep_here(tmp_path: Path, experiments: list[str], **kwargs):
+    return run_sweep(
+        experiments,
+        "smoke",
+        results_dir=tmp_path / "results",
+        runs_dir=tmp_path / "runs",
+        progress=False,
+        load_data=kwargs.pop("load_data", synthetic_loader()),
+        **kwargs,
+    )
+
+
+def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
+    report = sweep_here(tmp_path, ["hybrid-actor-dynkcpt", "hybrid-static"])
+    assert len(report.trained) == 9 and not report.failed
+    results = load_results(tmp_path / "results", "smoke")
+    static3 = results["hybrid-static"]["static-3"]
+    assert RESULT_KEYS | {"accuracy", "mean_macs"} == set(static3)
+    assert static3["config"]["model"] == "static-3" and static3["eval_subset"] == 500
+    assert static3["exits"] == ["exit"] and static3["points"][0]["k_cpt"] is None
+    assert [m["iteration"] for m in static3["metrics"]] == [2, 4]
+    dynamic = results["hybrid-actor-dynkcpt"]["dynamic"]
+    assert "accuracy" not in dynamic
+    assert [p["k_cpt"] for p in dynamic["points"]] == list(PAPER_K_CPT_SET)
+    assert len(dynamic["metrics"][0]["points"][0]["classified"]) == 8
+
+    result_path(tmp_path / "results", "smoke", "hybrid-static", "static-2").unlink()
+    again = sweep_here(tmp_path, ["hybrid-actor-dynkcpt", "hybrid-static"])
+    assert again.trained == ["hybrid-static/static-2"] and len(again.skipped) == 8
+
+
+def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path):
+    whole = sweep_here(tmp_path / "whole", ["hybrid-actor-dynkcpt"])
+    assert whole.trained == ["hybrid-actor-dynkcpt/dynamic"]
+    with pytest.raises(KeyboardInterrupt):
+        sweep_here(tmp_path / "killed", ["hybrid-actor-dynkcpt"], load_data=synthetic_loader(3))
+    run_dir = tmp_path / "killed/runs/smoke/hybrid-actor-dynkcpt/dynamic"
+    assert (run_dir / "checkpoint.pt").exists()
+    assert not (tmp_path / "killed/results/smoke/hybrid-actor-dynkcpt").exists()
+    resumed = sweep_here(tmp_path / "killed", ["hybrid-actor-dynkcpt"])
+    assert resumed.trained == ["hybrid-actor-dynkcpt/dynamic"]
+    a = load_results(tmp_path / "whole/results", "smoke")["hybrid-actor-dynkcpt"]["dynamic"]
+    b = load_results(tmp_path / "killed/results", "smoke")["hybrid-actor-dynkcpt"]["dynamic"]
+    assert a["points"] == b["points"]
+
+
+def test_failed_network_is_reported_and_sweep_continues(tmp_path, monkeypatch):
+    def broken(config, data_dir, device):
+        from dynroute.errors import DynrouteError
+
+        raise DynrouteError("no data")
+
+    report = sweep_here(tmp_path, ["hybrid-actor-dynkcpt"], load_data=broken)
+    assert report.failed == {"hybrid-actor-dynkcpt/dynamic": "DynrouteError: no data"}
+
+
+def test_workers_never_exceed_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(sweep_module, "local_cores", lambda: 2)
+    assert sweep_module.local_threads(1) == 2 and sweep_module.local_threads(2) == 1
+    assert sweep_module.local_threads(8) == 1
+
+
+def test_evaluation_subset_is_fixed_and_sized():
+    data = synthetic_loader()(expand("hybrid-static", "smoke")[0].config, None, "cpu")
+    a, b = subset_evaluation(data, 10), subset_evaluation(data, 10)
+    assert len(a.evaluation["test"].labels) == 10
+    assert torch.equal(a.evaluation["test"].images, b.evaluation["test"].images)
+    assert subset_evaluation(data, None) is data
+
+
+def test_experiments_command_lists_everything(capsys):
+    assert main(["experiments"]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid-critic-dynkcpt" in out and "cifar10-actor-width3" in out and "paper" in out
+    with pytest.raises(SystemExit):
+        main(["sweep", "no-such-experiment", "--scale", "smoke"])
+
+
+# ---------------------------------------------------------------- real data, CLI, pool, Ray
+def _env(real_data_dir: Path, real_cache_dir: Path) -> dict[str, str]:
+    return {**os.environ, "DYNROUTE_DATA": str(real_data_dir),
+            "DYNROUTE_CACHE": str(real_cache_dir), "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+
+def _dynroute(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600):
+    command = [sys.executable, "-m", "dynroute.cli", *args, "--no-progress"]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _layout(root: Path) -> dict[str, set[str]]:
+    return {
+        str(path.relative_to(root)): set(json.loads(path.read_text()))
+        for path in sorted(root.glob("*/*/*.json"))
+    }
+
+
+@pytest.mark.realdata
+def test_smoke_sweep_end_to_end_and_process_pool(real_data_dir, real_cache_dir, tmp_path):
+    env = _env(real_data_dir, real_cache_dir)
+    out = _dynroute(["sweep", "hybrid-static", "hybrid-actor", "--scale", "smoke"], tmp_path, env)
+    assert "16 trained" in out
+    layout = _layout(tmp_path / "results")
+    assert len(layout) == 16
+    assert layout["smoke/hybrid-actor/k_cpt-4e-09.json"] >= RESULT_KEYS
+    out = _dynroute(["sweep", "hybrid-static", "--scale", "smoke"], tmp_path, env)
+    assert "0 trained, 8 already done" in out
+
+    network = expand("hybrid-static", "smoke")[0]
+    task = Task(network.experiment, network.name, network.config.to_dict(),
+                str(tmp_path / "pool-run"), str(real_data_dir), 500, 1)  # fmt: skip
+    os.environ["DYNROUTE_CACHE"] = str(real_cache_dir)  # the spawned worker inherits it
+    try:
+        runner = ProcessPoolRunner(1, 1)
+        ((done_task, result, error),) = list(runner.run([task]))
+        runner.close()
+    finally:
+        os.environ.pop("DYNROUTE_CACHE")
+    assert error is None and done_task == task
+    local = json.loads((tmp_path / "results/smoke/hybrid-static/static-1.json").read_text())
+    assert set(result) | {"scale", "git_revision"} == set(local)
+    assert result["points"][0]["num_examples"] == 500
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.realdata
+def test_ray_sweep_on_loopback_matches_local_layout(real_data_dir, real_cache_dir, tmp_path):
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    env = _env(real_data_dir, real_cache_dir)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    port = _free_port()
+    start = [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        experiments = ["hybrid-actor-dynkcpt", "hybrid-static"]
+        args = ["sweep", *experiments, "--scale", "smoke", "--results"]
+        _dynroute([*args, "ray", "--ray-address", f"127.0.0.1:{port}"], tmp_path, env)
+        _dynroute([*args, "local"], tmp_path, env)
+    finally:
+        subprocess.run([ray_cli, "stop"], env=env, capture_output=True, timeout=120)
+    ray_layout, local_layout = _layout(tmp_path / "ray"), _layout(tmp_path / "local")
+    assert len(ray_layout) == 9 and ray_layout == local_layout
