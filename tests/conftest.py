@@ -118,7 +118,7 @@ def real_data_dir() -> Path:
     value = os.environ.get(sources.DATA_DIR_ENV)
     if not value or not Path(value).is_dir():
         pytest.skip(f"set {sources.DATA_DIR_ENV} to a folder with MNIST and CIFAR-10 copies")
-    return Path(value)
+    return Path(value).absolute()
 
 
 @pytest.fixture(scope="session")

@@ -94,23 +94,28 @@ def user_cache_dir() -> Path:
     return Path(base).expanduser() / "dynroute"
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """Absolute, so worker processes started elsewhere see the same folder."""
+    return Path(path).expanduser().absolute()
+
+
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Raw-data folder: explicit argument, else $DYNROUTE_DATA, else the per-user cache."""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
+        return _absolute(data_dir)
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
-        return Path(from_env).expanduser()
+        return _absolute(from_env)
     return user_cache_dir()
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where built datasets go: explicit argument, else $DYNROUTE_CACHE, else per-user cache."""
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
+        return _absolute(cache_dir)
     from_env = os.environ.get(CACHE_DIR_ENV)
     if from_env:
-        return Path(from_env).expanduser()
+        return _absolute(from_env)
     return user_cache_dir() / "datasets"
 
 

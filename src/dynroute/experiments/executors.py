@@ -131,6 +131,10 @@ class ProcessPoolRunner:
         self.pool.shutdown(cancel_futures=True)
 
 
+PATH_VARIABLES = ("DYNROUTE_DATA", "DYNROUTE_CACHE")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
 class RayRunner:
     """One Ray task per network on an existing cluster, retried if its worker dies.
 
@@ -145,8 +149,20 @@ class RayRunner:
             raise DynrouteError("--ray-address needs Ray: pip install 'dynroute[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith("DYNROUTE_")}
-            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
+            # Ray workers start in their own folders: hand them absolute paths.
+            env = {
+                k: str(Path(v).expanduser().absolute()) if k in PATH_VARIABLES else v
+                for k, v in os.environ.items()
+                if k.startswith("DYNROUTE_")
+            }
+            options = {}
+            if address.rsplit(":", 1)[0] in LOOPBACK_HOSTS:
+                # A head started with --node-ip-address=127.0.0.1 only schedules this driver's
+                # tasks if the driver joins as 127.0.0.1 too (not as the machine's own IP).
+                options["_node_ip_address"] = "127.0.0.1"
+            ray.init(
+                address=address, log_to_driver=False, runtime_env={"env_vars": env}, **options
+            )
         self.remote = ray.remote(max_retries=max_retries, num_cpus=threads)(train_network)
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:

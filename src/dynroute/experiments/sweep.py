@@ -131,7 +131,7 @@ def _task(
         network=network.name,
         config=network.config.to_dict(),
         run_dir=str(run_dir),
-        data_dir=data_dir,
+        data_dir=None if data_dir is None else str(Path(data_dir).expanduser().absolute()),
         eval_subset=network.eval_subset,
         # A Ray task asks the cluster for one CPU; locally the pool shares this machine's.
         threads=1 if ray_address else runtime.threads_per_worker(workers),
