@@ -160,9 +160,7 @@ class RayRunner:
                 # A head started with --node-ip-address=127.0.0.1 only schedules this driver's
                 # tasks if the driver joins as 127.0.0.1 too (not as the machine's own IP).
                 options["_node_ip_address"] = "127.0.0.1"
-            ray.init(
-                address=address, log_to_driver=False, runtime_env={"env_vars": env}, **options
-            )
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env}, **options)
         self.remote = ray.remote(max_retries=max_retries, num_cpus=threads)(train_network)
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
