@@ -207,7 +207,6 @@ def _free_port() -> int:
 
 @pytest.mark.realdata
 def test_ray_sweep_on_loopback_matches_local_layout(real_data_dir, real_cache_dir, tmp_path):
-    pytest.skip("known issue: the sweep's Ray tasks never get scheduled on a loopback head")
     pytest.importorskip("ray")
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     env = _env(real_data_dir, real_cache_dir)
