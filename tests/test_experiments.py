@@ -17,7 +17,7 @@ import torch
 from dynroute.cli import main
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
-from dynroute.experiments.executors import ProcessPoolRunner, Task, subset_evaluation
+from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
 from dynroute.experiments.results import load_results, result_path
 from dynroute.experiments.sweep import plan, run_sweep
@@ -206,12 +206,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.realdata
-def test_ray_sweep_on_loopback_matches_local_layout(real_data_dir, real_cache_dir, tmp_path):
+def test_ray_sweep_on_loopback_matches_local_layout(
+    real_data_dir, real_cache_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
     pytest.importorskip("ray")
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     env = _env(real_data_dir, real_cache_dir)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep every Ray process on loopback
     port = _free_port()
     start = [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
@@ -221,7 +223,32 @@ def test_ray_sweep_on_loopback_matches_local_layout(real_data_dir, real_cache_di
         args = ["sweep", *experiments, "--scale", "smoke", "--results"]
         _dynroute([*args, "ray", "--ray-address", f"127.0.0.1:{port}"], tmp_path, env)
         _dynroute([*args, "local"], tmp_path, env)
+        _check_ray_retries_a_dead_worker(f"127.0.0.1:{port}", tmp_path / "retry")
     finally:
         subprocess.run([ray_cli, "stop"], env=env, capture_output=True, timeout=120)
     ray_layout, local_layout = _layout(tmp_path / "ray"), _layout(tmp_path / "local")
     assert len(ray_layout) == 2 and ray_layout == local_layout
+
+
+def _die_on_first_attempt(task: Task) -> dict:
+    """Kills its own Ray worker the first time, as a lost machine would; then succeeds."""
+    marker = Path(task.run_dir, "attempted")
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(1)
+    return {"network": task.network}
+
+
+def _check_ray_retries_a_dead_worker(address: str, run_dir: Path) -> None:
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
+    task = Task("retry", "net", {}, str(run_dir), None, None, 1)
+    runner = RayRunner(address, work=_die_on_first_attempt)
+    try:
+        ((done, result, error),) = list(runner.run([task]))
+    finally:
+        runner.close()
+    assert error is None and done == task and result == {"network": "net"}
+    assert (run_dir / "attempted").exists()

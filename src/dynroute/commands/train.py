@@ -76,7 +76,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             if default:
                 parser.add_argument(
-                    "--no-" + flag[2:], dest=field.name, action="store_false", help=help_text
+                    "--no-" + flag[2:],
+                    dest=field.name,
+                    action="store_false",
+                    help=f"turn off: {help_text}" if help_text else None,
                 )
             else:
                 parser.add_argument(flag, dest=field.name, action="store_true", help=help_text)
@@ -92,8 +95,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             dest=field.name,
             type=kind,
             default=None if default is MISSING else default,
-            help=(help_text + " " if help_text else "") + f"(default: {default})",
+            help=_with_default(help_text, None if default is MISSING else default),
         )
+
+
+def _with_default(help_text: str | None, default: object) -> str | None:
+    """The help line; defaults of ``None`` are explained by the text itself."""
+    if default is None:
+        return help_text
+    return (help_text + " " if help_text else "") + f"(default: {default})"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -133,6 +133,7 @@ class ProcessPoolRunner:
 
 PATH_VARIABLES = ("DYNROUTE_DATA", "DYNROUTE_CACHE")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+RAY_MULTI_NODE_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RayRunner:
@@ -142,7 +143,19 @@ class RayRunner:
     that holds its run directory.
     """
 
-    def __init__(self, address: str, threads: int = 1, max_retries: int = 2) -> None:
+    def __init__(
+        self,
+        address: str,
+        threads: int = 1,
+        max_retries: int = 2,
+        work: Callable[[Task], dict[str, Any]] = train_network,
+    ) -> None:
+        loopback = address.rsplit(":", 1)[0] in LOOPBACK_HOSTS
+        if loopback:
+            # Ray rewrites a loopback address to this machine's network IP (where a head
+            # started with --node-ip-address=127.0.0.1 does not listen) unless this flag is
+            # off; Ray reads it once, on import.
+            os.environ.setdefault(RAY_MULTI_NODE_FLAG, "0")
         try:
             import ray
         except ImportError:
@@ -156,12 +169,12 @@ class RayRunner:
                 if k.startswith("DYNROUTE_")
             }
             options = {}
-            if address.rsplit(":", 1)[0] in LOOPBACK_HOSTS:
+            if loopback:
                 # A head started with --node-ip-address=127.0.0.1 only schedules this driver's
                 # tasks if the driver joins as 127.0.0.1 too (not as the machine's own IP).
                 options["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env}, **options)
-        self.remote = ray.remote(max_retries=max_retries, num_cpus=threads)(train_network)
+        self.remote = ray.remote(max_retries=max_retries, num_cpus=threads)(work)
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
         pending = {self.remote.remote(t): t for t in tasks}
