@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dynroute.infer.engine import EarlyExitEngine
+from dynroute.infer.fold import fold_batchnorm
 from dynroute.nn.registry import build_model
 from dynroute.runtime import machine_description
 from timing import median_seconds
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.9])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--fold", action="store_true", help="fold batch norms in both networks")
     parser.add_argument(
         "--threads",
         type=int,
@@ -67,8 +69,10 @@ def main() -> None:
         last.bias.data = torch.tensor([0.0, 1.0], device=device)  # always continue
     scripted = ScriptedRouter(chain.nodes[0].router)
     chain.nodes[0].router = scripted
-    engine = EarlyExitEngine(chain, channels_last=args.channels_last)
+    engine = EarlyExitEngine(chain, channels_last=args.channels_last, fold_batchnorm=args.fold)
     static = build_model("static-8").to(device).eval()
+    if args.fold:  # the same inference preparation for both networks
+        fold_batchnorm(static)
     if args.channels_last:
         static.to(memory_format=torch.channels_last)
     static_macs = static.path_macs(static.leaves[0])

@@ -21,9 +21,10 @@ import torch
 from dynroute import checkpoint
 from dynroute.data.datasets import load_dataset
 from dynroute.infer.engine import EarlyExitEngine
+from dynroute.infer.fold import fold_batchnorm
 from dynroute.nn.registry import build_model
 from dynroute.runtime import configure_threads, machine_description, resolve_device
-from timing import median_seconds
+from timing import median_seconds, peak_memory_mb
 
 
 def main() -> None:
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=64, help="images timed one by one")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--k-cpt", type=float, default=None, help="for dynamic-k_cpt networks")
+    parser.add_argument(
+        "--no-fold", action="store_true", help="keep batch norms unfolded in both networks"
+    )
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
     configure_threads(args.threads)
@@ -44,15 +48,21 @@ def main() -> None:
     config = json.loads((path / "config.json").read_text()) if path.is_dir() else {}
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
     tree = checkpoint.load_model(ckpt, map_location=device)
-    engine = EarlyExitEngine(tree, channels_last=True)
+    engine = EarlyExitEngine(tree, channels_last=True, fold_batchnorm=not args.no_fold)
     static = build_model("static-8", tree.num_classes).to(device).eval()
     static.to(memory_format=torch.channels_last)
+    if not args.no_fold:  # the same inference preparation for both networks
+        fold_batchnorm(static)
     static_macs = static.path_macs(static.leaves[0])
 
     data = load_dataset(args.dataset or config.get("dataset", "hybrid"))
     images = torch.from_numpy(np.array(data.test.images[: args.images])).to(device)
     images = images.contiguous(memory_format=torch.channels_last)
-    results: dict[str, object] = {"machine": machine_description(), "run": str(path)}
+    results: dict[str, object] = {
+        "machine": machine_description(),
+        "run": str(path),
+        "batchnorm_folded": not args.no_fold,
+    }
     print(f"machine: {json.dumps(results['machine'])}")
     print(f"{'batch':>6}{'static-8 img/s':>16}{'engine img/s':>14}{'wall ratio':>12}"
           f"{'MAC ratio':>11}{'wall/MAC':>10}")  # fmt: skip
@@ -80,6 +90,8 @@ def main() -> None:
             }
             print(f"{batch:>6}{count / static_s:>16.1f}{count / engine_s:>14.1f}{wall:>12.2f}"
                   f"{mac:>11.2f}{wall / mac:>10.2f}")  # fmt: skip
+    results.update(peak_memory_mb(device))
+    print("peak memory:", ", ".join(f"{k} {v:.0f}" for k, v in results.items() if "peak" in k))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

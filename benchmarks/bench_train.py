@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 
@@ -24,6 +23,7 @@ from dynroute.data.loader import BatchLoader
 from dynroute.runtime import configure_threads, machine_description, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData
+from timing import peak_memory_mb
 
 
 def synthetic_data(device: torch.device, n: int = 4096) -> TrainingData:
@@ -102,10 +102,10 @@ def main() -> None:
         results["actor chain again"]["images_per_second"],
     )
     results["routing_overhead"] = static / actor - 1
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results.update(peak_memory_mb(resolve_device(args.device)))
     print(f"best static-8 {static:.1f} img/s, best actor chain {actor:.1f} img/s")
     print(f"routing machinery overhead: {100 * results['routing_overhead']:.1f} %")
-    print(f"peak memory (RSS): {results['peak_rss_mb']:.0f} MB")
+    print("peak memory:", ", ".join(f"{k} {v:.0f}" for k, v in results.items() if "peak" in k))
     print("machine:", json.dumps(results["machine"]))
     if args.json:
         with open(args.json, "w") as fh:

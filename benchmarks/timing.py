@@ -31,3 +31,13 @@ def median_seconds(
         for run, record in zip(runs, times, strict=True):
             record.append(seconds(run, device))
     return [statistics.median(record) for record in times]
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory."""
+    import resource
+
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak

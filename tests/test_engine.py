@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from dynroute.errors import DynrouteError
-from dynroute.infer.engine import EarlyExitEngine
+from dynroute.infer.engine import EarlyExitEngine, select_rows
 from dynroute.infer.evaluate import predict_dense
+from dynroute.infer.fold import fold_batchnorm
 from dynroute.infer.prediction import Prediction
 from dynroute.nn.registry import build_model
 from routing_helpers import random_conv_tree, scramble_routing
@@ -105,3 +107,34 @@ def test_empty_batch_and_training_mode() -> None:
     assert empty.logits.shape == (0, 3) and len(empty) == 0
     with pytest.raises(DynrouteError, match="eval mode"):
         EarlyExitEngine(tree.train())(torch.zeros(2, 6))
+
+
+def test_select_rows_keeps_channels_last_and_values() -> None:
+    x = torch.rand(8, 5, 4, 4).contiguous(memory_format=torch.channels_last)
+    rows = torch.tensor([6, 1, 3])
+    picked = select_rows([x, x.contiguous()], rows)
+    assert picked[0].is_contiguous(memory_format=torch.channels_last)
+    assert not picked[0].is_contiguous()
+    assert torch.equal(picked[0], x[rows]) and torch.equal(picked[1], x[rows])
+
+
+@pytest.mark.parametrize("name", ["chain", "conv-tree"])
+def test_folded_batchnorm_engine_matches_unfolded_dense(images: torch.Tensor, name: str) -> None:
+    torch.manual_seed(3)
+    if name == "chain":  # the multi-scale column folds itself; routers are Sequentials
+        x, tree = images, build_model("chain")
+    else:  # a user's conv-BN-ReLU Sequential nodes
+        x, tree = images[:, :, :4, :4], random_conv_tree(3)
+    tree = scramble_routing(tree, x)
+    dense = predict_dense(tree, x)
+    assert fold_batchnorm(tree) > 0
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tree.modules())
+    folded = EarlyExitEngine(tree, channels_last=True)(x)
+    assert torch.equal(folded.exits, dense.exits) and torch.equal(folded.macs, dense.macs)
+    torch.testing.assert_close(folded.logits, dense.logits, rtol=1e-3, atol=1e-3)
+    assert dense.exits.unique().numel() >= 2
+
+
+def test_fold_batchnorm_needs_eval_mode() -> None:
+    with pytest.raises(DynrouteError, match="eval mode"):
+        fold_batchnorm(build_model("static-1"))

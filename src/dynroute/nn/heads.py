@@ -35,6 +35,10 @@ class Classifier(nn.Module):
     def forward(self, signal: Any) -> torch.Tensor:
         return self.linear(coarsest(signal))
 
+    def reads(self, signal: Any) -> torch.Tensor:
+        """The part of ``signal`` this head uses: the engine compacts only that."""
+        return coarsest(signal)
+
 
 class Router(nn.Module):
     """Linear(16)-BN-ReLU-Linear(16)-BN-ReLU-Linear(n_sinks), last layer zero.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dynroute.nn.heads import BN_EPS, BN_MOMENTUM, init_weights
 
@@ -68,8 +69,15 @@ class MultiScaleColumn(nn.Module):
             x = inputs[s]
             if s > 0:
                 x = torch.cat([x, F.max_pool2d(outputs[-1], 2)], dim=1)
-            outputs.append(F.relu(norm(conv(x))))
+            outputs.append(F.relu(norm(conv(x)), inplace=True))
         return outputs
+
+    def fold_batchnorm(self) -> int:
+        """Fold each (eval-mode) batch norm into its convolution; returns how many."""
+        for s, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            self.convs[s] = fuse_conv_bn_eval(conv, norm)
+            self.norms[s] = nn.Identity()
+        return len(self.convs)
 
 
 class PyramidColumn(nn.Sequential):
