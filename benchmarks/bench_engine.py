@@ -9,6 +9,9 @@ on the whole batch. Reported: median wall-clock over repeats (the two
 networks timed alternately), and the ratio static / engine next to the ratio
 of MACs per example.
 
+Both networks get the same inference preparation: channels-last layout and batch
+norms folded into the convolutions (``--no-channels-last``, ``--no-fold`` to compare).
+
 Run: python benchmarks/bench_engine.py [--device cuda] [--batch 256] [--repeats 15]
 """
 
@@ -48,8 +51,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.9])
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--fold", action="store_true", help="fold batch norms in both networks")
+    parser.add_argument(
+        "--no-channels-last", dest="channels_last", action="store_false", help="NCHW layout"
+    )
+    parser.add_argument(
+        "--no-fold", dest="fold", action="store_false", help="keep batch norms unfolded"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -81,7 +88,8 @@ def main() -> None:
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     print(f"machine: {json.dumps(machine_description())}")
-    print(f"batch {args.batch}; median of {args.repeats}")
+    print(f"batch {args.batch}; median of {args.repeats}; channels-last {args.channels_last}, "
+          f"batch norms folded {args.fold}")  # fmt: skip
     print(f"static-8: {static_macs / 1e6:.2f} M MACs per image")
     print(f"{'f':>5}{'static-8 ms':>13}{'engine ms':>11}{'wall-clock ratio':>18}{'MAC ratio':>11}")
     for f in args.fractions:

@@ -10,7 +10,7 @@ device=${2:-cpu}
 out=results/bench/$device
 mkdir -p "$out"
 python3 benchmarks/bench_augment.py | tee "$out/augment.txt"
-python3 benchmarks/bench_engine.py --device "$device" --channels-last | tee "$out/engine.txt"
+python3 benchmarks/bench_engine.py --device "$device" | tee "$out/engine.txt"
 python3 benchmarks/bench_train.py --device "$device" --json "$out/train.json" | tee "$out/train.txt"
 python3 benchmarks/bench_train.py --device "$device" --compile --json "$out/train-compile.json" \
     | tee "$out/train-compile.txt"

@@ -32,7 +32,7 @@ from dynroute.nn.tree import RoutedTree
 from dynroute.runtime import resolve_device, use_channels_last
 from dynroute.train.config import TrainConfig
 from dynroute.train.schedules import Schedule
-from dynroute.train.strategies import make_strategy
+from dynroute.train.strategies import LossOutput, make_strategy
 from dynroute.train.talr import apply_talr, talr_scales
 
 CONFIG_FILE = "config.json"
@@ -165,9 +165,10 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, Any] | None = None
-        self._forward = self.tree.forward_dense
-        if config.compile:
-            self._forward = torch.compile(self.tree.forward_dense)
+        # --compile compiles the forward pass and the strategy's loss as one graph, so
+        # the loss's many small per-node ops fuse too; tau goes in as a tensor so its
+        # decay does not trigger recompilation.
+        self._objective = torch.compile(self.objective) if config.compile else self.objective
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -219,10 +220,8 @@ class Trainer:
             group["lr"] = lr
         images, labels, k_cpt = self.next_batch()
         self.tree.train()
-        use_bf16 = cfg.bf16 and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            dense = self._forward(images, k_cpt if cfg.dynamic_k_cpt else None)
-        out = self.strategy.loss(self.tree, dense, labels, k_cpt, tau)
+        tau_value = torch.tensor(tau, device=self.device) if cfg.compile else tau
+        out = self._objective(images, labels, k_cpt, tau_value)
         loss_value = out.loss.item()
         if not math.isfinite(loss_value):
             raise DynrouteError(
@@ -236,6 +235,19 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return {"loss": loss_value, "lr": lr, "tau": tau}
+
+    def objective(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        k_cpt: torch.Tensor | float,
+        tau: torch.Tensor | float,
+    ) -> LossOutput:
+        """Dense forward pass (bf16 autocast on CUDA if asked) and the strategy's loss."""
+        use_bf16 = self.config.bf16 and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            dense = self.tree.forward_dense(images, k_cpt if self.config.dynamic_k_cpt else None)
+        return self.strategy.loss(self.tree, dense, labels, k_cpt, tau)
 
     def evaluate(self) -> dict[str, Any]:
         """Hard-routing statistics on every evaluation split (and every k_cpt if dynamic)."""
