@@ -128,6 +128,7 @@ def test_folded_batchnorm_engine_matches_unfolded_dense(images: torch.Tensor, na
     tree = scramble_routing(tree, x)
     dense = predict_dense(tree, x)
     assert fold_batchnorm(tree) > 0
+    assert fold_batchnorm(tree) == 0  # folding twice is harmless
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tree.modules())
     folded = EarlyExitEngine(tree, channels_last=True)(x)
     assert torch.equal(folded.exits, dense.exits) and torch.equal(folded.macs, dense.macs)

@@ -74,10 +74,13 @@ class MultiScaleColumn(nn.Module):
 
     def fold_batchnorm(self) -> int:
         """Fold each (eval-mode) batch norm into its convolution; returns how many."""
+        folded = 0
         for s, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
-            self.convs[s] = fuse_conv_bn_eval(conv, norm)
-            self.norms[s] = nn.Identity()
-        return len(self.convs)
+            if isinstance(norm, nn.BatchNorm2d):
+                self.convs[s] = fuse_conv_bn_eval(conv, norm)
+                self.norms[s] = nn.Identity()
+                folded += 1
+        return folded
 
 
 class PyramidColumn(nn.Sequential):

@@ -168,6 +168,7 @@ class Trainer:
         # --compile compiles the forward pass and the strategy's loss as one graph, so
         # the loss's many small per-node ops fuse too; tau goes in as a tensor so its
         # decay does not trigger recompilation.
+        self.tree.node_macs()  # count (and cache) MACs with hooks before anything compiles
         self._objective = torch.compile(self.objective) if config.compile else self.objective
 
     # ------------------------------------------------------------------ state
