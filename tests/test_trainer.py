@@ -17,7 +17,8 @@ import torch
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import _routed_column, register_model
+from dynroute.nn import registry
+from dynroute.nn.registry import _routed_column
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData
 
@@ -137,7 +138,6 @@ def test_critic_and_static_train(tmp_path):
         assert 0.0 <= summary["final"]["test"]["accuracy"] <= 1.0
 
 
-@register_model("test-chain-2")
 def _two_column_chain(num_classes: int, width: int = 1, dynamic_k_cpt: bool = False):
     """The chain's first two columns: the same code paths, a graph that compiles fast."""
     last = _routed_column(1, "column2", [], num_classes, width, dynamic_k_cpt)
@@ -145,8 +145,9 @@ def _two_column_chain(num_classes: int, width: int = 1, dynamic_k_cpt: bool = Fa
 
 
 @pytest.mark.slow
-def test_compiled_objective_matches_eager(tmp_path):
+def test_compiled_objective_matches_eager(tmp_path, monkeypatch):
     """--compile (forward + actor loss as one graph, tau as a tensor) trains like eager."""
+    monkeypatch.setitem(registry._REGISTRY, "test-chain-2", _two_column_chain)  # this test only
     losses = {}
     for compile_ in (False, True):
         config = tiny_config(model="test-chain-2", k_cpt=4e-9, compile=compile_)
