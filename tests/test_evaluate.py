@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dynroute.infer.evaluate import evaluate
+from dynroute.infer.evaluate import evaluate, every_exit_accuracy
 from dynroute.nn.tree import Node, RoutedTree
 
 
@@ -93,3 +93,12 @@ def test_hand_computed_statistics(hand_tree: RoutedTree, method: str) -> None:
 def test_length_mismatch(hand_tree: RoutedTree) -> None:
     with pytest.raises(ValueError, match="labels"):
         evaluate(hand_tree, torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
+
+
+def test_every_exit_accuracy_ignores_routing(hand_tree: RoutedTree) -> None:
+    # A, C and D always predict 0, 1 and 2; the labels hold 3, 3 and 2 of each class.
+    every = every_exit_accuracy(hand_tree, torch.tensor(X), torch.tensor(LABELS), batch_size=3)
+    assert list(every) == ["A", "C", "D"]
+    assert every["A"] == {"accuracy": 3 / 8, "class_accuracy": [1.0, 0.0, 0.0]}
+    assert every["C"] == {"accuracy": 3 / 8, "class_accuracy": [0.0, 1.0, 0.0]}
+    assert every["D"] == {"accuracy": 2 / 8, "class_accuracy": [0.0, 0.0, 1.0]}

@@ -174,10 +174,19 @@ def format_exit_table(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]) -> str:
+    """Exits as rows; overall and per-class accuracy as columns (class names shortened)."""
+    lines = [f"{'exit':<14}{'all':>7}" + "".join(f"{c[:7]:>8}" for c in class_names)]
+    for name, row in every.items():
+        cells = "".join("       -" if a is None else f"{a:>8.3f}" for a in row["class_accuracy"])
+        lines.append(f"{name:<14}{row['accuracy']:>7.3f}{cells}")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute import checkpoint
     from dynroute.data.datasets import load_dataset
-    from dynroute.infer.evaluate import evaluate
+    from dynroute.infer.evaluate import evaluate, every_exit_accuracy
     from dynroute.runtime import configure_threads, resolve_device, use_channels_last
 
     configure_threads(args.threads)
@@ -199,6 +208,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     part = getattr(splits, args.split)
     if part is None:
         raise DynrouteError(f"this run has no {args.split} split")
+    if args.every_exit:
+        every = every_exit_accuracy(tree, part.images, part.labels, k_cpt=args.k_cpt)
+        if args.json:
+            print(json.dumps(every, indent=2))
+        else:
+            print(f"{dataset} {args.split}: accuracy if every example left at one exit")
+            print(format_every_exit_table(every, splits.train.class_names))
+        return 0
     stats = evaluate(
         tree, part.images, part.labels, k_cpt=args.k_cpt, method="engine", progress=True
     ).to_dict()
@@ -242,6 +259,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    evaluate.add_argument(
+        "--every-exit",
+        action="store_true",
+        help="ignore routing: accuracy (overall, per class) if every example left at each exit",
+    )
     add_threads_argument(evaluate)
     add_data_dir_argument(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

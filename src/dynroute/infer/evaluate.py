@@ -132,6 +132,50 @@ def evaluate(
     return _summarise(tree, reached.tolist(), counts.tolist(), correct.tolist(), k_cpt)
 
 
+def every_exit_accuracy(
+    tree: RoutedTree,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    batch_size: int = 500,
+    k_cpt: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Accuracy of every exit as if all examples left there, overall and per class.
+
+    Routing is ignored: this shows what each classifier has learnt, e.g. whether
+    deep exits were starved of the examples the routers sent out early.
+    """
+    images = _as_tensor(images, torch.float32)
+    labels = _as_tensor(labels, torch.long)
+    device = next(tree.parameters()).device
+    leaves, n_classes = tree.leaves, tree.num_classes
+    correct = torch.zeros(len(leaves), n_classes, dtype=torch.long)
+    totals = torch.bincount(labels, minlength=n_classes)
+    was_training = tree.training
+    tree.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, images.shape[0], batch_size):
+                x = images[start : start + batch_size].to(device)
+                y = labels[start : start + batch_size]
+                out = tree.forward_dense(x, k_cpt)
+                for row, leaf in enumerate(leaves):
+                    hit = out.logits[leaf].argmax(dim=1).cpu() == y
+                    correct[row] += torch.bincount(y[hit], minlength=n_classes)
+    finally:
+        tree.train(was_training)
+    n = max(int(totals.sum()), 1)
+    return {
+        tree.nodes[leaf].name: {
+            "accuracy": int(correct[row].sum()) / n,
+            "class_accuracy": [
+                c / t if t else None
+                for c, t in zip(correct[row].tolist(), totals.tolist(), strict=True)
+            ],
+        }
+        for row, leaf in enumerate(leaves)
+    }
+
+
 def _path_matrix(tree: RoutedTree) -> torch.Tensor:
     """(nodes, nodes) 0/1 matrix: row ``leaf`` marks the nodes on its root path."""
     matrix = torch.zeros(len(tree.nodes), len(tree.nodes), dtype=torch.long)
