@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--k-cpt", type=float, default=None, help="for dynamic-k_cpt networks")
     parser.add_argument(
-        "--no-fold", action="store_true", help="keep batch norms unfolded in both networks"
+        "--no-fold", dest="fold", action="store_false", help="keep batch norms unfolded"
     )
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
@@ -48,10 +48,10 @@ def main() -> None:
     config = json.loads((path / "config.json").read_text()) if path.is_dir() else {}
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
     tree = checkpoint.load_model(ckpt, map_location=device)
-    engine = EarlyExitEngine(tree, channels_last=True, fold_batchnorm=not args.no_fold)
+    engine = EarlyExitEngine(tree, channels_last=True, fold_batchnorm=args.fold)
     static = build_model("static-8", tree.num_classes).to(device).eval()
     static.to(memory_format=torch.channels_last)
-    if not args.no_fold:  # the same inference preparation for both networks
+    if args.fold:  # the same inference preparation for both networks
         fold_batchnorm(static)
     static_macs = static.path_macs(static.leaves[0])
 
@@ -61,7 +61,7 @@ def main() -> None:
     results: dict[str, object] = {
         "machine": machine_description(),
         "run": str(path),
-        "batchnorm_folded": not args.no_fold,
+        "batchnorm_folded": args.fold,
     }
     print(f"machine: {json.dumps(results['machine'])}")
     print(f"{'batch':>6}{'static-8 img/s':>16}{'engine img/s':>14}{'wall ratio':>12}"
