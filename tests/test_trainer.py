@@ -54,6 +54,8 @@ def tiny_config(**changes) -> TrainConfig:
         ({"dynamic_k_cpt": True, "k_cpt_set": ()}, "non-empty"),
         ({"model": "static-3", "strategy": "actor"}, "needs the static strategy"),
         ({"eval_splits": ("validation",)}, "validation-size"),
+        ({"lr_warmup": 7}, "lr warm-up"),
+        ({"lr_warmup": -1}, "lr warm-up"),
     ],
 )
 def test_config_validation(changes, message):

@@ -27,8 +27,10 @@ HELP = {
     "dynamic_k_cpt": "feed k_cpt to every router and draw it per example from the k_cpt set",
     "k_cpt_set": "comma-separated k_cpt values for dynamic k_cpt (default: the paper's 8)",
     "iterations": "training iterations (batches)",
-    "lr": "initial learning rate (default 0.1 for >= 20,000 iterations, else 0.02)",
+    "lr": "initial learning rate (default 0.1 for >= 20,000 iterations, else 0.04)",
     "lr_half_life": "iterations per halving of the lr (default iterations / 8)",
+    "lr_warmup": "iterations over which the lr ramps up linearly from ~0 "
+    "(default 0 for >= 20,000 iterations, else iterations / 10)",
     "tau": "initial routing temperature (default 1.0 actor, 0.1 critic)",
     "tau_half_life": "iterations per halving of tau (default iterations / 4)",
     "critic_target": "pragmatic or optimistic",
@@ -49,6 +51,7 @@ HELP = {
 OPTIONAL_TYPES = {
     "lr": float,
     "lr_half_life": float,
+    "lr_warmup": int,
     "tau": float,
     "tau_half_life": float,
     "eval_every": int,

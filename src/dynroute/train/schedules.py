@@ -2,7 +2,8 @@
 
 The paper runs 80,000 iterations with an lr half-life of 10,000 and a tau
 half-life of 20,000 (REFERENCE §4). A shorter run keeps the same *shape*:
-by default the half-lives are 1/8 and 1/4 of the run.
+by default the half-lives are 1/8 and 1/4 of the run. An optional linear
+warm-up ramps the lr from near 0 over its first iterations (not in the paper).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ class Schedule:
     lr_half_life: float
     tau: float
     tau_half_life: float
+    lr_warmup: int = 0
 
     def lr_at(self, step: int) -> float:
-        return exponential_decay(self.lr, self.lr_half_life, step)
+        ramp = min(1.0, (step + 1) / self.lr_warmup) if self.lr_warmup else 1.0
+        return ramp * exponential_decay(self.lr, self.lr_half_life, step)
 
     def tau_at(self, step: int) -> float:
         return exponential_decay(self.tau, self.tau_half_life, step)

@@ -156,6 +156,7 @@ class Trainer:
             config.resolved_lr_half_life,
             config.resolved_tau,
             config.resolved_tau_half_life,
+            config.resolved_lr_warmup,
         )
         self.optimizer = torch.optim.SGD(
             self.tree.parameters(), lr=self.schedule.lr, momentum=config.momentum
@@ -299,13 +300,13 @@ class Trainer:
                     self._log(self.evaluate())
                 if self.step % cfg.resolved_checkpoint_every == 0 or self.step == cfg.iterations:
                     self.save()
-                head = self.headline()
+                head = self.headline()  # empty until the first evaluation
                 bar.set_postfix(
                     loss=f"{info['loss']:.3f}",
                     tau=f"{info['tau']:.3g}",
                     lr=f"{info['lr']:.3g}",
-                    acc=f"{head.get('accuracy', float('nan')):.3f}",
-                    macs=f"{head.get('mean_macs', float('nan')) / 1e6:.2f}M",
+                    acc=f"{head['accuracy']:.3f}" if head else "-",
+                    macs=f"{head['mean_macs'] / 1e6:.2f}M" if head else "-",
                     refresh=False,
                 )
                 bar.update(1)

@@ -1,0 +1,34 @@
+"""Learning-rate and temperature schedules keep the paper's shape at any run length."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynroute.train.config import TrainConfig
+from dynroute.train.schedules import Schedule
+
+
+def test_half_lives_scale_with_the_run():
+    paper = TrainConfig(iterations=80_000)
+    assert (paper.resolved_lr_half_life, paper.resolved_tau_half_life) == (10_000, 20_000)
+    short = TrainConfig(iterations=1500)
+    assert (short.resolved_lr_half_life, short.resolved_tau_half_life) == (187.5, 375)
+    schedule = Schedule(0.1, 100, 1.0, 200)
+    assert schedule.lr_at(0) == 0.1
+    assert schedule.lr_at(100) == pytest.approx(0.05)
+    assert schedule.tau_at(400) == pytest.approx(0.25)
+
+
+def test_lr_warmup_ramps_linearly_then_decays():
+    schedule = Schedule(0.1, 100, 1.0, 200, lr_warmup=4)
+    ramp = [schedule.lr_at(t) / (0.1 * 2 ** (-t / 100)) for t in range(6)]
+    assert ramp == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert schedule.tau_at(3) == Schedule(0.1, 100, 1.0, 200).tau_at(3)  # tau unaffected
+
+
+def test_short_runs_default_to_their_own_recipe():
+    short, paper = TrainConfig(iterations=1500), TrainConfig(iterations=80_000)
+    assert (short.resolved_lr, short.resolved_lr_warmup) == (0.04, 150)
+    assert (paper.resolved_lr, paper.resolved_lr_warmup) == (0.1, 0)
+    explicit = TrainConfig(iterations=1500, lr=0.1, lr_warmup=0)
+    assert (explicit.resolved_lr, explicit.resolved_lr_warmup) == (0.1, 0)
