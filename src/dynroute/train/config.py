@@ -147,7 +147,7 @@ class TrainConfig:
             fail("dynamic k_cpt needs a non-empty k_cpt set")
         if any(k < 0 or not math.isfinite(k) for k in self.resolved_k_cpt_set):
             fail("every k_cpt in the set must be a finite number >= 0")
-        if not 0 <= self.resolved_lr_warmup <= max(self.iterations, 0):
+        if not 0 <= self.resolved_lr_warmup <= self.iterations:
             fail(f"lr warm-up must be between 0 and the iterations, got {self.lr_warmup}")
         if self.iterations <= 0:
             fail(f"iterations must be positive, got {self.iterations}")
