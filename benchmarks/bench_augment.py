@@ -18,6 +18,7 @@ import torch
 from dynroute.data.augment import augment_batch
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
+from dynroute.runtime import configure_cpu
 
 
 def images_per_second(step: Callable[[], object], batch_size: int, seconds: float) -> float:
@@ -38,8 +39,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
 
     print(
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import torch
 from torch import nn
@@ -26,8 +27,8 @@ from torch import nn
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.fold import fold_batchnorm
 from dynroute.nn.registry import build_model
-from dynroute.runtime import machine_description
-from timing import median_seconds
+from dynroute.runtime import configure_cpu, machine_description
+from timing import interleaved_seconds, median_speedup
 
 
 class ScriptedRouter(nn.Module):
@@ -60,12 +61,11 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        help="torch CPU threads (default: torch's choice); 1 is steadier "
+        help="torch CPU threads (default: every core); 1 is steadier "
         "on a loaded machine, where idle OpenMP workers wait for descheduled ones",
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
@@ -99,13 +99,14 @@ def main() -> None:
         result = engine(x)
         assert int((result.exits == chain.leaves[0]).sum()) == n_exit
         with torch.inference_mode():
-            static_seconds, engine_seconds = median_seconds(
+            static_times, engine_times = interleaved_seconds(
                 [lambda: static(x), lambda: engine(x)], args.repeats, device
             )
+        static_seconds, engine_seconds = map(statistics.median, (static_times, engine_times))
         mean_macs = result.macs.double().mean().item()
         print(
             f"{f:>5.2f}{static_seconds * 1e3:>13.1f}{engine_seconds * 1e3:>11.1f}"
-            f"{static_seconds / engine_seconds:>18.2f}{static_macs / mean_macs:>11.2f}"
+            f"{median_speedup(static_times, engine_times):>18.2f}{static_macs / mean_macs:>11.2f}"
         )
 
 

@@ -3,15 +3,20 @@
 Both run the full training step of ``dynroute.train.Trainer`` (batch sampling,
 augmentation, forward, loss, backward, TALR, SGD) at batch 128 on synthetic
 images of the real shape, so the routing machinery's overhead is the ratio.
-Not a test: it prints numbers with the machine description.
+The two trainers take turns (``--rounds`` of ``--steps`` steps each) and the
+overhead is the median over rounds, so a machine whose speed drifts over
+seconds hits both alike. Not a test: it prints numbers with the machine
+description.
 
-    python benchmarks/bench_train.py [--steps 20] [--threads N] [--compile] [--device cpu]
+    python benchmarks/bench_train.py [--rounds 8] [--steps 5] [--threads N] [--compile]
+        [--device cpu] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 
@@ -20,10 +25,10 @@ import torch
 
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
-from dynroute.runtime import configure_threads, machine_description, resolve_device
+from dynroute.runtime import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData
-from timing import peak_memory_mb
+from timing import median_speedup, peak_memory_mb
 
 
 def synthetic_data(device: torch.device, n: int = 4096) -> TrainingData:
@@ -37,31 +42,22 @@ def synthetic_data(device: torch.device, n: int = 4096) -> TrainingData:
     return TrainingData(loader, {"test": test}, 10)
 
 
-def measure(config: TrainConfig, steps: int, warmup: int) -> dict[str, float]:
-    device = resolve_device(config.device)
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(config, synthetic_data(device), out, progress=False)
-        started = time.perf_counter()
-        for _ in range(warmup):
-            trainer.train_step()
-        warm = time.perf_counter() - started
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-    return {
-        "images_per_second": steps * config.batch_size / seconds,
-        "warmup_seconds": warm,
-    }
+def timed_steps(trainer: Trainer, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` full training steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="steps per network per round")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -70,7 +66,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
-    configure_threads(args.threads)
+    configure_cpu(args.threads)
+    device = resolve_device(args.device)
     common = dict(
         iterations=100_000,
         device=args.device,
@@ -80,31 +77,36 @@ def main() -> None:
         eval_every=10**9,
         checkpoint_every=10**9,
     )
+    configs = {
+        "static-8": TrainConfig(model="static-8", strategy="static", **common),
+        "actor chain": TrainConfig(model="chain", strategy="actor", k_cpt=4e-9, **common),
+    }
     warmup = args.warmup + (2 if args.compile else 0)
-    results = {"machine": machine_description(), "options": vars(args)}
-    for name, config in [
-        ("static-8", TrainConfig(model="static-8", strategy="static", **common)),
-        ("actor chain", TrainConfig(model="chain", strategy="actor", k_cpt=4e-9, **common)),
-        ("static-8 again", TrainConfig(model="static-8", strategy="static", **common)),
-        ("actor chain again", TrainConfig(model="chain", strategy="actor", k_cpt=4e-9, **common)),
-    ]:
-        results[name] = measure(config, args.steps, warmup)
-        print(
-            f"{name:<18} {results[name]['images_per_second']:8.1f} img/s"
-            f"   (warm-up {warmup} steps incl. compile: {results[name]['warmup_seconds']:.1f} s)",
-            flush=True,
-        )
-    static = max(
-        results["static-8"]["images_per_second"], results["static-8 again"]["images_per_second"]
+    results: dict[str, object] = {"machine": machine_description(), "options": vars(args)}
+    with tempfile.TemporaryDirectory() as out:
+        trainers = {
+            name: Trainer(config, synthetic_data(device), f"{out}/{i}", progress=False)
+            for i, (name, config) in enumerate(configs.items())
+        }
+        for name, trainer in trainers.items():
+            seconds = timed_steps(trainer, warmup, device)
+            print(f"{name:<12} warm-up {warmup} steps (incl. compile): {seconds:.1f} s", flush=True)
+            results[name] = {"warmup_seconds": seconds}
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for _ in range(args.rounds):
+            for name, trainer in trainers.items():
+                times[name].append(timed_steps(trainer, args.steps, device))
+    images = args.steps * configs["static-8"].batch_size
+    for name, record in times.items():
+        results[name]["images_per_second"] = rate = images / statistics.median(record)
+        results[name]["images_per_second_per_round"] = [images / t for t in record]
+        spread = f"{images / max(record):.0f}-{images / min(record):.0f}"
+        print(f"{name:<12} {rate:8.1f} img/s  (median of {args.rounds} rounds; range {spread})")
+    results["routing_overhead"] = overhead = (
+        median_speedup(times["actor chain"], times["static-8"]) - 1
     )
-    actor = max(
-        results["actor chain"]["images_per_second"],
-        results["actor chain again"]["images_per_second"],
-    )
-    results["routing_overhead"] = static / actor - 1
-    results.update(peak_memory_mb(resolve_device(args.device)))
-    print(f"best static-8 {static:.1f} img/s, best actor chain {actor:.1f} img/s")
-    print(f"routing machinery overhead: {100 * results['routing_overhead']:.1f} %")
+    print(f"routing machinery overhead: {100 * overhead:.1f} % (median over interleaved rounds)")
+    results.update(peak_memory_mb(device))
     print("peak memory:", ", ".join(f"{k} {v:.0f}" for k, v in results.items() if "peak" in k))
     print("machine:", json.dumps(results["machine"]))
     if args.json:

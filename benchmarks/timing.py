@@ -20,17 +20,26 @@ def seconds(run: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def median_seconds(
+def interleaved_seconds(
     runs: list[Callable[[], object]], repeats: int, device: torch.device
-) -> list[float]:
-    """Median wall-clock of each run, interleaved so load drift hits all alike."""
+) -> list[list[float]]:
+    """Wall-clock of each run, ``repeats`` times, interleaved so load drift hits all alike."""
     for run in runs:  # warm-up
         run()
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for run, record in zip(runs, times, strict=True):
             record.append(seconds(run, device))
-    return [statistics.median(record) for record in times]
+    return times
+
+
+def median_speedup(base: list[float], other: list[float]) -> float:
+    """Median of ``base / other`` over interleaved pairs.
+
+    On a shared machine whose speed drifts by tens of percent over seconds, the
+    two runs of one pair see the same conditions; a ratio of medians mixes them.
+    """
+    return statistics.median(b / o for b, o in zip(base, other, strict=True))
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:

@@ -114,11 +114,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dynroute.runtime import configure_threads, resolve_device
+    from dynroute.runtime import configure_cpu, resolve_device
     from dynroute.train.trainer import Trainer, load_training_data
 
     config = config_from_args(args).validate()
-    configure_threads(args.threads)
+    configure_cpu(args.threads)
     out_dir = Path(args.out)
     device = resolve_device(config.device)
     data = load_training_data(config, args.data_dir, device)
@@ -190,9 +190,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute import checkpoint
     from dynroute.data.datasets import load_dataset
     from dynroute.infer.evaluate import evaluate, every_exit_accuracy
-    from dynroute.runtime import configure_threads, resolve_device, use_channels_last
+    from dynroute.runtime import configure_cpu, resolve_device, use_channels_last
 
-    configure_threads(args.threads)
+    configure_cpu(args.threads)
     path, run_config = _find_checkpoint(Path(args.run))
     device = resolve_device(args.device)
     tree = checkpoint.load_model(path, map_location=device)

@@ -21,7 +21,7 @@ import torch
 
 from dynroute.errors import DynrouteError
 from dynroute.experiments.results import build_result
-from dynroute.runtime import configure_threads, resolve_device
+from dynroute.runtime import configure_cpu, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import (
     CONFIG_FILE,
@@ -74,7 +74,7 @@ def subset_evaluation(data: TrainingData, size: int | None) -> TrainingData:
 
 def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> dict[str, Any]:
     """Train (or resume) one network in its run directory; return its result document."""
-    configure_threads(task.threads)
+    configure_cpu(task.threads)
     config = TrainConfig.from_dict(task.config).validate()
     run_dir = Path(task.run_dir)
     device = resolve_device(config.device)
@@ -106,7 +106,7 @@ class SerialExecutor:
 
 
 def _init_worker(threads: int) -> None:
-    configure_threads(threads)
+    configure_cpu(threads)
 
 
 class ProcessPoolRunner:

@@ -28,6 +28,39 @@ COLUMN_CHANNELS: list[list[int]] = [
     [128],
 ]
 PYRAMID_SCALES = 4
+#: Below this many elements a pooling call is launch-bound: one kernel beats four views.
+STRIDED_POOL_MIN_ELEMENTS = 1 << 16
+
+
+def _strided_pool_applies(x: torch.Tensor) -> bool:
+    """Whether 2x2 pooling should use strided views (inference on large, even maps).
+
+    On channels-last maps the max (or sum) of strided views is 1.5-2.5x faster
+    than the pooling kernels, but its backward is ~10x slower, so training keeps
+    the kernels; tiny batches keep them too (fewer launches).
+    """
+    return (
+        not torch.is_grad_enabled()
+        and x.numel() >= STRIDED_POOL_MIN_ELEMENTS
+        and x.shape[-1] % 2 == 0
+        and x.shape[-2] % 2 == 0
+    )
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)``, as strided maxima where that is faster (same values)."""
+    if not _strided_pool_applies(x):
+        return F.max_pool2d(x, 2)
+    rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2)``, as strided sums where that is faster (equal up to rounding)."""
+    if not _strided_pool_applies(x):
+        return F.avg_pool2d(x, 2)
+    rows = x[:, :, 0::2] + x[:, :, 1::2]
+    return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
 
 
 class ImagePyramid(nn.Module):
@@ -40,7 +73,7 @@ class ImagePyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         levels = [x]
         for _ in range(self.n_scales - 1):
-            levels.append(F.avg_pool2d(levels[-1], 2))
+            levels.append(avg_pool_2x2(levels[-1]))
         return levels
 
 
@@ -68,7 +101,7 @@ class MultiScaleColumn(nn.Module):
         for s, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = inputs[s]
             if s > 0:
-                x = torch.cat([x, F.max_pool2d(outputs[-1], 2)], dim=1)
+                x = torch.cat([x, max_pool_2x2(outputs[-1])], dim=1)
             outputs.append(F.relu(norm(conv(x)), inplace=True))
         return outputs
 
