@@ -105,12 +105,17 @@ class ClaimChecker:
         wins = sum(p.error < s for p, s in checks)
         worst = max(p.error - s for p, s in checks)
         verdict = SUPPORTED if wins == len(checks) else NOT_SUPPORTED
-        return Claim(
-            claim,
-            verdict,
+        evidence = (
             f"actor error below interpolated static error at {wins}/{len(checks)} budgets in "
-            f"5–15 M; smallest margin {-worst * 100:+.2f} points",
+            f"5–15 M; smallest margin {-worst * 100:+.2f} points"
         )
+        noise = [p.standard_error for p in inside if p.num_examples]
+        if noise:  # how large a margin the test set can resolve
+            evidence += (
+                f" (binomial standard error of one accuracy on {inside[0].num_examples} test "
+                f"images: ±{100 * float(np.mean(noise)):.2f} points)"
+            )
+        return Claim(claim, verdict, evidence)
 
     def strategy_order(self) -> Claim:
         names = ("hybrid-static", "hybrid-actor", "hybrid-critic", "hybrid-critic-optimistic")

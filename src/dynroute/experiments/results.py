@@ -10,6 +10,7 @@ revision and the machine.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -141,10 +142,18 @@ class CurvePoint:
     k_cpt: float | None
     mean_macs: float
     accuracy: float
+    num_examples: int = 0
 
     @property
     def error(self) -> float:
         return 1.0 - self.accuracy
+
+    @property
+    def standard_error(self) -> float:
+        """Binomial standard error of the accuracy (nan when the count is unknown)."""
+        if self.num_examples <= 0:
+            return math.nan
+        return math.sqrt(self.accuracy * (1.0 - self.accuracy) / self.num_examples)
 
 
 def load_results(
@@ -166,7 +175,14 @@ def load_results(
 def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
     """The points of one experiment's networks, sorted by mean MACs."""
     points = [
-        CurvePoint(r["experiment"], r["network"], p["k_cpt"], p["mean_macs"], p["accuracy"])
+        CurvePoint(
+            r["experiment"],
+            r["network"],
+            p["k_cpt"],
+            p["mean_macs"],
+            p["accuracy"],
+            int(p.get("num_examples", 0)),
+        )
         for r in results.values()
         for p in r["points"]
     ]
