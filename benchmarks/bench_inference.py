@@ -50,11 +50,6 @@ def main() -> None:
     args = parser.parse_args()
     configure_cpu(args.threads)
     device = resolve_device(args.device)
-    static = build_model("static-8").to(device).eval()
-    static.to(memory_format=torch.channels_last)
-    if args.fold:  # the same inference preparation for both networks
-        fold_batchnorm(static)
-    static_macs = static.path_macs(static.leaves[0])
     configs = [_run_config(Path(run)) for run in args.runs]
     data = load_dataset(args.dataset or configs[0].get("dataset", "hybrid"))
     images = torch.from_numpy(np.array(data.test.images[: args.images])).to(device)
@@ -66,19 +61,32 @@ def main() -> None:
         "runs": {},
     }
     print(f"machine: {json.dumps(results['machine'])}")
-    column_s = _column_seconds(static, images[:256], args.repeats, device)
-    results["static_columns"] = columns = [
-        {"macs": macs, "ms_per_256": 1e3 * t, "gmacs_per_second": 256 * macs / t / 1e9}
-        for macs, t in zip(static.node_macs()[:-1], column_s, strict=True)
-    ]
-    print("static-8 per column at batch 256 (early columns do fewer MACs per second):")
-    print("  " + "  ".join(f"{c['gmacs_per_second']:.0f}" for c in columns) + " GMAC/s")
-    print(f"{'run':<40}{'batch':>6}{'static-8 img/s':>16}{'engine img/s':>14}"
-          f"{'wall ratio':>12}{'MAC ratio':>11}{'wall/MAC':>10}{'ideal':>7}")  # fmt: skip
+    baselines: dict[tuple[int, int], tuple[RoutedTree, list[float]]] = {}
     for run, config in zip(args.runs, configs, strict=True):
         path = Path(run)
         tree = checkpoint.load_model(path / "checkpoint.pt" if path.is_dir() else path, device)
         engine = EarlyExitEngine(tree, channels_last=True, fold_batchnorm=args.fold)
+        shape = (tree.num_classes, int(tree.spec.get("width", 1)))
+        if shape not in baselines:  # static-8 of the same classes and width, timed per column
+            static = build_model("static-8", *shape).to(device).eval()
+            static.to(memory_format=torch.channels_last)
+            if args.fold:  # the same inference preparation for both networks
+                fold_batchnorm(static)
+            column_s = _column_seconds(static, images[:256], args.repeats, device)
+            baselines[shape] = static, column_s
+            results[f"static_columns_classes{shape[0]}_width{shape[1]}"] = columns = [
+                {"macs": macs, "ms_per_256": 1e3 * t, "gmacs_per_second": 256 * macs / t / 1e9}
+                for macs, t in zip(static.node_macs()[:-1], column_s, strict=True)
+            ]
+            gmacs = "  ".join(f"{c['gmacs_per_second']:.0f}" for c in columns)
+            print(
+                f"static-8, {shape[0]} classes, width {shape[1]}: GMAC/s of each column at "
+                f"batch 256 (the early ones do fewer MACs per second): {gmacs}"
+            )
+            print(f"{'run':<40}{'batch':>6}{'static-8 img/s':>16}{'engine img/s':>14}"
+                  f"{'wall ratio':>12}{'MAC ratio':>11}{'wall/MAC':>10}{'ideal':>7}")  # fmt: skip
+        static, column_s = baselines[shape]
+        static_macs = static.path_macs(static.leaves[0])
         with torch.inference_mode():
             exits = torch.cat([engine(x, args.k_cpt).exits for x in images.split(256)])
         ideal = _ideal_speedup(tree, exits, column_s)
