@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -88,8 +89,12 @@ def test_run_directory_is_protected(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["k_cpt"] == 1e-9
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("read_every", [1, 3])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, read_every):
+    """Also when the loss is read only every few steps (as on a GPU): the error names the
+    first bad iteration and no checkpoint holds weights that a NaN loss has touched."""
     trainer = Trainer(tiny_config(iterations=8), synthetic_data(), tmp_path, progress=False)
+    trainer.loss_read_every = read_every
     original = trainer.strategy.loss
 
     def poisoned(*args, **kwargs):
@@ -106,6 +111,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(
         torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
     )
+
+
+def test_deferred_loss_reads_report_every_loss(tmp_path):
+    trainer = Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False)
+    trainer.loss_read_every = 4
+    infos = [trainer.train_step() for _ in range(4)]
+    assert all(math.isnan(info["loss"]) for info in infos[:3])  # queued, not read yet
+    assert math.isfinite(infos[3]["loss"]) and infos[3]["loss"] > 0
+    trainer.train_step()
+    assert trainer.read_losses() != infos[3]["loss"]  # the fifth step's loss, read on demand
+
+
+def test_compile_mode_needs_compile():
+    with pytest.raises(DynrouteError, match="only with --compile"):
+        tiny_config(compile_mode="reduce-overhead").validate()
+    with pytest.raises(DynrouteError, match="compile mode must be"):
+        tiny_config(compile=True, compile_mode="fast").validate()
 
 
 def test_resume_in_process_equals_uninterrupted(tmp_path):

@@ -27,6 +27,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise DynrouteError(f"unknown device {name!r}: {exc}") from None
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without stalling a GPU's queue.
+
+    A plain ``.to("cuda")`` from pageable memory waits for all queued GPU work
+    first; staging through pinned memory and copying asynchronously does not.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def available_cores() -> int:
     """Cores this process may run on (respects CPU affinity, e.g. in containers)."""
     try:

@@ -45,7 +45,8 @@ HELP = {
     "checkpoint_every": "iterations between checkpoints (default iterations / 10)",
     "device": "cpu, cuda or auto",
     "bf16": "bfloat16 autocast on CUDA",
-    "compile": "torch.compile the forward pass",
+    "compile": "torch.compile the forward pass and the loss",
+    "compile_mode": "with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
     "channels_last": "channels-last memory layout (faster convolutions on CPU and GPU)",
 }
 OPTIONAL_TYPES = {

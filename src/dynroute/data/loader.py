@@ -14,24 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute.data.augment import DEFAULT_MAX_SHIFT, augment_batch
+from dynroute.data.augment import DEFAULT_MAX_SHIFT, AugmentParams, draw_params, shift_and_flip
 from dynroute.data.datasets import DatasetSplit
 from dynroute.errors import DynrouteError
+from dynroute.runtime import to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 class BatchLoader:
     """Yields (images, labels) batches; images float32 NCHW, labels int64, on ``device``.
 
     The split is copied into RAM once as a torch tensor (hybrid train is ~680 MB)
-    because random indexing of a memmap would hit the disk on every batch.
+    because random indexing of a memmap would hit the disk on every batch. On a
+    GPU it lives in device memory: a batch then costs one small copy of the
+    random draws (indices, labels, shifts, flips), never a copy of images.
     """
 
     def __init__(
@@ -56,6 +53,8 @@ class BatchLoader:
         self.augment = augment
         self.replacement = replacement
         self.device = torch.device(device)
+        if self.device.type != "cpu":
+            self.images = self.images.to(self.device)
         self.max_shift = max_shift
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
@@ -84,13 +83,22 @@ class BatchLoader:
         """One batch: with replacement (paper) or the next slice of a shuffled epoch."""
         indices = self._next_indices()
         labels = self.labels[indices]
+        params = (
+            draw_params(labels, self.mirror_symmetric, self.generator, self.max_shift)
+            if self.augment
+            else None
+        )
+        if self.device.type != "cpu":  # all draws in one asynchronous copy
+            extra = [params.shift_x, params.shift_y, params.flip.long()] if params else []
+            draws = to_device(torch.stack([indices, labels, *extra]), self.device)
+            indices, labels = draws[0], draws[1]
+            if params:
+                params = AugmentParams(draws[2], draws[3], draws[4].bool())
         # index_select is several times faster than advanced indexing for row gathers.
-        images = _to_device(torch.index_select(self.images, 0, indices), self.device)
-        if self.augment:
-            images = augment_batch(
-                images, labels, self.mirror_symmetric, self.generator, self.max_shift
-            )
-        return images, _to_device(labels, self.device)
+        images = torch.index_select(self.images, 0, indices)
+        if params:
+            images = shift_and_flip(images, params)
+        return images, labels
 
     def __iter__(self) -> Iterator[Batch]:
         """An endless stream; training loops stop after their own number of steps."""
@@ -122,4 +130,4 @@ def iterate_batches(
     for start in range(0, len(split), batch_size):
         images = torch.from_numpy(np.array(split.images[start : start + batch_size]))
         labels = torch.from_numpy(np.array(split.labels[start : start + batch_size]))
-        yield _to_device(images, target), _to_device(labels, target)
+        yield to_device(images, target), to_device(labels, target)

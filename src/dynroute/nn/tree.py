@@ -124,6 +124,12 @@ class RoutedTree(nn.Module):
         self.junctions = [i for i, n in enumerate(nodes) if n.is_junction]
         self.leaves_below = self._count_leaves_below()
         self._macs: list[int] | None = None
+        # Floors live with the parameters (non-persistent buffers: not in checkpoints), so
+        # a training step on a GPU never copies them from the host.
+        for j in self.junctions:
+            counts = [float(self.leaves_below[c]) for c in self.children_of[j]]
+            floor = torch.tensor(counts) / sum(counts)
+            self.register_buffer(f"_floor{j}", floor, persistent=False)
 
     # ------------------------------------------------------------------ structure
     def _count_leaves_below(self) -> list[int]:
@@ -171,7 +177,10 @@ class RoutedTree(nn.Module):
             return None
         if k_cpt is None:
             raise ValueError("this tree routes on k_cpt: pass k_cpt to the forward pass")
-        k = torch.as_tensor(k_cpt, dtype=like.dtype, device=like.device)
+        if isinstance(k_cpt, torch.Tensor):
+            k = k_cpt.to(device=like.device, dtype=like.dtype)
+        else:  # a fill, not a host-to-device copy (which would wait for the GPU)
+            k = torch.full((), float(k_cpt), dtype=like.dtype, device=like.device)
         return (k.expand(batch) if k.dim() == 0 else k).reshape(batch, 1) * K_CPT_INPUT_SCALE
 
     def run_node(self, index: int, signal: Any, k_feature: torch.Tensor | None):
@@ -205,9 +214,7 @@ class RoutedTree(nn.Module):
     # ------------------------------------------------------------------ routing
     def exploration_floor(self, junction: int) -> torch.Tensor:
         """Share of the exploration floor per sink: proportional to leaves below it."""
-        counts = [self.leaves_below[c] for c in self.children_of[junction]]
-        total = float(sum(counts))
-        return torch.tensor([c / total for c in counts])
+        return getattr(self, f"_floor{junction}")
 
     def branch_probabilities(
         self, scores: dict[int, torch.Tensor], tau: float, epsilon: float = 1e-6

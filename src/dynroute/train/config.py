@@ -19,6 +19,8 @@ PAPER_LR = 0.1
 SHORT_RUN_ITERATIONS = 20_000
 SHORT_RUN_LR = 0.04
 SHORT_RUN_WARMUP_FRACTION = 0.1
+#: torch.compile modes for --compile-mode; reduce-overhead adds CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead")
 
 
 def default_learning_rate(iterations: int) -> float:
@@ -70,6 +72,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     channels_last: bool = True
 
     # ---------------------------------------------------------------- derived values
@@ -168,6 +171,11 @@ class TrainConfig:
             fail(f"sampling must be replacement or epoch, not {self.sampling!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             fail(f"device must be cpu, cuda or auto, not {self.device!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            modes = ", ".join(COMPILE_MODES)
+            fail(f"compile mode must be one of {modes}, not {self.compile_mode!r}")
+        if self.compile_mode != "default" and not self.compile:
+            fail("--compile-mode applies only with --compile")
         if self.validation_size < 0:
             fail("validation size must be >= 0")
         for split in self.eval_splits:

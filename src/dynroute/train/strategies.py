@@ -44,7 +44,9 @@ def node_weight_norms(tree: RoutedTree) -> list[torch.Tensor]:
 
 
 def _per_example(k_cpt: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(k_cpt, dtype=like.dtype, device=like.device).expand(like.shape[0])
+    if not isinstance(k_cpt, torch.Tensor):  # a fill, not a host-to-device copy
+        return torch.full((like.shape[0],), float(k_cpt), dtype=like.dtype, device=like.device)
+    return k_cpt.to(dtype=like.dtype, device=like.device).expand(like.shape[0])
 
 
 @dataclass

@@ -26,8 +26,12 @@ def talr_scales(arrival: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def apply_talr(tree: RoutedTree, scales: torch.Tensor) -> None:
-    """Scale each node's parameter gradients in place (call after backward)."""
-    for node, scale in zip(tree.nodes, scales.tolist(), strict=True):
+    """Scale each node's parameter gradients in place (call after backward).
+
+    The scales stay tensors: reading them on the host would make every GPU
+    training step wait for its own backward pass.
+    """
+    for node, scale in zip(tree.nodes, scales, strict=True):
         grads = [p.grad for p in node.own_parameters() if p.grad is not None]
-        if grads and scale != 1.0:
-            torch._foreach_mul_(grads, scale)
+        if grads:
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))

@@ -28,8 +28,8 @@ from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
 from dynroute.infer.evaluate import evaluate
 from dynroute.nn.registry import build_model
-from dynroute.nn.tree import RoutedTree
-from dynroute.runtime import resolve_device, use_channels_last
+from dynroute.nn.tree import DenseOutput, RoutedTree
+from dynroute.runtime import resolve_device, to_device, use_channels_last
 from dynroute.train.config import TrainConfig
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy
@@ -40,7 +40,19 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 #: Options that change how a run is executed, not what it computes.
-EXECUTION_ONLY = ("device", "compile", "channels_last")
+EXECUTION_ONLY = ("device", "compile", "compile_mode", "channels_last")
+#: On a GPU the host reads the loss (to log it and stop on NaN) only every this many steps:
+#: each read waits for the GPU to finish, which would leave it idle while the next step
+#: is being queued. Checkpoints and evaluations always read first.
+GPU_LOSS_READ_EVERY = 25
+#: ``--compile-mode`` -> inductor options. The tree is already laid out for its
+#: convolutions (channels-last), so inductor's own layout pass only adds copies (on the
+#: 2-core CPU it made the compiled step ~15 % slower than eager). ``reduce-overhead``
+#: replays the compiled forward and backward passes as CUDA graphs.
+COMPILE_OPTIONS: dict[str, dict[str, Any]] = {
+    "default": {"layout_optimization": False},
+    "reduce-overhead": {"layout_optimization": False, "triton.cudagraphs": True},
+}
 
 
 @dataclass
@@ -158,22 +170,29 @@ class Trainer:
             config.resolved_tau_half_life,
             config.resolved_lr_warmup,
         )
+        # On a GPU the fused update is one launch instead of a Python loop over parameters.
         self.optimizer = torch.optim.SGD(
-            self.tree.parameters(), lr=self.schedule.lr, momentum=config.momentum
+            self.tree.parameters(),
+            lr=self.schedule.lr,
+            momentum=config.momentum,
+            fused=True if self.device.type == "cuda" else None,
         )
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.k_cpt_set = torch.tensor(config.resolved_k_cpt_set, dtype=torch.float32)
         self.step = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, Any] | None = None
+        self.loss_read_every = 1 if self.device.type == "cpu" else GPU_LOSS_READ_EVERY
+        self._unread_losses: list[tuple[int, torch.Tensor]] = []
+        self._last_loss = math.nan
         # --compile compiles the forward pass and the strategy's loss as one graph, so
         # the loss's many small per-node ops fuse too; tau goes in as a tensor so its
-        # decay does not trigger recompilation. The tree is already laid out for its
-        # convolutions (channels-last): inductor's own layout pass only adds copies
-        # (on the 2-core CPU it made the compiled step ~15 % slower than eager).
+        # decay does not trigger recompilation.
         self.tree.node_macs()  # count (and cache) MACs with hooks before anything compiles
+        graphs = config.compile and config.compile_mode == "reduce-overhead"
+        self._cuda_graphs = graphs and self.device.type == "cuda"
         self._objective = (
-            torch.compile(self.objective, options={"layout_optimization": False})
+            torch.compile(self.objective, options=COMPILE_OPTIONS[config.compile_mode])
             if config.compile
             else self.objective
         )
@@ -189,6 +208,7 @@ class Trainer:
         }
 
     def save(self) -> None:
+        self.read_losses()  # never checkpoint weights a non-finite loss has touched
         checkpoint.save(
             self.out_dir / CHECKPOINT_FILE,
             self.tree,
@@ -217,7 +237,7 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.config.dynamic_k_cpt:
             pick = torch.randint(len(self.k_cpt_set), (len(labels),), generator=self.generator)
-            return images, labels, self.k_cpt_set[pick].to(self.device)
+            return images, labels, to_device(self.k_cpt_set[pick], self.device)
         return images, labels, self.config.k_cpt
 
     # ------------------------------------------------------------------ steps
@@ -228,21 +248,41 @@ class Trainer:
             group["lr"] = lr
         images, labels, k_cpt = self.next_batch()
         self.tree.train()
-        tau_value = torch.tensor(tau, device=self.device) if cfg.compile else tau
-        out = self._objective(images, labels, k_cpt, tau_value)
-        loss_value = out.loss.item()
-        if not math.isfinite(loss_value):
-            raise DynrouteError(
-                f"the loss became {loss_value} at iteration {self.step}; stopped. The last good "
-                f"checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept. Try a lower --lr."
-            )
+        # A tensor (a fill, not a host copy) so that tau's decay does not recompile.
+        tau_value = torch.full((), tau, device=self.device) if cfg.compile else tau
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out, scales = self._objective(images, labels, k_cpt, tau_value)
+        # A copy: a CUDA-graph replay overwrites its outputs on the next step.
+        self._unread_losses.append((self.step, out.loss.detach().clone()))
+        if len(self._unread_losses) >= self.loss_read_every:
+            self.read_losses()
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        if cfg.talr:
-            apply_talr(self.tree, talr_scales(out.arrival))
+        if scales is not None:
+            apply_talr(self.tree, scales)
         self.optimizer.step()
         self.step += 1
-        return {"loss": loss_value, "lr": lr, "tau": tau}
+        return {"loss": self._last_loss, "lr": lr, "tau": tau}
+
+    def read_losses(self) -> float:
+        """Read the losses queued since the last read; stop at the first non-finite one.
+
+        Returns the latest loss (NaN before the first step).
+        """
+        if self._unread_losses:
+            iterations = [iteration for iteration, _ in self._unread_losses]
+            values = torch.stack([loss for _, loss in self._unread_losses]).tolist()
+            self._unread_losses.clear()
+            for iteration, value in zip(iterations, values, strict=True):
+                if not math.isfinite(value):
+                    raise DynrouteError(
+                        f"the loss became {value} at iteration {iteration}; stopped. The last "
+                        f"good checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept. "
+                        "Try a lower --lr."
+                    )
+            self._last_loss = values[-1]
+        return self._last_loss
 
     def objective(
         self,
@@ -250,15 +290,23 @@ class Trainer:
         labels: torch.Tensor,
         k_cpt: torch.Tensor | float,
         tau: torch.Tensor | float,
-    ) -> LossOutput:
-        """Dense forward pass (bf16 autocast on CUDA if asked) and the strategy's loss."""
+    ) -> tuple[LossOutput, torch.Tensor | None]:
+        """Dense forward pass (bf16 autocast on CUDA if asked), the strategy's loss and the
+        TALR gradient scales (computed here so that ``--compile`` fuses them too)."""
         use_bf16 = self.config.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             dense = self.tree.forward_dense(images, k_cpt if self.config.dynamic_k_cpt else None)
-        return self.strategy.loss(self.tree, dense, labels, k_cpt, tau)
+        if use_bf16:  # the loss in float32: k_cpt * MACs would lose digits in bf16
+            dense = DenseOutput(
+                {i: s.float() for i, s in dense.scores.items()},
+                {i: z.float() for i, z in dense.logits.items()},
+            )
+        out = self.strategy.loss(self.tree, dense, labels, k_cpt, tau)
+        return out, talr_scales(out.arrival) if self.config.talr else None
 
     def evaluate(self) -> dict[str, Any]:
         """Hard-routing statistics on every evaluation split (and every k_cpt if dynamic)."""
+        self.read_losses()
         record: dict[str, Any] = {"iteration": self.step, "train_seconds": self.train_seconds}
         k_values = list(self.config.resolved_k_cpt_set) if self.config.dynamic_k_cpt else [None]
         for name, split in self.data.evaluation.items():
@@ -308,7 +356,7 @@ class Trainer:
                     self.save()
                 head = self.headline()  # empty until the first evaluation
                 bar.set_postfix(
-                    loss=f"{info['loss']:.3f}",
+                    loss=f"{info['loss']:.3f}" if math.isfinite(info["loss"]) else "-",  # unread
                     tau=f"{info['tau']:.3g}",
                     lr=f"{info['lr']:.3g}",
                     acc=f"{head['accuracy']:.3f}" if head else "-",
