@@ -17,6 +17,7 @@ import torch
 from dynroute.cli import main
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
+from dynroute.errors import DynrouteError
 from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
 from dynroute.experiments.results import load_results, result_path
@@ -108,6 +109,17 @@ def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
     result_path(tmp_path / "results", "smoke", "hybrid-static", "static-2").unlink()
     again = sweep_here(tmp_path, ["hybrid-actor-dynkcpt", "hybrid-static"])
     assert again.trained == ["hybrid-static/static-2"] and len(again.skipped) == 8
+
+
+def test_sweep_execution_options_reach_every_network(tmp_path):
+    report = sweep_here(tmp_path, ["hybrid-static"], execution={"device": "cpu"})
+    assert len(report.trained) == 8 and not report.failed
+    for run in (tmp_path / "runs" / "smoke" / "hybrid-static").iterdir():
+        assert json.loads((run / "config.json").read_text())["device"] == "cpu"
+    with pytest.raises(DynrouteError, match="not an execution option: k_cpt"):
+        sweep_here(tmp_path, ["hybrid-static"], execution={"k_cpt": 1e-9})
+    with pytest.raises(DynrouteError, match="only with --compile"):
+        sweep_here(tmp_path, ["hybrid-actor"], execution={"compile_mode": "reduce-overhead"})
 
 
 def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path):

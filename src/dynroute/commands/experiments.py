@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from dynroute.experiments.registry import EXPERIMENTS, SCALES
+from dynroute.train.config import COMPILE_MODES
 
 FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "all")
 
@@ -39,6 +40,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         progress=not args.no_progress,
+        execution={
+            "device": args.device,
+            "compile": args.compile,
+            "compile_mode": args.compile_mode,
+        },
     )
     print(
         f"sweep {args.scale}: {len(report.trained)} trained, {len(report.skipped)} already "
@@ -88,6 +94,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
     sweep.add_argument("--ray-address", help="run one Ray task per network on this cluster")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    sweep.add_argument("--compile", action="store_true", help="torch.compile every network")
+    sweep.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=COMPILE_MODES,
+        help="with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
+    )
     add_data_dir_argument(sweep)
     sweep.set_defaults(func=cmd_sweep)
 

@@ -148,6 +148,7 @@ class RayRunner:
         address: str,
         threads: int = 1,
         max_retries: int = 2,
+        gpus: int = 0,
         work: Callable[[Task], dict[str, Any]] = train_network,
     ) -> None:
         loopback = address.rsplit(":", 1)[0] in LOOPBACK_HOSTS
@@ -174,7 +175,7 @@ class RayRunner:
                 # tasks if the driver joins as 127.0.0.1 too (not as the machine's own IP).
                 options["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env}, **options)
-        self.remote = ray.remote(max_retries=max_retries, num_cpus=threads)(work)
+        self.remote = ray.remote(max_retries=max_retries, num_cpus=threads, num_gpus=gpus)(work)
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
         pending = {self.remote.remote(t): t for t in tasks}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -26,7 +27,8 @@ from dynroute.experiments.executors import (
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
 from dynroute.experiments.results import git_revision, result_path, write_json_atomic
-from dynroute.train.trainer import load_training_data
+from dynroute.train.config import TrainConfig
+from dynroute.train.trainer import EXECUTION_ONLY, load_training_data
 
 
 @dataclass
@@ -58,15 +60,23 @@ def run_sweep(
     workers: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
+    execution: dict[str, Any] | None = None,
     load_data: DataLoaderFn = load_training_data,
 ) -> SweepReport:
     """Train the missing networks and write their result files; returns what happened.
 
+    ``execution`` sets how every network runs (``device``, ``compile``, ``compile_mode``):
+    options that do not change what is computed, so a sweep may resume under other ones.
+    On Ray, ``device="cuda"`` asks the cluster for one GPU per network.
     ``load_data`` replaces dataset loading for in-process runs (tests); spawned and Ray
     workers always load the real dataset.
     """
     if workers < 1:
         raise DynrouteError("--workers must be at least 1")
+    execution = dict(execution or {})
+    not_execution = sorted(set(execution) - set(EXECUTION_ONLY))
+    if not_execution:
+        raise DynrouteError(f"not an execution option: {', '.join(not_execution)}")
     cores = runtime.available_cores()
     if not ray_address and workers > cores:
         print(
@@ -83,7 +93,8 @@ def run_sweep(
         if result_path(results_dir, scale, network.experiment, network.name).exists():
             report.skipped.append(network.label)
             continue
-        tasks.append(_task(network, scale, runs_dir, data_dir, workers, ray_address))
+        config = replace(network.config, **execution).validate()
+        tasks.append(_task(network, config, scale, runs_dir, data_dir, workers, ray_address))
     bar = tqdm(
         total=len(networks),
         initial=len(report.skipped),
@@ -95,7 +106,8 @@ def run_sweep(
     if tasks:
         if workers > 1 and not ray_address:
             prepare_datasets(tasks)
-        runner = _runner(workers, ray_address, tasks[0].threads, load_data)
+        gpus = 1 if execution.get("device", "auto").startswith("cuda") else 0
+        runner = _runner(workers, ray_address, tasks[0].threads, gpus, load_data)
         try:
             for task, result, error in runner.run(tasks):
                 if error is not None:
@@ -119,6 +131,7 @@ def run_sweep(
 
 def _task(
     network: Network,
+    config: TrainConfig,
     scale: str,
     runs_dir: str | os.PathLike[str],
     data_dir: str | None,
@@ -129,7 +142,7 @@ def _task(
     return Task(
         experiment=network.experiment,
         network=network.name,
-        config=network.config.to_dict(),
+        config=config.to_dict(),
         run_dir=str(run_dir),
         data_dir=None if data_dir is None else str(Path(data_dir).expanduser().absolute()),
         eval_subset=network.eval_subset,
@@ -138,9 +151,11 @@ def _task(
     )
 
 
-def _runner(workers: int, ray_address: str | None, threads: int, load_data: DataLoaderFn):
+def _runner(
+    workers: int, ray_address: str | None, threads: int, gpus: int, load_data: DataLoaderFn
+):
     if ray_address:
-        return RayRunner(ray_address, threads)
+        return RayRunner(ray_address, threads, gpus=gpus)
     if workers == 1:
         return SerialExecutor(load_data)
     return ProcessPoolRunner(workers, threads)
