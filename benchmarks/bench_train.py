@@ -9,7 +9,7 @@ seconds hits both alike. Not a test: it prints numbers with the machine
 description.
 
     python benchmarks/bench_train.py [--rounds 8] [--steps 5] [--threads N] [--compile]
-        [--device cpu] [--json FILE]
+        [--compile-mode reduce-overhead] [--device cpu] [--json FILE]
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    parser.add_argument(
+        "--compile-mode", default="default", help="with --compile: reduce-overhead = CUDA graphs"
+    )
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -72,6 +75,7 @@ def main() -> None:
         iterations=100_000,
         device=args.device,
         compile=args.compile,
+        compile_mode=args.compile_mode,
         bf16=args.bf16,
         channels_last=not args.no_channels_last,
         eval_every=10**9,

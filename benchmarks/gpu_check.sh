@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, sized for a short lease (about 9 minutes on one H100):
+# Every GPU check in one go, sized for a short lease (about 10 minutes on one H100):
 #   1. the CUDA tests (tests/test_cuda.py: same batches and losses as the CPU, no host
 #      synchronisation inside a training step, CUDA-graph training, engine routing);
 #   2. the paper-scale (80,000-iteration) hybrid actor chain: step time per execution mode,
 #      the projected run time, and the full run itself when it fits --full-budget;
-#   3. training throughput, routed chain vs static-8 (bench_train.py);
+#   3. training throughput, routed chain vs static-8 (bench_train.py), eager and with CUDA graphs;
 #   4. the inference engine vs static-8 at trained operating points (bench_inference.py).
 # Each phase has its own time limit and writes into OUT_DIR as it goes; with BUNDLE=FILE.tar.gz
 # OUT_DIR (checkpoints left out) is also packed into one file after every phase.
@@ -43,6 +43,8 @@ phase paper-time "${PAPER_LIMIT:-280}" "$py" benchmarks/bench_paper_time.py --de
     --full auto --full-budget "${FULL_BUDGET:-200}" --json "$out/paper-time.json" --out-dir "$out"
 phase train 40 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 20 \
     --json "$out/train.json"
+phase train-graphs 120 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 50 \
+    --compile --compile-mode reduce-overhead --json "$out/train-graphs.json"
 if [ $# -gt 0 ]; then
     phase inference 40 "$py" benchmarks/bench_inference.py "$@" --device cuda \
         --json "$out/inference.json"
