@@ -5,7 +5,8 @@
 #   2. the paper-scale (80,000-iteration) hybrid actor chain: step time per execution mode,
 #      the projected run time, and the full run itself when it fits --full-budget;
 #   3. training throughput, routed chain vs static-8 (bench_train.py), eager and with CUDA graphs;
-#   4. the inference engine vs static-8 at trained operating points (bench_inference.py).
+#   4. a k_cpt sweep as one vmapped ensemble vs network by network (bench_ensemble.py);
+#   5. the inference engine vs static-8 at trained operating points (bench_inference.py).
 # Each phase has its own time limit and writes into OUT_DIR as it goes; with BUNDLE=FILE.tar.gz
 # OUT_DIR (checkpoints left out) is also packed into one file after every phase.
 #
@@ -45,6 +46,7 @@ phase train 40 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 
     --json "$out/train.json"
 phase train-graphs 120 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 50 \
     --compile --compile-mode reduce-overhead --json "$out/train-graphs.json"
+phase ensemble 60 "$py" benchmarks/bench_ensemble.py --device cuda --networks 8 --repeats 10
 if [ $# -gt 0 ]; then
     phase inference 40 "$py" benchmarks/bench_inference.py "$@" --device cuda \
         --json "$out/inference.json"
