@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import tempfile
-import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from dynroute.runtime import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Trainer, load_training_data
+from timing import seconds
 
 MODES = {
     "eager": {},
@@ -39,19 +39,6 @@ MODES = {
 }
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device) -> float:
-    synchronize(device)
-    started = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - started
-
-
 def measure(trainer: Trainer, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
     """Warm-up (compile), steady-state step, one evaluation and one checkpoint, in seconds."""
 
@@ -60,10 +47,10 @@ def measure(trainer: Trainer, warmup: int, steps: int, device: torch.device) -> 
             trainer.train_step()
         trainer.read_losses()
 
-    record = {"warmup_seconds": timed(lambda: run(warmup), device)}
-    record["step_seconds"] = timed(lambda: run(steps), device) / steps
-    record["evaluation_seconds"] = timed(trainer.evaluate, device)
-    record["checkpoint_seconds"] = timed(trainer.save, device)
+    record = {"warmup_seconds": seconds(lambda: run(warmup), device)}
+    record["step_seconds"] = seconds(lambda: run(steps), device) / steps
+    record["evaluation_seconds"] = seconds(trainer.evaluate, device)
+    record["checkpoint_seconds"] = seconds(trainer.save, device)
     cfg = trainer.config
     evaluations = math.ceil(cfg.iterations / cfg.resolved_eval_every)
     checkpoints = math.ceil(cfg.iterations / cfg.resolved_checkpoint_every)
@@ -139,10 +126,9 @@ def main() -> None:
     if full:
         out_dir = Path(args.out_dir or tempfile.mkdtemp()) / f"paper-{full}"
         config = replace(base, **MODES[full])
-        started = time.perf_counter()
-        summary = Trainer(config, data, out_dir, progress=False).run(overwrite=True)
-        synchronize(device)
-        wall = time.perf_counter() - started
+        trainer = Trainer(config, data, out_dir, progress=False)
+        summary: dict = {}
+        wall = seconds(lambda: summary.update(trainer.run(overwrite=True)), device)
         final = summary["final"]["test"]
         results["full_run"] = {
             "mode": full,
