@@ -14,7 +14,8 @@
 #
 # Usage: benchmarks/gpu_check.sh OUT_DIR DATA_DIR [TRAINED_RUN_DIR...]
 #   Runs from a plain checkout (PYTHONPATH=src) with the machine's own torch, so it works
-#   where nothing can be installed.
+#   where nothing can be installed. Where uploads are limited, DATA_DIR can be the ~40 MB
+#   folder that `python benchmarks/hybrid_data_subset.py DIR` writes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: benchmarks/gpu_check.sh OUT_DIR DATA_DIR [RUN_DIR...]" >&2; exit 2; }
