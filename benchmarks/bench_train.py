@@ -26,7 +26,7 @@ import torch
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
 from dynroute.runtime import configure_cpu, machine_description, resolve_device
-from dynroute.train.config import TrainConfig
+from dynroute.train.config import COMPILE_MODES, TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData
 from timing import median_speedup, peak_memory_mb
 
@@ -63,7 +63,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     parser.add_argument(
-        "--compile-mode", default="default", help="with --compile: reduce-overhead = CUDA graphs"
+        "--compile-mode",
+        default="default",
+        choices=COMPILE_MODES,
+        help="with --compile: reduce-overhead = CUDA graphs",
     )
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true")
