@@ -11,8 +11,8 @@ from dynroute.train.schedules import Schedule
 def test_half_lives_scale_with_the_run():
     paper = TrainConfig(iterations=80_000)
     assert (paper.resolved_lr_half_life, paper.resolved_tau_half_life) == (10_000, 20_000)
-    short = TrainConfig(iterations=1500)
-    assert (short.resolved_lr_half_life, short.resolved_tau_half_life) == (187.5, 375)
+    long = TrainConfig(iterations=40_000)
+    assert (long.resolved_lr_half_life, long.resolved_tau_half_life) == (5_000, 10_000)
     schedule = Schedule(0.1, 100, 1.0, 200)
     assert schedule.lr_at(0) == 0.1
     assert schedule.lr_at(100) == pytest.approx(0.05)
@@ -30,5 +30,8 @@ def test_short_runs_default_to_their_own_recipe():
     short, paper = TrainConfig(iterations=1500), TrainConfig(iterations=80_000)
     assert (short.resolved_lr, short.resolved_lr_warmup) == (0.04, 150)
     assert (paper.resolved_lr, paper.resolved_lr_warmup) == (0.1, 0)
-    explicit = TrainConfig(iterations=1500, lr=0.1, lr_warmup=0)
+    # 4 lr halvings per short run, not the paper's 8; tau keeps the paper's shape
+    assert (short.resolved_lr_half_life, short.resolved_tau_half_life) == (375, 375)
+    explicit = TrainConfig(iterations=1500, lr=0.1, lr_warmup=0, lr_half_life=187.5)
     assert (explicit.resolved_lr, explicit.resolved_lr_warmup) == (0.1, 0)
+    assert explicit.resolved_lr_half_life == 187.5
