@@ -28,7 +28,8 @@ HELP = {
     "k_cpt_set": "comma-separated k_cpt values for dynamic k_cpt (default: the paper's 8)",
     "iterations": "training iterations (batches)",
     "lr": "initial learning rate (default 0.1 for >= 20,000 iterations, else 0.04)",
-    "lr_half_life": "iterations per halving of the lr (default iterations / 8)",
+    "lr_half_life": "iterations per halving of the lr (default iterations / 8 for >= 20,000 "
+    "iterations, else iterations / 4)",
     "lr_warmup": "iterations over which the lr ramps up linearly from ~0 "
     "(default 0 for >= 20,000 iterations, else iterations / 10)",
     "tau": "initial routing temperature (default 1.0 actor, 0.1 critic)",
