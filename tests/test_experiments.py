@@ -22,6 +22,7 @@ from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, s
 from dynroute.experiments.registry import EXPERIMENTS, expand
 from dynroute.experiments.results import load_results, result_path
 from dynroute.experiments.sweep import plan, run_sweep
+from dynroute.train import config as config_module
 from dynroute.train.config import PAPER_K_CPT_SET
 from dynroute.train.trainer import Split, TrainingData
 
@@ -122,7 +123,8 @@ def test_sweep_execution_options_reach_every_network(tmp_path):
         sweep_here(tmp_path, ["hybrid-actor"], execution={"compile_mode": "reduce-overhead"})
 
 
-def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path):
+def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path, monkeypatch):
+    """Also when the code's default schedule changed in between: the run keeps its own."""
     whole = sweep_here(tmp_path / "whole", ["hybrid-actor-dynkcpt"])
     assert whole.trained == ["hybrid-actor-dynkcpt/dynamic"]
     with pytest.raises(KeyboardInterrupt):
@@ -130,11 +132,19 @@ def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path):
     run_dir = tmp_path / "killed/runs/smoke/hybrid-actor-dynkcpt/dynamic"
     assert (run_dir / "checkpoint.pt").exists()
     assert not (tmp_path / "killed/results/smoke/hybrid-actor-dynkcpt").exists()
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert stored["lr"] == 0.04 and stored["k_cpt_set"] == list(PAPER_K_CPT_SET)
+    monkeypatch.setattr(config_module, "default_learning_rate", lambda iterations: 0.5)
     resumed = sweep_here(tmp_path / "killed", ["hybrid-actor-dynkcpt"])
     assert resumed.trained == ["hybrid-actor-dynkcpt/dynamic"]
     a = load_results(tmp_path / "whole/results", "smoke")["hybrid-actor-dynkcpt"]["dynamic"]
     b = load_results(tmp_path / "killed/results", "smoke")["hybrid-actor-dynkcpt"]["dynamic"]
-    assert a["points"] == b["points"]
+    assert a["points"] == b["points"] and a["config"] == b["config"]
+    whole_dir = tmp_path / "whole/runs/smoke/hybrid-actor-dynkcpt/dynamic"
+    expected = torch.load(whole_dir / "checkpoint.pt", weights_only=True)["state_dict"]
+    actual = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
+    for key, value in expected.items():
+        assert torch.equal(value, actual[key]), key
 
 
 def test_failed_network_is_reported_and_sweep_continues(tmp_path, monkeypatch):

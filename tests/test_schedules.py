@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from dynroute.train.config import TrainConfig
+from dynroute.train.config import DEFAULTED_FIELDS, PAPER_K_CPT_SET, TrainConfig
 from dynroute.train.schedules import Schedule
 
 
@@ -35,3 +37,20 @@ def test_short_runs_default_to_their_own_recipe():
     explicit = TrainConfig(iterations=1500, lr=0.1, lr_warmup=0, lr_half_life=187.5)
     assert (explicit.resolved_lr, explicit.resolved_lr_warmup) == (0.1, 0)
     assert explicit.resolved_lr_half_life == 187.5
+
+
+def test_resolved_fills_in_every_default_and_keeps_explicit_values():
+    """``resolved`` is what a run directory stores: explicit numbers, never nulls."""
+    config = TrainConfig(iterations=1500, strategy="critic", tau_half_life=100.0)
+    resolved = config.resolved()
+    assert (resolved.lr, resolved.lr_half_life, resolved.lr_warmup) == (0.04, 375, 150)
+    assert (resolved.tau, resolved.tau_half_life) == (0.1, 100.0)
+    assert (resolved.eval_every, resolved.checkpoint_every) == (93, 150)
+    assert resolved.k_cpt_set is None  # a fixed-k_cpt run draws from no set
+    assert all(getattr(resolved, name) is not None for name in DEFAULTED_FIELDS[:-1])
+    assert config.lr is None and config.eval_every is None  # the original still defers
+    assert resolved.resolved() == resolved
+    assert resolved.validate() is resolved
+    assert TrainConfig.from_dict(json.loads(json.dumps(resolved.to_dict()))) == resolved
+    dynamic = TrainConfig(dynamic_k_cpt=True).resolved().validate()
+    assert dynamic.k_cpt_set == PAPER_K_CPT_SET

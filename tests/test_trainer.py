@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,34 @@ from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
 from dynroute.nn import registry
 from dynroute.nn.registry import _routed_column
+from dynroute.train import config as config_module
 from dynroute.train.config import TrainConfig
-from dynroute.train.trainer import Split, Trainer, TrainingData
+from dynroute.train.trainer import Split, Trainer, TrainingData, prepare_run_dir
 
 
-def synthetic_data(batch_size: int = 16, n: int = 64, classes: int = 3) -> TrainingData:
+class StoppingLoader(BatchLoader):
+    """A batch stream that "kills" the run (KeyboardInterrupt) after ``stop_after`` batches."""
+
+    stop_after: int | None = None
+
+    def next_batch(self):
+        if self.stop_after is not None:
+            if self.stop_after == 0:
+                raise KeyboardInterrupt
+            self.stop_after -= 1
+        return super().next_batch()
+
+
+def synthetic_data(
+    batch_size: int = 16, n: int = 64, classes: int = 3, stop_after: int | None = None
+) -> TrainingData:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, classes, n)
     images = rng.random((n, 3, 32, 32), dtype=np.float32) * 0.2
     images[:, labels % 3] += 0.5  # class-dependent colour: learnable
     split = DatasetSplit(images, labels, tuple("abc"), (True, False, True))
-    loader = BatchLoader(split, batch_size, seed=0)
+    loader = StoppingLoader(split, batch_size, seed=0)
+    loader.stop_after = stop_after
     test = Split(torch.from_numpy(images[:32]), torch.from_numpy(labels[:32]))
     return TrainingData(loader, {"test": test}, classes)
 
@@ -142,6 +160,74 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     expected, actual = full.tree.state_dict(), resumed.tree.state_dict()
     for key, value in expected.items():
         assert torch.equal(value, actual[key]), key
+
+
+def _change_default_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in for a later version of the code with other schedule defaults."""
+    monkeypatch.setattr(config_module, "default_learning_rate", lambda iterations: 0.5)
+    monkeypatch.setattr(config_module, "default_lr_half_life", lambda iterations: 1.0)
+    monkeypatch.setattr(config_module, "default_lr_warmup", lambda iterations: 0)
+    monkeypatch.setattr(config_module, "scaled_half_life", lambda half_life, iterations: 0.5)
+
+
+def test_new_run_directory_stores_the_resolved_schedule(tmp_path):
+    config = tiny_config(checkpoint_every=None)
+    Trainer(config, synthetic_data(), tmp_path, progress=False).run()
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored == config.resolved().to_dict()
+    assert stored["lr"] == 0.04 and stored["lr_warmup"] == 1 and stored["checkpoint_every"] == 1
+    assert config.lr is None  # the caller's config still means "use the default"
+
+
+def test_resume_keeps_the_stored_schedule_when_the_defaults_change(tmp_path, monkeypatch):
+    """A run begun under one default recipe and resumed under another ends as if it had
+    never stopped: its directory holds the schedule, not nulls for today's defaults."""
+    config = tiny_config()  # lr, its half-life and warm-up, tau's half-life: the defaults
+    full = Trainer(config, synthetic_data(), tmp_path / "full", progress=False)
+    full.run()
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):  # killed after the checkpoint at step 4
+        Trainer(config, synthetic_data(stop_after=4), part, progress=False).run()
+    _change_default_recipe(monkeypatch)
+    resumed = Trainer(config, synthetic_data(), part, progress=False)
+    assert resumed.schedule.lr == 0.5  # today's default, until the run directory is read
+    summary = resumed.run(resume=True)
+    assert resumed.schedule == full.schedule
+    assert summary["config"] == full.config.to_dict()
+    expected, actual = full.tree.state_dict(), resumed.tree.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(value, actual[key]), key
+
+
+def test_run_directory_with_nulls_resumes_with_todays_defaults(tmp_path, monkeypatch):
+    """Run directories written before schedules were resolved keep resuming as they did."""
+    config = tiny_config()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, synthetic_data(stop_after=4), tmp_path, progress=False).run()
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))  # the old format
+    _change_default_recipe(monkeypatch)
+    resumed = Trainer(config, synthetic_data(), tmp_path, progress=False)
+    assert resumed.run(resume=True)["iterations"] == 6
+    assert (resumed.schedule.lr, resumed.schedule.lr_half_life) == (0.5, 1.0)
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] is None  # left as it was
+    run_config, _ = prepare_run_dir(tmp_path, replace(config, lr=0.5), True, False)
+    assert run_config.lr == 0.5
+    with pytest.raises(DynrouteError, match=r"differs in lr\)"):
+        prepare_run_dir(tmp_path, replace(config, lr=0.04), True, False)
+
+
+def test_resolved_run_directory_matches_the_request_that_made_it(tmp_path):
+    config = tiny_config()
+    created, has_checkpoint = prepare_run_dir(tmp_path, config, False, False)
+    assert created == config.resolved() and not has_checkpoint
+    resolved = config.resolved()
+    for request in (config, resolved, replace(config, lr=resolved.lr, device="cpu")):
+        run_config, _ = prepare_run_dir(tmp_path, request, True, False)
+        assert run_config == replace(resolved, device=request.device)
+    with pytest.raises(DynrouteError, match=r"differs in lr, lr_warmup\)"):
+        prepare_run_dir(tmp_path, replace(config, lr=0.1, lr_warmup=0), True, False)
+    with pytest.raises(DynrouteError, match=r"differs in k_cpt\)"):
+        prepare_run_dir(tmp_path, replace(resolved, k_cpt=1e-9), True, False)
 
 
 def test_dynamic_k_cpt_training_evaluates_every_k(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dynroute.errors import DynrouteError
@@ -25,6 +25,18 @@ SHORT_RUN_WARMUP_FRACTION = 0.1
 SHORT_RUN_LR_HALVINGS = 4
 #: torch.compile modes for --compile-mode; reduce-overhead adds CUDA graphs on a GPU.
 COMPILE_MODES = ("default", "reduce-overhead")
+#: Fields whose ``None`` means "use the code's default"; ``TrainConfig.resolved`` fills them
+#: in, so that a run directory records the schedule it actually runs.
+DEFAULTED_FIELDS = (
+    "lr",
+    "lr_half_life",
+    "lr_warmup",
+    "tau",
+    "tau_half_life",
+    "eval_every",
+    "checkpoint_every",
+    "k_cpt_set",
+)
 
 
 def default_learning_rate(iterations: int) -> float:
@@ -126,6 +138,25 @@ class TrainConfig:
     @property
     def resolved_k_cpt_set(self) -> tuple[float, ...]:
         return tuple(self.k_cpt_set) if self.k_cpt_set else PAPER_K_CPT_SET
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every field of ``DEFAULTED_FIELDS`` set to the value the run uses.
+
+        A new run directory stores this copy, so resuming the run after the code's defaults
+        change continues the schedule it started with. The k_cpt set is filled in only with
+        dynamic k_cpt: a fixed-k_cpt run has none.
+        """
+        return replace(
+            self,
+            lr=self.resolved_lr,
+            lr_half_life=self.resolved_lr_half_life,
+            lr_warmup=self.resolved_lr_warmup,
+            tau=self.resolved_tau,
+            tau_half_life=self.resolved_tau_half_life,
+            eval_every=self.resolved_eval_every,
+            checkpoint_every=self.resolved_checkpoint_every,
+            k_cpt_set=self.resolved_k_cpt_set if self.dynamic_k_cpt else self.k_cpt_set,
+        )
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> TrainConfig:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from dynroute.infer.evaluate import evaluate
 from dynroute.nn.registry import build_model
 from dynroute.nn.tree import DenseOutput, RoutedTree
 from dynroute.runtime import resolve_device, to_device, use_channels_last
-from dynroute.train.config import TrainConfig
+from dynroute.train.config import DEFAULTED_FIELDS, TrainConfig
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy
 from dynroute.train.talr import apply_talr, talr_scales
@@ -97,19 +97,62 @@ def load_training_data(
     return TrainingData(loader, evaluation, len(splits.class_names))
 
 
-def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> bool:
-    """Create or check the run directory; True when there is a checkpoint to resume."""
+def stored_config_differences(stored: dict[str, Any], requested: TrainConfig) -> list[str]:
+    """Names of the options in which a run directory's ``config.json`` and ``requested`` differ.
+
+    Execution-only options may differ. A defaulted option (``DEFAULTED_FIELDS``) left at
+    ``None`` in ``requested`` accepts what the run stored, so a run resumes with the schedule
+    it started with even if the defaults changed since; one set explicitly must equal the
+    stored value, both resolved (a ``null`` stored by older versions resolves to today's
+    default, as it always did).
+    """
+    stored_values = _config_from_stored(stored).resolved().to_dict()
+    requested_values = requested.resolved().to_dict()
+    mine = requested.to_dict()
+    differs: list[str] = []
+    for name in sorted(set(stored) | set(mine)):
+        if name in EXECUTION_ONLY:
+            continue
+        if name in DEFAULTED_FIELDS:
+            if getattr(requested, name) is None:
+                continue  # "use the default": the run's own value
+            if stored_values[name] != requested_values[name]:
+                differs.append(name)
+        elif stored.get(name) != mine.get(name):
+            differs.append(name)
+    return differs
+
+
+def run_config_for(stored: dict[str, Any], requested: TrainConfig) -> TrainConfig:
+    """The config a resumed run continues with: ``requested`` with the stored schedule.
+
+    Call only when ``stored_config_differences`` found no difference.
+    """
+    stored_config = _config_from_stored(stored).resolved()
+    schedule = {name: getattr(stored_config, name) for name in DEFAULTED_FIELDS}
+    return replace(requested, **schedule).validate()
+
+
+def _config_from_stored(stored: dict[str, Any]) -> TrainConfig:
+    """The stored options this version knows (unknown ones show up as differences)."""
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
+
+
+def prepare_run_dir(
+    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
+) -> tuple[TrainConfig, bool]:
+    """Create or check the run directory.
+
+    Returns the config the run goes on with (every default resolved; on resume, the
+    schedule stored when the run began) and whether there is a checkpoint to resume.
+    """
     config_path = out_dir / CONFIG_FILE
     if resume and overwrite:
         raise DynrouteError("--resume and --overwrite exclude each other")
     if config_path.exists() and not overwrite:
         existing = json.loads(config_path.read_text())
-        mine = config.to_dict()
-        differs = sorted(
-            k
-            for k in set(existing) | set(mine)
-            if k not in EXECUTION_ONLY and existing.get(k) != mine.get(k)
-        )
+        differs = stored_config_differences(existing, config)
         if not resume:
             raise DynrouteError(
                 f"{out_dir} already holds a run; pass --resume to continue it "
@@ -120,15 +163,17 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, overwrite:
                 f"{out_dir} holds a different run (differs in {', '.join(differs)}); "
                 "pass --overwrite to replace it"
             )
-        return (out_dir / CHECKPOINT_FILE).exists()
+        return run_config_for(existing, config), (out_dir / CHECKPOINT_FILE).exists()
     if overwrite:
         for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Explicit values, not the defaults' nulls: a resume must not pick up changed defaults.
+    resolved = config.resolved()
     tmp = config_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps(resolved.to_dict(), indent=2) + "\n")
     os.replace(tmp, config_path)
-    return False
+    return resolved, False
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -163,13 +208,7 @@ class Trainer:
             self.tree.to(memory_format=torch.channels_last)
         self.strategy = make_strategy(config.strategy, **config.strategy_options())
         self.strategy.check(self.tree)
-        self.schedule = Schedule(
-            config.resolved_lr,
-            config.resolved_lr_half_life,
-            config.resolved_tau,
-            config.resolved_tau_half_life,
-            config.resolved_lr_warmup,
-        )
+        self.use_config(self.config)
         # On a GPU the fused update is one launch instead of a Python loop over parameters.
         self.optimizer = torch.optim.SGD(
             self.tree.parameters(),
@@ -178,7 +217,6 @@ class Trainer:
             fused=True if self.device.type == "cuda" else None,
         )
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
-        self.k_cpt_set = torch.tensor(config.resolved_k_cpt_set, dtype=torch.float32)
         self.step = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, Any] | None = None
@@ -196,6 +234,22 @@ class Trainer:
             if config.compile
             else self.objective
         )
+
+    def use_config(self, config: TrainConfig) -> None:
+        """Take the schedule (lr, tau, k_cpt set) from ``config``.
+
+        ``run`` calls this again with the run directory's config, so that a resumed run
+        keeps the schedule it started with.
+        """
+        self.config = config
+        self.schedule = Schedule(
+            config.resolved_lr,
+            config.resolved_lr_half_life,
+            config.resolved_tau,
+            config.resolved_tau_half_life,
+            config.resolved_lr_warmup,
+        )
+        self.k_cpt_set = torch.tensor(config.resolved_k_cpt_set, dtype=torch.float32)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -333,8 +387,10 @@ class Trainer:
 
     def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """Train to the configured number of iterations; returns the summary."""
+        run_config, has_checkpoint = prepare_run_dir(self.out_dir, self.config, resume, overwrite)
+        self.use_config(run_config)
         cfg = self.config
-        if prepare_run_dir(self.out_dir, cfg, resume, overwrite):
+        if has_checkpoint:
             self.load()
         else:  # a fresh start: metrics of a run killed before its first checkpoint go
             (self.out_dir / METRICS_FILE).unlink(missing_ok=True)
