@@ -4,13 +4,16 @@
 #      synchronisation inside a training step, CUDA-graph training, engine routing);
 #   2. the paper-scale (80,000-iteration) hybrid actor chain: step time per execution mode,
 #      the projected run time, and the full run itself when it fits --full-budget;
+#      phase paper-run trains that run with `dynroute train` (CUDA graphs) and, run again
+#      with the same OUT_DIR after a time limit cut it off, resumes it from its checkpoint;
 #   3. training throughput, routed chain vs static-8 (bench_train.py), eager and with CUDA graphs;
 #   4. a k_cpt sweep as one vmapped ensemble vs network by network (bench_ensemble.py);
 #   5. the inference engine vs static-8 at trained operating points (bench_inference.py).
 # Each phase has its own time limit and writes into OUT_DIR as it goes; with BUNDLE=FILE.tar.gz
 # OUT_DIR (checkpoints left out) is also packed into one file after every phase.
 #
-# PHASES="dataset paper-time" runs only those; MODES, FULL_BUDGET and PAPER_LIMIT tune phase 2.
+# PHASES="dataset paper-time" runs only those; MODES, FULL_BUDGET and PAPER_LIMIT tune phase 2,
+# RUN_LIMIT paper-run (default 580 s).
 #
 # Usage: benchmarks/gpu_check.sh OUT_DIR DATA_DIR [TRAINED_RUN_DIR...]
 #   Runs from a plain checkout (PYTHONPATH=src) with the machine's own torch, so it works
@@ -31,8 +34,8 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to OUT_DIR/NAM
     [[ -z ${PHASES:-} || " $PHASES " == *" $name "* ]] || return 0
     echo "=== $name (limit ${limit} s)"
     local started=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt" | tail -n 40
-    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s"
+    timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.txt" | tail -n 40
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s" | tee -a "$out/$name.txt"
     if [ -n "${BUNDLE:-}" ]; then tar czf "$BUNDLE" --exclude=checkpoint.pt -C "$out" .; fi
 }
 
@@ -43,6 +46,10 @@ phase tests 110 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 phase paper-time "${PAPER_LIMIT:-280}" "$py" benchmarks/bench_paper_time.py --device cuda \
     --modes "${MODES:-eager,bf16,graphs}" \
     --full auto --full-budget "${FULL_BUDGET:-200}" --json "$out/paper-time.json" --out-dir "$out"
+resume=() && [ -f "$out/paper-run/checkpoint.pt" ] && resume=(--resume)
+phase paper-run "${RUN_LIMIT:-580}" "$py" -m dynroute.cli train --dataset hybrid --model chain \
+    --strategy actor --k-cpt 4e-9 --iterations 80000 --device cuda --compile \
+    --compile-mode reduce-overhead --no-progress --out "$out/paper-run" "${resume[@]}"
 phase train 40 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 20 \
     --json "$out/train.json"
 phase train-graphs 120 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 50 \
