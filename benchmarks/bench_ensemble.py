@@ -82,7 +82,7 @@ def main() -> None:
     # Over each network's whole gradient: single tensors can be pure rounding noise (the
     # biases of convolutions followed by batch norm have a true gradient of zero).
     def flat(tensors) -> torch.Tensor:
-        return torch.cat([t.flatten() for t in tensors])
+        return torch.cat([t.detach().flatten() for t in tensors])
 
     worst = max(
         float(

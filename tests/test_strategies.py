@@ -15,6 +15,7 @@ from dynroute.train.strategies import (
     ActorStrategy,
     CriticStrategy,
     make_strategy,
+    node_weight_norms,
     subtree_costs,
 )
 from dynroute.train.talr import apply_talr, talr_scales
@@ -79,6 +80,24 @@ def test_actor_decisiveness_and_l2_terms():
     norms = [sum(p.pow(2).sum() for p in n.own_parameters() if p.dim() > 1) for n in tree.nodes]
     l2 = sum(p.mean() * n for p, n in zip(with_l2.arrival, norms, strict=True))
     assert (with_l2.loss - base).item() == pytest.approx(0.1 * l2.item(), rel=1e-5)
+
+
+def test_node_weight_norms_value_and_gradient_match_plain_autograd():
+    tree = three_level_toy()  # node "last" has no weights: its norm is 0
+    weights = [[p for p in n.own_parameters() if p.dim() > 1] for n in tree.nodes]
+    assert any(not w for w in weights) and sum(map(len, weights)) > 2
+    coefficients = torch.rand(len(tree.nodes))
+    norms = node_weight_norms(tree)
+    fast = torch.autograd.grad((coefficients * norms).sum(), [w for ws in weights for w in ws])
+    plain_norms = torch.stack(
+        [sum((w.pow(2).sum() for w in ws), torch.zeros(())) for ws in weights]
+    )
+    plain = torch.autograd.grad(
+        (coefficients * plain_norms).sum(), [w for ws in weights for w in ws]
+    )
+    torch.testing.assert_close(norms, plain_norms)
+    for got, expected in zip(fast, plain, strict=True):
+        torch.testing.assert_close(got, expected)
 
 
 def test_regularised_policy_sends_l2_gradient_into_routers():

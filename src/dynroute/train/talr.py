@@ -20,7 +20,7 @@ MIN_RMS = 1e-20
 
 def talr_scales(arrival: Sequence[torch.Tensor]) -> torch.Tensor:
     """One scale per node: 1 / sqrt(mean_batch p^2), from detached probabilities."""
-    rms = torch.stack([p.detach().float().pow(2).mean().sqrt() for p in arrival])
+    rms = torch.stack(list(arrival), dim=1).detach().float().pow(2).mean(dim=0).sqrt()
     return 1.0 / rms.clamp_min(MIN_RMS)
 
 
