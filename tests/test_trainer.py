@@ -269,6 +269,18 @@ def test_compiled_objective_matches_eager(tmp_path, monkeypatch):
     assert losses[False][0] != losses[False][2]  # the weights (and tau) moved
 
 
+def test_run_reports_its_compile_time(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "test-chain-2", _two_column_chain)
+    for compile_ in (False, True):
+        config = tiny_config(model="test-chain-2", k_cpt=4e-9, iterations=2, compile=compile_)
+        trainer = Trainer(config, synthetic_data(), tmp_path / str(compile_), progress=False)
+        summary = trainer.run()
+        if compile_:
+            assert 0 < summary["compile_seconds"] <= summary["train_seconds"]
+        else:
+            assert summary["compile_seconds"] is None
+
+
 # ---------------------------------------------------------------- real data, via the CLI
 
 

@@ -127,7 +127,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, data, out_dir, progress=not args.no_progress)
     summary = trainer.run(resume=args.resume, overwrite=args.overwrite)
     final = summary["final"]
-    print(f"finished {summary['iterations']} iterations in {summary['train_seconds']:.0f} s")
+    compiled = summary["compile_seconds"]
+    print(
+        f"finished {summary['iterations']} iterations in {summary['train_seconds']:.0f} s"
+        + (f" (compiling: {compiled:.0f} s of it)" if compiled is not None else "")
+    )
     for split in config.eval_splits:
         stats = final[split]
         if config.dynamic_k_cpt:

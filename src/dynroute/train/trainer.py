@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -220,6 +221,8 @@ class Trainer:
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.step = 0
         self.train_seconds = 0.0
+        #: With --compile: seconds of this process's first step, which compiles the graphs.
+        self.compile_seconds: float | None = None
         self.last_eval: dict[str, Any] | None = None
         self.loss_read_every = 1 if self.device.type == "cpu" else GPU_LOSS_READ_EVERY
         self._unread_losses: list[tuple[int, torch.Tensor]] = []
@@ -406,7 +409,11 @@ class Trainer:
             while self.step < cfg.iterations:
                 started = time.perf_counter()
                 info = self.train_step()
-                self.train_seconds += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                self.train_seconds += elapsed
+                if cfg.compile and self.compile_seconds is None:
+                    self.compile_seconds = elapsed
+                    bar.write(f"compiled in {elapsed:.1f} s (the first step)", file=sys.stderr)
                 if self.step % cfg.resolved_eval_every == 0 or self.step == cfg.iterations:
                     self._log(self.evaluate())
                 if self.step % cfg.resolved_checkpoint_every == 0 or self.step == cfg.iterations:
@@ -429,6 +436,7 @@ class Trainer:
             "config": cfg.to_dict(),
             "iterations": self.step,
             "train_seconds": self.train_seconds,
+            "compile_seconds": self.compile_seconds,
             "device": str(self.device),
             "final": self.last_eval,
             "spec": self.tree.spec,
