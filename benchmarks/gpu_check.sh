@@ -4,8 +4,9 @@
 #      synchronisation inside a training step, CUDA-graph training, engine routing);
 #   2. the paper-scale (80,000-iteration) hybrid actor chain: step time per execution mode,
 #      the projected run time, and the full run itself when it fits --full-budget;
-#      phase paper-run trains that run with `dynroute train` (CUDA graphs) and, run again
-#      with the same OUT_DIR after a time limit cut it off, resumes it from its checkpoint;
+#      phase paper-run (only when PHASES names it: 10-15 minutes) trains that run with
+#      `dynroute train` (CUDA graphs) and, run again with the same OUT_DIR after a time
+#      limit cut it off, resumes it from its checkpoint;
 #   3. training throughput, routed chain vs static-8 (bench_train.py), eager and with CUDA graphs;
 #   4. a k_cpt sweep as one vmapped ensemble vs network by network (bench_ensemble.py);
 #   5. the inference engine vs static-8 at trained operating points (bench_inference.py).
@@ -46,10 +47,12 @@ phase tests 110 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 phase paper-time "${PAPER_LIMIT:-280}" "$py" benchmarks/bench_paper_time.py --device cuda \
     --modes "${MODES:-eager,bf16,graphs}" \
     --full auto --full-budget "${FULL_BUDGET:-200}" --json "$out/paper-time.json" --out-dir "$out"
-resume=() && [ -f "$out/paper-run/checkpoint.pt" ] && resume=(--resume)
-phase paper-run "${RUN_LIMIT:-580}" "$py" -m dynroute.cli train --dataset hybrid --model chain \
-    --strategy actor --k-cpt 4e-9 --iterations 80000 --device cuda --compile \
-    --compile-mode reduce-overhead --no-progress --out "$out/paper-run" "${resume[@]}"
+if [[ " ${PHASES:-} " == *" paper-run "* ]]; then  # only when named: it takes 10-15 minutes
+    resume=() && [ -f "$out/paper-run/checkpoint.pt" ] && resume=(--resume)
+    phase paper-run "${RUN_LIMIT:-580}" "$py" -m dynroute.cli train --dataset hybrid \
+        --model chain --strategy actor --k-cpt 4e-9 --iterations 80000 --device cuda --compile \
+        --compile-mode reduce-overhead --no-progress --out "$out/paper-run" "${resume[@]}"
+fi
 phase train 40 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 20 \
     --json "$out/train.json"
 phase train-graphs 120 "$py" benchmarks/bench_train.py --device cuda --rounds 5 --steps 50 \
