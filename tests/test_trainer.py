@@ -151,12 +151,15 @@ def test_compile_mode_needs_compile():
 def test_resume_in_process_equals_uninterrupted(tmp_path):
     full = Trainer(tiny_config(), synthetic_data(), tmp_path / "full", progress=False)
     full.run()
-    part = Trainer(tiny_config(iterations=6), synthetic_data(), tmp_path / "part", progress=False)
-    for _ in range(4):  # train 4 steps, checkpoint at 4, then "crash"
-        part.train_step()
-    part.save()
-    resumed = Trainer(tiny_config(), synthetic_data(), tmp_path / "part", progress=False)
-    resumed.run(resume=True)
+    with pytest.raises(KeyboardInterrupt):  # killed after the checkpoint at step 4
+        Trainer(
+            tiny_config(), synthetic_data(stop_after=4), tmp_path / "part", progress=False
+        ).run()
+    # Two batches left: a run that restarted from step 0 instead of resuming would stop.
+    resumed = Trainer(
+        tiny_config(), synthetic_data(stop_after=2), tmp_path / "part", progress=False
+    )
+    assert resumed.run(resume=True)["iterations"] == 6
     expected, actual = full.tree.state_dict(), resumed.tree.state_dict()
     for key, value in expected.items():
         assert torch.equal(value, actual[key]), key
