@@ -165,6 +165,16 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
         assert torch.equal(value, actual[key]), key
 
 
+def test_checkpoint_without_config_is_never_overwritten_silently(tmp_path):
+    trainer = Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False)
+    trainer.save()  # a checkpoint, and no config.json beside it
+    for resume in (False, True):
+        with pytest.raises(DynrouteError, match="holds a checkpoint but no config.json"):
+            Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False).run(resume=resume)
+    summary = Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False).run(overwrite=True)
+    assert summary["iterations"] == 6
+
+
 def _change_default_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand-in for a later version of the code with other schedule defaults."""
     monkeypatch.setattr(config_module, "default_learning_rate", lambda iterations: 0.5)

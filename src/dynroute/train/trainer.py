@@ -165,6 +165,11 @@ def prepare_run_dir(
                 "pass --overwrite to replace it"
             )
         return run_config_for(existing, config), (out_dir / CHECKPOINT_FILE).exists()
+    if (out_dir / CHECKPOINT_FILE).exists() and not overwrite:
+        raise DynrouteError(
+            f"{out_dir} holds a checkpoint but no {CONFIG_FILE}, so it cannot be resumed "
+            "safely; pass --overwrite to replace it"
+        )
     if overwrite:
         for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
             (out_dir / name).unlink(missing_ok=True)
