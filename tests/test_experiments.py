@@ -16,7 +16,6 @@ import torch
 
 from dynroute.cli import main
 from dynroute.data.datasets import DatasetSplit
-from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
 from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
@@ -25,6 +24,7 @@ from dynroute.experiments.sweep import plan, run_sweep
 from dynroute.train import config as config_module
 from dynroute.train.config import PAPER_K_CPT_SET
 from dynroute.train.trainer import Split, TrainingData
+from stopping_loader import StoppingLoader
 
 torch.set_num_threads(1)
 RESULT_KEYS = {
@@ -52,19 +52,6 @@ def test_registry_covers_every_curve_and_expands_to_networks():
     assert expand("hybrid-critic-optimistic", "smoke")[0].config.critic_target == "optimistic"
     assert expand("hybrid-actor-tree", "smoke")[0].config.model == "tree"
     assert len(plan(["hybrid-actor", "hybrid-actor", "hybrid-static"], "smoke")) == 16
-
-
-class StoppingLoader(BatchLoader):
-    """A batch stream that "kills" the sweep after ``stop_after`` batches."""
-
-    stop_after: int | None = None
-
-    def next_batch(self):
-        if self.stop_after is not None:
-            if self.stop_after == 0:
-                raise KeyboardInterrupt
-            self.stop_after -= 1
-        return super().next_batch()
 
 
 def synthetic_loader(stop_after: int | None = None):

@@ -17,26 +17,13 @@ import pytest
 import torch
 
 from dynroute.data.datasets import DatasetSplit
-from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
 from dynroute.nn import registry
 from dynroute.nn.registry import _routed_column
 from dynroute.train import config as config_module
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData, prepare_run_dir
-
-
-class StoppingLoader(BatchLoader):
-    """A batch stream that "kills" the run (KeyboardInterrupt) after ``stop_after`` batches."""
-
-    stop_after: int | None = None
-
-    def next_batch(self):
-        if self.stop_after is not None:
-            if self.stop_after == 0:
-                raise KeyboardInterrupt
-            self.stop_after -= 1
-        return super().next_batch()
+from stopping_loader import StoppingLoader
 
 
 def synthetic_data(

@@ -146,17 +146,10 @@ class TrainConfig:
         change continues the schedule it started with. The k_cpt set is filled in only with
         dynamic k_cpt: a fixed-k_cpt run has none.
         """
-        return replace(
-            self,
-            lr=self.resolved_lr,
-            lr_half_life=self.resolved_lr_half_life,
-            lr_warmup=self.resolved_lr_warmup,
-            tau=self.resolved_tau,
-            tau_half_life=self.resolved_tau_half_life,
-            eval_every=self.resolved_eval_every,
-            checkpoint_every=self.resolved_checkpoint_every,
-            k_cpt_set=self.resolved_k_cpt_set if self.dynamic_k_cpt else self.k_cpt_set,
-        )
+        values = {name: getattr(self, f"resolved_{name}") for name in DEFAULTED_FIELDS}
+        if not self.dynamic_k_cpt:
+            values["k_cpt_set"] = self.k_cpt_set
+        return replace(self, **values)
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> TrainConfig:
