@@ -26,6 +26,7 @@ from torch import nn
 
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.fold import fold_batchnorm
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.registry import build_model
 from dynroute.runtime import configure_cpu, machine_description
 from timing import interleaved_seconds, median_speedup
@@ -82,7 +83,7 @@ def main() -> None:
         fold_batchnorm(static)
     if args.channels_last:
         static.to(memory_format=torch.channels_last)
-    static_macs = static.path_macs(static.leaves[0])
+    static_macs = tree_costs(static).path_macs[static.leaves[0]]
 
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     if args.channels_last:

@@ -25,6 +25,7 @@ from dynroute import checkpoint
 from dynroute.data.datasets import load_dataset
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.fold import fold_batchnorm
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.registry import build_model
 from dynroute.nn.tree import RoutedTree
 from dynroute.runtime import configure_cpu, machine_description, resolve_device
@@ -81,7 +82,7 @@ def main() -> None:
             baselines[shape] = static, column_s
             results[f"static_columns_classes{shape[0]}_width{shape[1]}"] = columns = [
                 {"macs": macs, "ms_per_256": 1e3 * t, "gmacs_per_second": 256 * macs / t / 1e9}
-                for macs, t in zip(static.node_macs()[:-1], column_s, strict=True)
+                for macs, t in zip(tree_costs(static).node_macs[:-1], column_s, strict=True)
             ]
             gmacs = "  ".join(f"{c['gmacs_per_second']:.0f}" for c in columns)
             print(
@@ -91,7 +92,7 @@ def main() -> None:
             print(f"{'run':<40}{'batch':>6}{'static-8 img/s':>16}{'engine img/s':>14}"
                   f"{'wall ratio':>12}{'MAC ratio':>11}{'wall/MAC':>10}{'ideal':>7}")  # fmt: skip
         static, column_s = baselines[shape]
-        static_macs = static.path_macs(static.leaves[0])
+        static_macs = tree_costs(static).path_macs[static.leaves[0]]
         with torch.inference_mode():
             exits = torch.cat([engine(x, args.k_cpt).exits for x in images.split(256)])
         ideal = _ideal_speedup(tree, exits, column_s)

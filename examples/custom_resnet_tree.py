@@ -10,6 +10,7 @@ from torch import nn
 
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.nn.heads import Classifier, Router
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import Node, RoutedTree
 
 
@@ -53,7 +54,7 @@ def build_resnet_tree(num_classes: int = 10) -> RoutedTree:
 def main() -> None:
     tree = build_resnet_tree().eval()
     for leaf in tree.leaves:
-        print(f"{tree.nodes[leaf].name}: {tree.path_macs(leaf) / 1e6:.2f} M MACs")
+        print(f"{tree.nodes[leaf].name}: {tree_costs(tree).path_macs[leaf] / 1e6:.2f} M MACs")
     # Untrained routers score every sink 0 (all examples would take exit 1). As a
     # stand-in for training: random router last layers, batch-norm statistics of the batch.
     torch.manual_seed(0)

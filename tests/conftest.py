@@ -125,3 +125,12 @@ def real_data_dir() -> Path:
 def real_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One dataset cache per test session, so each real dataset is built only once."""
     return tmp_path_factory.mktemp("dataset-cache")
+
+
+@pytest.fixture
+def data_root(tmp_path, make_mnist, make_cifar):
+    """A raw-data folder with tiny MNIST IDX files and a CIFAR-10 zip."""
+    root = tmp_path / "raw"
+    make_mnist(root)
+    make_cifar(root, as_zip=True)
+    return root

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from dynroute.atomic import write_json_atomic
 from dynroute.experiments.registry import expand
-from dynroute.experiments.results import RESULT_FORMAT, result_path, write_json_atomic
+from dynroute.experiments.results import RESULT_FORMAT, result_path
 from dynroute.infer.evaluate import evaluate
 from dynroute.nn.registry import build_model
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynroute.data import BatchLoader, DatasetSplit, augment_batch, iterate_batches
+from dynroute.data import BatchLoader, DatasetSplit, augment_batch
 from dynroute.data.augment import AugmentParams, draw_params, shift_and_flip
 from dynroute.errors import DynrouteError
 
@@ -103,10 +103,3 @@ def test_epoch_mode_visits_every_example_once():
 def test_loader_rejects_bad_arguments():
     with pytest.raises(DynrouteError, match="batch size must be at least 1"):
         BatchLoader(make_split(), 0)
-
-
-def test_iterate_batches_in_order():
-    split = make_split(10)
-    batches = list(iterate_batches(split, 4))
-    assert [len(labels) for _, labels in batches] == [4, 4, 2]
-    np.testing.assert_array_equal(torch.cat([b[0] for b in batches]).numpy(), split.images)

@@ -97,14 +97,20 @@ def mirror(tmp_path):
     server.server_close()
 
 
-def test_fetch_downloads_verifies_and_skips(tmp_path, monkeypatch, mirror, run_cli):
-    served, url = mirror
+def serve_fake_mnist(served, monkeypatch) -> dict[str, str]:
+    """Put gzipped fake MNIST files on the mirror and trust their MD5s."""
     table = {}
     for name in sources.MNIST_MD5:
         content = f"fake {name}".encode()
         (served / f"{name}.gz").write_bytes(gzip.compress(content))
         table[name] = hashlib.md5(content).hexdigest()
     monkeypatch.setattr(sources, "MNIST_MD5", table)
+    return table
+
+
+def test_fetch_downloads_verifies_and_skips(tmp_path, monkeypatch, mirror, run_cli):
+    served, url = mirror
+    table = serve_fake_mnist(served, monkeypatch)
     monkeypatch.setattr(download, "MNIST_MIRRORS", ("http://127.0.0.1:9/", url))
     target = tmp_path / "data"
     status, out, err = run_cli("data", "fetch", "--dataset", "mnist", "--data-dir", str(target))
@@ -124,3 +130,15 @@ def test_fetch_rejects_wrong_checksum(tmp_path, monkeypatch, mirror, run_cli):
     status, _, err = run_cli("data", "fetch", "--dataset", "mnist", "--data-dir", str(target))
     assert status == 2 and "wrong MD5" in err and "expected 6bbc9ace898e44ae57da46a324031adb" in err
     assert not [p for p in target.rglob("*") if p.is_file()]  # no half-downloaded file left
+
+
+def test_fetch_into_unwritable_destination(tmp_path, monkeypatch, mirror, run_cli):
+    served, url = mirror
+    serve_fake_mnist(served, monkeypatch)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (url,))
+    blocked = tmp_path / "data" / "mnist" / "train-images-idx3-ubyte.gz"
+    blocked.mkdir(parents=True)  # a folder where the file should go
+    status, _, err = run_cli(
+        "data", "fetch", "--dataset", "mnist", "--data-dir", str(tmp_path / "data")
+    )
+    assert status == 2 and f"cannot write {blocked}" in err and "Traceback" not in err

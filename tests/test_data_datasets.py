@@ -13,14 +13,6 @@ from dynroute.data.datasets import GAMMA, dataset_names, digit_colours, validati
 from dynroute.errors import DynrouteError
 
 
-@pytest.fixture
-def data_root(tmp_path, make_mnist, make_cifar):
-    root = tmp_path / "raw"
-    make_mnist(root)
-    make_cifar(root, as_zip=True)
-    return root
-
-
 def test_names_and_unknown_dataset(data_root, cache_dir):
     assert dataset_names() == ["mnist", "cifar10", "cifar5", "cifar2", "hybrid"]
     with pytest.raises(
@@ -154,7 +146,7 @@ def test_half_written_cache_is_rebuilt(data_root, cache_dir, caplog):
     (built.path / "manifest.json").unlink()
     with caplog.at_level(logging.WARNING):
         again = load_dataset("cifar2", data_root, cache_dir=cache_dir)
-    assert "ignoring incomplete dataset cache" in caplog.text and "no manifest" in caplog.text
+    assert "ignoring broken dataset cache" in caplog.text and "no manifest" in caplog.text
     assert (again.path / "manifest.json").is_file() and len(again.train) == 20
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import tarfile
 import zipfile
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import cifar_pixels, idx_bytes, png_bytes
-from dynroute.data import sources
-from dynroute.data.sources import find_source, identify_source, parse_idx, read_source
+from dynroute.data import load_dataset, sources
+from dynroute.data.readers.mnist_idx import parse_idx, read_maybe_gzip
+from dynroute.data.sources import find_source, identify_source, read_source
 from dynroute.errors import DynrouteError
 
 
@@ -158,12 +161,16 @@ def test_corrupt_and_wrong_size_images(tmp_path, make_cifar):
         read("cifar10", tmp_path)
 
 
-def _official_tar(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _official_tar(
+    root: Path, monkeypatch: pytest.MonkeyPatch, test_labels: list[int] | None = None
+) -> Path:
     """A tiny tar in the official layout, with checksum tables patched to match it."""
     batches, table = {}, {}
     for name in sources.CIFAR_BATCH_MD5:
         labels = list(range(10))
-        data = np.stack([cifar_pixels(label, 0).transpose(2, 0, 1).reshape(-1) for label in labels])
+        if name == "test_batch" and test_labels is not None:
+            labels = test_labels
+        data = np.stack([cifar_pixels(i, 0).transpose(2, 0, 1).reshape(-1) for i in range(10)])
         batches[name] = pickle.dumps({b"data": data, b"labels": labels})
         table[name] = hashlib.md5(batches[name]).hexdigest()
     buffer = io.BytesIO()
@@ -204,10 +211,11 @@ def test_foreign_pickle_is_never_unpickled(tmp_path, monkeypatch):
     path.unlink()
     batch = tmp_path / "cifar-10-batches-py" / "test_batch"
     batch.write_bytes(batch.read_bytes() + b"tampered")
-    with pytest.raises(DynrouteError, match="checksum mismatch"):
-        read("cifar10", tmp_path)
-    with pytest.raises(DynrouteError, match="refusing to unpickle"):
-        read("cifar10", tmp_path, allow=True)
+    for allow in (False, True):
+        # The flag cannot waive this, so the message must not suggest it.
+        with pytest.raises(DynrouteError, match="checksum mismatch.*refusing to unpickle") as err:
+            read("cifar10", tmp_path, allow=allow)
+        assert "--allow-checksum-mismatch" not in str(err.value)
 
 
 def test_extracted_batches(tmp_path, monkeypatch):
@@ -223,4 +231,131 @@ def test_gzip_helper_reports_path(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(b"abc")[:5])
     with pytest.raises(DynrouteError, match=str(path)):
-        sources.read_maybe_gzip(path)
+        read_maybe_gzip(path)
+
+
+# ------------------------------------------------------------ out-of-range labels
+
+
+def test_idx_label_out_of_range():
+    with pytest.raises(DynrouteError, match="x: label 12 is out of range; expected 0-9"):
+        parse_idx(idx_bytes(np.array([1, 12]), 2049), "x", 2049)
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_batch_label_out_of_range_names_file_and_split(tmp_path, monkeypatch, bad):
+    path = _official_tar(tmp_path, monkeypatch, test_labels=[0, 1, 2, bad, 4, 5, 6, 7, 8, 9])
+    with pytest.raises(DynrouteError) as error:
+        read("cifar10", tmp_path)
+    assert str(error.value).startswith(f"{path} (test labels): label {bad} is out of range")
+
+
+# ------------------------------------------------------------ unreadable files
+
+
+@pytest.fixture
+def deny_reading(monkeypatch):
+    """Make reading a file or listing a folder fail with EACCES.
+
+    By its mode where that works; root ignores modes, so there the refusal is simulated
+    at ``io.open`` and ``os.listdir``, which pathlib and zipfile go through.
+    """
+    restore: list[tuple[Path, int]] = []
+    denied: set[Path] = set()
+    real_open, real_listdir = io.open, os.listdir
+
+    def refuse(path):
+        if isinstance(path, str | os.PathLike) and Path(path) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def guarded_open(file, *args, **kwargs):
+        refuse(file)
+        return real_open(file, *args, **kwargs)
+
+    def guarded_listdir(path="."):
+        refuse(path)
+        return real_listdir(path)
+
+    def deny(path: Path) -> None:
+        if os.geteuid() != 0:
+            restore.append((path, path.stat().st_mode))
+            path.chmod(0)
+            return
+        denied.add(path)
+        monkeypatch.setattr(io, "open", guarded_open)
+        monkeypatch.setattr(os, "listdir", guarded_listdir)
+
+    yield deny
+    for path, mode in reversed(restore):
+        path.chmod(mode)
+
+
+def test_data_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "data"
+    path.write_text("not a folder")
+    with pytest.raises(DynrouteError, match="data directory .* is not a directory") as error:
+        find_source("mnist", path)
+    assert "does not exist" not in str(error.value)
+
+
+def test_unreadable_zip_is_not_called_truncated(tmp_path, make_cifar, deny_reading):
+    path = make_cifar(tmp_path, as_zip=True)
+    deny_reading(path)
+    for action in (identify_source, read_source):
+        with pytest.raises(DynrouteError) as error:
+            action(find_source("cifar10", tmp_path))
+        assert str(error.value) == f"cannot read {path}: Permission denied"
+
+
+def test_unreadable_image_is_not_called_corrupt(tmp_path, make_cifar, deny_reading):
+    folder = make_cifar(tmp_path)
+    image = folder / "train" / "cat" / "0001.png"
+    deny_reading(image)
+    with pytest.raises(DynrouteError) as error:
+        read("cifar10", tmp_path)
+    assert str(error.value) == f"cannot read {image}: Permission denied"
+
+
+def test_unreadable_batch(tmp_path, monkeypatch, deny_reading):
+    path = _official_tar(tmp_path, monkeypatch)
+    with tarfile.open(path) as archive:
+        archive.extractall(tmp_path, filter="data")
+    path.unlink()
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    deny_reading(batch)
+    for action in (identify_source, read_source):
+        with pytest.raises(DynrouteError) as error:
+            action(find_source("cifar10", tmp_path))
+        assert str(error.value) == f"cannot read {batch}: Permission denied"
+
+
+def test_unreadable_data_dir(tmp_path, make_cifar, deny_reading):
+    make_cifar(tmp_path)
+    deny_reading(tmp_path)
+    with pytest.raises(DynrouteError, match=f"cannot read {tmp_path}.*: Permission denied"):
+        find_source("cifar10", tmp_path)
+
+
+# ------------------------------------------------------------ allow_checksum_mismatch
+
+
+@pytest.mark.parametrize("kind", ["idx", "python-tar", "image-zip", "image-folder"])
+def test_allow_checksum_mismatch_works_for_every_reader(
+    tmp_path, make_mnist, make_cifar, monkeypatch, cache_dir, kind
+):
+    dataset = "mnist" if kind == "idx" else "cifar10"
+    if kind == "idx":
+        make_mnist(tmp_path, trusted=False)
+    elif kind == "python-tar":
+        _official_tar(tmp_path, monkeypatch)  # official batches inside a re-packed archive
+        monkeypatch.setattr(sources, "CIFAR_ARCHIVE_MD5", "0" * 32)
+    else:
+        make_cifar(tmp_path, as_zip=kind == "image-zip")
+    mismatched = kind in ("idx", "python-tar")
+    if mismatched:
+        with pytest.raises(DynrouteError, match="checksum mismatch.*--allow-checksum-mismatch"):
+            load_dataset(dataset, tmp_path, cache_dir=cache_dir)
+    data = load_dataset(dataset, tmp_path, allow_checksum_mismatch=True, cache_dir=cache_dir)
+    assert data.manifest["sources"][0]["kind"] == kind
+    assert data.manifest["checksum_mismatch_allowed"] is mismatched
+    assert data.test.class_counts() == [1] * 10

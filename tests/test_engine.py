@@ -10,6 +10,7 @@ from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine, select_rows
 from dynroute.infer.evaluate import predict_dense
 from dynroute.infer.fold import fold_batchnorm
+from dynroute.infer.policies import LEARNED, Policy
 from dynroute.infer.prediction import Prediction
 from dynroute.nn.registry import build_model
 from routing_helpers import random_conv_tree, scramble_routing
@@ -25,10 +26,12 @@ def assert_same(engine: Prediction, dense: Prediction) -> None:
     torch.testing.assert_close(engine.logits, dense.logits, rtol=1e-4, atol=1e-4)
 
 
-def check_tree(tree, x: torch.Tensor, k_cpt=None, single: int = 4) -> Prediction:
+def check_tree(
+    tree, x: torch.Tensor, k_cpt=None, single: int = 4, policy: Policy = LEARNED
+) -> Prediction:
     """Engine == dense on the batch, and on single examples against the batch reference."""
-    engine = EarlyExitEngine(tree)
-    dense = predict_dense(tree, x, k_cpt)
+    engine = EarlyExitEngine(tree, policy=policy)
+    dense = predict_dense(tree, x, k_cpt, policy=policy)
     assert_same(engine(x, k_cpt), dense)
     for i in range(single):
         k = k_cpt[i : i + 1] if isinstance(k_cpt, torch.Tensor) else k_cpt
@@ -63,6 +66,30 @@ def test_random_conv_trees(seed: int, dynamic: bool) -> None:
     tree = scramble_routing(random_conv_tree(seed, dynamic=dynamic), x, k)
     dense = check_tree(tree, x, k)
     assert dense.exits.unique().numel() >= 2
+
+
+THRESHOLD_POLICIES = [Policy("confidence", 0.45), Policy("entropy", 0.9)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("policy", THRESHOLD_POLICIES, ids=lambda p: p.name)
+def test_threshold_policies_on_random_trees(seed: int, policy: Policy) -> None:
+    """Every deployable policy: the engine runs what the dense reference decides."""
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(seed)) * 3
+    tree = scramble_routing(random_tree(seed, max_depth=4), x)
+    dense = check_tree(tree, x, policy=policy)
+    learned = predict_dense(tree, x)
+    assert dense.exits.unique().numel() >= 2  # the threshold splits the batch
+    assert not torch.equal(dense.exits, learned.exits)  # and routes unlike the routers
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("policy", THRESHOLD_POLICIES, ids=lambda p: p.name)
+def test_threshold_policies_on_random_conv_trees(seed: int, policy: Policy) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(64, 3, 4, 4, generator=gen) * torch.rand(64, 1, 1, 1, generator=gen)
+    tree = scramble_routing(random_conv_tree(seed), x)
+    check_tree(tree, x, policy=policy)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from dynroute.errors import DynrouteError
+from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.evaluate import evaluate, every_exit_accuracy
+from dynroute.infer.policies import Policy
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import Node, RoutedTree
 
 
@@ -59,7 +63,7 @@ LABELS = [0, 1, 1, 2, 0, 2, 0, 1]
 
 @pytest.mark.parametrize("method", ["dense", "engine"])
 def test_hand_computed_statistics(hand_tree: RoutedTree, method: str) -> None:
-    assert hand_tree.node_macs() == [8, 6, 8, 6, 6]
+    assert tree_costs(hand_tree).node_macs == (8, 6, 8, 6, 6)
     hand_tree.train()
     result = evaluate(
         hand_tree, np.array(X, dtype=np.float32), np.array(LABELS), batch_size=3, method=method
@@ -102,3 +106,52 @@ def test_every_exit_accuracy_ignores_routing(hand_tree: RoutedTree) -> None:
     assert every["A"] == {"accuracy": 3 / 8, "class_accuracy": [1.0, 0.0, 0.0]}
     assert every["C"] == {"accuracy": 3 / 8, "class_accuracy": [0.0, 1.0, 0.0]}
     assert every["D"] == {"accuracy": 2 / 8, "class_accuracy": [0.0, 0.0, 1.0]}
+
+
+def test_policy_path_macs_by_hand(hand_tree: RoutedTree) -> None:
+    costs = tree_costs(hand_tree)
+    # learned: transforms and routers; thresholds: transforms, the exit heads evaluated at
+    # each junction passed, and B's router (B has no non-exit sink to fall back on);
+    # oracle: transforms and the exit taken.
+    assert [costs.path_macs[i] for i in (1, 3, 4)] == [14, 22, 22]
+    assert [costs.threshold_path_macs[i] for i in (1, 3, 4)] == [10, 30, 30]
+    assert [costs.oracle_path_macs[i] for i in (1, 3, 4)] == [10, 14, 14]
+
+
+@pytest.mark.parametrize("method", ["dense", "engine"])
+def test_threshold_policies_by_hand(hand_tree: RoutedTree, method: str) -> None:
+    """Every exit always answers with confidence e / (e + 2) = 0.576 (entropy 0.85)."""
+    x, y = np.array(X, dtype=np.float32), np.array(LABELS)
+    low = evaluate(hand_tree, x, y, method=method, policy=Policy("confidence", 0.5))
+    assert low.accuracy == pytest.approx(3 / 8) and low.mean_macs == pytest.approx(10)
+    assert low.policy == {"name": "confidence", "threshold": 0.5}
+    # Nothing passes 0.6: every example goes on to B, whose exits both fail too, so B's
+    # router chooses between them (x1 > 0: C, else D).
+    high = evaluate(hand_tree, x, y, method=method, policy=Policy("confidence", 0.6))
+    assert high.accuracy == pytest.approx(4 / 8) and high.mean_macs == pytest.approx(30)
+    entropy = evaluate(hand_tree, x, y, method=method, policy=Policy("entropy", 0.9))
+    assert entropy.mean_macs == pytest.approx(10)  # 0.85 <= 0.9: everyone leaves at A
+
+
+def test_oracle_takes_the_cheapest_correct_exit(hand_tree: RoutedTree) -> None:
+    result = evaluate(
+        hand_tree, np.array(X, dtype=np.float32), np.array(LABELS), policy=Policy("oracle")
+    )
+    assert result.accuracy == 1.0
+    assert result.mean_macs == pytest.approx((3 * 10 + 5 * 14) / 8)
+    with pytest.raises(DynrouteError, match="not a way to run a network"):
+        EarlyExitEngine(hand_tree.eval(), policy=Policy("oracle"))
+
+
+@pytest.mark.parametrize(
+    ("name", "threshold", "message"),
+    [
+        ("greedy", None, "--policy must be one of learned"),
+        ("confidence", None, "needs --threshold"),
+        ("entropy", 1.5, "--threshold must be in"),
+        ("learned", 0.5, "takes no --threshold"),
+    ],
+)
+def test_policy_validation(name, threshold, message) -> None:
+    with pytest.raises(DynrouteError, match=message):
+        Policy(name, threshold)

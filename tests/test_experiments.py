@@ -29,7 +29,7 @@ from stopping_loader import StoppingLoader
 torch.set_num_threads(1)
 RESULT_KEYS = {
     "format", "experiment", "network", "config", "split", "eval_subset", "iterations",
-    "train_seconds", "device", "exits", "points", "metrics", "machine", "scale",
+    "train_seconds", "device", "exits", "class_names", "points", "metrics", "machine", "scale",
     "git_revision",
 }  # fmt: skip
 
@@ -55,7 +55,7 @@ def test_registry_covers_every_curve_and_expands_to_networks():
 
 
 def synthetic_loader(stop_after: int | None = None):
-    def load(config, data_dir, device) -> TrainingData:
+    def load(config, data_dir, device, allow_checksum_mismatch=False) -> TrainingData:
         rng = np.random.default_rng(0)
         labels = rng.integers(0, 10, 64)
         images = rng.random((64, 3, 32, 32), dtype=np.float32)
@@ -135,7 +135,7 @@ def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path, mo
 
 
 def test_failed_network_is_reported_and_sweep_continues(tmp_path, monkeypatch):
-    def broken(config, data_dir, device):
+    def broken(config, data_dir, device, allow_checksum_mismatch=False):
         from dynroute.errors import DynrouteError
 
         raise DynrouteError("no data")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dynroute.nn.macs import count_node_macs, flop_counter_macs
+from dynroute.nn.macs import count_node_macs, flop_counter_macs, tree_costs
 from dynroute.nn.registry import build_model
 
-#: Cumulative MACs (millions) of the chain after each column, exit included (REFERENCE §3).
+#: Cumulative MACs (millions) of the chain after each column, exit included (docs/method.md §3).
 CHAIN_CUMULATIVE = [1.37, 5.28, 7.58, 11.42, 13.51, 17.06, 18.28, 20.64]
 #: Column 1 reads the 3 image channels at 32, 16, 8 and 4 px: this part grows only
 #: linearly with the width (9 * 3 * 16 * (32^2 + 16^2 + 8^2 + 4^2) MACs at width 1).
@@ -41,15 +41,18 @@ def test_counts_match_flop_counter_every_static_depth() -> None:
 
 def test_chain_cumulative_macs_match_the_paper() -> None:
     tree = build_model("chain")
-    cumulative = [tree.path_macs(leaf) / 1e6 for leaf in tree.leaves]
+    cumulative = [tree_costs(tree).path_macs[leaf] / 1e6 for leaf in tree.leaves]
     assert cumulative == pytest.approx(CHAIN_CUMULATIVE, rel=0.03)
-    assert sum(build_model("static-8").node_macs()) / 1e6 == pytest.approx(20.55, rel=0.01)
+    assert sum(tree_costs(build_model("static-8")).node_macs) / 1e6 == pytest.approx(
+        20.55, rel=0.01
+    )
 
 
 def conv_macs(width: int) -> int:
     """MACs of the eight columns of static-8 (no routers; the exit is the only linear layer)."""
     tree = build_model("static-8", width=width)
-    return sum(m for m, node in zip(tree.node_macs(), tree.nodes, strict=True) if not node.is_leaf)
+    macs = tree_costs(tree).node_macs
+    return sum(m for m, node in zip(macs, tree.nodes, strict=True) if not node.is_leaf)
 
 
 @pytest.mark.parametrize("width", [2, 3])

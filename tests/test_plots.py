@@ -40,5 +40,7 @@ def test_plot_command(results_dir, tmp_path, capsys):
     assert main(["plot", "training-dataflow", *args]) == 0
     assert (out / "figure8-training-dataflow.png").exists()
     assert not (out / "figure5-acc-eff.png").exists()
-    assert main(["plot", "acc-eff", "--scale", "quick", "--results", str(results_dir)]) == 0
-    assert "no results to plot" in capsys.readouterr().out
+    # A mistyped results folder or scale is an error that names it, and creates nothing.
+    assert main(["plot", "acc-eff", "--scale", "quick", "--results", str(results_dir)]) == 2
+    assert f"{results_dir / 'quick'} does not exist" in capsys.readouterr().err
+    assert not (results_dir / "quick").exists()

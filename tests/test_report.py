@@ -6,7 +6,7 @@ import math
 
 from dynroute.cli import main
 from dynroute.experiments.results import CurvePoint, curve, load_results
-from dynroute.report import (
+from dynroute.plots.report import (
     NOT_RUN,
     NOT_SUPPORTED,
     SUPPORTED,

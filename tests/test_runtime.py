@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,13 +44,18 @@ def test_resolve_device():
 
 def test_machine_description_is_plain_data():
     info = runtime.machine_description()
-    assert info["cores"] >= 1 and info["torch"] == torch.__version__
+    assert json.loads(json.dumps(info)) == info  # stored in result files as it is
+    assert info["cores"] == runtime.available_cores()
+    assert info["threads"] == torch.get_num_threads()
+    assert info["torch"] == torch.__version__
+    assert info["platform"] == platform.platform()
+    if Path("/proc/cpuinfo").exists():
+        assert info["cpu"]  # the processor's model name, next to every measured number
 
 
 def test_keep_freed_memory_stops_page_faults_in_repeated_forward_passes(monkeypatch):
     """After warm-up, a forward pass reuses freed activation buffers instead of faulting
     fresh pages in (without the setting: ~5,000 page faults per pass of this size)."""
-    import platform
     import resource
 
     from dynroute.nn.registry import build_model

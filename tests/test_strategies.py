@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from dynroute.errors import DynrouteError
-from dynroute.nn.heads import Classifier
-from dynroute.nn.tree import Node, RoutedTree
+from dynroute.nn.heads import Classifier, Router
+from dynroute.nn.macs import tree_costs
+from dynroute.nn.tree import K_CPT_INPUT_SCALE, DenseOutput, Node, RoutedTree
 from dynroute.train.strategies import (
     ActorStrategy,
     CriticStrategy,
@@ -24,7 +25,7 @@ from toy_trees import random_tree
 
 def brute_force_expected_cost(tree, dense, labels, k_cpt, tau, epsilon):
     """E[c_inf] by enumerating every root-to-leaf path and its probability."""
-    macs = tree.node_macs()
+    macs = tree_costs(tree).node_macs
     total = torch.zeros(labels.shape[0])
     for leaf in tree.leaves:
         path = tree.path_to(leaf)
@@ -127,8 +128,6 @@ def three_level_toy():
     exit_a = Node(Classifier(2, 2), name="a")
     exit_b = Node(Classifier(2, 2), name="b")
     last = Node(torch.nn.Identity(), [Node(Classifier(2, 2), name="c")], name="last")
-    from dynroute.nn.heads import Router
-
     middle = Node(torch.nn.Identity(), [exit_b, last], Router(2, 2), name="middle")
     root = Node(torch.nn.Identity(), [exit_a, middle], Router(2, 2), name="root")
     return RoutedTree(root, (2,), 2)
@@ -138,7 +137,7 @@ def test_critic_targets_by_hand():
     tree = three_level_toy()
     a, m, b, last, c = (tree.node_index(n) for n in ["a", "middle", "b", "last", "c"])
     root = 0
-    macs = tree.node_macs()
+    macs = tree_costs(tree).node_macs
     labels = torch.tensor([0])
     k = torch.tensor([0.01])
     # Hand-made outputs: scores and logits for one example.
@@ -147,8 +146,6 @@ def test_critic_targets_by_hand():
         b: torch.tensor([[2.0, 0.0]]),  # right, CE = log(1 + e^-2)
         c: torch.tensor([[5.0, 0.0]]),  # right, CE = log(1 + e^-5)
     }
-    from dynroute.nn.tree import DenseOutput
-
     dense = DenseOutput(
         scores={root: torch.tensor([[0.0, 1.0]]), m: torch.tensor([[1.0, 0.0]])},
         logits=logits,
@@ -224,7 +221,7 @@ def test_dynamic_k_cpt_reaches_router_input():
     k = torch.tensor([0.0, 1e-9, 4e-9, 6.4e-8])
     tree(x, k)
     handle.remove()
-    torch.testing.assert_close(seen[0][:, -1], k * 1e7)
+    torch.testing.assert_close(seen[0][:, -1], k * K_CPT_INPUT_SCALE)
     with pytest.raises(ValueError, match="k_cpt"):
         tree(x)
 
@@ -234,7 +231,9 @@ def test_make_strategy_validation():
         make_strategy("greedy")
     with pytest.raises(DynrouteError, match="does not take"):
         make_strategy("static", k_cre=1.0)
-    with pytest.raises(DynrouteError, match="pragmatic or optimistic"):
-        make_strategy("critic", target="lazy")
+    with pytest.raises(DynrouteError, match="--critic-target must be one of pragmatic"):
+        make_strategy("critic", critic_target="lazy")
+    with pytest.raises(DynrouteError, match="does not take"):
+        make_strategy("static", k_dec=0.1)  # the static strategy has no routers to push
     with pytest.raises(DynrouteError, match="without junctions"):
         make_strategy("static").check(random_tree(0))

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dynroute.atomic import write_atomic
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import build_from_spec
+from dynroute.nn.registry import build_from_spec, model_names
 from dynroute.nn.tree import RoutedTree
+from dynroute.train.config import MAX_WIDTH
 
 FORMAT = 1
+#: Largest class count a stored spec may ask for (a linear head per exit grows with it).
+MAX_CLASSES = 100_000
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
 
@@ -63,18 +66,7 @@ def save(
         "extra": extra or {},
     }
     _check_plain(payload, "checkpoint")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(
@@ -105,18 +97,73 @@ def load_checkpoint(
     return payload
 
 
+def build_checked(spec: dict[str, Any], state: dict[str, Any], source: str) -> RoutedTree:
+    """The model ``spec`` describes, once its weights are known to fit ``state``.
+
+    The spec is validated first, then the model is built on the meta device (no memory,
+    no time) to compare every parameter's shape with the stored one; only a checkpoint
+    that fits is built for real. A tampered spec (width 40, a billion classes) is refused
+    before it can take minutes and gigabytes to build.
+    """
+    spec = validate_spec(spec, source)
+    with torch.device("meta"):
+        skeleton = build_from_spec(spec)
+    check_state_dict(skeleton, state, source=source)
+    return build_from_spec(spec)
+
+
+def validate_spec(spec: Any, source: str) -> dict[str, Any]:
+    """The stored model spec's types and ranges, checked before anything is built."""
+    if not isinstance(spec, dict):
+        raise DynrouteError(f"{source}: the model spec is not a dictionary")
+    checks = {
+        "name": lambda v: isinstance(v, str) and v in model_names(),
+        "num_classes": lambda v: _int_in(v, 2, MAX_CLASSES),
+        "width": lambda v: _int_in(v, 1, MAX_WIDTH),
+        "dynamic_k_cpt": lambda v: isinstance(v, bool),
+    }
+    unknown = sorted(set(spec) - set(checks))
+    if unknown or "name" not in spec:
+        raise DynrouteError(f"{source}: invalid model spec {spec!r}")
+    for key, valid in checks.items():
+        if key in spec and not valid(spec[key]):
+            raise DynrouteError(f"{source}: invalid {key} {spec[key]!r} in the model spec")
+    return spec
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoutedTree:
     """Rebuild the model a checkpoint describes, load its weights, move it, set eval mode."""
     payload = load_checkpoint(path, map_location)
-    tree = build_from_spec(payload["spec"])
-    check_state_dict(tree, payload["state_dict"], source=f"checkpoint {path}")
+    source = f"checkpoint {path}"
+    tree = build_checked(payload["spec"], payload["state_dict"], source)
+    check_finite(payload["state_dict"], source)
     tree.load_state_dict(payload["state_dict"])
     return tree.to(map_location).eval()
 
 
+def check_finite(state: dict[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or inf (a diverged run's): they would route silently."""
+    bad = [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise DynrouteError(f"{source} holds non-finite weights ({', '.join(bad[:3])}, ...)")
+
+
 def check_state_dict(tree: RoutedTree, state: dict[str, Any], source: str = "state dict") -> None:
-    """Raise a ``DynrouteError`` naming missing, unexpected or mis-shaped entries."""
+    """Raise a ``DynrouteError`` naming missing, unexpected, mis-typed or mis-shaped entries."""
     expected = tree.state_dict()
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise DynrouteError(f"{source}: entries that are not tensors: {', '.join(not_tensors[:5])}")
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mis_shaped = [

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 
 from dynroute.experiments.registry import EXPERIMENTS, SCALES
+from dynroute.plots import FIGURE_KINDS
 from dynroute.train.config import COMPILE_MODES
-
-FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "all")
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -37,6 +36,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         results_dir=args.results,
         runs_dir=args.runs,
         data_dir=None if args.data_dir is None else str(args.data_dir),
+        allow_checksum_mismatch=args.allow_checksum_mismatch,
         workers=args.workers,
         ray_address=args.ray_address,
         progress=not args.no_progress,
@@ -68,7 +68,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dynroute.report import write_report
+    from dynroute.plots.report import write_report
 
     markdown, html = write_report(args.results, args.scale)
     print(markdown)
@@ -82,7 +82,7 @@ def _results_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.data import add_data_dir_argument
+    from dynroute.commands.data import add_checksum_argument, add_data_dir_argument
 
     listing = sub.add_parser("experiments", help="list the named experiments and scales")
     listing.set_defaults(func=cmd_experiments)
@@ -103,6 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
     )
     add_data_dir_argument(sweep)
+    add_checksum_argument(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     plot = sub.add_parser("plot", help="draw figures from result files")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.registry import build_model, model_names
 from dynroute.nn.tree import RoutedTree
 
@@ -41,7 +42,8 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def summary_text(tree: RoutedTree) -> str:
     """The tree indented by depth; exits also show the MACs of their whole path."""
-    macs = tree.node_macs()
+    costs = tree_costs(tree)
+    macs = costs.node_macs
     params = [sum(p.numel() for p in node.own_parameters()) for node in tree.nodes]
     spec = tree.spec
     title = spec.get("name", type(tree.root.transform).__name__)
@@ -53,7 +55,7 @@ def summary_text(tree: RoutedTree) -> str:
     for i, node in enumerate(tree.nodes):
         depth = len(tree.path_to(i)) - 1
         label = "  " * depth + node.name + (" (router)" if node.is_junction else "")
-        path = f"{tree.path_macs(i) / 1e6:.2f} M" if node.is_leaf else ""
+        path = f"{costs.path_macs[i] / 1e6:.2f} M" if node.is_leaf else ""
         lines.append(f"{label:<32}{params[i]:>12,}{macs[i]:>14,}{path:>14}")
     n_leaves = len(tree.leaves)
     lines.append(

@@ -9,60 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, fields
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dynroute.errors import DynrouteError
-from dynroute.train.config import TrainConfig
+from dynroute.train.config import TrainConfig, option_choices
 
-HELP = {
-    "dataset": "mnist, cifar10, cifar5, cifar2 or hybrid",
-    "model": "chain, tree or static-N (N = 1..8)",
-    "width": "channel multiplier of every convolution",
-    "strategy": "static, actor or critic",
-    "k_cpt": "cost of one multiply-accumulate, in units of cross-entropy",
-    "dynamic_k_cpt": "feed k_cpt to every router and draw it per example from the k_cpt set",
-    "k_cpt_set": "comma-separated k_cpt values for dynamic k_cpt (default: the paper's 8)",
-    "iterations": "training iterations (batches)",
-    "lr": "initial learning rate (default 0.1 for >= 20,000 iterations, else 0.04)",
-    "lr_half_life": "iterations per halving of the lr (default iterations / 8 for >= 20,000 "
-    "iterations, else iterations / 4)",
-    "lr_warmup": "iterations over which the lr ramps up linearly from ~0 "
-    "(default 0 for >= 20,000 iterations, else iterations / 10)",
-    "tau": "initial routing temperature (default 1.0 actor, 0.1 critic)",
-    "tau_half_life": "iterations per halving of tau (default iterations / 4)",
-    "critic_target": "pragmatic or optimistic",
-    "error_measure": "cross-entropy or classification (critic targets)",
-    "talr": "throughput-adjusted learning rates",
-    "regularise_policy": "let the L2 and k_dec terms' gradient flow through p_train",
-    "augment": "shift/flip augmentation",
-    "sampling": "replacement (the paper) or epoch",
-    "validation_size": "training examples held out for validation",
-    "eval_every": "iterations between evaluations (default iterations / 16)",
-    "eval_splits": "comma-separated splits evaluated during training (train,validation,test)",
-    "checkpoint_every": "iterations between checkpoints (default iterations / 10)",
-    "device": "cpu, cuda or auto",
-    "bf16": "bfloat16 autocast on CUDA",
-    "compile": "torch.compile the forward pass and the loss",
-    "compile_mode": "with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
-    "channels_last": "channels-last memory layout (faster convolutions on CPU and GPU)",
-}
-OPTIONAL_TYPES = {
-    "lr": float,
-    "lr_half_life": float,
-    "lr_warmup": int,
-    "tau": float,
-    "tau_half_life": float,
-    "eval_every": int,
-    "checkpoint_every": int,
-}
-LIST_TYPES = {"k_cpt_set": float, "eval_splits": str}
+#: More threads than this is a typo, not a machine.
+MAX_THREADS = 4096
 
 
-def _list_of(kind: type):
+def _parse_list(kind: type):
     def parse(text: str) -> tuple:
         try:
             return tuple(kind(v) for v in text.split(",") if v.strip())
@@ -72,43 +32,48 @@ def _list_of(kind: type):
     return parse
 
 
+def _help(field: Field) -> str:
+    """The field's help text, its valid values and its default (the config is the source)."""
+    meta = field.metadata
+    text = meta["help"]
+    choices = option_choices(field.name)
+    if choices is not None and len(choices) <= 8:
+        text += f" [{', '.join(choices)}]"
+    elif meta["bounds"] is not None:
+        text += f" [{meta['bounds'].describe_range()}]"
+    if field.default is not None and not isinstance(field.default, bool):
+        shown = ",".join(map(str, field.default)) if meta["many"] else field.default
+        text += f" (default: {shown})"
+    return text
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per ``TrainConfig`` field."""
+    """One option per ``TrainConfig`` field, typed and described by the field's metadata."""
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default
-        help_text = HELP.get(field.name)
         if isinstance(default, bool):
             if default:
                 parser.add_argument(
                     "--no-" + flag[2:],
                     dest=field.name,
                     action="store_false",
-                    help=f"turn off: {help_text}" if help_text else None,
+                    help=f"turn off: {field.metadata['help']}",
                 )
             else:
-                parser.add_argument(flag, dest=field.name, action="store_true", help=help_text)
+                parser.add_argument(
+                    flag, dest=field.name, action="store_true", help=field.metadata["help"]
+                )
             continue
-        if field.name in LIST_TYPES:
-            kind = _list_of(LIST_TYPES[field.name])
-        elif field.name in OPTIONAL_TYPES:
-            kind = OPTIONAL_TYPES[field.name]
-        else:
-            kind = type(default)
+        kind = field.metadata["kind"] or type(default)
         parser.add_argument(
             flag,
             dest=field.name,
-            type=kind,
-            default=None if default is MISSING else default,
-            help=_with_default(help_text, None if default is MISSING else default),
+            type=_parse_list(kind) if field.metadata["many"] else kind,
+            default=default,
+            metavar=field.name.upper(),
+            help=_help(field),
         )
-
-
-def _with_default(help_text: str | None, default: object) -> str | None:
-    """The help line; defaults of ``None`` are explained by the text itself."""
-    if default is None:
-        return help_text
-    return (help_text + " " if help_text else "") + f"(default: {default})"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -117,13 +82,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dynroute.runtime import configure_cpu, resolve_device
-    from dynroute.train.trainer import Trainer, load_training_data
+    from dynroute.train.trainer import Trainer, inspect_run_dir, load_training_data
 
     config = config_from_args(args).validate()
-    configure_cpu(args.threads)
     out_dir = Path(args.out)
+    # Everything that can refuse the run is checked before the dataset is loaded.
+    inspect_run_dir(out_dir, config, args.resume, args.overwrite)
+    configure_cpu(args.threads)
     device = resolve_device(config.device)
-    data = load_training_data(config, args.data_dir, device)
+    data = load_training_data(
+        config, args.data_dir, device, allow_checksum_mismatch=args.allow_checksum_mismatch
+    )
     trainer = Trainer(config, data, out_dir, progress=not args.no_progress)
     summary = trainer.run(resume=args.resume, overwrite=args.overwrite)
     final = summary["final"]
@@ -168,17 +137,13 @@ def _find_checkpoint(path: Path) -> tuple[Path, dict[str, Any] | None]:
 def format_exit_table(stats: dict[str, Any]) -> str:
     """One row per exit: share classified there, its accuracy, its path MACs."""
     lines = [f"{'exit':<14}{'classified':>11}{'accuracy':>10}{'path MACs':>13}"]
-    nodes = stats["nodes"]
-    for node in nodes:
+    for node in stats["nodes"]:
         if not node["is_leaf"]:
             continue
-        path_macs, i = 0, node["index"]
-        while i >= 0:
-            path_macs += nodes[i]["macs"]
-            i = nodes[i]["parent"]
         acc = "-" if node["accuracy"] is None else f"{node['accuracy']:.4f}"
         lines.append(
-            f"{node['name']:<14}{node['classified']:>11.4f}{acc:>10}{path_macs / 1e6:>11.2f} M"
+            f"{node['name']:<14}{node['classified']:>11.4f}{acc:>10}"
+            f"{node['path_macs'] / 1e6:>11.2f} M"
         )
     return "\n".join(lines)
 
@@ -213,7 +178,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DynrouteError("this network was trained for one k_cpt; --k-cpt does not apply")
     seed = (run_config or {}).get("seed", 0)
     validation_size = (run_config or {}).get("validation_size", 0)
-    splits = load_dataset(dataset, args.data_dir, validation_size=validation_size, seed=seed)
+    splits = load_dataset(
+        dataset,
+        args.data_dir,
+        validation_size=validation_size,
+        seed=seed,
+        allow_checksum_mismatch=args.allow_checksum_mismatch,
+    )
     part = getattr(splits, args.split)
     if part is None:
         raise DynrouteError(f"this run has no {args.split} split")
@@ -238,10 +209,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_THREADS}, got {value}")
+    return value
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_threads,
         default=None,
         help="CPU threads for torch (default: every available core; use 1 per process "
         "when several jobs share the machine)",
@@ -249,7 +230,7 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.data import add_data_dir_argument
+    from dynroute.commands.data import add_checksum_argument, add_data_dir_argument
 
     train = sub.add_parser("train", help="train one network")
     add_config_arguments(train)
@@ -259,6 +240,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_threads_argument(train)
     add_data_dir_argument(train)
+    add_checksum_argument(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run or checkpoint with hard routing")
@@ -275,4 +257,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_threads_argument(evaluate)
     add_data_dir_argument(evaluate)
+    add_checksum_argument(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

@@ -8,8 +8,8 @@ from dynroute.data.datasets import (
     dataset_names,
     load_dataset,
 )
-from dynroute.data.loader import BatchLoader, iterate_batches
-from dynroute.data.sources import (
+from dynroute.data.loader import BatchLoader
+from dynroute.data.readers.common import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
     resolve_cache_dir,
@@ -27,7 +27,6 @@ __all__ = [
     "augment_batch",
     "dataset_names",
     "draw_params",
-    "iterate_batches",
     "load_dataset",
     "resolve_cache_dir",
     "resolve_data_dir",

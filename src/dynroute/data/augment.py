@@ -1,4 +1,4 @@
-"""Training-time augmentation of REFERENCE section 5, vectorised over the batch.
+"""Training-time augmentation (docs/method.md §6.3), vectorised over the batch.
 
 Each image is shifted by integers (du, dv) uniform in [-max_shift, max_shift],
 uncovered pixels take the image's mean colour (the data is already linear

@@ -1,13 +1,13 @@
 """The paper's derived datasets, built once into a memory-mappable cache.
 
-Datasets (REFERENCE section 5): ``mnist`` (ten recoloured digits), ``cifar10``,
+Datasets (docs/method.md §6): ``mnist`` (ten recoloured digits), ``cifar10``,
 ``cifar5`` (cat, deer, dog, horse, other), ``cifar2`` (other, horse) and
 ``hybrid`` (recoloured digits 0-4 plus CIFAR airplane, automobile, deer, frog,
 horse). Images are float32 NCHW (N, 3, 32, 32) in linear intensity [0, 1].
 
 The cache holds one folder per (dataset, source checksums, seed, validation
-size, format version), written to a temporary folder and renamed into place,
-so a killed build never leaves something that looks complete.
+size, format version), built and verified by ``dynroute.data.cache``; decoded
+sources are cached the same way under ``sources/`` so datasets share one decode.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,32 +25,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynroute.data.sources import (
-    CIFAR_CLASSES,
-    MNIST_DIGITS,
+from dynroute.data.cache import FORMAT_VERSION, CacheLayout, array_path, cached_build, load_split
+from dynroute.data.readers.common import (
+    PROVENANCE_SCHEMA,
+    SPLITS,
     Provenance,
     RawData,
     Source,
-    find_source,
-    identify_source,
-    read_source,
+    check_labels,
     resolve_cache_dir,
     resolve_data_dir,
 )
+from dynroute.data.readers.mnist_idx import MNIST_DIGITS
+from dynroute.data.sources import CIFAR_CLASSES, find_source, identify_source, read_source
 from dynroute.errors import DynrouteError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 DEFAULT_SEED = 0
 IMAGE_SIZE = 32
 GAMMA = 2.2
 MIN_COLOUR_DISTANCE = 0.3
-MANIFEST_NAME = "manifest.json"
-SPLIT_NAMES = ("train", "validation", "test")
-RAW_SPLITS = ("train", "test")
 CHUNK = 4096
-STALE_TEMP_SECONDS = 6 * 3600
 
 # Seed streams, so colouring and the validation split never share random numbers.
 TRAIN_COLOUR_STREAM, TEST_COLOUR_STREAM, VALIDATION_STREAM = 0, 1, 2
@@ -161,6 +154,9 @@ class DatasetSplit:
     class_names: tuple[str, ...]
     mirror_symmetric: tuple[bool, ...]
 
+    def __post_init__(self) -> None:
+        check_labels(np.asarray(self.labels), len(self.class_names), "dataset split labels")
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -223,77 +219,22 @@ def recolour_digits(images: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.nd
     return (start + span * x).numpy()
 
 
-# ------------------------------------------------------------------ cache plumbing
+# ------------------------------------------------------------------ caches
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _cache_problem(path: Path, key: str) -> str | None:
-    """Why a cache folder cannot be used, or None if it is complete and current."""
-    try:
-        manifest = json.loads((path / MANIFEST_NAME).read_text())
-    except FileNotFoundError:
-        return "no manifest; an earlier build was probably interrupted"
-    except (OSError, ValueError) as exc:
-        return f"unreadable manifest ({exc})"
-    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("key") != key:
-        return "manifest belongs to another format version or source"
-    for name, size in manifest.get("sizes", {}).items():
-        try:
-            images = np.load(path / f"{name}_images.npy", mmap_mode="r")
-            labels = np.load(path / f"{name}_labels.npy", mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            return f"unreadable {name} arrays ({exc})"
-        if len(images) != size or len(labels) != size:
-            return f"{name} arrays do not match the manifest"
-    return None
-
-
-def _remove_stale_temps(parent: Path) -> None:
-    """Delete temp folders of long-dead builds; recent ones may belong to a running build."""
-    now = time.time()
-    for temp in parent.glob(".tmp-*"):
-        try:
-            if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
-                shutil.rmtree(temp, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def cached_build(target: Path, key: str, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Return the manifest of ``target``, building it atomically first if needed.
-
-    ``build(folder)`` writes arrays into a fresh temp folder and returns the
-    manifest; the manifest is written last and the folder renamed into place.
-    """
-    problem = _cache_problem(target, key) if target.exists() else "missing"
-    if problem is None:
-        return json.loads((target / MANIFEST_NAME).read_text())
-    if target.exists():
-        logger.warning("ignoring incomplete dataset cache %s (%s); rebuilding", target, problem)
-        shutil.rmtree(target, ignore_errors=True)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(target.parent)
-        temp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    except OSError as exc:
-        raise DynrouteError(
-            f"cannot write the dataset cache in {target.parent} ({exc.strerror or exc}); "
-            "choose a writable folder with DYNROUTE_CACHE"
-        ) from exc
-    try:
-        manifest = {"format_version": FORMAT_VERSION, "key": key, **build(temp)}
-        _write_json(temp / MANIFEST_NAME, manifest)
-        try:
-            os.replace(temp, target)
-        except OSError:
-            if _cache_problem(target, key) is not None:  # not a concurrent twin: real failure
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return json.loads((target / MANIFEST_NAME).read_text())
+# Manifest entries beyond the arrays' own bookkeeping that readers of a dataset use.
+DATASET_METADATA = {
+    "dataset": str,
+    "description": str,
+    "class_names": [str],
+    "mirror_symmetric": [bool],
+    "seed": int,
+    "validation_size": int,
+    "sources": [PROVENANCE_SCHEMA],
+    "checksum_mismatch_allowed": bool,
+    "image_format": str,
+    "created": str,
+    "build_seconds": (int, float),
+}
 
 
 def _key(payload: Any) -> str:
@@ -305,28 +246,29 @@ def _load_raw(provenance: Provenance, cache_dir: Path, allow_mismatch: bool) -> 
     source = provenance.source
     key = _key([FORMAT_VERSION, source.dataset, provenance.checksum])
     target = cache_dir / "sources" / f"{source.dataset}-{key}"
+    layout = CacheLayout(
+        SPLITS,
+        "uint8",
+        source.reader.image_shape,
+        source.reader.num_classes,
+        {"source": PROVENANCE_SCHEMA, "decode_seconds": (int, float)},
+    )
 
     def build(folder: Path) -> dict[str, Any]:
         started = time.perf_counter()
         raw, read_provenance = read_source(source, allow_mismatch)
         if read_provenance.checksum != provenance.checksum:
             raise DynrouteError(f"{source.describe()} changed while it was being read; retry")
-        for name in RAW_SPLITS:
-            np.save(folder / f"{name}_images.npy", getattr(raw, f"{name}_images"))
-            np.save(folder / f"{name}_labels.npy", getattr(raw, f"{name}_labels"))
+        for split in SPLITS:
+            for kind in ("images", "labels"):
+                np.save(array_path(folder, split, kind), getattr(raw, f"{split}_{kind}"))
         return {
             "source": provenance.as_dict(),
-            "sizes": {name: len(getattr(raw, f"{name}_labels")) for name in RAW_SPLITS},
             "decode_seconds": round(time.perf_counter() - started, 2),
         }
 
-    cached_build(target, key, build)
-    arrays = [
-        np.load(target / f"{name}_{kind}.npy", mmap_mode="r")
-        for name in RAW_SPLITS
-        for kind in ("images", "labels")
-    ]
-    return RawData(*arrays)
+    cached_build(target, key, layout, build)
+    return RawData(*(array for split in SPLITS for array in load_split(target, split)))
 
 
 # ------------------------------------------------------------------ building
@@ -393,7 +335,7 @@ def _write_split(
 ) -> None:
     """Make the float32 pixels chunk by chunk straight into a .npy memmap."""
     out = np.lib.format.open_memmap(
-        folder / f"{name}_images.npy",
+        array_path(folder, name, "images"),
         mode="w+",
         dtype=np.float32,
         shape=(len(rows.label), 3, IMAGE_SIZE, IMAGE_SIZE),
@@ -414,7 +356,7 @@ def _write_split(
                 out[start + np.flatnonzero(mask)] = gamma_decode(pixels)
     out.flush()
     del out
-    np.save(folder / f"{name}_labels.npy", rows.label.astype(np.int64))
+    np.save(array_path(folder, name, "labels"), rows.label.astype(np.int64))
 
 
 def _build_dataset(
@@ -456,11 +398,6 @@ def _build_dataset(
         "mirror_symmetric": list(spec.mirror_symmetric),
         "seed": seed,
         "validation_size": validation_size,
-        "sizes": {split: len(rows.label) for split, rows in splits.items()},
-        "class_counts": {
-            split: np.bincount(rows.label, minlength=len(spec.class_names)).tolist()
-            for split, rows in splits.items()
-        },
         "sources": [provenance.as_dict() for provenance in provenances],
         "checksum_mismatch_allowed": any(p.mismatched for p in provenances),
         "image_format": "float32 NCHW (N, 3, 32, 32), linear intensity in [0, 1]",
@@ -482,7 +419,8 @@ def load_dataset(
 
     ``seed`` fixes the digit colours and the validation split; ``validation_size``
     examples are carved from the training set (0, the paper's setting, keeps it whole).
-    Raw files are checksummed on every call, so a changed source triggers a rebuild.
+    Raw files are checksummed on every call, so a changed source triggers a rebuild, and
+    the cached arrays are verified against the hashes recorded when they were built.
     """
     spec = get_spec(name)
     if validation_size < 0:
@@ -493,6 +431,10 @@ def load_dataset(
     provenances = [identify_source(source, allow_checksum_mismatch) for source in sources]
     key = _key([FORMAT_VERSION, name, seed, validation_size, [p.checksum for p in provenances]])
     target = cache_path / f"{name}-{key}"
+    splits = ("train", "validation", "test") if validation_size else SPLITS
+    layout = CacheLayout(
+        splits, "float32", (3, IMAGE_SIZE, IMAGE_SIZE), len(spec.class_names), DATASET_METADATA
+    )
 
     def build(folder: Path) -> dict[str, Any]:
         logger.info("building dataset %s into %s", name, target)
@@ -501,16 +443,11 @@ def load_dataset(
         }
         return _build_dataset(folder, spec, raw, provenances, seed, validation_size)
 
-    manifest = cached_build(target, key, build)
-    splits = {
-        split: DatasetSplit(
-            np.load(target / f"{split}_images.npy", mmap_mode="r"),
-            np.load(target / f"{split}_labels.npy"),
-            spec.class_names,
-            spec.mirror_symmetric,
-        )
-        for split in manifest["sizes"]
+    manifest = cached_build(target, key, layout, build)
+    loaded = {
+        split: DatasetSplit(*load_split(target, split), spec.class_names, spec.mirror_symmetric)
+        for split in splits
     }
     return DatasetSplits(
-        name, splits["train"], splits.get("validation"), splits["test"], manifest, target
+        name, loaded["train"], loaded.get("validation"), loaded["test"], manifest, target
     )

@@ -19,13 +19,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dynroute.data import sources
-from dynroute.data.sources import (
-    CIFAR_ARCHIVE_NAME,
-    LOCAL_COPY_HINT,
-    gunzip,
+from dynroute.data.readers.common import (
+    DATA_DIR_ENV,
     md5_bytes,
     md5_file,
+    os_error_text,
+    read_bytes,
 )
+from dynroute.data.readers.mnist_idx import gunzip
+from dynroute.data.sources import CIFAR_ARCHIVE_NAME, LOCAL_COPY_HINT
 from dynroute.errors import DynrouteError
 
 MNIST_MIRRORS = (
@@ -39,7 +41,8 @@ FETCHABLE = ("mnist", "cifar10")
 
 def _gunzipped_md5(path: Path) -> str:
     try:
-        return md5_bytes(gunzip(path.read_bytes(), path))
+        # Temp downloads have no .gz suffix, so decompress explicitly.
+        return md5_bytes(gunzip(read_bytes(path), path))
     except DynrouteError:
         return "not-a-valid-gzip-file"
 
@@ -83,8 +86,8 @@ def fetch_file(
         os.close(handle)
     except OSError as exc:
         raise DynrouteError(
-            f"cannot write to {destination.parent} ({exc.strerror or exc}); "
-            "choose a writable folder with --data-dir or DYNROUTE_DATA"
+            f"cannot write to {destination.parent} ({os_error_text(exc)}); "
+            f"choose a writable folder with --data-dir or {DATA_DIR_ENV}"
         ) from exc
     temp = Path(temp_name)
     failures = []
@@ -97,7 +100,12 @@ def fetch_file(
                 continue
             actual = checksum(temp)
             if actual == expected_md5:
-                os.replace(temp, destination)
+                try:
+                    os.replace(temp, destination)
+                except OSError as exc:
+                    raise DynrouteError(
+                        f"cannot write {destination} ({os_error_text(exc)})"
+                    ) from exc
                 return True
             failures.append(f"{url} (wrong MD5 {actual}, expected {expected_md5})")
     finally:

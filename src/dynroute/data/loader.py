@@ -120,14 +120,3 @@ class BatchLoader:
         self.permutation = state["permutation"]
         self.position = int(state["position"])
         self.epoch = int(state["epoch"])
-
-
-def iterate_batches(
-    split: DatasetSplit, batch_size: int, device: str | torch.device = "cpu"
-) -> Iterator[Batch]:
-    """The split in order, unaugmented, for evaluation; reads the memmap slice by slice."""
-    target = torch.device(device)
-    for start in range(0, len(split), batch_size):
-        images = torch.from_numpy(np.array(split.images[start : start + batch_size]))
-        labels = torch.from_numpy(np.array(split.labels[start : start + batch_size]))
-        yield to_device(images, target), to_device(labels, target)

@@ -12,13 +12,14 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
 from dynroute.errors import DynrouteError
 from dynroute.experiments.results import build_result
 from dynroute.runtime import configure_cpu, resolve_device
@@ -47,13 +48,15 @@ class Task:
     data_dir: str | None
     eval_subset: int | None
     threads: int
+    allow_checksum_mismatch: bool = False
 
     @property
     def label(self) -> str:
         return f"{self.experiment}/{self.network}"
 
 
-DataLoaderFn = Callable[[TrainConfig, str | None, torch.device], TrainingData]
+#: ``load_training_data``'s signature: (config, data_dir, device, allow_checksum_mismatch).
+DataLoaderFn = Callable[[TrainConfig, str | None, torch.device, bool], TrainingData]
 
 
 def subset_evaluation(data: TrainingData, size: int | None) -> TrainingData:
@@ -69,7 +72,7 @@ def subset_evaluation(data: TrainingData, size: int | None) -> TrainingData:
         rng = np.random.default_rng(EVAL_SUBSET_SEED)
         keep = torch.from_numpy(np.sort(rng.choice(n, size, replace=False)))
         evaluation[name] = Split(split.images[keep], split.labels[keep])
-    return TrainingData(data.loader, evaluation, data.num_classes)
+    return replace(data, evaluation=evaluation)
 
 
 def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> dict[str, Any]:
@@ -78,7 +81,8 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
     config = TrainConfig.from_dict(task.config).validate()
     run_dir = Path(task.run_dir)
     device = resolve_device(config.device)
-    data = subset_evaluation(load_data(config, task.data_dir, device), task.eval_subset)
+    data = load_data(config, task.data_dir, device, task.allow_checksum_mismatch)
+    data = subset_evaluation(data, task.eval_subset)
     trainer = Trainer(config, data, run_dir, progress=False)
     summary = trainer.run(resume=(run_dir / CONFIG_FILE).exists())
     records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
@@ -131,7 +135,7 @@ class ProcessPoolRunner:
         self.pool.shutdown(cancel_futures=True)
 
 
-PATH_VARIABLES = ("DYNROUTE_DATA", "DYNROUTE_CACHE")
+PATH_VARIABLES = (DATA_DIR_ENV, CACHE_DIR_ENV)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 RAY_MULTI_NODE_FLAG = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 

@@ -1,7 +1,7 @@
 """Named experiments: every curve of the paper, expanded into the networks that draw it.
 
 An experiment fixes a dataset, model family, strategy and the options that make it a
-variant (REFERENCE §6); a scale preset fixes how long each network trains. Expanding
+variant (docs/method.md §7); a scale preset fixes how long each network trains. Expanding
 the pair yields ``Network`` objects whose ``TrainConfig`` is exactly what
 ``dynroute train`` would run with the same options.
 """
@@ -12,10 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynroute.errors import DynrouteError
+from dynroute.nn.registry import static_baselines
 from dynroute.train.config import PAPER_K_CPT_SET, TrainConfig
-
-#: Static baselines use the first N columns, N = 1..8.
-STATIC_DEPTHS = tuple(range(1, 9))
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,11 @@ SCALES: dict[str, Scale] = {
 
 @dataclass(frozen=True)
 class Experiment:
-    """One curve of the paper: a family of networks differing only in budget."""
+    """One curve of the paper: a family of networks differing only in budget.
+
+    A static experiment names the routed model whose static baselines it trains
+    (``model="chain"``: static-1 ... static-8).
+    """
 
     name: str
     dataset: str
@@ -168,7 +170,7 @@ def expand(experiment: Experiment | str, scale: Scale | str) -> list[Network]:
         **experiment.options,
     )
     if experiment.is_static:
-        variants = [(f"static-{n}", {"model": f"static-{n}"}) for n in STATIC_DEPTHS]
+        variants = [(name, {"model": name}) for name in static_baselines(experiment.model)]
     elif experiment.dynamic_k_cpt:
         k_set = experiment.k_cpt_values
         k_set = None if k_set == PAPER_K_CPT_SET else k_set

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynroute.errors import DynrouteError
 from dynroute.runtime import machine_description
 
 RESULT_FORMAT = 1
@@ -30,14 +31,6 @@ def result_path(
     results_dir: str | os.PathLike[str], scale: str, experiment: str, network: str
 ) -> Path:
     return scale_dir(results_dir, scale) / experiment / f"{network}.json"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temp file and rename, so a killed sweep never leaves half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def git_revision() -> str | None:
@@ -123,6 +116,7 @@ def build_result(
         "train_seconds": summary["train_seconds"],
         "device": summary["device"],
         "exits": leaves,
+        "class_names": summary.get("class_names") or None,
         "points": points,
         "metrics": compact_metrics(records, split),
         "machine": machine_description(),
@@ -131,6 +125,16 @@ def build_result(
         result["accuracy"] = points[0]["accuracy"]
         result["mean_macs"] = points[0]["mean_macs"]
     return result
+
+
+def result_class_names(result: dict[str, Any]) -> tuple[str, ...]:
+    """The class names of a result's dataset (files written before they were stored: from
+    the dataset's definition)."""
+    if result.get("class_names"):
+        return tuple(result["class_names"])
+    from dynroute.data.datasets import get_spec
+
+    return get_spec(result["config"]["dataset"]).class_names
 
 
 @dataclass
@@ -156,19 +160,46 @@ class CurvePoint:
         return math.sqrt(self.accuracy * (1.0 - self.accuracy) / self.num_examples)
 
 
+#: Keys every result document has (``read_result`` checks them).
+REQUIRED_KEYS = ("format", "experiment", "network", "config", "points", "metrics")
+
+
+def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """One result file, checked: a truncated, corrupt or foreign file raises, naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DynrouteError(f"result file {path} is unreadable or truncated ({exc})") from None
+    if not isinstance(data, dict):
+        raise DynrouteError(f"result file {path} is not a dynroute result")
+    if data.get("format") != RESULT_FORMAT:
+        raise DynrouteError(
+            f"result file {path} has format {data.get('format')!r}; this version reads "
+            f"format {RESULT_FORMAT}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing or not isinstance(data["points"], list) or not data["points"]:
+        what = f"lacks {', '.join(missing)}" if missing else "has no evaluated points"
+        raise DynrouteError(f"result file {path} {what}; delete it to retrain the network")
+    return data
+
+
 def load_results(
     results_dir: str | os.PathLike[str], scale: str
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every result file of a scale: experiment -> network -> result document."""
+    """Every result file of a scale: experiment -> network -> result document.
+
+    Raises ``DynrouteError`` naming the folder if it does not exist, or the first file that
+    is corrupt or of another format (figures and claims are never drawn from part of the
+    results without saying so).
+    """
     root = scale_dir(results_dir, scale)
-    found: dict[str, dict[str, dict[str, Any]]] = {}
     if not root.is_dir():
-        return found
+        raise DynrouteError(f"no results for scale {scale!r}: {root} does not exist")
+    found: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(root.glob("*/*.json")):
-        data = json.loads(path.read_text())
-        if data.get("format") != RESULT_FORMAT:
-            continue
-        found.setdefault(path.parent.name, {})[path.stem] = data
+        found.setdefault(path.parent.name, {})[path.stem] = read_result(path)
     return found
 
 

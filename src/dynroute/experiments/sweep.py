@@ -8,6 +8,7 @@ finish, so a sweep can be killed at any time and result files committed as they 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dynroute import runtime
+from dynroute.atomic import write_json_atomic
 from dynroute.data.datasets import load_dataset
 from dynroute.errors import DynrouteError
 from dynroute.experiments.executors import (
@@ -26,7 +28,7 @@ from dynroute.experiments.executors import (
     Task,
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
-from dynroute.experiments.results import git_revision, result_path, write_json_atomic
+from dynroute.experiments.results import git_revision, read_result, result_path
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import EXECUTION_ONLY, load_training_data
 
@@ -57,6 +59,7 @@ def run_sweep(
     results_dir: str | os.PathLike[str] = "results",
     runs_dir: str | os.PathLike[str] = "runs",
     data_dir: str | None = None,
+    allow_checksum_mismatch: bool = False,
     workers: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
@@ -90,11 +93,12 @@ def run_sweep(
     revision = git_revision()
     tasks = []
     for network in networks:
-        if result_path(results_dir, scale, network.experiment, network.name).exists():
+        if _finished(result_path(results_dir, scale, network.experiment, network.name), progress):
             report.skipped.append(network.label)
             continue
         config = replace(network.config, **execution).validate()
-        tasks.append(_task(network, config, scale, runs_dir, data_dir, workers, ray_address))
+        task = _task(network, config, scale, runs_dir, data_dir, workers, ray_address)
+        tasks.append(replace(task, allow_checksum_mismatch=allow_checksum_mismatch))
     bar = tqdm(
         total=len(networks),
         initial=len(report.skipped),
@@ -127,6 +131,18 @@ def run_sweep(
             bar.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _finished(path: Path, progress: bool) -> bool:
+    """Whether ``path`` holds a valid result; a corrupt one is named and trained again."""
+    if not path.exists():
+        return False
+    try:
+        read_result(path)
+    except DynrouteError as exc:
+        print(f"dynroute: {exc}; training that network again", file=sys.stderr)
+        return False
+    return True
 
 
 def _task(
@@ -163,14 +179,26 @@ def _runner(
 
 def prepare_datasets(tasks: list[Task]) -> None:
     """Build each dataset's cache once here, before parallel workers would race to."""
-    for dataset, validation_size, seed, data_dir in sorted(
+    for dataset, validation_size, seed, data_dir, allow in sorted(
         {
-            (t.config["dataset"], t.config["validation_size"], t.config["seed"], t.data_dir)
+            (
+                t.config["dataset"],
+                t.config["validation_size"],
+                t.config["seed"],
+                t.data_dir,
+                t.allow_checksum_mismatch,
+            )
             for t in tasks
         },
         key=str,
     ):
-        load_dataset(dataset, data_dir, validation_size=validation_size, seed=seed)
+        load_dataset(
+            dataset,
+            data_dir,
+            validation_size=validation_size,
+            seed=seed,
+            allow_checksum_mismatch=allow,
+        )
 
 
 def _describe(label: str, result: dict) -> str:

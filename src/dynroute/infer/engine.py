@@ -21,7 +21,9 @@ import torch
 
 from dynroute.errors import DynrouteError
 from dynroute.infer.fold import fold_batchnorm as fold_batchnorm_into
-from dynroute.infer.prediction import Prediction
+from dynroute.infer.policies import LEARNED, Policy, junction_choice, needs_router
+from dynroute.infer.prediction import Prediction, check_images
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import RoutedTree
 
 
@@ -53,9 +55,9 @@ def _whole(signal: Any) -> Any:
     return signal
 
 
-# A unit of pending work: node index, its input, the original rows it holds
-# (None while it still holds the whole batch in order) and their k_cpt feature.
-_Work = tuple[int, Any, torch.Tensor | None, torch.Tensor | None]
+# A node's pending work: its input, the original rows it holds (None while it still
+# holds the whole batch in order) and their k_cpt feature.
+_Work = tuple[Any, torch.Tensor | None, torch.Tensor | None]
 
 
 class EarlyExitEngine:
@@ -69,9 +71,30 @@ class EarlyExitEngine:
     """
 
     def __init__(
-        self, tree: RoutedTree, channels_last: bool | None = None, fold_batchnorm: bool = False
+        self,
+        tree: RoutedTree,
+        channels_last: bool | None = None,
+        fold_batchnorm: bool = False,
+        policy: Policy = LEARNED,
     ) -> None:
+        if not policy.deployable:
+            raise DynrouteError(
+                f"the {policy.name} policy needs every exit's answer and the labels: it is a "
+                "bound to compare with (dynroute policies), not a way to run a network"
+            )
         self.tree = tree
+        self.policy = policy
+        # Which junctions run their router under this policy (thresholds: only to choose
+        # among several non-exit sinks), and which sinks are exits whose heads decide.
+        self._runs_router = [
+            node.is_junction and needs_router(tree, i, policy) for i, node in enumerate(tree.nodes)
+        ]
+        self._exit_sinks = [
+            [c for c in tree.children_of[i] if tree.nodes[c].is_leaf]
+            if policy.uses_threshold
+            else []
+            for i in range(len(tree.nodes))
+        ]
         if fold_batchnorm:
             fold_batchnorm_into(tree)
         if channels_last is None:
@@ -85,17 +108,15 @@ class EarlyExitEngine:
             getattr(node.transform, "reads", _whole) if node.is_leaf else _whole
             for node in tree.nodes
         ]
-        # Cumulative MACs of the root-to-leaf path, looked up by exit index.
-        self._path_macs_cpu = torch.tensor(
-            [tree.path_macs(i) if tree.nodes[i].is_leaf else 0 for i in range(len(tree.nodes))],
-            dtype=torch.long,
-        )
-        self._path_macs: dict[torch.device, torch.Tensor] = {}
+        # Cumulative MACs of the root-to-leaf path under the policy, looked up by exit index.
+        path_macs = tree_costs(tree).policy_path_macs(policy.cost_model)
+        self._path_macs = torch.tensor(path_macs, dtype=torch.long)
+        self._path_macs_by_device: dict[torch.device, torch.Tensor] = {}
 
     def _path_macs_on(self, device: torch.device) -> torch.Tensor:
-        if device not in self._path_macs:
-            self._path_macs[device] = self._path_macs_cpu.to(device)
-        return self._path_macs[device]
+        if device not in self._path_macs_by_device:
+            self._path_macs_by_device[device] = self._path_macs.to(device)
+        return self._path_macs_by_device[device]
 
     def __call__(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None) -> Prediction:
         return self.predict(x, k_cpt)
@@ -109,9 +130,10 @@ class EarlyExitEngine:
         tree = self.tree
         if tree.training:
             raise DynrouteError("the early-exit engine needs the tree in eval mode (tree.eval())")
-        device = next(tree.parameters()).device
+        weight = next(tree.parameters())
         with torch.inference_mode():
-            x = torch.as_tensor(x).to(device)
+            x = check_images(x, tree.input_shape, weight.dtype).to(weight.device)
+            device = weight.device
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             n = int(x.shape[0])
@@ -130,10 +152,11 @@ class EarlyExitEngine:
         tree = self.tree
         children_of = tree.children_of
         logits: torch.Tensor | None = None
-        stack: list[_Work] = [(0, x, None, k_feature)]
-        while stack:
-            index, signal, rows, k = stack.pop()
-            out, scores = tree.run_node(index, signal, k)
+
+        def visit(index: int, work: _Work) -> list[tuple[int, _Work]]:
+            nonlocal logits
+            signal, rows, k = work
+            out = tree.nodes[index].transform(signal)
             children = children_of[index]
             if not children:
                 if logits is None:
@@ -144,28 +167,33 @@ class EarlyExitEngine:
                 else:
                     logits.index_copy_(0, rows, out)
                     exits.index_fill_(0, rows, index)
-                continue
-            if scores is None:
-                stack.append((children[0], out, rows, k))
-                continue
-            decision = scores.argmax(dim=1)
+                return []
+            if len(children) == 1:
+                return [(children[0], (out, rows, k))]
+            scores = tree.router_scores(index, out, k) if self._runs_router[index] else None
+            heads = {
+                c: tree.nodes[c].transform(self._reads[c](out)) for c in self._exit_sinks[index]
+            }
+            decision = junction_choice(tree, index, self.policy, scores, heads)
             # The one host sync per junction: how many examples go to each sink.
             counts = torch.bincount(decision, minlength=len(children)).tolist()
             size = int(decision.shape[0])
             if size in counts:  # everyone agrees: pass the sub-batch on untouched
-                stack.append((children[counts.index(size)], out, rows, k))
-                continue
+                return [(children[counts.index(size)], (out, rows, k))]
             order = torch.argsort(decision, stable=True)
-            for child, part, count in zip(children, order.split(counts), counts, strict=True):
-                if count == 0:
-                    continue
-                stack.append(
+            return [
+                (
+                    child,
                     (
-                        child,
                         select_rows(self._reads[child](out), part),
                         part if rows is None else rows.index_select(0, part),
                         None if k is None else k.index_select(0, part),
-                    )
+                    ),
                 )
+                for child, part, count in zip(children, order.split(counts), counts, strict=True)
+                if count
+            ]
+
+        tree.walk((x, None, k_feature), visit)
         assert logits is not None  # every example ends at a leaf
         return logits

@@ -1,9 +1,9 @@
 """Hard-routing evaluation: where examples go, what each exit gets right, MACs.
 
 ``predict_dense`` is the reference: it evaluates every node on every example
-(``RoutedTree.forward_dense``) and reads the hard (argmax) routing off
-``hard_branches`` / ``arrival_probabilities``. ``evaluate`` runs it (or the
-early-exit engine, which must agree) over a whole data set in batches and
+(``RoutedTree.forward_dense``) and reads the routing off the policy's decision at every
+junction (``dynroute.infer.policies``) and ``arrival_probabilities``. ``evaluate`` runs
+it (or the early-exit engine, which must agree) over a whole data set in batches and
 returns plain, JSON-serialisable statistics for reports and plots.
 """
 
@@ -14,34 +14,81 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.prediction import Prediction
-from dynroute.nn.tree import RoutedTree
+from dynroute.infer.policies import LEARNED, Policy, junction_choice, oracle_exits
+from dynroute.infer.prediction import Prediction, check_images
+from dynroute.nn.macs import tree_costs
+from dynroute.nn.tree import RoutedTree, evaluation_mode
 
 
 def predict_dense(
-    tree: RoutedTree, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None
+    tree: RoutedTree,
+    x: torch.Tensor,
+    k_cpt: torch.Tensor | float | None = None,
+    policy: Policy = LEARNED,
+    labels: torch.Tensor | None = None,
 ) -> Prediction:
-    """The reference hard-routing prediction for one batch: every node runs on every example.
+    """The reference prediction for one batch under ``policy``: every node runs on every
+    example, then each junction's decision is read off the outputs.
 
-    Per-example MACs are summed over the nodes each example reaches, independently
-    of the engine's path lookup. The tree should be in eval mode.
+    ``labels`` are needed by the oracle policy only. Per-example MACs are what the policy
+    pays for the path to the exit taken. The tree should be in eval mode.
     """
     with torch.inference_mode():
+        weight = next(tree.parameters())
+        x = check_images(x, tree.input_shape, weight.dtype).to(weight.device)
         out = tree.forward_dense(x, k_cpt)
         n = x.shape[0]
-        arrival = tree.arrival_probabilities(tree.hard_branches(out.scores), n, x)
-        reached = torch.stack(arrival, dim=1) > 0.5
         leaves = tree.leaves
+        costs = tree_costs(tree)
+        path_macs = torch.tensor(costs.policy_path_macs(policy.cost_model), device=x.device)
+        if policy.name == "oracle":
+            if labels is None:
+                raise DynrouteError("the oracle policy needs the labels")
+            leaf_macs = [costs.oracle_path_macs[leaf] for leaf in leaves]
+            exits = oracle_exits(out.logits, labels.to(x.device), leaves, leaf_macs)
+            logits = torch.stack([out.logits[i] for i in leaves], dim=1)[
+                torch.arange(n, device=x.device), _positions(leaves, exits)
+            ]
+            return Prediction(logits, exits, path_macs[exits])
+        branches = {
+            j: nn.functional.one_hot(
+                junction_choice(
+                    tree,
+                    j,
+                    policy,
+                    out.scores.get(j),
+                    {c: out.logits[c] for c in tree.children_of[j] if c in out.logits},
+                ),
+                len(tree.children_of[j]),
+            ).to(x.dtype)
+            for j in tree.junctions
+        }
+        arrival = tree.arrival_probabilities(branches, n, x)
+        reached = torch.stack(arrival, dim=1) > 0.5
         leaf_logits = torch.stack([out.logits[i] for i in leaves], dim=1)
         leaf_position = reached[:, leaves].to(torch.uint8).argmax(dim=1)
         logits = leaf_logits[torch.arange(n, device=x.device), leaf_position]
         exits = torch.tensor(leaves, device=x.device)[leaf_position]
-        node_macs = torch.tensor(tree.node_macs(), dtype=torch.long, device=x.device)
-        macs = (reached.long() * node_macs).sum(dim=1)
+        if policy.name == "learned":  # summed node by node: independent of the path table
+            node_macs = torch.tensor(costs.node_macs, dtype=torch.long, device=x.device)
+            macs = (reached.long() * node_macs).sum(dim=1)
+        else:
+            macs = path_macs[exits]
     return Prediction(logits, exits, macs)
+
+
+def _positions(leaves: list[int], exits: torch.Tensor) -> torch.Tensor:
+    """Index of each example's exit within ``leaves``."""
+    lookup = torch.full((max(leaves) + 1,), -1, dtype=torch.long, device=exits.device)
+    lookup[torch.tensor(leaves, device=exits.device)] = torch.arange(
+        len(leaves), device=exits.device
+    )
+    return lookup[exits]
 
 
 @dataclass
@@ -73,6 +120,7 @@ class Evaluation:
     mean_macs: float
     k_cpt: float | None
     nodes: list[NodeStatistics]
+    policy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,12 +142,14 @@ def evaluate(
     k_cpt: float | None = None,
     method: Literal["dense", "engine"] = "dense",
     progress: bool = False,
+    policy: Policy = LEARNED,
 ) -> Evaluation:
-    """Evaluate ``tree`` with hard routing on (N, C, H, W) ``images`` and ``labels``.
+    """Evaluate ``tree`` routed by ``policy`` on (N, C, H, W) ``images`` and ``labels``.
 
     ``device`` defaults to the tree's own; given, the tree is moved there.
     ``method="engine"`` runs only the nodes each example reaches (same
-    results, less work). The tree's training mode is restored afterwards.
+    results, less work; not for the oracle, which needs every exit's answer).
+    The tree's training mode is restored afterwards.
     """
     images = _as_tensor(images, torch.float32)
     labels = _as_tensor(labels, torch.long)
@@ -112,24 +162,28 @@ def evaluate(
     reached = torch.zeros(n_nodes, dtype=torch.long, device=device)
     counts = torch.zeros(n_nodes, n_classes, dtype=torch.long, device=device)
     correct = torch.zeros(n_nodes, dtype=torch.long, device=device)
-    path_nodes = _path_matrix(tree).to(device)
-    was_training = tree.training
-    tree.eval()
-    engine = EarlyExitEngine(tree) if method == "engine" else None
+    path_nodes = tree_costs(tree).path_matrix().to(device)
+    total_macs = torch.zeros((), dtype=torch.long, device=device)
     starts = range(0, images.shape[0], batch_size)
-    try:
-        with torch.inference_mode():
-            for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
-                x = images[start : start + batch_size].to(device)
-                y = labels[start : start + batch_size].to(device)
-                pred = engine(x, k_cpt) if engine else predict_dense(tree, x, k_cpt)
-                reached += path_nodes[pred.exits].sum(dim=0)
-                counts.index_put_((pred.exits, y), torch.ones_like(y), accumulate=True)
-                hits = pred.exits[pred.predictions == y]
-                correct += torch.bincount(hits, minlength=n_nodes)
-    finally:
-        tree.train(was_training)
-    return _summarise(tree, reached.tolist(), counts.tolist(), correct.tolist(), k_cpt)
+    if method == "engine" and not policy.deployable:
+        method = "dense"  # the oracle reads every exit's answer: there is nothing to skip
+    with evaluation_mode(tree), torch.inference_mode():
+        engine = EarlyExitEngine(tree, policy=policy) if method == "engine" else None
+        for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device)
+            if engine is not None:
+                pred = engine(x, k_cpt)
+            else:
+                pred = predict_dense(tree, x, k_cpt, policy=policy, labels=y)
+            reached += path_nodes[pred.exits].sum(dim=0)
+            counts.index_put_((pred.exits, y), torch.ones_like(y), accumulate=True)
+            hits = pred.exits[pred.predictions == y]
+            correct += torch.bincount(hits, minlength=n_nodes)
+            total_macs += pred.macs.sum()
+    return _summarise(
+        tree, reached.tolist(), counts.tolist(), correct.tolist(), int(total_macs), k_cpt, policy
+    )
 
 
 def every_exit_accuracy(
@@ -150,19 +204,14 @@ def every_exit_accuracy(
     leaves, n_classes = tree.leaves, tree.num_classes
     correct = torch.zeros(len(leaves), n_classes, dtype=torch.long)
     totals = torch.bincount(labels, minlength=n_classes)
-    was_training = tree.training
-    tree.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, images.shape[0], batch_size):
-                x = images[start : start + batch_size].to(device)
-                y = labels[start : start + batch_size]
-                out = tree.forward_dense(x, k_cpt)
-                for row, leaf in enumerate(leaves):
-                    hit = out.logits[leaf].argmax(dim=1).cpu() == y
-                    correct[row] += torch.bincount(y[hit], minlength=n_classes)
-    finally:
-        tree.train(was_training)
+    with evaluation_mode(tree), torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size]
+            out = tree.forward_dense(x, k_cpt)
+            for row, leaf in enumerate(leaves):
+                hit = out.logits[leaf].argmax(dim=1).cpu() == y
+                correct[row] += torch.bincount(y[hit], minlength=n_classes)
     n = max(int(totals.sum()), 1)
     return {
         tree.nodes[leaf].name: {
@@ -176,24 +225,20 @@ def every_exit_accuracy(
     }
 
 
-def _path_matrix(tree: RoutedTree) -> torch.Tensor:
-    """(nodes, nodes) 0/1 matrix: row ``leaf`` marks the nodes on its root path."""
-    matrix = torch.zeros(len(tree.nodes), len(tree.nodes), dtype=torch.long)
-    for leaf in tree.leaves:
-        matrix[leaf, tree.path_to(leaf)] = 1
-    return matrix
-
-
 def _summarise(
     tree: RoutedTree,
     reached: list[int],
     counts: list[list[int]],
     correct: list[int],
+    total_macs: int,
     k_cpt: float | None,
+    policy: Policy,
 ) -> Evaluation:
     total = sum(sum(row) for row in counts)
     share = (lambda c: c / total) if total else (lambda c: 0.0)
-    macs = tree.node_macs()
+    costs = tree_costs(tree)
+    macs = costs.node_macs
+    path_macs = costs.policy_path_macs(policy.cost_model)
     nodes = []
     for i, node in enumerate(tree.nodes):
         classified = sum(counts[i])
@@ -204,18 +249,18 @@ def _summarise(
                 parent=tree.parent[i],
                 is_leaf=node.is_leaf,
                 macs=int(macs[i]),
-                path_macs=int(tree.path_macs(i)),
+                path_macs=int(path_macs[i]),
                 reached=share(reached[i]),
                 classified=share(classified),
                 accuracy=correct[i] / classified if classified else None,
                 class_counts=counts[i],
             )
         )
-    mean_macs = sum(r * m for r, m in zip(reached, macs, strict=True)) / total if total else 0.0
     return Evaluation(
         num_examples=total,
         accuracy=share(sum(correct)),
-        mean_macs=float(mean_macs),
+        mean_macs=total_macs / total if total else 0.0,
         k_cpt=None if k_cpt is None else float(k_cpt),
         nodes=nodes,
+        policy=None if policy == LEARNED else policy.to_dict(),
     )

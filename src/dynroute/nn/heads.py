@@ -15,7 +15,7 @@ BN_MOMENTUM = 0.1  # PyTorch's convention for the paper's running-average decay 
 
 
 def init_weights(module: nn.Module) -> None:
-    """Gaussian weights with std 1/sqrt(fan_in), zero biases (REFERENCE §2)."""
+    """Gaussian weights with std 1/sqrt(fan_in), zero biases (docs/method.md §2)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()

@@ -1,22 +1,24 @@
-"""Multiply-accumulate accounting, as the paper's implementation counts them.
+"""Multiply-accumulate accounting: the one place that says what a node and a path cost.
 
-A convolution costs H_out * W_out * k_h * k_w * C_in / groups * C_out, a
-linear layer n_in * n_out; batch norm, ReLU, pooling and resizing cost 0.
-Counts come from the shapes seen in one traced forward pass, so any
-``nn.Module`` built from convolutions and linear layers is counted exactly.
+A convolution costs H_out * W_out * k_h * k_w * C_in / groups * C_out, a linear layer
+n_in * n_out; batch norm, ReLU, pooling and resizing cost 0 (docs/method.md §3). Counts
+come from the shapes seen in one traced forward pass, so any ``nn.Module`` built from
+convolutions and linear layers is counted exactly. ``tree_costs`` counts a tree once and
+keeps the table: each node's own MACs (transform and router), its root path and the
+cumulative MACs of that path, which training, evaluation and the engine all read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:
-    from dynroute.nn.tree import RoutedTree
+from dynroute.nn.tree import RoutedTree, evaluation_mode
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -30,62 +32,159 @@ def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     return 0
 
 
-def _trace(tree: RoutedTree, measure: Callable[[int, object, object], int]) -> list[int]:
+Measure = Callable[[int, Any, Any], tuple[int, Any]]
+
+
+def _trace(tree: RoutedTree, measure: Measure) -> list[int]:
     """Run every node once on a single example and measure each node's work."""
     device = next(tree.parameters()).device
     x = torch.zeros((1, *tree.input_shape), device=device)
     k_feature = tree.router_k_cpt(0.0, 1, x)
     counts = [0] * len(tree.nodes)
-    was_training = tree.training
-    tree.eval()
-    try:
-        with torch.no_grad():
-            stack = [(0, x)]
-            while stack:
-                index, signal = stack.pop()
-                counts[index], out = measure(index, signal, k_feature)
-                stack.extend((c, out) for c in tree.children_of[index])
-    finally:
-        tree.train(was_training)
+
+    def visit(index: int, signal: Any) -> list[tuple[int, Any]]:
+        counts[index], out = measure(index, signal, k_feature)
+        return [(child, out) for child in tree.children_of[index]]
+
+    with evaluation_mode(tree), torch.no_grad():
+        tree.walk(x, visit)
     return counts
 
 
-def count_node_macs(tree: RoutedTree) -> list[int]:
-    """Analytic MACs of every node (its transform and router), per example."""
+def count_macs(tree: RoutedTree) -> tuple[list[int], list[int]]:
+    """Analytic MACs of every node's transform and of its router, per example."""
+    transform_macs = [0] * len(tree.nodes)
 
-    def measure(index, signal, k_feature):
-        total = 0
+    def measure(index: int, signal: Any, k_feature: Any) -> tuple[int, Any]:
+        totals = {"transform": 0, "router": 0}
+        handles = []
+        node = tree.nodes[index]
+        for part, own in (("transform", node.transform), ("router", node.router)):
+            for m in own.modules() if own is not None else ():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
 
-        def hook(module, _inputs, output):
-            nonlocal total
-            total += layer_macs(module, output)
+                    def hook(module: nn.Module, _inputs: Any, out: Any, part: str = part) -> None:
+                        totals[part] += layer_macs(module, out)
 
-        handles = [
-            m.register_forward_hook(hook)
-            for own in tree.nodes[index].own_modules()
-            for m in own.modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))
-        ]
+                    handles.append(m.register_forward_hook(hook))
         try:
             out, _ = tree.run_node(index, signal, k_feature)
         finally:
             for h in handles:
                 h.remove()
-        return total, out
+        transform_macs[index] = totals["transform"]
+        return totals["router"], out
 
-    return _trace(tree, measure)
+    router_macs = _trace(tree, measure)
+    return transform_macs, router_macs
+
+
+def count_node_macs(tree: RoutedTree) -> list[int]:
+    """Analytic MACs of every node (its transform and router), per example."""
+    transform, router = count_macs(tree)
+    return [t + r for t, r in zip(transform, router, strict=True)]
 
 
 def flop_counter_macs(tree: RoutedTree) -> list[int]:
     """Per-node MACs according to ``torch.utils.flop_counter`` (FLOPs / 2).
 
-    An independent count used to cross-check ``count_node_macs``.
+    An independent count that cross-checks ``count_node_macs`` (tests, and any user
+    checking their own module types).
     """
 
-    def measure(index, signal, k_feature):
+    def measure(index: int, signal: Any, k_feature: Any) -> tuple[int, Any]:
         counter = FlopCounterMode(display=False)
         with counter:
             out, _ = tree.run_node(index, signal, k_feature)
         return counter.get_total_flops() // 2, out
 
     return _trace(tree, measure)
+
+
+@dataclass(frozen=True)
+class TreeCosts:
+    """What each node of one tree costs, per example.
+
+    ``node_macs[i]``: node i's transform and router (``router_macs[i]`` of it);
+    ``paths[i]``: the node indices from the root to i inclusive; ``path_macs[i]``: the
+    MACs of that path, i.e. what an example classified at leaf i has cost under the
+    learned policy. ``policy_path_macs`` gives the same for the other routing policies.
+    """
+
+    node_macs: tuple[int, ...]
+    router_macs: tuple[int, ...]
+    paths: tuple[tuple[int, ...], ...]
+    path_macs: tuple[int, ...]
+    threshold_path_macs: tuple[int, ...]
+    oracle_path_macs: tuple[int, ...]
+
+    def policy_path_macs(self, cost_model: str) -> tuple[int, ...]:
+        """Per node, the MACs an example classified there has cost under a policy.
+
+        ``learned``: every node's transform and router on the path. ``threshold``: the
+        transforms, every exit head at each junction passed (they are how the policy
+        decides), and a router only where it chooses among several non-exit sinks.
+        ``oracle``: the transforms and the exit taken, nothing spent on deciding.
+        """
+        table = {
+            "learned": self.path_macs,
+            "threshold": self.threshold_path_macs,
+            "oracle": self.oracle_path_macs,
+        }
+        return table[cost_model]
+
+    def path_matrix(self) -> torch.Tensor:
+        """(nodes, nodes) 0/1 matrix whose row i marks the nodes on i's root path."""
+        matrix = torch.zeros(len(self.paths), len(self.paths), dtype=torch.long)
+        for index, path in enumerate(self.paths):
+            matrix[index, list(path)] = 1
+        return matrix
+
+    def expected_macs(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-example MACs expected under per-node arrival probabilities."""
+        return sum(p * float(m) for p, m in zip(probabilities, self.node_macs, strict=True))
+
+
+#: The attribute under which a tree keeps its cost table (a plain attribute: a compiled
+#: loss reads it without guarding on a global cache).
+_CACHE_ATTRIBUTE = "_dynroute_costs"
+
+
+def _threshold_path_macs(tree: RoutedTree, transform: list[int], router: list[int]) -> list[int]:
+    """Path costs when exit heads decide (see ``TreeCosts.policy_path_macs``)."""
+    leaf_heads = [0] * len(tree.nodes)  # MACs of the exit heads a junction evaluates
+    routers = [0] * len(tree.nodes)  # router MACs a threshold policy still pays
+    for j in tree.junctions:
+        kids = tree.children_of[j]
+        leaf_heads[j] = sum(transform[c] for c in kids if tree.nodes[c].is_leaf)
+        inner = sum(not tree.nodes[c].is_leaf for c in kids)
+        routers[j] = router[j] if inner != 1 else 0
+    costs = []
+    for i, node in enumerate(tree.nodes):
+        path = tree.path_to(i)
+        total = sum(transform[n] + leaf_heads[n] + routers[n] for n in path if n != i)
+        parent = tree.parent[i]
+        decided_here = parent >= 0 and tree.nodes[parent].is_junction and node.is_leaf
+        # An exit's head was already paid at its junction; other nodes pay their own.
+        total += 0 if decided_here else transform[i] + leaf_heads[i] + routers[i]
+        costs.append(total)
+    return costs
+
+
+def tree_costs(tree: RoutedTree) -> TreeCosts:
+    """The tree's cost table, counted on first use (a traced pass) and kept with the tree."""
+    costs = tree.__dict__.get(_CACHE_ATTRIBUTE)
+    if costs is None:
+        transform, router = count_macs(tree)
+        macs = [t + r for t, r in zip(transform, router, strict=True)]
+        paths = tuple(tuple(tree.path_to(i)) for i in range(len(tree.nodes)))
+        costs = TreeCosts(
+            node_macs=tuple(macs),
+            router_macs=tuple(router),
+            paths=paths,
+            path_macs=tuple(sum(macs[j] for j in path) for path in paths),
+            threshold_path_macs=tuple(_threshold_path_macs(tree, transform, router)),
+            oracle_path_macs=tuple(sum(transform[j] for j in path) for path in paths),
+        )
+        tree.__dict__[_CACHE_ATTRIBUTE] = costs
+    return costs

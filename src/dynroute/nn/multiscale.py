@@ -16,7 +16,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dynroute.nn.heads import BN_EPS, BN_MOMENTUM, init_weights
 
-#: Output channels per scale of the eight columns (REFERENCE §2), fine to coarse.
+#: Output channels per scale of the eight columns, fine to coarse (paper figure 3;
+#: docs/method.md §2).
 COLUMN_CHANNELS: list[list[int]] = [
     [16, 16, 16, 16],
     [16, 16, 16, 16],

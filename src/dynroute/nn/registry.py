@@ -4,16 +4,18 @@
 returns a ``RoutedTree`` whose ``spec`` rebuilds it exactly. Built-in names:
 
 - ``chain``: the 8-column routed chain (exit or continue after every column);
-- ``static-N`` (N = 1..8): the first N columns and one classifier;
+- ``static-N`` (N = 1..8): the first N columns and one classifier, the chain's
+  statically-routed baselines;
 - ``tree``: 3-way junctions after columns 1-3, then 2-way chains (47 columns).
 
-Register your own builder with ``@register_model("name")``.
+Register your own builder with ``@register_model("name")``; a model's static
+baselines are registered with ``baseline_of=`` that model's name.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dynroute.errors import DynrouteError
@@ -23,30 +25,86 @@ from dynroute.nn.tree import Node, RoutedTree
 
 INPUT_SHAPE = (3, 32, 32)
 COARSEST_PIXELS = 4 * 4
+#: The paper's chain has one column per entry of COLUMN_CHANNELS.
+COLUMNS = len(COLUMN_CHANNELS)
+#: The branching tree (paper §5.4, figure 7): after column i, this many copies of column
+#: i + 1 (besides the exit). Columns 1-3 are 3-way junctions, the rest 2-way.
+TREE_BRANCHES = (2, 2, 2, 1, 1, 1, 1)
+TREE_COPY_NAMES = "ab"
 
 Builder = Callable[..., Node]
-_REGISTRY: dict[str, Builder] = {}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Register ``builder(num_classes, width, dynamic_k_cpt) -> root Node``."""
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and what kind of network it is.
+
+    ``static``: the tree has no junctions and trains with the static strategy.
+    ``baseline_of``: the routed model whose static truncation this is (its exits'
+    static counterparts, drawn as the static curve next to it).
+    """
+
+    name: str
+    builder: Builder
+    static: bool = False
+    baseline_of: str | None = None
+    input_shape: tuple[int, ...] = INPUT_SHAPE
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    static: bool = False,
+    baseline_of: str | None = None,
+    input_shape: tuple[int, ...] = INPUT_SHAPE,
+    description: str = "",
+) -> Callable[[Builder], Builder]:
+    """Register ``builder(num_classes, width=1, dynamic_k_cpt=False) -> root Node``."""
 
     def wrap(builder: Builder) -> Builder:
-        _REGISTRY[name] = builder
+        doc = (builder.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = ModelEntry(
+            name, builder, static, baseline_of, tuple(input_shape), description or doc[0]
+        )
         return builder
 
     return wrap
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY) + [f"static-{n}" for n in range(1, 9)]
+    """Every registered name, the single source of truth for ``dynroute model list``."""
+    return list(_REGISTRY)
+
+
+def get_model(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise DynrouteError(
+            f"unknown model {name!r}; choose from {', '.join(model_names())}"
+        ) from None
+
+
+def is_static_model(name: str) -> bool:
+    """Whether ``name`` is a registered network without junctions (False if unknown)."""
+    entry = _REGISTRY.get(name)
+    return entry is not None and entry.static
+
+
+def static_baselines(name: str) -> list[str]:
+    """The static truncations registered for routed model ``name``, shallowest first."""
+    return [entry.name for entry in _REGISTRY.values() if entry.baseline_of == name]
 
 
 def _column(index: int, width: int) -> MultiScaleColumn | PyramidColumn:
     """Column ``index`` (0-based) of the multi-scale architecture at a width."""
     out = [c * width for c in COLUMN_CHANNELS[index]]
     if index == 0:
-        return PyramidColumn(MultiScaleColumn([3] * 4, out))
+        return PyramidColumn(MultiScaleColumn([INPUT_SHAPE[0]] * len(out), out))
     return MultiScaleColumn([c * width for c in COLUMN_CHANNELS[index - 1]], out)
 
 
@@ -55,41 +113,44 @@ def _exit_features(index: int, width: int) -> int:
 
 
 def _routed_column(
-    index: int, name: str, next_nodes: list[Node], num_classes: int, width: int, dynamic: bool
+    index: int, suffix: str, next_nodes: list[Node], num_classes: int, width: int, dynamic: bool
 ) -> Node:
-    """A column whose sinks are its own exit followed by ``next_nodes``."""
+    """Column ``index`` (0-based) whose sinks are its own exit followed by ``next_nodes``."""
     features = _exit_features(index, width)
-    exit_node = Node(Classifier(features, num_classes), name=f"exit{name[6:]}")
+    exit_node = Node(Classifier(features, num_classes), name=f"exit{index + 1}{suffix}")
     sinks = [exit_node, *next_nodes]
     router = Router(features, len(sinks), k_cpt_input=dynamic) if len(sinks) > 1 else None
-    return Node(_column(index, width), sinks, router, name=name)
+    return Node(_column(index, width), sinks, router, name=f"column{index + 1}{suffix}")
 
 
 @register_model("chain")
 def build_chain(num_classes: int, width: int = 1, dynamic_k_cpt: bool = False) -> Node:
+    """The paper's 8 multi-scale columns; after each, a router: exit here or continue."""
     node: Node | None = None
-    for index in reversed(range(8)):
+    for index in reversed(range(COLUMNS)):
         nxt = [] if node is None else [node]
-        node = _routed_column(index, f"column{index + 1}", nxt, num_classes, width, dynamic_k_cpt)
+        node = _routed_column(index, "", nxt, num_classes, width, dynamic_k_cpt)
+    assert node is not None
     return node
 
 
 @register_model("tree")
 def build_tree(num_classes: int, width: int = 1, dynamic_k_cpt: bool = False) -> Node:
-    """Columns 1-3 branch three ways (exit or one of two copies of the next column)."""
+    """3-way junctions after columns 1-3 (exit or one of two copies of the next column),
+    then 2-way chains: 47 column nodes (paper figure 7)."""
 
     def build(index: int, suffix: str) -> Node:
-        name = f"column{index + 1}{suffix}"
-        if index == 7:
-            return _routed_column(index, name, [], num_classes, width, dynamic_k_cpt)
-        copies = ["a", "b"] if index < 3 else [""]
-        nxt = [build(index + 1, suffix + c) for c in copies]
-        return _routed_column(index, name, nxt, num_classes, width, dynamic_k_cpt)
+        if index == COLUMNS - 1:
+            return _routed_column(index, suffix, [], num_classes, width, dynamic_k_cpt)
+        copies = TREE_COPY_NAMES[: TREE_BRANCHES[index]] if TREE_BRANCHES[index] > 1 else [""]
+        nxt = [build(index + 1, suffix + copy) for copy in copies]
+        return _routed_column(index, suffix, nxt, num_classes, width, dynamic_k_cpt)
 
     return build(0, "")
 
 
 def build_static(depth: int, num_classes: int, width: int = 1) -> Node:
+    """The first ``depth`` columns of the chain and one classifier."""
     exit_node = Node(Classifier(_exit_features(depth - 1, width), num_classes), name="exit")
     node = Node(_column(depth - 1, width), [exit_node], name=f"column{depth}")
     for index in reversed(range(depth - 1)):
@@ -97,31 +158,41 @@ def build_static(depth: int, num_classes: int, width: int = 1) -> Node:
     return node
 
 
+def _register_static(depth: int) -> None:
+    def builder(num_classes: int, width: int = 1, dynamic_k_cpt: bool = False) -> Node:
+        if dynamic_k_cpt:
+            raise DynrouteError("a static network has no routers: dynamic k_cpt does not apply")
+        return build_static(depth, num_classes, width)
+
+    register_model(
+        f"static-{depth}",
+        static=True,
+        baseline_of="chain",
+        description=f"the chain's first {depth} column(s) and one classifier",
+    )(builder)
+
+
+for _depth in range(1, COLUMNS + 1):
+    _register_static(_depth)
+
+
 def build_model(
     name: str, num_classes: int = 10, width: int = 1, dynamic_k_cpt: bool = False
 ) -> RoutedTree:
     """Build a registered model from its name and options."""
-    if width < 1 or int(width) != width:
+    if isinstance(width, bool) or int(width) != width or width < 1:
         raise DynrouteError(f"width must be a positive integer, got {width}")
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+        raise DynrouteError(f"a model needs at least 2 classes, got {num_classes}")
+    entry = get_model(name)
     spec: dict[str, Any] = {
         "name": name,
         "num_classes": int(num_classes),
         "width": int(width),
         "dynamic_k_cpt": bool(dynamic_k_cpt),
     }
-    match = re.fullmatch(r"static-(\d+)", name)
-    if match:
-        depth = int(match.group(1))
-        if not 1 <= depth <= 8:
-            raise DynrouteError(f"static-N needs N in 1..8, got {name!r}")
-        if dynamic_k_cpt:
-            raise DynrouteError("a static network has no routers: dynamic k_cpt does not apply")
-        root = build_static(depth, num_classes, int(width))
-    elif name in _REGISTRY:
-        root = _REGISTRY[name](num_classes, width=int(width), dynamic_k_cpt=dynamic_k_cpt)
-    else:
-        raise DynrouteError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
-    return RoutedTree(root, INPUT_SHAPE, num_classes, dynamic_k_cpt=dynamic_k_cpt, spec=spec)
+    root = entry.builder(int(num_classes), width=int(width), dynamic_k_cpt=bool(dynamic_k_cpt))
+    return RoutedTree(root, entry.input_shape, num_classes, dynamic_k_cpt=dynamic_k_cpt, spec=spec)
 
 
 def build_from_spec(spec: dict[str, Any]) -> RoutedTree:

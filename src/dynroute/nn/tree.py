@@ -5,14 +5,17 @@ Each ``Node`` carries its transformation, an optional router and its sinks
 n >= 2 sinks is a *junction* whose router scores the sinks; a node without
 sinks is a *leaf*: its transformation is a classifier and its output logits.
 
-``RoutedTree`` numbers the nodes in pre-order and offers the two primitives
-every strategy and evaluator is built from: a dense forward pass (every node
-on every example) and routing probabilities derived from router scores.
+``RoutedTree`` is pure structure: it numbers the nodes in pre-order, knows each
+node's parent and sinks, walks the tree (``walk``), and offers the two primitives
+every strategy and evaluator is built from: a dense forward pass (every node on
+every example) and routing probabilities derived from router scores. What a node
+costs is counted in ``dynroute.nn.macs`` (docs/method.md §3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,25 @@ from torch import nn
 
 #: Router input for dynamic k_cpt is expressed in cost per ten million MACs (paper §4.6).
 K_CPT_INPUT_SCALE = 1e7
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for a block and restore its training mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def k_cpt_per_example(k_cpt: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """``k_cpt`` (a number, a 0-d or a (batch,) tensor) as a (batch,) tensor like ``like``."""
+    if not isinstance(k_cpt, torch.Tensor):  # a fill, not a host-to-device copy (GPU stall)
+        return torch.full((batch,), float(k_cpt), dtype=like.dtype, device=like.device)
+    k = k_cpt.to(dtype=like.dtype, device=like.device)
+    return k.expand(batch) if k.dim() == 0 else k.reshape(batch)
 
 
 class Node(nn.Module):
@@ -70,13 +92,17 @@ class DenseOutput:
     logits: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+#: What a visit of ``RoutedTree.walk`` hands on: (sink index, payload) pairs.
+Visit = Callable[[int, Any], Iterable[tuple[int, Any]]]
+
+
 class RoutedTree(nn.Module):
-    """A tree of ``Node`` objects with pre-order indexing and cached MAC counts.
+    """A tree of ``Node`` objects with pre-order indexing, parents and sinks.
 
     ``spec`` is the plain-data description the tree was built from (see
     ``dynroute.nn.registry``); checkpoints store it so a model can be rebuilt
-    from the checkpoint alone. ``input_shape`` (C, H, W) lets the tree count its
-    own multiply-accumulates.
+    from the checkpoint alone. ``input_shape`` (C, H, W) is the shape of one
+    example, which MAC counting and input checks use.
     """
 
     def __init__(
@@ -123,7 +149,6 @@ class RoutedTree(nn.Module):
         self.leaves = [i for i, n in enumerate(nodes) if n.is_leaf]
         self.junctions = [i for i, n in enumerate(nodes) if n.is_junction]
         self.leaves_below = self._count_leaves_below()
-        self._macs: list[int] | None = None
         # Floors live with the parameters (non-persistent buffers: not in checkpoints), so
         # a training step on a GPU never copies them from the host.
         for j in self.junctions:
@@ -152,60 +177,54 @@ class RoutedTree(nn.Module):
                 return i
         raise KeyError(name)
 
-    # ------------------------------------------------------------------ MACs
-    def node_macs(self) -> list[int]:
-        """Multiply-accumulates of each node (transform + router), per example."""
-        if self._macs is None:
-            from dynroute.nn.macs import count_node_macs
-
-            self._macs = count_node_macs(self)
-        return self._macs
-
-    def path_macs(self, leaf: int) -> int:
-        macs = self.node_macs()
-        return sum(macs[i] for i in self.path_to(leaf))
-
-    def expected_macs(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-example MACs expected under per-node arrival probabilities."""
-        macs = self.node_macs()
-        return sum(p * float(m) for p, m in zip(probabilities, macs, strict=True))
-
     # ------------------------------------------------------------------ forward
+    def walk(self, payload: Any, visit: Visit) -> None:
+        """Depth-first walk from the root: ``visit(index, payload)`` runs a node and returns
+        the (sink, payload) pairs to continue with (all sinks, some, or none).
+
+        The one traversal the dense pass, MAC counting and the early-exit engine share.
+        """
+        stack: list[tuple[int, Any]] = [(0, payload)]
+        while stack:
+            index, item = stack.pop()
+            stack.extend(reversed(list(visit(index, item))))
+
     def router_k_cpt(self, k_cpt: torch.Tensor | float | None, batch: int, like: torch.Tensor):
         """The k_cpt column routers see, or ``None`` for a fixed-cost tree."""
         if not self.dynamic_k_cpt:
             return None
         if k_cpt is None:
             raise ValueError("this tree routes on k_cpt: pass k_cpt to the forward pass")
-        if isinstance(k_cpt, torch.Tensor):
-            k = k_cpt.to(device=like.device, dtype=like.dtype)
-        else:  # a fill, not a host-to-device copy (which would wait for the GPU)
-            k = torch.full((), float(k_cpt), dtype=like.dtype, device=like.device)
-        return (k.expand(batch) if k.dim() == 0 else k).reshape(batch, 1) * K_CPT_INPUT_SCALE
+        return k_cpt_per_example(k_cpt, batch, like).reshape(batch, 1) * K_CPT_INPUT_SCALE
 
     def run_node(self, index: int, signal: Any, k_feature: torch.Tensor | None):
         """Apply one node: returns (output, router scores or None)."""
-        node = self.nodes[index]
-        out = node.transform(signal)
-        scores = None
-        if node.router is not None:
-            scores = node.router(out) if k_feature is None else node.router(out, k_feature)
-        return out, scores
+        out = self.nodes[index].transform(signal)
+        return out, self.router_scores(index, out, k_feature)
+
+    def router_scores(
+        self, index: int, out: Any, k_feature: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The node's router on its own output (None for a node without a router)."""
+        router = self.nodes[index].router
+        if router is None:
+            return None
+        return router(out) if k_feature is None else router(out, k_feature)
 
     def forward_dense(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None):
         """Evaluate every node on every example (what the actor loss needs)."""
         k_feature = self.router_k_cpt(k_cpt, x.shape[0], x)
         result = DenseOutput()
-        stack: list[tuple[int, Any]] = [(0, x)]
-        while stack:
-            index, signal = stack.pop()
+
+        def visit(index: int, signal: Any) -> list[tuple[int, Any]]:
             out, scores = self.run_node(index, signal, k_feature)
             if scores is not None:
                 result.scores[index] = scores
             if self.nodes[index].is_leaf:
                 result.logits[index] = out
-            for child in reversed(self.children_of[index]):
-                stack.append((child, out))
+            return [(child, out) for child in self.children_of[index]]
+
+        self.walk(x, visit)
         return result
 
     def forward(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None) -> DenseOutput:

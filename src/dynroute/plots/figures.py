@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from dynroute.experiments.results import curve, load_results  # noqa: E402
+from dynroute.experiments.results import curve, load_results, result_class_names  # noqa: E402
 
 Results = dict[str, dict[str, dict[str, Any]]]
 
@@ -64,7 +64,8 @@ DATAFLOW_FIGURES = {"figure6": "hybrid-actor", "figure7": "hybrid-actor-tree"}
 #: Figure 8 draws training dataflow for these experiments (first one present wins).
 TRAINING_DATAFLOW_EXPERIMENTS = ("hybrid-actor", "cifar10-actor")
 FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "all")
-HYBRID_CLASSES = ("0", "1", "2", "3", "4", "airplane", "automobile", "deer", "frog", "horse")
+#: Dataflow diagrams with more exits than this are drawn taller and for every other k_cpt.
+CHAIN_DIAGRAM_EXITS = 12
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
@@ -195,7 +196,8 @@ def plot_dataflow(results: Results, out_dir: Path) -> list[Path]:
             continue
         rows = [(r["network"], p) for r in results[experiment].values() for p in r["points"]]
         rows.sort(key=lambda row: row[1]["k_cpt"] or 0.0)
-        tree = any(n["name"].endswith("a") for n in rows[0][1]["nodes"])
+        nodes = rows[0][1]["nodes"]
+        tree = sum(n["is_leaf"] for n in nodes) > CHAIN_DIAGRAM_EXITS
         if tree:  # a tree diagram is large: every other k_cpt, as in the paper's figure 7
             rows = rows[::2]
         height = 2.5 if tree else 0.9
@@ -214,7 +216,7 @@ def plot_dataflow(results: Results, out_dir: Path) -> list[Path]:
         sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
         fig.colorbar(sm, ax=axes[:, 0].tolist(), fraction=0.02, label="exit accuracy")
         classes = len(rows[0][1]["nodes"][-1]["class_counts"])
-        names = HYBRID_CLASSES if experiment.startswith("hybrid") else range(classes)
+        names = result_class_names(next(iter(results[experiment].values())))
         handles = [
             plt.Line2D([], [], marker="o", ls="", color=c, label=str(n))
             for n, c in zip(names, _class_colours(classes), strict=False)

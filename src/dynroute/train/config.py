@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from dynroute.errors import DynrouteError
+from dynroute.nn.registry import is_static_model, model_names
 from dynroute.train.schedules import PAPER_LR_HALF_LIFE, PAPER_TAU_HALF_LIFE, scaled_half_life
+from dynroute.train.strategies import CRITIC_TARGETS, ERROR_MEASURES, STRATEGIES, make_strategy
 
-#: The paper's k_cpt set (REFERENCE §4).
+#: Splits a run can evaluate on.
+SPLITS = ("train", "validation", "test")
+#: The paper's k_cpt set (docs/method.md §5).
 PAPER_K_CPT_SET = (0.0, 1e-9, 2e-9, 4e-9, 8e-9, 1.6e-8, 3.2e-8, 6.4e-8)
 PAPER_LR = 0.1
 #: Short runs diverge at the paper's lr 0.1 (the static-8 net ends at 61 % on hybrid after
@@ -58,45 +63,196 @@ def default_lr_warmup(iterations: int) -> int:
     return round(SHORT_RUN_WARMUP_FRACTION * iterations)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a numeric option (every bound optional, each open or closed)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool = False) -> str:
+        """E.g. 'a finite number > 0', 'an integer >= 1 and <= 16'."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " ".join(["an integer" if integer else "a finite number", " and ".join(parts)])
+
+    def describe_range(self) -> str:
+        """The range alone, for help texts: '>= 0 and < 1'."""
+        return self.describe().removeprefix("a finite number ")
+
+
+NON_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, low_open=True)
+#: Every network here is < 0.1 GMAC per image at width 1; MACs grow as width^2.
+MAX_WIDTH = 16
+MAX_ITERATIONS = 10**9
+MAX_BATCH = 1 << 16
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    bounds: Bounds | None = None,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    kind: type | None = None,
+    integer: bool = False,
+    many: bool = False,
+) -> Any:
+    """A ``TrainConfig`` field with its help text, type and valid range: one place per option.
+
+    ``kind`` is the (element) type where the default does not show it (``None``);
+    ``many`` marks a tuple of values (comma-separated on the command line); ``choices``
+    may be a function, for registries that grow (models).
+    """
+    metadata = {
+        "help": help,
+        "bounds": bounds,
+        "choices": choices,
+        "kind": kind,
+        "integer": integer,
+        "many": many,
+    }
+    return field(default=default, metadata=metadata)
+
+
+def option_choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of option ``name``, if it has a fixed set."""
+    choices = _FIELDS[name].metadata["choices"]
+    if choices is None:
+        return None
+    return tuple(choices() if callable(choices) else choices)
+
+
 @dataclass
 class TrainConfig:
     """One network's training run. ``None`` means "derive from the run length"."""
 
-    dataset: str = "hybrid"
-    model: str = "chain"
-    width: int = 1
-    strategy: str = "actor"
-    k_cpt: float = 0.0
-    dynamic_k_cpt: bool = False
-    k_cpt_set: tuple[float, ...] | None = None
-    iterations: int = 1500
-    batch_size: int = 128
-    lr: float | None = None
-    lr_half_life: float | None = None
-    lr_warmup: int | None = None
-    tau: float | None = None
-    tau_half_life: float | None = None
-    momentum: float = 0.9
-    k_dec: float = 0.01
-    k_cre: float = 0.001
-    k_l2: float = 1e-4
-    epsilon: float = 1e-6
-    critic_target: str = "pragmatic"
-    error_measure: str = "cross-entropy"
-    talr: bool = True
-    regularise_policy: bool = False
-    augment: bool = True
-    sampling: str = "replacement"
-    validation_size: int = 0
-    eval_every: int | None = None
-    eval_splits: tuple[str, ...] = ("test",)
-    checkpoint_every: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    compile: bool = False
-    compile_mode: str = "default"
-    channels_last: bool = True
+    dataset: str = option("hybrid", "mnist, cifar10, cifar5, cifar2 or hybrid")
+    model: str = option("chain", "a registered model (dynroute model list)", choices=model_names)
+    width: int = option(
+        1, "channel multiplier of every convolution", bounds=Bounds(1, MAX_WIDTH), integer=True
+    )
+    strategy: str = option("actor", "how the loss is formed", choices=tuple(STRATEGIES))
+    k_cpt: float = option(
+        0.0, "cost of one multiply-accumulate, in units of cross-entropy", bounds=Bounds(0, 1)
+    )
+    dynamic_k_cpt: bool = option(
+        False, "feed k_cpt to every router and draw it per example from the k_cpt set"
+    )
+    k_cpt_set: tuple[float, ...] | None = option(
+        None,
+        "comma-separated k_cpt values for dynamic k_cpt (default: the paper's 8)",
+        bounds=Bounds(0, 1),
+        kind=float,
+        many=True,
+    )
+    iterations: int = option(
+        1500, "training iterations (batches)", bounds=Bounds(1, MAX_ITERATIONS), integer=True
+    )
+    batch_size: int = option(128, "examples per batch", bounds=Bounds(1, MAX_BATCH), integer=True)
+    lr: float | None = option(
+        None,
+        "initial learning rate (default 0.1 for >= 20,000 iterations, else 0.04)",
+        bounds=Bounds(0, 10, low_open=True),
+        kind=float,
+    )
+    lr_half_life: float | None = option(
+        None,
+        "iterations per halving of the lr (default iterations / 8 for >= 20,000 iterations, "
+        "else iterations / 4)",
+        bounds=POSITIVE,
+        kind=float,
+    )
+    lr_warmup: int | None = option(
+        None,
+        "iterations over which the lr ramps up linearly from ~0 (default 0 for >= 20,000 "
+        "iterations, else iterations / 10); at most the iterations",
+        bounds=Bounds(0, MAX_ITERATIONS),
+        kind=int,
+        integer=True,
+    )
+    tau: float | None = option(
+        None,
+        "initial routing temperature (default 1.0 actor, 0.1 critic)",
+        bounds=Bounds(0, 1e3, low_open=True),
+        kind=float,
+    )
+    tau_half_life: float | None = option(
+        None, "iterations per halving of tau (default iterations / 4)", bounds=POSITIVE, kind=float
+    )
+    momentum: float = option(0.9, "SGD momentum", bounds=Bounds(0, 1, high_open=True))
+    k_dec: float = option(0.01, "weight of the actor's decisiveness term", bounds=NON_NEGATIVE)
+    k_cre: float = option(0.001, "weight of the critic's regression term", bounds=NON_NEGATIVE)
+    k_l2: float = option(1e-4, "weight of the path-weighted L2 term", bounds=NON_NEGATIVE)
+    epsilon: float = option(
+        1e-6, "exploration floor mixed into the training policy", bounds=Bounds(0, 1)
+    )
+    critic_target: str = option(
+        "pragmatic", "what a critic's router regresses", choices=CRITIC_TARGETS
+    )
+    error_measure: str = option(
+        "cross-entropy", "the error inside critic targets", choices=ERROR_MEASURES
+    )
+    talr: bool = option(True, "throughput-adjusted learning rates")
+    regularise_policy: bool = option(
+        False, "let the L2 and k_dec terms' gradient flow through p_train"
+    )
+    augment: bool = option(True, "shift/flip augmentation")
+    sampling: str = option(
+        "replacement", "replacement (the paper) or epoch", choices=("replacement", "epoch")
+    )
+    validation_size: int = option(
+        0,
+        "training examples held out for validation",
+        bounds=Bounds(0, MAX_ITERATIONS),
+        integer=True,
+    )
+    eval_every: int | None = option(
+        None,
+        "iterations between evaluations (default iterations / 16)",
+        bounds=Bounds(1, MAX_ITERATIONS),
+        kind=int,
+        integer=True,
+    )
+    eval_splits: tuple[str, ...] = option(
+        ("test",),
+        "comma-separated splits evaluated during training",
+        choices=SPLITS,
+        kind=str,
+        many=True,
+    )
+    checkpoint_every: int | None = option(
+        None,
+        "iterations between checkpoints (default iterations / 10)",
+        bounds=Bounds(1, MAX_ITERATIONS),
+        kind=int,
+        integer=True,
+    )
+    seed: int = option(0, "random seed", bounds=Bounds(0, 2**63 - 1), integer=True)
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    bf16: bool = option(False, "bfloat16 autocast on CUDA")
+    compile: bool = option(False, "torch.compile the forward pass and the loss")
+    compile_mode: str = option(
+        "default",
+        "with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
+        choices=COMPILE_MODES,
+    )
+    channels_last: bool = option(
+        True, "channels-last memory layout (faster convolutions on CPU and GPU)"
+    )
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -153,83 +309,59 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> TrainConfig:
-        """Raise ``DynrouteError`` on any inconsistent option; return self."""
-        from dynroute.nn.registry import model_names
-        from dynroute.train.strategies import STRATEGIES
+        """Raise ``DynrouteError`` naming the option on any invalid value; return self.
+
+        Each option's own range and choices come from its field; the checks below are the
+        ones that relate several options.
+        """
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
 
         def fail(msg: str) -> None:
             raise DynrouteError(msg)
 
-        if self.model not in model_names():
-            fail(f"unknown model {self.model!r}; choose from {', '.join(model_names())}")
-        if self.strategy not in STRATEGIES:
-            fail(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
-        static_model = self.model.startswith("static-")
+        static_model = is_static_model(self.model)
         if static_model != (self.strategy == "static"):
             fail(
                 f"model {self.model!r} needs the "
                 f"{'static' if static_model else 'actor or critic'} strategy, "
                 f"not {self.strategy!r}"
             )
-        for name in ("k_cpt", "k_dec", "k_cre", "k_l2", "epsilon", "momentum"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                fail(f"{name} must be a finite number >= 0, got {value}")
         if static_model and (self.k_cpt != 0 or self.dynamic_k_cpt):
             fail("k_cpt does not apply to a static network: it has no routing decisions")
-        if self.k_cpt_set and not self.dynamic_k_cpt:
+        if self.k_cpt_set is not None and not self.dynamic_k_cpt:
             fail("a k_cpt set is only used with dynamic k_cpt (--dynamic-k-cpt)")
         if self.dynamic_k_cpt and self.k_cpt != 0:
             fail("with dynamic k_cpt the cost is drawn from the k_cpt set; do not also pass k_cpt")
         if self.dynamic_k_cpt and self.k_cpt_set is not None and len(self.k_cpt_set) == 0:
-            fail("dynamic k_cpt needs a non-empty k_cpt set")
-        if any(k < 0 or not math.isfinite(k) for k in self.resolved_k_cpt_set):
-            fail("every k_cpt in the set must be a finite number >= 0")
-        if not 0 <= self.resolved_lr_warmup <= self.iterations:
-            fail(f"lr warm-up must be between 0 and the iterations, got {self.lr_warmup}")
-        if self.iterations <= 0:
-            fail(f"iterations must be positive, got {self.iterations}")
-        if self.batch_size <= 0:
-            fail(f"batch size must be positive, got {self.batch_size}")
-        if self.width < 1:
-            fail(f"width must be a positive integer, got {self.width}")
-        for name in ("resolved_lr", "resolved_lr_half_life", "resolved_tau_half_life"):
-            if not getattr(self, name) > 0:
-                fail(f"{name.removeprefix('resolved_')} must be positive")
-        if not self.resolved_tau > 0:
-            fail(f"tau must be positive, got {self.resolved_tau}")
-        if self.critic_target not in ("pragmatic", "optimistic"):
-            fail(f"critic target must be pragmatic or optimistic, not {self.critic_target!r}")
-        if self.error_measure not in ("cross-entropy", "classification"):
-            fail(f"error measure must be cross-entropy or classification, not {self.error_measure}")
-        if self.sampling not in ("replacement", "epoch"):
-            fail(f"sampling must be replacement or epoch, not {self.sampling!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            fail(f"device must be cpu, cuda or auto, not {self.device!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            modes = ", ".join(COMPILE_MODES)
-            fail(f"compile mode must be one of {modes}, not {self.compile_mode!r}")
+            fail("--k-cpt-set needs at least one value")
+        if self.lr_warmup is not None and self.lr_warmup > self.iterations:
+            fail(
+                f"--lr-warmup must be at most the iterations ({self.iterations}), "
+                f"got {self.lr_warmup}"
+            )
         if self.compile_mode != "default" and not self.compile:
             fail("--compile-mode applies only with --compile")
-        if self.validation_size < 0:
-            fail("validation size must be >= 0")
-        for split in self.eval_splits:
-            if split not in ("train", "validation", "test"):
-                fail(f"unknown evaluation split {split!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        ):
+            fail(f"--device must be cpu, cuda, cuda:N or auto, not {self.device!r}")
+        if not self.eval_splits:
+            fail("--eval-splits needs at least one split")
         if "validation" in self.eval_splits and self.validation_size == 0:
             fail("evaluating on 'validation' needs --validation-size > 0")
+        make_strategy(self.strategy, **self.strategy_options())  # the strategy's own checks
         return self
 
     def strategy_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``make_strategy``."""
-        options: dict[str, Any] = {"k_l2": self.k_l2, "epsilon": self.epsilon}
-        if self.strategy in ("actor", "static"):
-            options.update(k_dec=self.k_dec, regularise_policy=self.regularise_policy)
-        else:
-            options.update(
-                target=self.critic_target, error_measure=self.error_measure, k_cre=self.k_cre
-            )
-        return options
+        """Keyword arguments for ``make_strategy``: the options this strategy reads."""
+        if self.strategy not in STRATEGIES:
+            return {}
+        return {
+            name: getattr(self, name)
+            for name in STRATEGIES[self.strategy].__dataclass_fields__
+            if name in _FIELDS
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -244,8 +376,40 @@ class TrainConfig:
         if unknown:
             raise DynrouteError(f"unknown training options: {', '.join(unknown)}")
         data = dict(data)
-        if data.get("k_cpt_set") is not None:
-            data["k_cpt_set"] = tuple(data["k_cpt_set"])
-        if "eval_splits" in data:
-            data["eval_splits"] = tuple(data["eval_splits"])
+        for name in ("k_cpt_set", "eval_splits"):
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
         return cls(**data)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _check_field(f: Field, value: Any) -> None:
+    """One option's type, range and choices; the message names the command-line option."""
+    flag = "--" + f.name.replace("_", "-")
+    meta = f.metadata
+    if value is None and f.default is None:
+        return
+    if isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise DynrouteError(f"{flag} must be true or false, got {value!r}")
+        return
+    if meta["many"] and not isinstance(value, tuple):
+        raise DynrouteError(f"{flag} must be a list, got {value!r}")
+    for item in value if meta["many"] else (value,):
+        bounds = meta["bounds"]
+        if bounds is not None:
+            numeric = isinstance(item, (int, float)) and not isinstance(item, bool)
+            if not numeric or (meta["integer"] and not float(item).is_integer()):
+                kind = "an integer" if meta["integer"] else "a number"
+                raise DynrouteError(f"{flag} must be {kind}, got {item!r}")
+            if not bounds.contains(float(item)):
+                raise DynrouteError(
+                    f"{flag} must be {bounds.describe(meta['integer'])}, got {item!r}"
+                )
+        choices = option_choices(f.name)
+        if choices is not None and item not in choices:
+            raise DynrouteError(f"{flag} must be one of {', '.join(choices)}; got {item!r}")
+        if bounds is None and choices is None and not isinstance(item, str):
+            raise DynrouteError(f"{flag} must be text, got {item!r}")

@@ -1,7 +1,7 @@
 """Exponential decay schedules for the learning rate and the temperature tau.
 
 The paper runs 80,000 iterations with an lr half-life of 10,000 and a tau
-half-life of 20,000 (REFERENCE §4): half-lives of 1/8 and 1/4 of the run, a
+half-life of 20,000 (docs/method.md §5): half-lives of 1/8 and 1/4 of the run, a
 shape ``scaled_half_life`` keeps at any length (``TrainConfig`` gives runs
 under 20,000 iterations 4 lr halvings instead, see ``default_lr_half_life``).
 An optional linear warm-up ramps the lr from near 0 over its first iterations

@@ -2,7 +2,7 @@
 
 Every strategy sees the same dense pass (every node on every example), the
 per-node MACs and the per-node weight norms; they differ only in how they
-combine them (REFERENCE §3):
+combine them (docs/method.md §4):
 
 - ``static``: cross-entropy at the single exit plus L2.
 - ``actor``: the exact expectation of c_inf = c_err + k_cpt * MACs under the
@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from dynroute.errors import DynrouteError
-from dynroute.nn.tree import DenseOutput, RoutedTree
+from dynroute.nn.macs import tree_costs
+from dynroute.nn.tree import DenseOutput, RoutedTree, k_cpt_per_example
+
+#: Critic targets (docs/method.md §4.3) and the error measured inside them.
+CRITIC_TARGETS = ("pragmatic", "optimistic")
+ERROR_MEASURES = ("cross-entropy", "classification")
 
 
 @dataclass
@@ -78,12 +83,6 @@ def node_weight_norms(tree: RoutedTree) -> torch.Tensor:
     return _SquaredNorms.apply(tuple(spans), tuple(owner), *weights)
 
 
-def _per_example(k_cpt: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    if not isinstance(k_cpt, torch.Tensor):  # a fill, not a host-to-device copy
-        return torch.full((like.shape[0],), float(k_cpt), dtype=like.dtype, device=like.device)
-    return k_cpt.to(dtype=like.dtype, device=like.device).expand(like.shape[0])
-
-
 @dataclass
 class Strategy:
     """Shared hyperparameters; subclasses implement ``loss``."""
@@ -111,6 +110,40 @@ class Strategy:
         return self.k_l2 * (torch.stack(arrival, dim=1) * norms.to(arrival[0])).sum(dim=1)
 
 
+def expected_error(
+    tree: RoutedTree, dense: DenseOutput, labels: torch.Tensor, arrival: list[torch.Tensor]
+) -> torch.Tensor:
+    """Per-example cross-entropy expected over the exits: sum over leaves of p * CE."""
+    return sum(
+        arrival[leaf] * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
+        for leaf in tree.leaves
+    )
+
+
+def _like(dense: DenseOutput) -> torch.Tensor:
+    """A tensor with the dtype and device the loss terms should have."""
+    return next(iter(dense.logits.values()))
+
+
+@dataclass
+class StaticStrategy(Strategy):
+    """A statically-routed net: cross-entropy at its one exit plus L2."""
+
+    name = "static"
+
+    def check(self, tree):
+        if tree.junctions:
+            raise DynrouteError("the static strategy trains trees without junctions (static-N)")
+
+    def loss(self, tree, dense, labels, k_cpt, tau):
+        like = _like(dense)
+        arrival = tree.arrival_probabilities({}, labels.shape[0], like)
+        error = expected_error(tree, dense, labels, arrival)
+        l2 = self._l2(tree, arrival)
+        terms = {"error": error.mean(), "l2": l2.mean()}
+        return LossOutput((error + l2).mean(), arrival, terms)
+
+
 @dataclass
 class ActorStrategy(Strategy):
     """Minimise E[c_inf] exactly, by weighting every node's terms by p_train."""
@@ -120,17 +153,14 @@ class ActorStrategy(Strategy):
     name = "actor"
 
     def loss(self, tree, dense, labels, k_cpt, tau):
-        like = next(iter(dense.logits.values()))
+        like = _like(dense)
         batch = labels.shape[0]
         branches = tree.branch_probabilities(dense.scores, tau, self.epsilon)
         arrival = tree.arrival_probabilities(branches, batch, like)
         fixed = [p.detach() for p in arrival]
-        error = sum(
-            arrival[leaf] * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
-            for leaf in tree.leaves
-        )
-        k = _per_example(k_cpt, like)
-        compute = k * tree.expected_macs(arrival)
+        error = expected_error(tree, dense, labels, arrival)
+        k = k_cpt_per_example(k_cpt, batch, like)
+        compute = k * tree_costs(tree).expected_macs(arrival)
         regularised = arrival if self.regularise_policy else fixed
         l2 = self._l2(tree, regularised)
         decisiveness = sum(
@@ -142,23 +172,12 @@ class ActorStrategy(Strategy):
         return LossOutput(total.mean(), fixed, terms)
 
 
-@dataclass
-class StaticStrategy(ActorStrategy):
-    """A statically-routed net: cross-entropy at its one exit plus L2."""
-
-    name = "static"
-
-    def check(self, tree):
-        if tree.junctions:
-            raise DynrouteError("the static strategy trains trees without junctions (static-N)")
-
-
 def subtree_costs(
     tree: RoutedTree,
     dense: DenseOutput,
     labels: torch.Tensor,
     k_cpt: torch.Tensor,
-    target: str,
+    critic_target: str,
     error_measure: str,
 ) -> list[torch.Tensor]:
     """Per-example cost of each node's subtree, bottom-up (critic targets).
@@ -167,7 +186,7 @@ def subtree_costs(
     chosen downstream: argmax of the scores for ``pragmatic``, the cheapest
     sink for ``optimistic``).
     """
-    macs = tree.node_macs()
+    macs = tree_costs(tree).node_macs
     costs: list[torch.Tensor | None] = [None] * len(tree.nodes)
     for i in reversed(range(len(tree.nodes))):
         own = k_cpt * float(macs[i])
@@ -183,7 +202,7 @@ def subtree_costs(
             costs[i] = own + costs[kids[0]]
         else:
             below = torch.stack([costs[c] for c in kids], dim=1)
-            if target == "pragmatic":
+            if critic_target == "pragmatic":
                 choice = dense.scores[i].argmax(dim=1, keepdim=True)
                 costs[i] = own + below.gather(1, choice).squeeze(1)
             else:
@@ -195,19 +214,21 @@ def subtree_costs(
 class CriticStrategy(Strategy):
     """Routers regress -cost of each sink; classifiers minimise p-weighted error."""
 
-    target: str = "pragmatic"
+    critic_target: str = "pragmatic"
     error_measure: str = "cross-entropy"
     k_cre: float = 0.001
     name = "critic"
 
     def __post_init__(self) -> None:
-        if self.target not in ("pragmatic", "optimistic"):
+        if self.critic_target not in CRITIC_TARGETS:
             raise DynrouteError(
-                f"critic target must be pragmatic or optimistic, not {self.target!r}"
+                f"--critic-target must be one of {', '.join(CRITIC_TARGETS)}, "
+                f"not {self.critic_target!r}"
             )
-        if self.error_measure not in ("cross-entropy", "classification"):
+        if self.error_measure not in ERROR_MEASURES:
             raise DynrouteError(
-                f"error measure must be cross-entropy or classification, not {self.error_measure!r}"
+                f"--error-measure must be one of {', '.join(ERROR_MEASURES)}, "
+                f"not {self.error_measure!r}"
             )
 
     def check(self, tree):
@@ -215,18 +236,15 @@ class CriticStrategy(Strategy):
             raise DynrouteError("the critic strategy needs a tree with junctions")
 
     def loss(self, tree, dense, labels, k_cpt, tau):
-        like = next(iter(dense.logits.values()))
+        like = _like(dense)
         batch = labels.shape[0]
         detached = {j: s.detach() for j, s in dense.scores.items()}
         branches = tree.branch_probabilities(detached, tau, self.epsilon)
         arrival = [p.detach() for p in tree.arrival_probabilities(branches, batch, like)]
-        k = _per_example(k_cpt, like)
+        k = k_cpt_per_example(k_cpt, batch, like)
         with torch.no_grad():
-            costs = subtree_costs(tree, dense, labels, k, self.target, self.error_measure)
-        error = sum(
-            arrival[leaf] * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
-            for leaf in tree.leaves
-        )
+            costs = subtree_costs(tree, dense, labels, k, self.critic_target, self.error_measure)
+        error = expected_error(tree, dense, labels, arrival)
         regression = sum(
             arrival[j]
             * (dense.scores[j].float() + torch.stack([costs[c] for c in tree.children_of[j]], 1))

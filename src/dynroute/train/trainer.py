@@ -24,10 +24,12 @@ import torch
 from tqdm import tqdm
 
 from dynroute import checkpoint
+from dynroute.atomic import write_json_atomic, write_text_atomic
 from dynroute.data.datasets import load_dataset
 from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
 from dynroute.infer.evaluate import evaluate
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.registry import build_model
 from dynroute.nn.tree import DenseOutput, RoutedTree
 from dynroute.runtime import resolve_device, to_device, use_channels_last
@@ -71,14 +73,22 @@ class TrainingData:
     loader: BatchLoader
     evaluation: dict[str, Split]
     num_classes: int
+    class_names: tuple[str, ...] = ()
 
 
 def load_training_data(
-    config: TrainConfig, data_dir: str | os.PathLike[str] | None, device: torch.device
+    config: TrainConfig,
+    data_dir: str | os.PathLike[str] | None,
+    device: torch.device,
+    allow_checksum_mismatch: bool = False,
 ) -> TrainingData:
     """Load the run's dataset (built and cached on first use) for ``config``."""
     splits = load_dataset(
-        config.dataset, data_dir, validation_size=config.validation_size, seed=config.seed
+        config.dataset,
+        data_dir,
+        validation_size=config.validation_size,
+        seed=config.seed,
+        allow_checksum_mismatch=allow_checksum_mismatch,
     )
     loader = BatchLoader(
         splits.train,
@@ -95,7 +105,7 @@ def load_training_data(
         )
         for name in config.eval_splits
     }
-    return TrainingData(loader, evaluation, len(splits.class_names))
+    return TrainingData(loader, evaluation, len(splits.class_names), tuple(splits.class_names))
 
 
 def stored_config_differences(stored: dict[str, Any], requested: TrainConfig) -> list[str]:
@@ -140,54 +150,122 @@ def _config_from_stored(stored: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
 
 
-def prepare_run_dir(
-    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
-) -> tuple[TrainConfig, bool]:
-    """Create or check the run directory.
+@dataclass(frozen=True)
+class RunDirPlan:
+    """What ``inspect_run_dir`` found: the config to run and whether to resume."""
 
-    Returns the config the run goes on with (every default resolved; on resume, the
-    schedule stored when the run began) and whether there is a checkpoint to resume.
+    config: TrainConfig
+    resume: bool
+    fresh: bool
+
+
+def _read_stored_config(path: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DynrouteError(
+            f"{path} is unreadable or corrupt ({exc}); pass --overwrite to start the run over"
+        ) from None
+    if not isinstance(stored, dict):
+        raise DynrouteError(f"{path} is not a run configuration; pass --overwrite to start over")
+    return stored
+
+
+def inspect_run_dir(
+    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
+) -> RunDirPlan:
+    """Check the run directory against the request without writing anything.
+
+    Runs before any data is loaded, so a refusal costs nothing. Returns the config the run
+    goes on with (every default resolved; on resume, the schedule stored when it began).
     """
     config_path = out_dir / CONFIG_FILE
     if resume and overwrite:
         raise DynrouteError("--resume and --overwrite exclude each other")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DynrouteError(f"--out {out_dir} is a file, not a run directory")
     if config_path.exists() and not overwrite:
-        existing = json.loads(config_path.read_text())
-        differs = stored_config_differences(existing, config)
+        existing = _read_stored_config(config_path)
         if not resume:
             raise DynrouteError(
                 f"{out_dir} already holds a run; pass --resume to continue it "
                 "or --overwrite to replace it"
             )
+        try:
+            differs = stored_config_differences(existing, config)
+        except DynrouteError as exc:
+            raise DynrouteError(
+                f"{config_path} is not a valid run configuration ({exc}); pass --overwrite "
+                "to start the run over"
+            ) from None
         if differs:
             raise DynrouteError(
                 f"{out_dir} holds a different run (differs in {', '.join(differs)}); "
                 "pass --overwrite to replace it"
             )
-        return run_config_for(existing, config), (out_dir / CHECKPOINT_FILE).exists()
+        has_checkpoint = (out_dir / CHECKPOINT_FILE).exists()
+        return RunDirPlan(run_config_for(existing, config), has_checkpoint, False)
     if (out_dir / CHECKPOINT_FILE).exists() and not overwrite:
         raise DynrouteError(
             f"{out_dir} holds a checkpoint but no {CONFIG_FILE}, so it cannot be resumed "
             "safely; pass --overwrite to replace it"
         )
-    if overwrite:
-        for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Explicit values, not the defaults' nulls: a resume must not pick up changed defaults.
-    resolved = config.resolved()
-    tmp = config_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(resolved.to_dict(), indent=2) + "\n")
-    os.replace(tmp, config_path)
-    return resolved, False
+    if resume:
+        raise DynrouteError(
+            f"nothing to resume in {out_dir} (no {CONFIG_FILE}); leave out --resume to start "
+            "a new run there"
+        )
+    return RunDirPlan(config.resolved(), False, True)
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from."""
+def prepare_run_dir(
+    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
+) -> tuple[TrainConfig, bool]:
+    """Check (``inspect_run_dir``), then create the run directory or clear it on overwrite.
+
+    Returns the config the run goes on with and whether there is a checkpoint to resume.
+    """
+    plan = inspect_run_dir(out_dir, config, resume, overwrite)
+    if not plan.fresh:
+        return plan.config, plan.resume
+    try:
+        if overwrite and out_dir.is_dir():
+            for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Explicit values, not the defaults' nulls: a resume must not pick up changed defaults.
+        write_json_atomic(out_dir / CONFIG_FILE, plan.config.to_dict(), indent=2)
+    except OSError as exc:
+        raise DynrouteError(f"cannot write the run directory {out_dir}: {exc}") from None
+    return plan.config, False
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The evaluation records of a run; a line a killed process left half-written is skipped."""
     if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iteration"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+        return []
+    records, broken = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            broken += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
+            records.append(record)
+        else:
+            broken += 1
+    if broken:
+        print(f"dynroute: skipped {broken} unreadable line(s) of {path}", file=sys.stderr)
+    return records
+
+
+def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
+    """Keep the metric records up to the checkpoint we resume from; returns them."""
+    keep = [record for record in read_metrics(path) if record["iteration"] <= last_step]
+    if path.exists():
+        write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in keep))
+    return keep
 
 
 class Trainer:
@@ -225,6 +303,9 @@ class Trainer:
         )
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.step = 0
+        #: Iteration of the checkpoint on disk written or loaded by this trainer, if any.
+        self.saved_step: int | None = None
+        self._last_batch: tuple[Any, ...] | None = None
         self.train_seconds = 0.0
         #: With --compile: seconds of this process's first step, which compiles the graphs.
         self.compile_seconds: float | None = None
@@ -235,7 +316,7 @@ class Trainer:
         # --compile compiles the forward pass and the strategy's loss as one graph, so
         # the loss's many small per-node ops fuse too; tau goes in as a tensor so its
         # decay does not trigger recompilation.
-        self.tree.node_macs()  # count (and cache) MACs with hooks before anything compiles
+        tree_costs(self.tree)  # count (and keep) MACs with hooks before anything compiles
         graphs = config.compile and config.compile_mode == "reduce-overhead"
         self._cuda_graphs = graphs and self.device.type == "cuda"
         self._objective = (
@@ -270,27 +351,77 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
+    def verify_finite(self) -> None:
+        """Stop, saving nothing, unless the weights and the training loss they give are finite.
+
+        Checked before every evaluation and checkpoint: the losses read so far were computed
+        on earlier weights, so the latest update is checked by recomputing the loss of the
+        latest batch on the current weights (no gradients; batch-norm statistics restored).
+        """
+        self.read_losses()
+        state = (*self.tree.parameters(), *self.tree.buffers())
+        checks = [torch.isfinite(t).all() for t in state if t.is_floating_point()]
+        finite = bool(torch.stack(checks).all())
+        loss = 0.0  # no batch yet (a fresh or resumed trainer): the weights alone are checked
+        if finite and self._last_batch is not None:
+            buffers = [b.clone() for b in self.tree.buffers()]
+            with torch.no_grad():
+                loss = float(self.objective(*self._last_batch)[0].loss)
+            with torch.no_grad():
+                for b, saved in zip(self.tree.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+        if not finite or not math.isfinite(loss):
+            what = "non-finite weights" if not finite else f"a loss of {loss}"
+            self._stop(f"training diverged by iteration {self.step} ({what})")
+
+    def _stop(self, reason: str) -> None:
+        """Raise the error that ends a diverged run, naming the checkpoint it leaves."""
+        path = self.out_dir / CHECKPOINT_FILE
+        if self.saved_step is not None and path.exists():
+            kept = f"the last good checkpoint, {path} (iteration {self.saved_step}), is kept"
+        else:
+            kept = "no checkpoint was saved"
+        raise DynrouteError(f"{reason}; stopped: {kept}. Try a lower --lr.")
+
     def save(self) -> None:
-        self.read_losses()  # never checkpoint weights a non-finite loss has touched
+        self.verify_finite()  # never checkpoint weights a non-finite loss has touched
         checkpoint.save(
             self.out_dir / CHECKPOINT_FILE,
             self.tree,
             optimizer_state=self.optimizer.state_dict(),
             extra=self.state(),
         )
+        self.saved_step = self.step
 
     def load(self) -> None:
         path = self.out_dir / CHECKPOINT_FILE
+        source = f"checkpoint {path}"
         raw = checkpoint.load_checkpoint(path, map_location="cpu")
-        checkpoint.check_state_dict(self.tree, raw["state_dict"], source=f"checkpoint {path}")
-        self.tree.load_state_dict(raw["state_dict"])
-        self.optimizer.load_state_dict(raw["optimizer_state"])
-        extra = raw["extra"]
-        self.generator.set_state(extra["generator"])
-        self.data.loader.load_state_dict(extra["loader"])
-        self.step = int(extra["step"])
-        self.train_seconds = float(extra["train_seconds"])
-        _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+        if raw["spec"] != self.tree.spec:
+            raise DynrouteError(
+                f"{source} holds a {raw['spec']} model, not the run's {self.tree.spec}"
+            )
+        checkpoint.check_state_dict(self.tree, raw["state_dict"], source=source)
+        checkpoint.check_finite(raw["state_dict"], source)
+        try:
+            self.tree.load_state_dict(raw["state_dict"])
+            self.optimizer.load_state_dict(raw["optimizer_state"])
+            extra = raw["extra"]
+            self.generator.set_state(extra["generator"])
+            self.data.loader.load_state_dict(extra["loader"])
+            step, seconds = int(extra["step"]), float(extra["train_seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise DynrouteError(
+                f"{source} holds a damaged training state ({type(exc).__name__}: {exc}); "
+                "pass --overwrite to start the run over"
+            ) from None
+        if not 0 <= step <= self.config.iterations:
+            raise DynrouteError(f"{source} is at iteration {step}, outside this run")
+        self.step = self.saved_step = step
+        self.train_seconds = seconds
+        records = _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+        if records and records[-1]["iteration"] == self.step:
+            self.last_eval = records[-1]  # a finished run resumed: nothing to evaluate again
 
     # ------------------------------------------------------------------ batches
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
@@ -315,6 +446,7 @@ class Trainer:
         tau_value = torch.full((), tau, device=self.device) if cfg.compile else tau
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
+        self._last_batch = (images, labels, k_cpt, tau_value)
         out, scales = self._objective(images, labels, k_cpt, tau_value)
         # A copy: a CUDA-graph replay overwrites its outputs on the next step.
         self._unread_losses.append((self.step, out.loss.detach().clone()))
@@ -339,11 +471,7 @@ class Trainer:
             self._unread_losses.clear()
             for iteration, value in zip(iterations, values, strict=True):
                 if not math.isfinite(value):
-                    raise DynrouteError(
-                        f"the loss became {value} at iteration {iteration}; stopped. The last "
-                        f"good checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept. "
-                        "Try a lower --lr."
-                    )
+                    self._stop(f"the loss became {value} at iteration {iteration}")
             self._last_loss = values[-1]
         return self._last_loss
 
@@ -369,7 +497,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Hard-routing statistics on every evaluation split (and every k_cpt if dynamic)."""
-        self.read_losses()
+        self.verify_finite()
         record: dict[str, Any] = {"iteration": self.step, "train_seconds": self.train_seconds}
         k_values = list(self.config.resolved_k_cpt_set) if self.config.dynamic_k_cpt else [None]
         for name, split in self.data.evaluation.items():
@@ -383,6 +511,8 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         self.last_eval = record
 
     def headline(self) -> dict[str, float]:
@@ -445,8 +575,7 @@ class Trainer:
             "device": str(self.device),
             "final": self.last_eval,
             "spec": self.tree.spec,
+            "class_names": list(self.data.class_names),
         }
-        tmp = self.out_dir / (SUMMARY_FILE + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.out_dir / SUMMARY_FILE)
+        write_json_atomic(self.out_dir / SUMMARY_FILE, summary, indent=2)
         return summary

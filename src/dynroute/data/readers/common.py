@@ -1,0 +1,226 @@
+"""What every raw-data reader shares: folders, checksums, provenance and error texts.
+
+Nothing here knows a particular layout; the readers next to this module do, and
+``dynroute.data.sources`` chooses between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from dynroute.errors import DynrouteError
+
+DATA_DIR_ENV = "DYNROUTE_DATA"
+CACHE_DIR_ENV = "DYNROUTE_CACHE"
+SPLITS = ("train", "test")
+
+
+def user_cache_dir() -> Path:
+    """Per-user cache root, following XDG so it can be moved without code changes."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "dynroute"
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """Absolute, so worker processes started elsewhere see the same folder."""
+    return Path(path).expanduser().absolute()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Raw-data folder: explicit argument, else $DYNROUTE_DATA, else the per-user cache."""
+    if data_dir is not None:
+        return _absolute(data_dir)
+    from_env = os.environ.get(DATA_DIR_ENV)
+    if from_env:
+        return _absolute(from_env)
+    return user_cache_dir()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where built datasets go: explicit argument, else $DYNROUTE_CACHE, else per-user cache."""
+    if cache_dir is not None:
+        return _absolute(cache_dir)
+    from_env = os.environ.get(CACHE_DIR_ENV)
+    if from_env:
+        return _absolute(from_env)
+    return user_cache_dir() / "datasets"
+
+
+def existing_folders(data_dir: Path, subfolders: Iterable[str]) -> list[Path]:
+    """The candidate folders (relative to ``data_dir``; "" is itself) that exist."""
+    return [data_dir / name for name in subfolders if (data_dir / name).is_dir()]
+
+
+def os_error_text(exc: OSError) -> str:
+    """The short reason of an OSError ("Permission denied"), without errno noise."""
+    return exc.strerror or str(exc)
+
+
+def cannot_read(path: Path | str, exc: OSError) -> DynrouteError:
+    """The one message for a file that exists but cannot be read (permissions, I/O)."""
+    return DynrouteError(f"cannot read {path}: {os_error_text(exc)}")
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise cannot_read(path, exc) from exc
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def md5_file(path: Path) -> str:
+    """MD5 of a file, streamed so large archives do not need to fit in memory."""
+    try:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False))
+    except OSError as exc:
+        raise cannot_read(path, exc) from exc
+    return digest.hexdigest()
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse labels outside 0..num_classes-1 here, not as an IndexError deep in training."""
+    if labels.size == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise DynrouteError(
+            f"{where}: label {bad} is out of range; expected 0-{num_classes - 1} "
+            f"({num_classes} classes)"
+        )
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One checksum comparison, kept for the manifest's provenance record."""
+
+    name: str
+    md5: str
+    expected_md5: str | None
+
+    @property
+    def matches(self) -> bool:
+        return self.expected_md5 is None or self.md5 == self.expected_md5
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "md5": self.md5, "expected_md5": self.expected_md5}
+
+
+def mismatch_details(checks: Iterable[FileCheck]) -> str:
+    return "; ".join(
+        f"{check.name}: MD5 {check.md5}, expected {check.expected_md5}"
+        for check in checks
+        if not check.matches
+    )
+
+
+def check_checksums(
+    checks: Iterable[FileCheck], where: Path, allow_checksum_mismatch: bool
+) -> list[FileCheck]:
+    """Refuse files that differ from the official ones unless the user opted in."""
+    checks = list(checks)
+    if not allow_checksum_mismatch and not all(check.matches for check in checks):
+        raise DynrouteError(
+            f"checksum mismatch in {where}: {mismatch_details(checks)}. The file is corrupt, "
+            "truncated or not the official release: re-download it (`dynroute data fetch`), or "
+            "pass --allow-checksum-mismatch (allow_checksum_mismatch=True) to use this copy "
+            "deliberately; the mismatch is then recorded in the dataset manifest"
+        )
+    return checks
+
+
+def combined_checksum(checks: Iterable[FileCheck]) -> str:
+    """One checksum for a multi-file source, to key its cache."""
+    return md5_bytes("".join(f"{c.name}:{c.md5};" for c in checks).encode())
+
+
+class RawData(NamedTuple):
+    """Decoded source arrays: uint8 images (N, H, W) or (N, 3, H, W) and int64 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+class Reader(Protocol):
+    """One on-disk layout of a dataset: locate it, checksum it, decode it."""
+
+    kind: str  # recorded in manifests: idx, python-tar, python-batches, image-zip, ...
+    image_shape: tuple[int, ...]  # of one decoded uint8 image
+    num_classes: int
+
+    def find(self, data_dir: Path) -> Source | None:
+        """This layout in ``data_dir`` (or a known subfolder), else None."""
+        ...
+
+    def identify(self, source: Source, allow_checksum_mismatch: bool) -> Provenance:
+        """Checksums without decoding, to key the dataset cache."""
+        ...
+
+    def read(self, source: Source, allow_checksum_mismatch: bool) -> tuple[RawData, Provenance]:
+        """Decoded arrays, checksumming exactly the bytes decoded."""
+        ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """A located raw copy of a dataset and the reader that found it."""
+
+    dataset: str
+    path: Path
+    reader: Reader = field(compare=False, repr=False)
+    files: tuple[Path, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.reader.kind
+
+    def describe(self) -> str:
+        return f"{self.kind} at {self.path}"
+
+
+# Shape of ``Provenance.as_dict()``, so a hand-edited manifest is caught before use.
+PROVENANCE_SCHEMA = {
+    "dataset": str,
+    "kind": str,
+    "path": str,
+    "checksum": str,
+    "files": [{"name": str, "md5": str, "expected_md5": (str, type(None))}],
+    "checksum_mismatch": [str],
+}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What was read and how it compared to the official checksums."""
+
+    source: Source
+    checksum: str
+    checks: tuple[FileCheck, ...]
+
+    @property
+    def mismatched(self) -> list[str]:
+        return [check.name for check in self.checks if not check.matches]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.source.dataset,
+            "kind": self.source.kind,
+            "path": str(self.source.path.resolve()),
+            "checksum": self.checksum,
+            "files": [check.as_dict() for check in self.checks],
+            "checksum_mismatch": self.mismatched,
+        }

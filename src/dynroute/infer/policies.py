@@ -1,0 +1,156 @@
+"""Routing policies at inference: what decides, at each junction, where an example goes.
+
+- ``learned``: the routers' argmax (the paper's inference policy, the default).
+- ``confidence``: exit at the first exit on the path whose max softmax is >= threshold.
+- ``entropy``: exit at the first exit whose normalised entropy (entropy / log classes) is
+  <= threshold.
+- ``oracle``: the cheapest exit that classifies the example correctly (the cheapest exit of
+  all if none does). It needs labels: an upper bound on any router over these exits, never
+  deployable.
+
+The threshold policies are the field's standard early exiting (BranchyNet, MSDNet,
+Shallow-Deep Networks). At a junction they evaluate its exit heads; an example leaves at
+the exit that passes the threshold (the most confident, if several do), otherwise it goes
+on: to the one non-exit sink, or, where there are several, to the one the router prefers
+among them. Each policy charges what it runs (``dynroute.nn.macs.TreeCosts.policy_path_macs``).
+``junction_choice`` is the one decision rule that both the dense reference
+(``predict_dense``) and the early-exit engine apply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from dynroute.errors import DynrouteError
+from dynroute.nn.tree import RoutedTree
+
+POLICIES = ("learned", "confidence", "entropy", "oracle")
+THRESHOLD_POLICIES = ("confidence", "entropy")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A routing policy and, for threshold policies, its threshold in [0, 1]."""
+
+    name: str = "learned"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICIES:
+            raise DynrouteError(f"--policy must be one of {', '.join(POLICIES)}; got {self.name!r}")
+        if self.name in THRESHOLD_POLICIES:
+            if self.threshold is None:
+                raise DynrouteError(f"the {self.name} policy needs --threshold (in [0, 1])")
+            if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
+                raise DynrouteError(f"--threshold must be in [0, 1], got {self.threshold!r}")
+        elif self.threshold is not None:
+            raise DynrouteError(f"the {self.name} policy takes no --threshold")
+
+    @property
+    def uses_threshold(self) -> bool:
+        return self.name in THRESHOLD_POLICIES
+
+    @property
+    def deployable(self) -> bool:
+        return self.name != "oracle"
+
+    @property
+    def cost_model(self) -> str:
+        """Which accounting of ``TreeCosts.policy_path_macs`` applies."""
+        return "threshold" if self.uses_threshold else self.name
+
+    def label(self) -> str:
+        return f"{self.name} {self.threshold:g}" if self.uses_threshold else self.name
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "threshold": self.threshold}
+
+
+LEARNED = Policy()
+
+
+def confidence(logits: torch.Tensor) -> torch.Tensor:
+    """Max softmax probability per example."""
+    return torch.softmax(logits.float(), dim=1).max(dim=1).values
+
+
+def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax divided by log(classes), in [0, 1]."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1) / math.log(logits.shape[1])
+
+
+def exit_certainty(policy: Policy, logits: torch.Tensor) -> torch.Tensor:
+    """Higher is more certain: confidence, or 1 - normalised entropy."""
+    if policy.name == "confidence":
+        return confidence(logits)
+    return 1.0 - normalised_entropy(logits)
+
+
+def passes(policy: Policy, logits: torch.Tensor) -> torch.Tensor:
+    """Whether an exit's prediction is certain enough to stop there."""
+    if policy.name == "confidence":
+        return confidence(logits) >= policy.threshold
+    return normalised_entropy(logits) <= policy.threshold
+
+
+def needs_router(tree: RoutedTree, junction: int, policy: Policy) -> bool:
+    """Whether ``policy`` runs the junction's router (learned: always; thresholds: only to
+    choose among several non-exit sinks)."""
+    if not policy.uses_threshold:
+        return True
+    inner = [c for c in tree.children_of[junction] if not tree.nodes[c].is_leaf]
+    return len(inner) != 1
+
+
+def junction_choice(
+    tree: RoutedTree,
+    junction: int,
+    policy: Policy,
+    scores: torch.Tensor | None,
+    exit_logits: dict[int, torch.Tensor],
+) -> torch.Tensor:
+    """Position (among the junction's sinks) each example goes to, shape (N,).
+
+    ``scores``: the router's output (needed when ``needs_router``); ``exit_logits``: the
+    logits of the junction's leaf sinks by node index (needed by threshold policies).
+    """
+    children = tree.children_of[junction]
+    if not policy.uses_threshold:
+        assert scores is not None
+        return scores.argmax(dim=1)
+    positions = range(len(children))
+    leaves = [k for k in positions if tree.nodes[children[k]].is_leaf]
+    inner = [k for k in positions if not tree.nodes[children[k]].is_leaf]
+    if not leaves:  # no exit to test here: the router chooses
+        assert scores is not None
+        return scores.argmax(dim=1)
+    if inner:
+        if len(inner) == 1:
+            like = exit_logits[children[leaves[0]]]
+            fallback = torch.full((like.shape[0],), inner[0], dtype=torch.long, device=like.device)
+        else:
+            assert scores is not None
+            pick = scores[:, inner].argmax(dim=1)
+            fallback = torch.tensor(inner, device=scores.device)[pick]
+    else:  # only exits here: the router (which the policy then runs) picks one
+        assert scores is not None
+        fallback = scores.argmax(dim=1)
+    certainty = torch.stack([exit_certainty(policy, exit_logits[children[k]]) for k in leaves], 1)
+    passing = torch.stack([passes(policy, exit_logits[children[k]]) for k in leaves], 1)
+    best = certainty.masked_fill(~passing, -1.0).argmax(dim=1)
+    leaf_positions = torch.tensor(leaves, device=best.device)[best]
+    return torch.where(passing.any(dim=1), leaf_positions, fallback)
+
+
+def oracle_exits(
+    logits: dict[int, torch.Tensor], labels: torch.Tensor, leaves: list[int], leaf_macs: list[int]
+) -> torch.Tensor:
+    """Each example's cheapest correct exit (node index), or the cheapest exit if none is."""
+    order = sorted(range(len(leaves)), key=lambda k: leaf_macs[k])
+    correct = torch.stack([logits[leaves[k]].argmax(dim=1) == labels for k in order], dim=1)
+    first = correct.to(torch.uint8).argmax(dim=1)  # 0 (the cheapest) when none is correct
+    return torch.tensor([leaves[k] for k in order], device=labels.device)[first]
