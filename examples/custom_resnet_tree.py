@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.nn.heads import Classifier, Router
+from dynroute.nn.chains import routed_chain
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.tree import Node, RoutedTree
+from dynroute.nn.tree import RoutedTree
 
 
 class Block(nn.Module):
@@ -29,26 +29,18 @@ class Block(nn.Module):
         return torch.relu(self.body(x) + self.skip(x))
 
 
-def head(channels: int, head_type: type[nn.Module], outputs: int) -> nn.Module:
-    """Pool to 2x2 first so exits and routers stay cheap."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(2), head_type(channels * 4, outputs))
-
-
 def build_resnet_tree(num_classes: int = 10) -> RoutedTree:
-    """Three stages; after each one a router chooses between its exit and the next stage."""
+    """Three stages; after each one a router chooses between its exit and the next stage.
+
+    ``routed_chain`` adds the exits and routers; they read the stage's map average-pooled
+    to 2x2 (``head_pool``), so they stay cheap.
+    """
     stages = [
-        (nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), Block(16, 16)), 16),
-        (Block(16, 32, stride=2), 32),
-        (Block(32, 64, stride=2), 64),
+        nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), Block(16, 16)),
+        Block(16, 32, stride=2),
+        Block(32, 64, stride=2),
     ]
-    node = None  # built from the last stage backwards, since a node needs its sinks
-    for i in reversed(range(len(stages))):
-        stage, width = stages[i]
-        exit_node = Node(head(width, Classifier, num_classes), name=f"exit{i + 1}")
-        sinks = [exit_node] if node is None else [exit_node, node]
-        router = head(width, Router, len(sinks)) if len(sinks) > 1 else None
-        node = Node(stage, sinks, router, name=f"stage{i + 1}")
-    return RoutedTree(node, input_shape=(3, 32, 32), num_classes=num_classes)
+    return routed_chain(stages, num_classes, input_shape=(3, 32, 32), head_pool=2)
 
 
 def main() -> None:
@@ -63,7 +55,7 @@ def main() -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = 1.0
     for j in tree.junctions:
-        nn.init.normal_(tree.nodes[j].router[1].layers[-1].weight)
+        nn.init.normal_(tree.nodes[j].router.layers[-1].weight)
     with torch.no_grad():
         tree.train()(images)
     result = EarlyExitEngine(tree.eval())(images)

@@ -110,3 +110,53 @@ STATIC = [
 def shifted(curve: list[tuple[float, float]], gain: float, macs_factor: float):
     """A curve better (gain > 0) and cheaper (factor < 1) than ``curve``."""
     return [(min(0.99, a + gain), m * macs_factor) for a, m in curve]
+
+
+def policy_analysis(correct: torch.Tensor, macs: float, curve: list[tuple[torch.Tensor, float]]):
+    """A policy analysis (``operating_points.analyse``'s shape) with chosen correctness: the
+    learned point ``correct`` at ``macs``; the confidence curve's points (correct, macs),
+    each with its bits; the learned point compared with the nearest of them."""
+    from dynroute.infer.operating_points import mcnemar, pack_bits
+
+    def as_point(bits: torch.Tensor, cost: float) -> dict[str, Any]:
+        return {"accuracy": float(bits.float().mean()), "mean_macs": cost}
+
+    thresholds = [
+        {"threshold": i / len(curve), **as_point(bits, cost), "correct_bits": pack_bits(bits)}
+        for i, (bits, cost) in enumerate(curve)
+    ]
+    nearest_bits, nearest_macs = min(curve, key=lambda c: abs(c[1] - macs))
+    versus = {"threshold": 0.5, **as_point(nearest_bits, nearest_macs)}
+    versus.update(mcnemar(correct, nearest_bits))
+    learned = {
+        "k_cpt": None,
+        **as_point(correct, macs),
+        "correct_bits": pack_bits(correct),
+        "routing_quality": {
+            "static_macs": 2 * macs,
+            "threshold_macs": 1.5 * macs,
+            "oracle_macs": 0.5 * macs,
+            "gap_closed": 2 / 3,
+        },
+        "against_thresholds": {"confidence": versus, "entropy": versus},
+    }
+    return {
+        "split": "test",
+        "num_examples": len(correct),
+        "exits": ["exit1", "exit2"],
+        "learned": [learned],
+        "confidence": thresholds,
+        "entropy": thresholds,
+        "oracle": [as_point(torch.ones_like(correct), 0.5 * macs)],
+        "single_exit": [as_point(nearest_bits, macs / 2), as_point(correct, 3 * macs)],
+    }
+
+
+def add_policies(results_dir: Path, scale: str, experiment: str, make) -> None:
+    """Give each result file of ``experiment`` the policy analysis ``make(result)`` returns."""
+    import json
+
+    for path in sorted((Path(results_dir) / scale / experiment).glob("*.json")):
+        result = json.loads(path.read_text())
+        result["policies"] = make(result)
+        write_json_atomic(path, result)

@@ -62,3 +62,17 @@ def test_rebuild_with_same_seed_is_identical(hybrid, real_data_dir, real_cache_d
     assert again.path != hybrid.path
     np.testing.assert_array_equal(again.train.images, hybrid.train.images)
     np.testing.assert_array_equal(again.test.labels, hybrid.test.labels)
+
+
+@pytest.mark.slow
+def test_cifar_zip_read_as_your_own_folder(real_data_dir, real_cache_dir):
+    """The offline CIFAR-10 image zip as folder:PATH gives exactly the built-in cifar10."""
+    builtin = load_dataset("cifar10", real_data_dir, cache_dir=real_cache_dir)
+    source = builtin.manifest["sources"][0]
+    if source["kind"] != "image-zip":
+        pytest.skip("cifar10 comes from the official pickles here, not from an image zip")
+    yours = load_dataset(f"folder:{source['path']}", cache_dir=real_cache_dir)
+    assert yours.class_names == builtin.class_names  # sorted folder names = canonical order
+    assert yours.train.class_counts() == [5000] * 10 and yours.test.class_counts() == [1000] * 10
+    np.testing.assert_array_equal(yours.train.images, builtin.train.images)
+    np.testing.assert_array_equal(yours.test.images, builtin.test.images)

@@ -30,12 +30,12 @@ torch.set_num_threads(1)
 RESULT_KEYS = {
     "format", "experiment", "network", "config", "split", "eval_subset", "iterations",
     "train_seconds", "device", "exits", "class_names", "points", "metrics", "machine", "scale",
-    "git_revision",
+    "git_revision", "train_points",
 }  # fmt: skip
 
 
 def test_registry_covers_every_curve_and_expands_to_networks():
-    assert len(EXPERIMENTS) == 22
+    assert len(EXPERIMENTS) == 26
     assert [n.name for n in expand("hybrid-static", "quick")] == [
         f"static-{n}" for n in range(1, 9)
     ]
@@ -51,7 +51,34 @@ def test_registry_covers_every_curve_and_expands_to_networks():
         assert all(n.config.width == width for n in nets)
     assert expand("hybrid-critic-optimistic", "smoke")[0].config.critic_target == "optimistic"
     assert expand("hybrid-actor-tree", "smoke")[0].config.model == "tree"
+    (multi,) = expand("hybrid-multi-exit", "smoke")
+    assert multi.name == "multi-exit" and multi.config.strategy == "multi-exit"
     assert len(plan(["hybrid-actor", "hybrid-actor", "hybrid-static"], "smoke")) == 16
+
+
+def test_cpu_scale_applies_its_recipe_and_thins_wide_experiments():
+    from dynroute.experiments.registry import CPU_RECIPE
+
+    actor = expand("hybrid-actor", "cpu")
+    assert len(actor) == 8 and all(n.config.iterations == 3000 for n in actor)
+    for name, value in CPU_RECIPE.items():
+        assert getattr(actor[3].config, name) == value
+    # An experiment's own options win over the scale's: k_dec 0 for the ablation.
+    assert expand("hybrid-actor-nokdec", "cpu")[0].config.k_dec == 0.0
+    assert expand("hybrid-actor-nokdec", "cpu")[0].config.epsilon == CPU_RECIPE["epsilon"]
+    wide = expand("cifar10-actor-width3", "cpu")
+    assert [n.config.k_cpt for n in wide] == [k / 9 for k in PAPER_K_CPT_SET[1::2]]
+    assert {(n.config.iterations, n.config.lr_half_life) for n in wide} == {(1000, 1000 / 3)}
+    static = expand("cifar10-static-width2", "cpu")
+    assert [n.name for n in static] == ["static-2", "static-4", "static-6", "static-8"]
+    # The quick and paper scales keep every network and their own defaults.
+    assert len(expand("cifar10-actor-width3", "quick")) == 8
+    assert expand("hybrid-actor", "quick")[0].config.epsilon == 1e-6
+    resnet = expand("cifar10-resnet18-actor", "cpu")
+    assert [n.config.k_cpt for n in resnet] == list(PAPER_K_CPT_SET[1::2])
+    assert [n.config.model for n in expand("cifar10-resnet18-static", "smoke")] == [
+        f"resnet18-static-{d}" for d in range(1, 5)
+    ]
 
 
 def synthetic_loader(stop_after: int | None = None):
@@ -89,14 +116,44 @@ def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
     assert static3["config"]["model"] == "static-3" and static3["eval_subset"] == 500
     assert static3["exits"] == ["exit"] and static3["points"][0]["k_cpt"] is None
     assert [m["iteration"] for m in static3["metrics"]] == [2, 4]
+    # Evaluated on the training examples too (all 64 of the synthetic split here).
+    (train,) = static3["train_points"]
+    assert train["num_examples"] == 64 and train["k_cpt"] is None and 0 <= train["accuracy"] <= 1
     dynamic = results["hybrid-actor-dynkcpt"]["dynamic"]
-    assert "accuracy" not in dynamic
+    assert "accuracy" not in dynamic and RESULT_KEYS | {"policies"} == set(dynamic)
+    # The routers' point at every k_cpt of the set, analysed on the same 40 test images.
+    learned = dynamic["policies"]["learned"]
+    assert [p["k_cpt"] for p in learned] == list(PAPER_K_CPT_SET)
+    assert [p["k_cpt"] for p in dynamic["train_points"]] == list(PAPER_K_CPT_SET)
+    for point, evaluated in zip(learned, dynamic["points"], strict=True):
+        assert point["accuracy"] == pytest.approx(evaluated["accuracy"])
+        assert point["mean_macs"] == pytest.approx(evaluated["mean_macs"])
     assert [p["k_cpt"] for p in dynamic["points"]] == list(PAPER_K_CPT_SET)
     assert len(dynamic["metrics"][0]["points"][0]["classified"]) == 8
 
     result_path(tmp_path / "results", "smoke", "hybrid-static", "static-2").unlink()
     again = sweep_here(tmp_path, ["hybrid-actor-dynkcpt", "hybrid-static"])
     assert again.trained == ["hybrid-static/static-2"] and len(again.skipped) == 8
+
+
+def test_multi_exit_result_keeps_paired_threshold_points(tmp_path):
+    from dynroute.infer.operating_points import RESULT_PAIRED_POINTS, unpack_bits
+
+    report = sweep_here(tmp_path, ["hybrid-multi-exit"])
+    assert report.trained == ["hybrid-multi-exit/multi-exit"]
+    result = load_results(tmp_path / "results", "smoke")["hybrid-multi-exit"]["multi-exit"]
+    policies = result["policies"]
+    assert policies["num_examples"] == 40 and len(policies["exits"]) == 8
+    paired = [p for p in policies["confidence"] if "correct_bits" in p]
+    assert 2 <= len(paired) <= RESULT_PAIRED_POINTS
+    for point in paired:  # the bits are the point's accuracy, example by example
+        bits = unpack_bits(point["correct_bits"], 40)
+        assert bits.float().mean().item() == pytest.approx(point["accuracy"])
+    # Routers left as built (zero last layer, scores tied): every example at exit 1, which
+    # costs column 1, exit 1 and the router that decided so.
+    (learned,) = policies["learned"]
+    assert learned["accuracy"] == policies["single_exit"][0]["accuracy"]
+    assert learned["mean_macs"] == result["points"][0]["mean_macs"] == 1368608
 
 
 def test_sweep_execution_options_reach_every_network(tmp_path):

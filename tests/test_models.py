@@ -31,7 +31,12 @@ def path_macs(out: str) -> list[float]:
 def test_list(capsys) -> None:
     status, out, _ = run(capsys, "model", "list")
     assert status == 0
-    assert out.split() == ["chain", "tree"] + [f"static-{n}" for n in range(1, 9)]
+    backbones = [
+        name
+        for backbone in ("resnet18", "mobilenet-v3-small")
+        for name in [f"{backbone}-exits"] + [f"{backbone}-static-{n}" for n in range(1, 5)]
+    ]
+    assert out.split() == ["chain", "tree"] + [f"static-{n}" for n in range(1, 9)] + backbones
 
 
 def test_summary_chain(capsys) -> None:

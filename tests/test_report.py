@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from dynroute.cli import main
 from dynroute.experiments.results import CurvePoint, curve, load_results
 from dynroute.plots.report import (
@@ -14,9 +16,10 @@ from dynroute.plots.report import (
     dynamic_macs_for_accuracy,
     static_error_at,
 )
-from experiment_results import STATIC, shifted, write_curve
+from experiment_results import STATIC, add_policies, policy_analysis, shifted, write_curve
 
 SCALE = "smoke"
+TREE = "under tight budgets the branching tree beats the chain; unconstrained it overfits"
 
 
 def verdicts(root) -> dict[str, tuple[str, str]]:
@@ -43,7 +46,10 @@ def test_claims_supported(tmp_path):
     assert found["dynamic beats static at equal MACs on hybrid"][0] == SUPPORTED
     assert found["actor > pragmatic critic > optimistic critic"][0] == SUPPORTED
     assert found["TALR helps at high accuracy"][0] == SUPPORTED
-    assert found["one dynamic-k_cpt net ≈ 8 specialised nets"][0] == SUPPORTED
+    assert (
+        found["one dynamic-k_cpt net ≈ 8 specialised nets over a central region of the curve"][0]
+        == SUPPORTED
+    )
     verdict, evidence = found["2–3× fewer MACs than static at equal accuracy"]
     assert verdict == SUPPORTED and "vs 20.60 M" in evidence and "ratio" in evidence
     assert found["k_dec > 0 is needed for actors"][0] == NOT_RUN
@@ -83,3 +89,185 @@ def test_report_command_writes_markdown_and_html(tmp_path):
     assert "**not run**" in markdown
     page = (tmp_path / SCALE / "report.html").read_text()
     assert "<table" in page and "figures/figure5-acc-eff.png" in page
+
+
+def _bits(n: int, right: int, seed: int) -> torch.Tensor:
+    """``right`` of ``n`` examples correct, at seeded random positions."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bits = torch.zeros(n, dtype=torch.bool)
+    bits[order[:right]] = True
+    return bits
+
+
+def _write_policy_results(tmp_path, learned_right: int, baseline_right: int) -> None:
+    """hybrid-actor nets whose learned routing gets ``learned_right`` of 1,000 examples
+    right, against thresholds (theirs and a multi-exit net's) getting ``baseline_right``."""
+    n = 1000
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.6))
+    write_curve(tmp_path, SCALE, "hybrid-multi-exit", [(0.8, 8e6)])
+    baseline = [(_bits(n, baseline_right, s), m) for s, m in enumerate((3e6, 6e6, 9e6, 12e6))]
+
+    def actor(result):
+        macs = result["points"][0]["mean_macs"]
+        return policy_analysis(_bits(n, learned_right, int(macs)), macs, baseline)
+
+    add_policies(tmp_path, SCALE, "hybrid-actor", actor)
+    add_policies(tmp_path, SCALE, "hybrid-multi-exit", lambda r: policy_analysis(
+        baseline[1][0], 6e6, baseline
+    ))  # fmt: skip
+
+
+def test_routing_policy_claims_follow_the_paired_counts(tmp_path):
+    _write_policy_results(tmp_path / "better", learned_right=900, baseline_right=800)
+    found = verdicts(tmp_path / "better")
+    verdict, evidence = found["learned routers beat confidence thresholds on the same exits"]
+    assert verdict == SUPPORTED and "McNemar p" in evidence
+    # hybrid-actor's points inside 5-15 M: STATIC x 0.6 gives 5 of them.
+    assert "at 5/5 points" in evidence
+    verdict, evidence = found[
+        "actor training + learned routers beat multi-exit training + confidence thresholds"
+    ]
+    assert verdict == SUPPORTED and "+10.00 points" in evidence
+
+    _write_policy_results(tmp_path / "worse", learned_right=800, baseline_right=805)
+    found = verdicts(tmp_path / "worse")
+    assert found["learned routers beat confidence thresholds on the same exits"][0] == (
+        NOT_SUPPORTED
+    )
+    assert (
+        found["actor training + learned routers beat multi-exit training + confidence thresholds"][
+            0
+        ]
+        == NOT_SUPPORTED
+    )
+
+
+def test_routing_policy_claims_not_run_without_analyses(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.6))
+    found = verdicts(tmp_path)
+    assert found["learned routers beat confidence thresholds on the same exits"][0] == NOT_RUN
+    key = "actor training + learned routers beat multi-exit training + confidence thresholds"
+    assert found[key] == (NOT_RUN, "no policy analyses: hybrid-actor, hybrid-multi-exit")
+
+
+def test_report_has_a_routing_policy_section(tmp_path):
+    _write_policy_results(tmp_path, learned_right=900, baseline_right=800)
+    assert main(["report", "--scale", SCALE, "--results", str(tmp_path)]) == 0
+    markdown = (tmp_path / SCALE / "report.md").read_text()
+    section = markdown[markdown.index("## Routing policies") : markdown.index("## Figures")]
+    assert "![policies-hybrid-actor](figures/policies-hybrid-actor.png)" in section
+    assert "![routing-quality](figures/routing-quality.png)" in section
+    assert section.count("| hybrid-actor | k_cpt-") == 8 and "67 %" in section
+    assert (tmp_path / SCALE / "figures" / "policies-hybrid-multi-exit.png").exists()
+
+
+def _edit(root, experiment: str, edit) -> None:
+    """Rewrite each result file of ``experiment`` through ``edit(result)``."""
+    import json
+
+    for path in sorted((root / SCALE / experiment).glob("*.json")):
+        result = json.loads(path.read_text())
+        edit(result)
+        path.write_text(json.dumps(result))
+
+
+def _with_train_points(gap: float):
+    """Train accuracy ``gap`` above each test point."""
+
+    def edit(result):
+        result["train_points"] = [
+            {**{k: p[k] for k in ("k_cpt", "mean_macs")}, "accuracy": p["accuracy"] + gap}
+            for p in result["points"]
+        ]
+
+    return edit
+
+
+def test_overfitting_and_tree_claims_read_train_points(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.03, 0.6))
+    write_curve(tmp_path, SCALE, "hybrid-actor-tree", shifted(STATIC, 0.05, 0.5))
+    key = "dynamic nets overfit less than static ones at equal MACs"
+    assert verdicts(tmp_path)[key] == (NOT_RUN, "result files without train evaluations")
+    _edit(tmp_path, "hybrid-static", _with_train_points(0.06))
+    _edit(tmp_path, "hybrid-actor", _with_train_points(0.02))
+    _edit(tmp_path, "hybrid-actor-tree", _with_train_points(0.04))
+    found = verdicts(tmp_path)
+    verdict, evidence = found[key]
+    assert verdict == SUPPORTED and "2.00 points" in evidence and "6.00 points" in evidence
+    # The tree beats the chain at tight budgets and its k_cpt-0 net overfits more: supported.
+    verdict, evidence = found[TREE]
+    assert verdict == SUPPORTED and "gap is 4.00 points (tree) vs 2.00 (chain)" in evidence
+    _edit(tmp_path, "hybrid-actor-tree", _with_train_points(0.01))
+    assert verdicts(tmp_path)[TREE][0] == (NOT_SUPPORTED)
+
+
+def _route_digits(share_digits: float, share_cifar: float, exit1_accuracy: float):
+    """The 4e-9 net sends these shares of digit / CIFAR test images (100 each) to exit 1."""
+
+    def edit(result):
+        if result["network"] != "k_cpt-4e-09":
+            return
+        leaves = [n for n in result["points"][0]["nodes"] if n["is_leaf"]]
+        for leaf in leaves:
+            leaf["class_counts"] = [0] * 10
+        for label in range(10):
+            share = share_digits if label < 5 else share_cifar
+            leaves[0]["class_counts"][label] = round(100 * share)
+            leaves[2]["class_counts"][label] = 100 - round(100 * share)
+        leaves[0]["accuracy"] = exit1_accuracy
+
+    return edit
+
+
+def test_specialisation_claim_uses_the_kind_ratio(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.03, 0.6))
+    key = (
+        "early exits have high accuracy and exits specialise by kind of image: digits leave at "
+        "exit 1 far more often than CIFAR images"
+    )
+    _edit(tmp_path, "hybrid-actor", _route_digits(0.8, 0.1, 0.999))
+    verdict, evidence = verdicts(tmp_path)[key]
+    assert verdict == SUPPORTED and "80.0 % of digit and 10.00 % of CIFAR" in evidence
+    assert "kind ratio 8.0" in evidence
+    _edit(tmp_path, "hybrid-actor", _route_digits(0.3, 0.1, 0.999))  # ratio 3
+    assert verdicts(tmp_path)[key][0] == NOT_SUPPORTED
+    _edit(tmp_path, "hybrid-actor", _route_digits(0.8, 0.0, 0.5))  # digits only, inaccurate
+    verdict, evidence = verdicts(tmp_path)[key]
+    assert verdict == NOT_SUPPORTED and "kind ratio inf" in evidence
+
+
+def test_dynamic_k_cpt_net_must_span_the_central_region(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.4))
+    key = "one dynamic-k_cpt net ≈ 8 specialised nets over a central region of the curve"
+    write_curve(tmp_path, SCALE, "hybrid-actor-dynkcpt", shifted(STATIC, 0.03, 0.45))
+    assert verdicts(tmp_path)[key][0] == SUPPORTED
+    # The same gain, but every k_cpt routes to about the same MACs: not supported.
+    narrow = [(a, 6.0e6 + 1e4 * i) for i, (a, _) in enumerate(shifted(STATIC, 0.08, 1.0))]
+    write_curve(tmp_path, SCALE, "hybrid-actor-dynkcpt", narrow)
+    verdict, evidence = verdicts(tmp_path)[key]
+    assert verdict == NOT_SUPPORTED and "needs ≥ 50 %" in evidence
+
+
+def test_wider_nets_and_resnet_claims(tmp_path):
+    write_curve(tmp_path, SCALE, "cifar10-static", STATIC)
+    write_curve(tmp_path, SCALE, "cifar10-actor", shifted(STATIC, 0.03, 0.6))
+    for width, gain in ((2, 0.04), (3, 0.01)):
+        scaled = [(a, m * width**2) for a, m in STATIC]
+        write_curve(tmp_path, SCALE, f"cifar10-static-width{width}", scaled)
+        write_curve(tmp_path, SCALE, f"cifar10-actor-width{width}", shifted(scaled, gain, 0.6))
+    verdict, evidence = verdicts(tmp_path)[
+        "wider nets keep or increase the relative advantage of dynamic routing"
+    ]
+    assert verdict == NOT_SUPPORTED and "×3" in evidence  # width 3 keeps too little
+    key = "dynamic routing beats static truncations on a backbone the paper never used"
+    assert verdicts(tmp_path)[key][0] == NOT_RUN
+    resnet = [(0.70, 12e6), (0.80, 20e6), (0.84, 29e6), (0.85, 37e6)]
+    write_curve(tmp_path, SCALE, "cifar10-resnet18-static", resnet)
+    write_curve(tmp_path, SCALE, "cifar10-resnet18-actor", shifted(resnet, 0.02, 0.8))
+    verdict, evidence = verdicts(tmp_path)[key]
+    assert verdict == SUPPORTED and "over 3 nets" in evidence and "needs 1.73× fewer" in evidence

@@ -237,3 +237,23 @@ def test_make_strategy_validation():
         make_strategy("static", k_dec=0.1)  # the static strategy has no routers to push
     with pytest.raises(DynrouteError, match="without junctions"):
         make_strategy("static").check(random_tree(0))
+
+
+def test_multi_exit_loss_is_the_weighted_mean_of_every_exit():
+    tree = random_tree(1)
+    x, labels = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    dense = tree(x)
+    ce = [F.cross_entropy(dense.logits[leaf], labels) for leaf in tree.leaves]
+    out = make_strategy("multi-exit", k_l2=0.0).loss(tree, dense, labels, 0.0, 1.0)
+    assert out.loss.item() == pytest.approx(sum(ce).item() / len(ce), rel=1e-5)
+    weights = tuple(float(i + 1) for i in range(len(tree.leaves)))
+    out = make_strategy("multi-exit", k_l2=0.0, exit_weights=weights).loss(
+        tree, dense, labels, 0.0, 1.0
+    )
+    expected = sum(w * c for w, c in zip(weights, ce, strict=True)) / sum(weights)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    router = [p for j in tree.junctions for p in tree.nodes[j].router.parameters()]
+    grads = torch.autograd.grad(out.loss, router, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)  # routers learn nothing here
+    with pytest.raises(DynrouteError, match="--exit-weights has 2 values"):
+        make_strategy("multi-exit", exit_weights=(1.0, 1.0)).check(tree)

@@ -362,3 +362,17 @@ def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, real_cach
         assert torch.equal(a[key], b[key]), key
     resumed = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in resumed] == [12, 24, 36]
+
+
+def test_multi_exit_training_leaves_routers_as_built(tmp_path):
+    config = tiny_config(strategy="multi-exit", iterations=4, eval_every=4)
+    trainer = Trainer(config, synthetic_data(), tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.tree.state_dict().items() if ".router." in k}
+    trainer.run()
+    after = trainer.tree.state_dict()
+    weights = [k for k in before if k.endswith("weight") and "layers.0" in k]
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)
+    with pytest.raises(DynrouteError, match="k_cpt does not apply to multi-exit"):
+        tiny_config(strategy="multi-exit", k_cpt=1e-9).validate()
+    with pytest.raises(DynrouteError, match="multi-exit strategy only"):
+        tiny_config(exit_weights=(1.0,) * 8).validate()

@@ -56,3 +56,19 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int | None = 1) -> Path:
     """JSON with a trailing newline, written atomically."""
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_json_object(path: str | os.PathLike[str], what: str, hint: str = "") -> dict[str, Any]:
+    """A JSON file that must hold an object; any failure is a ``DynrouteError`` naming the
+    file as ``what`` (e.g. "result file"), followed by ``hint`` (what to do about it)."""
+    from dynroute.errors import DynrouteError
+
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DynrouteError(f"{what} {path} is unreadable or corrupt ({exc}){tail}") from None
+    if not isinstance(data, dict):
+        raise DynrouteError(f"{what} {path} does not hold a JSON object{tail}")
+    return data

@@ -14,7 +14,7 @@ import sys
 from dynroute import __version__
 from dynroute.errors import DynrouteError
 
-COMMAND_MODULES = ["data", "model", "train", "experiments"]
+COMMAND_MODULES = ["data", "model", "train", "policies", "experiments"]
 
 
 def build_parser() -> argparse.ArgumentParser:

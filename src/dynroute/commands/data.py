@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynroute.data.datasets import DATASETS, load_dataset
+from dynroute.data.datasets import (
+    DATASETS,
+    DEFAULT_TEST_FRACTION,
+    IMAGE_SIZE,
+    USER_KINDS,
+    load_dataset,
+)
 from dynroute.data.download import FETCHABLE, fetch_dataset
+from dynroute.data.readers.image_tree import LISTING_FINGERPRINT
 from dynroute.data.sources import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
@@ -40,6 +47,26 @@ def add_checksum_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--image-size`` and ``--test-fraction``, for datasets from the user's own files."""
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=IMAGE_SIZE,
+        metavar="N",
+        help=f"folder:/npz: datasets: resize images to N x N (default {IMAGE_SIZE}; "
+        "built-in datasets are 32 x 32)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        metavar="F",
+        help="folder: datasets without train/ and test/ folders: share of each class held "
+        f"out for testing (default {DEFAULT_TEST_FRACTION})",
+    )
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="download and inspect datasets")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -57,11 +84,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     info = commands.add_parser(
         "info", help="describe a dataset, or list datasets and the raw sources found"
     )
-    info.add_argument("dataset", nargs="?", metavar="DATASET", help=", ".join(DATASETS))
+    info.add_argument(
+        "dataset",
+        nargs="?",
+        metavar="DATASET",
+        help=f"{', '.join(DATASETS)}, or your own data as folder:PATH or npz:PATH",
+    )
     add_data_dir_argument(info)
     add_checksum_argument(info)
+    add_user_data_arguments(info)
     info.add_argument("--validation-size", type=int, default=0, metavar="N")
-    info.add_argument("--seed", type=int, default=0, help="colouring / validation-split seed")
+    info.add_argument("--seed", type=int, default=0, help="colouring / data-split seed")
     info.set_defaults(func=run_info)
 
 
@@ -98,6 +131,13 @@ def run_info(args: argparse.Namespace) -> int:
             cached = sorted(path.name for path in cache_dir.glob(f"{spec.name}-*"))
             status = f" [cached: {', '.join(cached)}]" if cached else ""
             print(f"  {spec.name:8} {spec.description}{status}")
+        print(
+            "  folder:PATH  your images: PATH/train/<class>/, PATH/test/<class>/ or PATH/<class>/"
+        )
+        print("  npz:PATH     your arrays: x_train, y_train, x_test, y_test")
+        yours = sorted(path.name for kind in USER_KINDS for path in cache_dir.glob(f"{kind}-*"))
+        if yours:
+            print(f"  [cached from your files: {', '.join(yours)}]")
         print("\n".join(_describe_sources(data_dir)))
         print(f"dataset cache: {cache_dir} (set {CACHE_DIR_ENV} to move it)")
         return 0
@@ -108,10 +148,20 @@ def run_info(args: argparse.Namespace) -> int:
         validation_size=args.validation_size,
         seed=args.seed,
         allow_checksum_mismatch=args.allow_checksum_mismatch,
+        image_size=args.image_size,
+        test_fraction=args.test_fraction,
     )
     manifest = dataset.manifest
     print(f"dataset {dataset.name}: {manifest['description']}")
     print(f"  images: {manifest['image_format']}; seed {manifest['seed']}")
+    if "source_layout" in manifest:
+        print(f"  read as: {manifest['source_layout']}; pixels: {manifest['source_pixels']}")
+        skipped = manifest["skipped_files"]
+        examples = f": {', '.join(manifest['skipped_examples'])}" if skipped else ""
+        more = ", ..." if skipped > len(manifest["skipped_examples"]) else ""
+        print(
+            f"  skipped {skipped} files (not images, or outside the class folders){examples}{more}"
+        )
     names = dataset.class_names
     print("  classes: " + ", ".join(f"{i}={name}" for i, name in enumerate(names)))
     mirrored = [name for name, flag in zip(names, dataset.mirror_symmetric, strict=True) if flag]
@@ -125,6 +175,13 @@ def run_info(args: argparse.Namespace) -> int:
         verdict = f"MISMATCH ALLOWED: {', '.join(mismatch)}" if mismatch else "checksums OK"
         if all(entry["expected_md5"] is None for entry in source["files"]):
             verdict = "no official checksum for this kind of copy"
+        if source["dataset"] in USER_KINDS:
+            names = [entry["name"] for entry in source["files"]]
+            verdict = (
+                "MD5 of the image files' names, sizes and modification times"
+                if names == [LISTING_FINGERPRINT]
+                else f"MD5 of {', '.join(names)}"
+            )
         print(f"  source {source['dataset']}: {source['kind']} at {source['path']}")
         print(f"    checksum {source['checksum']} ({verdict})")
     print(f"  cache: {dataset.path} (built {manifest['created']}, {manifest['build_seconds']} s)")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import Field, fields
+from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dynroute.errors import DynrouteError
+from dynroute.infer.policies import POLICIES
 from dynroute.train.config import TrainConfig, option_choices
 
 #: More threads than this is a typo, not a machine.
@@ -77,7 +78,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    """The config the options ask for; a dataset path is made absolute (workers and resumed
+    runs may start in other folders)."""
+    from dynroute.data import absolute_dataset_name
+
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    return replace(config, dataset=absolute_dataset_name(config.dataset))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,22 +124,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_checkpoint(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """A run directory or a checkpoint file; returns the file and the run's config."""
-    from dynroute.train.trainer import CHECKPOINT_FILE, CONFIG_FILE
-
-    if path.is_dir():
-        config_path = path / CONFIG_FILE
-        config = json.loads(config_path.read_text()) if config_path.exists() else None
-        path = path / CHECKPOINT_FILE
-        if not path.exists():
-            raise DynrouteError(f"no checkpoint in run directory {path.parent}")
-        return path, config
-    if not path.exists():
-        raise DynrouteError(f"no such run directory or checkpoint: {path}")
-    return path, None
-
-
 def format_exit_table(stats: dict[str, Any]) -> str:
     """One row per exit: share classified there, its accuracy, its path MACs."""
     lines = [f"{'exit':<14}{'classified':>11}{'accuracy':>10}{'path MACs':>13}"]
@@ -158,51 +148,52 @@ def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dynroute import checkpoint
-    from dynroute.data.datasets import load_dataset
     from dynroute.infer.evaluate import evaluate, every_exit_accuracy
+    from dynroute.infer.policies import Policy
+    from dynroute.runs import open_run
     from dynroute.runtime import configure_cpu, resolve_device, use_channels_last
 
+    run = open_run(args.run)
+    explicit = args.policy is not None
+    policy, k_cpt = run.operating_point()  # calibrated, or the routers' own
+    if explicit:
+        policy, k_cpt = Policy(args.policy, args.threshold), None
+    elif args.threshold is not None:
+        raise DynrouteError("--threshold goes with --policy confidence or --policy entropy")
+    if args.k_cpt is not None:
+        k_cpt = args.k_cpt
     configure_cpu(args.threads)
-    path, run_config = _find_checkpoint(Path(args.run))
     device = resolve_device(args.device)
-    tree = checkpoint.load_model(path, map_location=device)
+    tree = run.load_tree(device)
     if use_channels_last(device):
         tree.to(memory_format=torch.channels_last)
-    dataset = args.dataset or (run_config or {}).get("dataset")
-    if dataset is None:
-        raise DynrouteError("this checkpoint has no run directory: pass --dataset")
-    if tree.dynamic_k_cpt and args.k_cpt is None:
-        raise DynrouteError("this network routes on k_cpt: pass --k-cpt")
-    if not tree.dynamic_k_cpt and args.k_cpt is not None:
+    if tree.dynamic_k_cpt and k_cpt is None:
+        raise DynrouteError("this network routes on k_cpt: pass --k-cpt (or calibrate it)")
+    if not tree.dynamic_k_cpt and k_cpt is not None:
         raise DynrouteError("this network was trained for one k_cpt; --k-cpt does not apply")
-    seed = (run_config or {}).get("seed", 0)
-    validation_size = (run_config or {}).get("validation_size", 0)
-    splits = load_dataset(
-        dataset,
-        args.data_dir,
-        validation_size=validation_size,
-        seed=seed,
-        allow_checksum_mismatch=args.allow_checksum_mismatch,
+    images, labels, class_names = run.split(
+        args.split, args.data_dir, args.dataset, args.allow_checksum_mismatch
     )
-    part = getattr(splits, args.split)
-    if part is None:
-        raise DynrouteError(f"this run has no {args.split} split")
+    dataset = run.dataset_name(args.dataset)
     if args.every_exit:
-        every = every_exit_accuracy(tree, part.images, part.labels, k_cpt=args.k_cpt)
+        every = every_exit_accuracy(tree, images, labels, k_cpt=k_cpt)
         if args.json:
             print(json.dumps(every, indent=2))
         else:
             print(f"{dataset} {args.split}: accuracy if every example left at one exit")
-            print(format_every_exit_table(every, splits.train.class_names))
+            print(format_every_exit_table(every, class_names))
         return 0
     stats = evaluate(
-        tree, part.images, part.labels, k_cpt=args.k_cpt, method="engine", progress=True
+        tree, images, labels, k_cpt=k_cpt, method="engine", progress=True, policy=policy
     ).to_dict()
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"{dataset} {args.split}: {stats['num_examples']} examples")
+    source = (
+        "" if explicit or run.calibration() is None else f" (calibrated: {run.calibration_path})"
+    )
+    setting = policy.label() + ("" if k_cpt is None else f", k_cpt {k_cpt:g}")
+    print(f"{dataset} {args.split}: {stats['num_examples']} examples, routing: {setting}{source}")
     print(f"accuracy   {stats['accuracy']:.4f}")
     print(f"mean MACs  {stats['mean_macs'] / 1e6:.3f} M")
     print(format_exit_table(stats))
@@ -246,6 +237,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="evaluate a run or checkpoint with hard routing")
     evaluate.add_argument("run", help="run directory or checkpoint file")
     evaluate.add_argument("--k-cpt", type=float, default=None, help="for dynamic-k_cpt networks")
+    evaluate.add_argument(
+        "--policy",
+        default=None,
+        choices=POLICIES,
+        help="routing policy (default: the run's calibration, else the learned routers)",
+    )
+    evaluate.add_argument(
+        "--threshold", type=float, default=None, help="for --policy confidence or entropy"
+    )
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     evaluate.add_argument("--device", default="auto")

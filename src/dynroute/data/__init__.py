@@ -1,11 +1,14 @@
-"""Datasets of the paper (MNIST, CIFAR-10 and derived sets), caching and augmentation."""
+"""Datasets of the paper (MNIST, CIFAR-10 and derived sets) and the user's own (folder:PATH,
+npz:PATH), caching and augmentation."""
 
 from dynroute.data.augment import AugmentParams, augment_batch, draw_params, shift_and_flip
 from dynroute.data.datasets import (
     DATASETS,
     DatasetSplit,
     DatasetSplits,
+    absolute_dataset_name,
     dataset_names,
+    is_dataset_name,
     load_dataset,
 )
 from dynroute.data.loader import BatchLoader
@@ -24,9 +27,11 @@ __all__ = [
     "BatchLoader",
     "DatasetSplit",
     "DatasetSplits",
+    "absolute_dataset_name",
     "augment_batch",
     "dataset_names",
     "draw_params",
+    "is_dataset_name",
     "load_dataset",
     "resolve_cache_dir",
     "resolve_data_dir",

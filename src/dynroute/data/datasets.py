@@ -8,6 +8,9 @@ horse). Images are float32 NCHW (N, 3, 32, 32) in linear intensity [0, 1].
 The cache holds one folder per (dataset, source checksums, seed, validation
 size, format version), built and verified by ``dynroute.data.cache``; decoded
 sources are cached the same way under ``sources/`` so datasets share one decode.
+
+A user's own data is named ``folder:PATH`` (an image tree or .zip) or ``npz:PATH``
+(arrays); ``dynroute.data.user_data`` builds those through the same cache.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dynroute.data.readers.common import (
     resolve_cache_dir,
     resolve_data_dir,
 )
+from dynroute.data.readers.image_tree import MIN_IMAGE_SIZE
 from dynroute.data.readers.mnist_idx import MNIST_DIGITS
 from dynroute.data.sources import CIFAR_CLASSES, find_source, identify_source, read_source
 from dynroute.errors import DynrouteError
@@ -44,12 +48,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
 IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 1024
+DEFAULT_TEST_FRACTION = 0.2
+# Prefixes of a user's own data: folder:PATH (image tree or .zip), npz:PATH (arrays).
+USER_KINDS = ("folder", "npz")
 GAMMA = 2.2
 MIN_COLOUR_DISTANCE = 0.3
 CHUNK = 4096
 
-# Seed streams, so colouring and the validation split never share random numbers.
-TRAIN_COLOUR_STREAM, TEST_COLOUR_STREAM, VALIDATION_STREAM = 0, 1, 2
+# Seed streams, so colouring and the splits never share random numbers.
+TRAIN_COLOUR_STREAM, TEST_COLOUR_STREAM, VALIDATION_STREAM, TEST_SPLIT_STREAM = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,18 @@ class DatasetSpec:
     @property
     def sources(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(part.source for part in self.parts))
+
+    @property
+    def class_sources(self) -> tuple[str, ...]:
+        """The source each label comes from (hybrid: "mnist" for digits, "cifar10" else),
+        so statistics can tell kinds of image apart."""
+        found: list[str | None] = [None] * len(self.class_names)
+        for part in self.parts:
+            for label in part.labels.values():
+                found[label] = part.source
+            if part.others is not None:
+                found[part.others] = part.source
+        return tuple(source or self.parts[0].source for source in found)
 
 
 def _cifar_map(classes: list[str], offset: int = 0) -> dict[int, int]:
@@ -132,17 +152,61 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def dataset_names() -> list[str]:
-    """Names accepted by ``load_dataset``."""
+    """The built-in names accepted by ``load_dataset`` (besides ``folder:PATH``, ``npz:PATH``)."""
     return list(DATASETS)
+
+
+def _unknown(name: str) -> DynrouteError:
+    return DynrouteError(
+        f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, "
+        "or folder:PATH / npz:PATH for your own images or arrays"
+    )
+
+
+def split_dataset_name(name: str) -> tuple[str, str] | None:
+    """(kind, path) of a ``folder:PATH`` or ``npz:PATH`` name, None for a built-in one.
+
+    Purely syntactic, so configs can be checked without touching the disk; an unknown
+    name or prefix, or an empty path, is a ``DynrouteError``.
+    """
+    if name in DATASETS:
+        return None
+    kind, colon, path = name.partition(":")
+    if not colon:
+        raise _unknown(name)
+    if kind not in USER_KINDS:
+        raise DynrouteError(
+            f"unknown dataset prefix {kind + ':'!r} in {name!r}; use folder:PATH (an image tree "
+            f"or .zip) or npz:PATH (arrays), or one of: {', '.join(DATASETS)}"
+        )
+    if not path.strip():
+        raise DynrouteError(f"dataset {name!r} names no path; write {kind}:PATH")
+    return kind, path
+
+
+def is_dataset_name(name: str) -> bool:
+    """Whether ``load_dataset`` accepts ``name`` syntactically (the path is not checked)."""
+    try:
+        split_dataset_name(name)
+    except DynrouteError:
+        return False
+    return True
+
+
+def absolute_dataset_name(name: str) -> str:
+    """``name`` with a user path made absolute, so runs started elsewhere find the same data."""
+    user = split_dataset_name(name)
+    if user is None:
+        return name
+    kind, path = user
+    return f"{kind}:{Path(path).expanduser().absolute()}"
 
 
 def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DynrouteError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}"
-        ) from None
+        raise _unknown(name) from None
 
 
 @dataclass(frozen=True)
@@ -237,14 +301,15 @@ DATASET_METADATA = {
 }
 
 
-def _key(payload: Any) -> str:
+def cache_key(payload: Any) -> str:
+    """A short, stable name for everything a cache folder depends on."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _load_raw(provenance: Provenance, cache_dir: Path, allow_mismatch: bool) -> RawData:
     """Decoded uint8 source arrays, cached so several datasets share one decode."""
     source = provenance.source
-    key = _key([FORMAT_VERSION, source.dataset, provenance.checksum])
+    key = cache_key([FORMAT_VERSION, source.dataset, provenance.checksum])
     target = cache_dir / "sources" / f"{source.dataset}-{key}"
     layout = CacheLayout(
         SPLITS,
@@ -302,6 +367,28 @@ def _select_rows(spec: DatasetSpec, raw: dict[str, RawData], split: str) -> _Row
     return _Rows(*(np.concatenate(column) for column in zip(*pieces, strict=True)))
 
 
+def stratified_positions(
+    labels: np.ndarray, size: int, rng: np.random.Generator, keep: int = 0
+) -> np.ndarray:
+    """About ``size`` positions (sorted), each class in proportion to its count.
+
+    Largest remainders get the leftover places, so the total is exactly ``size`` unless a
+    class would then keep fewer than ``keep`` examples outside the choice.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * size / len(labels)
+    take = np.floor(share).astype(np.int64)
+    room = take < counts - keep
+    leftover = np.argsort(-np.where(room, share - take, -1.0), kind="stable")
+    leftover = leftover[: size - take.sum()]
+    take[leftover[room[leftover]]] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == cls), size=n, replace=False)
+        for cls, n in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
 def validation_positions(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Stratified, seeded choice of ``size`` training positions (sorted) for validation."""
     if size == 0:
@@ -311,18 +398,17 @@ def validation_positions(labels: np.ndarray, size: int, seed: int) -> np.ndarray
             f"validation size {size} must be between 0 and {len(labels) - 1} "
             f"(the training set has {len(labels)} examples)"
         )
-    rng = np.random.default_rng([seed, VALIDATION_STREAM])
-    classes, counts = np.unique(labels, return_counts=True)
-    share = counts * size / len(labels)
-    take = np.floor(share).astype(np.int64)
-    # Largest remainders get the leftover places, so the total is exactly ``size``.
-    leftover = np.argsort(-(share - take), kind="stable")[: size - take.sum()]
-    take[leftover] += 1
-    chosen = [
-        rng.choice(np.flatnonzero(labels == cls), size=n, replace=False)
-        for cls, n in zip(classes, take, strict=True)
-    ]
-    return np.sort(np.concatenate(chosen))
+    return stratified_positions(labels, size, np.random.default_rng([seed, VALIDATION_STREAM]))
+
+
+def new_image_array(folder: Path, split: str, count: int, size: int) -> np.ndarray:
+    """A float32 (count, 3, size, size) .npy memmap to fill chunk by chunk."""
+    return np.lib.format.open_memmap(
+        array_path(folder, split, "images"),
+        mode="w+",
+        dtype=np.float32,
+        shape=(count, 3, size, size),
+    )
 
 
 def _write_split(
@@ -334,12 +420,7 @@ def _write_split(
     colours: list[tuple[np.ndarray, np.ndarray] | None],
 ) -> None:
     """Make the float32 pixels chunk by chunk straight into a .npy memmap."""
-    out = np.lib.format.open_memmap(
-        array_path(folder, name, "images"),
-        mode="w+",
-        dtype=np.float32,
-        shape=(len(rows.label), 3, IMAGE_SIZE, IMAGE_SIZE),
-    )
+    out = new_image_array(folder, name, len(rows.label), IMAGE_SIZE)
     for start in range(0, len(rows.label), CHUNK):
         stop = min(start + CHUNK, len(rows.label))
         chunk = rows.take(np.arange(start, stop))
@@ -414,22 +495,62 @@ def load_dataset(
     seed: int = DEFAULT_SEED,
     allow_checksum_mismatch: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int = IMAGE_SIZE,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> DatasetSplits:
-    """Load (building and caching on first use) one of ``dataset_names()``.
+    """Load (building and caching on first use) one of ``dataset_names()``, or the user's
+    own data as ``folder:PATH`` or ``npz:PATH`` (PATH relative to the working directory;
+    ``data_dir`` is not used for those).
 
-    ``seed`` fixes the digit colours and the validation split; ``validation_size``
-    examples are carved from the training set (0, the paper's setting, keeps it whole).
-    Raw files are checksummed on every call, so a changed source triggers a rebuild, and
-    the cached arrays are verified against the hashes recorded when they were built.
+    ``seed`` fixes the digit colours and the validation split (and a user tree's test
+    split); ``validation_size`` examples are carved from the training set (0, the paper's
+    setting, keeps it whole). ``image_size`` (user data only; built-in images are 32x32) is
+    the side images are resized to; ``test_fraction`` is the share of a ``folder:`` tree
+    without train/ and test/ folders held out, stratified, for testing. Raw files are
+    checksummed on every call, so a changed source triggers a rebuild, and the cached arrays
+    are verified against the hashes recorded when they were built.
     """
-    spec = get_spec(name)
+    user = split_dataset_name(name)
     if validation_size < 0:
         raise DynrouteError(f"validation size must be >= 0, got {validation_size}")
-    data_path = resolve_data_dir(data_dir)
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise DynrouteError(f"image size must be an integer, got {image_size!r}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise DynrouteError(
+            f"image size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got {image_size}"
+        )
+    if not 0 < test_fraction < 1:
+        raise DynrouteError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     cache_path = resolve_cache_dir(cache_dir)
+    if user is not None:
+        from dynroute.data.user_data import load_user_dataset  # it builds on this module
+
+        return load_user_dataset(
+            name,
+            *user,
+            cache_dir=cache_path,
+            validation_size=validation_size,
+            seed=seed,
+            image_size=image_size,
+            test_fraction=test_fraction,
+        )
+    spec = get_spec(name)
+    if image_size != IMAGE_SIZE:
+        raise DynrouteError(
+            f"{name}'s images are {IMAGE_SIZE}x{IMAGE_SIZE}; an image size applies only to "
+            "folder:PATH and npz:PATH datasets"
+        )
+    if test_fraction != DEFAULT_TEST_FRACTION:
+        raise DynrouteError(
+            f"{name} has its own test split; a test fraction applies only to a folder:PATH "
+            "tree without train/ and test/ folders"
+        )
+    data_path = resolve_data_dir(data_dir)
     sources: list[Source] = [find_source(source, data_path) for source in spec.sources]
     provenances = [identify_source(source, allow_checksum_mismatch) for source in sources]
-    key = _key([FORMAT_VERSION, name, seed, validation_size, [p.checksum for p in provenances]])
+    key = cache_key(
+        [FORMAT_VERSION, name, seed, validation_size, [p.checksum for p in provenances]]
+    )
     target = cache_path / f"{name}-{key}"
     splits = ("train", "validation", "test") if validation_size else SPLITS
     layout = CacheLayout(

@@ -22,6 +22,8 @@ import torch
 from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
 from dynroute.errors import DynrouteError
 from dynroute.experiments.results import build_result
+from dynroute.infer.evaluate import evaluate
+from dynroute.infer.operating_points import RESULT_PAIRED_POINTS, analyse, analysis_k_values
 from dynroute.runtime import configure_cpu, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import (
@@ -35,6 +37,9 @@ from dynroute.train.trainer import (
 
 #: Seed of the fixed evaluation subset (smoke scale), independent of the training seed.
 EVAL_SUBSET_SEED = 0
+#: Training examples every finished network is evaluated on (seeded, without augmentation),
+#: for the train/test gap of the overfitting claims: as many as a test split.
+TRAIN_EVAL_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,16 +68,42 @@ def subset_evaluation(data: TrainingData, size: int | None) -> TrainingData:
     """The same data with each evaluation split cut to a fixed, seeded subset of ``size``."""
     if size is None:
         return data
-    evaluation = {}
-    for name, split in data.evaluation.items():
-        n = len(split.labels)
-        if size >= n:
-            evaluation[name] = split
-            continue
-        rng = np.random.default_rng(EVAL_SUBSET_SEED)
-        keep = torch.from_numpy(np.sort(rng.choice(n, size, replace=False)))
-        evaluation[name] = Split(split.images[keep], split.labels[keep])
+    evaluation = {
+        name: _subset(split.images, split.labels, size) for name, split in data.evaluation.items()
+    }
     return replace(data, evaluation=evaluation)
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, size: int) -> Split:
+    """A fixed, seeded subset of ``size`` examples (all of them if there are fewer)."""
+    n = len(labels)
+    if size >= n:
+        return Split(images, labels)
+    rng = np.random.default_rng(EVAL_SUBSET_SEED)
+    keep = torch.from_numpy(np.sort(rng.choice(n, size, replace=False)))
+    return Split(images[keep.to(images.device)], labels[keep.to(labels.device)])
+
+
+def train_points(trainer: Trainer, size: int) -> list[dict[str, Any]]:
+    """Hard-routing accuracy and mean MACs on a seeded subset of the training split, at
+    every k_cpt the network is evaluated at (one point for a fixed-cost net)."""
+    loader = trainer.data.loader
+    split = _subset(loader.images, loader.labels, size)
+    config = trainer.config
+    k_values = list(config.resolved_k_cpt_set) if config.dynamic_k_cpt else [None]
+    points = []
+    for k in k_values:
+        stats = evaluate(trainer.tree, split.images, split.labels, k_cpt=k, method="engine")
+        fixed = None if config.strategy == "static" else config.k_cpt
+        points.append(
+            {
+                "k_cpt": fixed if k is None else k,
+                "num_examples": stats.num_examples,
+                "accuracy": stats.accuracy,
+                "mean_macs": stats.mean_macs,
+            }
+        )
+    return points
 
 
 def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> dict[str, Any]:
@@ -86,7 +117,17 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
     trainer = Trainer(config, data, run_dir, progress=False)
     summary = trainer.run(resume=(run_dir / CONFIG_FILE).exists())
     records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-    return build_result(task.experiment, task.network, summary, records, task.eval_subset)
+    result = build_result(task.experiment, task.network, summary, records, task.eval_subset)
+    result["train_points"] = train_points(trainer, task.eval_subset or TRAIN_EVAL_SIZE)
+    tree = trainer.tree
+    if len(tree.leaves) > 1:  # every routing policy on this net's exits, for the report
+        split = data.evaluation[result["split"]]
+        paired = RESULT_PAIRED_POINTS if config.strategy == "multi-exit" else 0
+        k_values = analysis_k_values(tree, config.k_cpt_set)
+        result["policies"] = analyse(
+            tree, split.images, split.labels, k_values, paired_points=paired
+        )
+    return result
 
 
 Outcome = tuple[Task, dict[str, Any] | None, BaseException | None]

@@ -22,6 +22,10 @@ class Scale:
 
     ``eval_subset`` evaluates on that many seeded test images instead of the whole
     split; only ``smoke`` uses it, so CI stays in seconds. Training is unaffected.
+    ``options`` are training options of every network at this scale (its recipe);
+    an experiment's own options win where both set one. ``wide`` thins the experiments
+    of width > 1, whose networks cost width² as much: every ``wide.every``-th static depth
+    and k_cpt value, and ``iterations // width`` iterations (``None``: all of them).
     """
 
     name: str
@@ -30,7 +34,29 @@ class Scale:
     eval_every: int | None = None
     eval_subset: int | None = None
     description: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    wide: WideSubset | None = None
 
+
+@dataclass(frozen=True)
+class WideSubset:
+    """How a scale thins the wide (width > 1) experiments; see ``Scale``."""
+
+    every: int = 2
+    first: int = 1  # index of the first static depth / k_cpt value kept
+
+
+#: The ``cpu`` scale's recipe (README, "Routing like the paper on a CPU"): the paper's
+#: learning rate without warm-up, halved 3 times per run; tau at the paper's slow decay
+#: (20,000 iterations per halving, so about 1 throughout); and an exploration floor of 0.5,
+#: so that every exit keeps learning from every example while the routers decide.
+CPU_RECIPE: dict[str, Any] = {
+    "lr": 0.1,
+    "lr_warmup": 0,
+    "lr_half_life": 1000,
+    "tau_half_life": 20_000,
+    "epsilon": 0.5,
+}
 
 SCALES: dict[str, Scale] = {
     scale.name: scale
@@ -47,6 +73,15 @@ SCALES: dict[str, Scale] = {
             "quick",
             iterations=1500,
             description="the core of figure 5 in about 2 hours on a 2-core CPU",
+        ),
+        Scale(
+            "cpu",
+            iterations=3000,
+            eval_every=250,
+            description="routes like the paper (easy images leave first) on a 2-core CPU: the "
+            "paper's lr and tau, a strong exploration floor; wide nets thinned",
+            options=CPU_RECIPE,
+            wide=WideSubset(),
         ),
         Scale("paper", iterations=80_000, description="the paper's 80,000 iterations"),
     )
@@ -69,6 +104,7 @@ class Experiment:
     options: dict[str, Any] = field(default_factory=dict)
     dynamic_k_cpt: bool = False
     description: str = ""
+    k_cpt_set: tuple[float, ...] | None = None
 
     @property
     def is_static(self) -> bool:
@@ -76,8 +112,9 @@ class Experiment:
 
     @property
     def k_cpt_values(self) -> tuple[float, ...]:
-        """The paper's k_cpt set; wider nets cost width² more per MAC-equivalent, so ÷ width²."""
-        return tuple(k / self.width**2 for k in PAPER_K_CPT_SET)
+        """The paper's k_cpt set (or the experiment's own); wider nets cost width² more per
+        MAC-equivalent, so ÷ width²."""
+        return tuple(k / self.width**2 for k in self.k_cpt_set or PAPER_K_CPT_SET)
 
 
 @dataclass(frozen=True)
@@ -123,10 +160,29 @@ def _build_registry() -> dict[str, Experiment]:
         _hybrid("actor-tree", "actor", "actor, branching tree", model="tree"),
         _hybrid("actor-dynkcpt", "actor", "one dynamic-k_cpt actor", dynamic_k_cpt=True),
         _hybrid("critic-dynkcpt", "critic", "one dynamic-k_cpt critic", dynamic_k_cpt=True),
+        _hybrid("multi-exit", "multi-exit", "every exit learns every example (the field's way)"),
     ]
     for dataset in ("cifar2", "cifar5", "cifar10"):
         experiments.append(Experiment(f"{dataset}-static", dataset, "static"))
         experiments.append(Experiment(f"{dataset}-actor", dataset, "actor"))
+    experiments.append(
+        Experiment("cifar10-multi-exit", "cifar10", "multi-exit", description="multi-exit chain")
+    )
+    # A backbone the paper never used (issue: your own backbone): ResNet-18 split at its
+    # stages, exits after each; every other k_cpt of the paper's set (each net costs ~2x a
+    # chain's).
+    resnet_k = PAPER_K_CPT_SET[1::2]
+    experiments += [
+        Experiment("cifar10-resnet18-static", "cifar10", "static", model="resnet18-exits"),
+        Experiment(
+            "cifar10-resnet18-actor",
+            "cifar10",
+            "actor",
+            model="resnet18-exits",
+            description="actor ResNet-18 with an exit per stage",
+            k_cpt_set=resnet_k,
+        ),
+    ]
     for width in (2, 3):
         for strategy in ("static", "actor"):
             experiments.append(
@@ -158,25 +214,40 @@ def expand(experiment: Experiment | str, scale: Scale | str) -> list[Network]:
     """The networks that draw ``experiment``'s curve at ``scale``, each validated."""
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
     scale = get_scale(scale) if isinstance(scale, str) else scale
+    wide = scale.wide if experiment.width > 1 else None
+    iterations = scale.iterations // experiment.width if wide else scale.iterations
+    options = {**scale.options, **experiment.options}
+    if "lr_half_life" in scale.options and wide:  # the same number of halvings
+        options["lr_half_life"] = scale.options["lr_half_life"] / experiment.width
+    eval_every = scale.eval_every
+    if eval_every is not None and wide:
+        eval_every = max(1, eval_every // experiment.width)
     base = TrainConfig(
         dataset=experiment.dataset,
         model=experiment.model,
         width=experiment.width,
         strategy=experiment.strategy,
-        iterations=scale.iterations,
+        iterations=iterations,
         batch_size=scale.batch_size,
-        eval_every=scale.eval_every,
+        eval_every=eval_every,
         eval_splits=("test",),
-        **experiment.options,
+        **options,
     )
+
+    def thin(values: list) -> list:
+        return values[wide.first :: wide.every] if wide else values
+
     if experiment.is_static:
-        variants = [(name, {"model": name}) for name in static_baselines(experiment.model)]
+        variants = [(name, {"model": name}) for name in thin(static_baselines(experiment.model))]
+    elif experiment.strategy == "multi-exit":  # one net: its operating points are thresholds
+        variants = [("multi-exit", {})]
     elif experiment.dynamic_k_cpt:
         k_set = experiment.k_cpt_values
         k_set = None if k_set == PAPER_K_CPT_SET else k_set
         variants = [("dynamic", {"dynamic_k_cpt": True, "k_cpt_set": k_set})]
     else:
-        variants = [(network_name_for_k(k), {"k_cpt": k}) for k in experiment.k_cpt_values]
+        k_values = thin(list(experiment.k_cpt_values))
+        variants = [(network_name_for_k(k), {"k_cpt": k}) for k in k_values]
     return [
         Network(experiment.name, name, replace(base, **changes).validate(), scale.eval_subset)
         for name, changes in variants

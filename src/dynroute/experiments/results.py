@@ -9,7 +9,6 @@ revision and the machine.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynroute.atomic import read_json_object
 from dynroute.errors import DynrouteError
 from dynroute.runtime import machine_description
 
@@ -167,12 +167,7 @@ REQUIRED_KEYS = ("format", "experiment", "network", "config", "points", "metrics
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     """One result file, checked: a truncated, corrupt or foreign file raises, naming it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DynrouteError(f"result file {path} is unreadable or truncated ({exc})") from None
-    if not isinstance(data, dict):
-        raise DynrouteError(f"result file {path} is not a dynroute result")
+    data = read_json_object(path, "result file", "delete it to retrain the network")
     if data.get("format") != RESULT_FORMAT:
         raise DynrouteError(
             f"result file {path} has format {data.get('format')!r}; this version reads "

@@ -179,26 +179,13 @@ def _runner(
 
 def prepare_datasets(tasks: list[Task]) -> None:
     """Build each dataset's cache once here, before parallel workers would race to."""
-    for dataset, validation_size, seed, data_dir, allow in sorted(
-        {
-            (
-                t.config["dataset"],
-                t.config["validation_size"],
-                t.config["seed"],
-                t.data_dir,
-                t.allow_checksum_mismatch,
-            )
-            for t in tasks
-        },
+    keys = ("dataset", "validation_size", "seed", "image_size", "test_fraction")
+    for values, data_dir, allow in sorted(
+        {(tuple(t.config[k] for k in keys), t.data_dir, t.allow_checksum_mismatch) for t in tasks},
         key=str,
     ):
-        load_dataset(
-            dataset,
-            data_dir,
-            validation_size=validation_size,
-            seed=seed,
-            allow_checksum_mismatch=allow,
-        )
+        options = dict(zip(keys, values, strict=True))
+        load_dataset(options.pop("dataset"), data_dir, allow_checksum_mismatch=allow, **options)
 
 
 def _describe(label: str, result: dict) -> str:

@@ -84,6 +84,8 @@ class EarlyExitEngine:
             )
         self.tree = tree
         self.policy = policy
+        #: The k_cpt input used when a call gives none (set by ``from_run``).
+        self.default_k_cpt: float | None = None
         # Which junctions run their router under this policy (thresholds: only to choose
         # among several non-exit sinks), and which sinks are exits whose heads decide.
         self._runs_router = [
@@ -113,6 +115,19 @@ class EarlyExitEngine:
         self._path_macs = torch.tensor(path_macs, dtype=torch.long)
         self._path_macs_by_device: dict[torch.device, torch.Tensor] = {}
 
+    @classmethod
+    def from_run(cls, path: Any, device: Any = "cpu", **options: Any) -> EarlyExitEngine:
+        """The engine of a run directory at its calibrated operating point (``dynroute
+        calibrate``): policy and threshold, and the k_cpt input of a dynamic-k_cpt net,
+        which calls then need not pass. Without a calibration: the learned routers."""
+        from dynroute.runs import open_run
+
+        run = open_run(path)
+        policy, k_cpt = run.operating_point()
+        engine = cls(run.load_tree(device), policy=policy, **options)
+        engine.default_k_cpt = k_cpt
+        return engine
+
     def _path_macs_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._path_macs_by_device:
             self._path_macs_by_device[device] = self._path_macs.to(device)
@@ -128,6 +143,8 @@ class EarlyExitEngine:
         example, compacted along with the examples.
         """
         tree = self.tree
+        if k_cpt is None:
+            k_cpt = self.default_k_cpt
         if tree.training:
             raise DynrouteError("the early-exit engine needs the tree in eval mode (tree.eval())")
         weight = next(tree.parameters())

@@ -126,7 +126,8 @@ class Evaluation:
         return asdict(self)
 
 
-def _as_tensor(data: Any, dtype: torch.dtype) -> torch.Tensor:
+def as_tensor(data: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of ``dtype`` from an array or tensor (memory maps are copied, not shared)."""
     if isinstance(data, np.ndarray):
         # Datasets are read-only memory maps: copy into memory torch may own.
         return torch.from_numpy(np.array(data, copy=not data.flags.writeable)).to(dtype)
@@ -151,8 +152,8 @@ def evaluate(
     results, less work; not for the oracle, which needs every exit's answer).
     The tree's training mode is restored afterwards.
     """
-    images = _as_tensor(images, torch.float32)
-    labels = _as_tensor(labels, torch.long)
+    images = as_tensor(images, torch.float32)
+    labels = as_tensor(labels, torch.long)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     if device is not None:
@@ -198,8 +199,8 @@ def every_exit_accuracy(
     Routing is ignored: this shows what each classifier has learnt, e.g. whether
     deep exits were starved of the examples the routers sent out early.
     """
-    images = _as_tensor(images, torch.float32)
-    labels = _as_tensor(labels, torch.long)
+    images = as_tensor(images, torch.float32)
+    labels = as_tensor(labels, torch.long)
     device = next(tree.parameters()).device
     leaves, n_classes = tree.leaves, tree.num_classes
     correct = torch.zeros(len(leaves), n_classes, dtype=torch.long)

@@ -65,6 +65,11 @@ class Router(nn.Module):
         init_weights(self)
         nn.init.zeros_(self.layers[-1].weight)
 
+    def reads(self, signal: Any) -> torch.Tensor:
+        """The part of ``signal`` the router uses: its scores can be recomputed from this
+        alone (for many k_cpt values, say) without keeping the whole signal."""
+        return coarsest(signal)
+
     def forward(self, signal: Any, k_feature: torch.Tensor | None = None) -> torch.Tensor:
         features = coarsest(signal)
         if self.k_cpt_input:

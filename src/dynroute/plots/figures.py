@@ -58,12 +58,16 @@ ACC_EFF_FIGURES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("width x2", "cifar10-static-width2", ["cifar10-actor-width2"]),
         ("width x3", "cifar10-static-width3", ["cifar10-actor-width3"]),
     ],
+    # Not in the paper: a backbone it never used, split at its stages.
+    "resnet18": [
+        ("ResNet-18 exits, CIFAR-10", "cifar10-resnet18-static", ["cifar10-resnet18-actor"])
+    ],
 }
 #: Dataflow diagrams: figure 6 (actor chains) and figure 7 (actor tree).
 DATAFLOW_FIGURES = {"figure6": "hybrid-actor", "figure7": "hybrid-actor-tree"}
 #: Figure 8 draws training dataflow for these experiments (first one present wins).
 TRAINING_DATAFLOW_EXPERIMENTS = ("hybrid-actor", "cifar10-actor")
-FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "all")
+FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "policies", "all")
 #: Dataflow diagrams with more exits than this are drawn taller and for every other k_cpt.
 CHAIN_DIAGRAM_EXITS = 12
 
@@ -283,11 +287,120 @@ def plot_histograms(results: Results, out_dir: Path) -> list[Path]:
     return paths
 
 
+# ---------------------------------------------------------------- routing policies
+POLICY_STYLES = {
+    "confidence": ("-", "tab:blue"),
+    "entropy": ("-", "tab:green"),
+    "oracle": (":", "tab:gray"),
+}
+
+
+def draw_policy_curves(
+    ax: plt.Axes, analysis: dict[str, Any], title: str = "", legend: bool = True
+) -> None:
+    """Accuracy vs mean MACs of every policy on one network's exits."""
+    for name, (style, colour) in POLICY_STYLES.items():
+        points = sorted(analysis[name], key=lambda p: p["mean_macs"])
+        ax.plot(
+            [p["mean_macs"] / 1e6 for p in points],
+            [p["accuracy"] for p in points],
+            style,
+            color=colour,
+            lw=1.2,
+            label=name if name != "oracle" else "oracle (bound)",
+        )
+    single, learned = analysis["single_exit"], analysis["learned"]
+    for points, style, extra in (
+        (single, "k--s", {"ms": 3, "lw": 0.8, "label": "single exit (static)"}),
+        (learned, "r*", {"ms": 9, "label": "learned routers"}),
+    ):
+        ax.plot(
+            [p["mean_macs"] / 1e6 for p in points], [p["accuracy"] for p in points], style, **extra
+        )
+    accuracies = [p["accuracy"] for p in (*single, *learned)]
+    ax.set_ylim(max(0.0, min(accuracies) - 0.05), min(1.0, max(accuracies) + 0.02))
+    ax.set(xlabel="mean MACs (millions)", ylabel="accuracy", title=title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_policy_curves(analysis: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
+    fig, (ax,) = _panels(1, width=5.5, height=4.2)
+    draw_policy_curves(ax, analysis, f"{name} ({analysis['split']})")
+    return save(fig, out_dir, name)
+
+
+def policy_analyses(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
+    """experiment -> network -> the policy analysis its result file carries (sweeps write
+    one for every network with two or more exits)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for experiment, networks in results.items():
+        for network, result in networks.items():
+            if result.get("policies"):
+                found.setdefault(experiment, {})[network] = result["policies"]
+    return found
+
+
+def learned_macs(analysis: dict[str, Any]) -> float:
+    """A network's place in budget order: the mean MACs of its (first) learned point."""
+    return analysis["learned"][0]["mean_macs"]
+
+
+def plot_policies(results: Results, out_dir: Path, columns: int = 4) -> list[Path]:
+    """Per experiment, every policy's curve on each network's exits; and the routing quality
+    (share of the static-to-oracle MAC gap the learned routers close) of every network."""
+    analyses = policy_analyses(results)
+    paths: list[Path] = []
+    for experiment, networks in analyses.items():
+        ordered = sorted(networks.items(), key=lambda item: learned_macs(item[1]))
+        rows = math.ceil(len(ordered) / columns)
+        cols = min(columns, len(ordered))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        for k, (ax, (network, analysis)) in enumerate(zip(axes.flat, ordered, strict=False)):
+            draw_policy_curves(ax, analysis, network, legend=k == 0)
+        for ax in list(axes.flat)[len(ordered) :]:
+            ax.axis("off")
+        fig.suptitle(f"routing policies on the same exits: {experiment} ({ordered[0][1]['split']})")
+        fig.tight_layout()
+        paths += save(fig, out_dir, f"policies-{experiment}")
+    rows = [
+        (experiment, point)
+        for experiment, networks in analyses.items()
+        for analysis in networks.values()
+        for point in analysis["learned"]
+        if point["routing_quality"]["gap_closed"] is not None
+    ]
+    if rows:
+        fig, (ax,) = _panels(1, width=6, height=4)
+        for experiment in dict.fromkeys(e for e, _ in rows):
+            points = sorted((p for e, p in rows if e == experiment), key=lambda p: p["mean_macs"])
+            ax.plot(
+                [p["mean_macs"] / 1e6 for p in points],
+                [100 * p["routing_quality"]["gap_closed"] for p in points],
+                "-o",
+                ms=3,
+                label=experiment,
+            )
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axhline(100, color="tab:gray", lw=0.6, ls=":")
+        ax.set(
+            xlabel="mean MACs of the learned routing (millions)",
+            ylabel="static-to-oracle MAC gap closed (%)",
+            title="routing quality at the learned accuracy",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        paths += save(fig, out_dir, "routing-quality")
+    return paths
+
+
 PLOTTERS = {
     "acc-eff": plot_acc_eff,
     "dataflow": plot_dataflow,
     "training-dataflow": plot_training_dataflow,
     "histograms": plot_histograms,
+    "policies": plot_policies,
 }
 
 

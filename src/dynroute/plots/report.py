@@ -8,6 +8,7 @@ written by hand, so the page is only as good as the results it reads.
 from __future__ import annotations
 
 import html
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from dynroute.experiments.results import CurvePoint, curve, load_results
+from dynroute.infer.operating_points import mcnemar_counts, mcnemar_p_value, unpack_bits
+from dynroute.plots.figures import learned_macs, policy_analyses
 
 Results = dict[str, dict[str, dict]]
 SUPPORTED, NOT_SUPPORTED, NOT_RUN = "supported", "not supported", "not run"
@@ -76,7 +79,9 @@ class ClaimChecker:
     """Computes every claim from the curves of one scale's results."""
 
     def __init__(self, results: Results) -> None:
+        self.results = results
         self.curves = {name: curve(networks) for name, networks in results.items()}
+        self.policies = policy_analyses(results)
 
     def has(self, *names: str) -> bool:
         return all(self.curves.get(n) for n in names)
@@ -84,6 +89,14 @@ class ClaimChecker:
     def missing(self, claim: str, *names: str) -> Claim:
         absent = [n for n in names if not self.curves.get(n)]
         return Claim(claim, NOT_RUN, f"missing: {', '.join(absent)}")
+
+    def missing_policies(self, claim: str, *names: str) -> Claim:
+        """A routing-policy claim whose experiments lack policy analyses (result files from
+        before sweeps wrote them, or no network in the 5–15 M band)."""
+        absent = [n for n in names if not self.policies.get(n)]
+        if not absent:
+            return Claim(claim, NOT_RUN, "no learned operating point between 5 M and 15 M MACs")
+        return Claim(claim, NOT_RUN, f"no policy analyses: {', '.join(absent)}")
 
     # ------------------------------------------------------------------ claims
     def dynamic_beats_static(self) -> Claim:
@@ -174,7 +187,7 @@ class ClaimChecker:
         )
 
     def dynamic_k_cpt(self) -> Claim:
-        claim = "one dynamic-k_cpt net ≈ 8 specialised nets"
+        claim = "one dynamic-k_cpt net ≈ 8 specialised nets over a central region of the curve"
         if not self.has("hybrid-static", "hybrid-actor", "hybrid-actor-dynkcpt"):
             return self.missing(claim, "hybrid-static", "hybrid-actor", "hybrid-actor-dynkcpt")
         static = self.curves["hybrid-static"]
@@ -182,13 +195,24 @@ class ClaimChecker:
         one = mean_gain(static, self.curves["hybrid-actor-dynkcpt"])
         if eight is None or one is None:
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
-        # "≈": the single net keeps at least half of the specialised nets' gain over static.
-        verdict = SUPPORTED if one[0] >= 0.5 * eight[0] and one[0] > 0 else NOT_SUPPORTED
+        # "Central region": the middle half of the 8 nets' MAC range (25th-75th percentile);
+        # the one net's points must span at least half of it.
+        low, high = np.percentile([p.mean_macs for p in self.curves["hybrid-actor"]], [25, 75])
+        macs = [p.mean_macs for p in self.curves["hybrid-actor-dynkcpt"]]
+        overlap = max(0.0, min(high, max(macs)) - max(low, min(macs)))
+        coverage = overlap / (high - low) if high > low else 0.0
+        verdict = (
+            SUPPORTED
+            if one[0] >= 0.5 * eight[0] and one[0] > 0 and coverage >= 0.5
+            else NOT_SUPPORTED
+        )
         return Claim(
             claim,
             verdict,
             f"mean error reduction vs static: 8 actor nets {eight[0] * 100:+.2f}, one "
-            f"dynamic-k_cpt net {one[0] * 100:+.2f} points (needs ≥ half and > 0)",
+            f"dynamic-k_cpt net {one[0] * 100:+.2f} points (needs ≥ half and > 0); its points "
+            f"span {_mmacs(min(macs))}–{_mmacs(max(macs))}, {100 * coverage:.0f} % of the 8 "
+            f"nets' central region {_mmacs(low)}–{_mmacs(high)} (needs ≥ 50 %)",
         )
 
     def easy_examples(self) -> Claim:
@@ -241,6 +265,287 @@ class ClaimChecker:
             f"(ratio {ratio:.2f})",
         )
 
+    # ------------------------------------------------------------ further claims
+    def critic_clserr(self) -> Claim:
+        claim = "the critic with classification-error targets still beats static (§5.1)"
+        names = ("hybrid-static", "hybrid-critic", "hybrid-critic-clserr")
+        if not self.has(*names):
+            return self.missing(claim, *names)
+        static = self.curves["hybrid-static"]
+        clserr = mean_gain(static, self.curves["hybrid-critic-clserr"])
+        critic = mean_gain(static, self.curves["hybrid-critic"])
+        if clserr is None or critic is None:
+            return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
+        verdict = SUPPORTED if clserr[0] > 0 else NOT_SUPPORTED
+        return Claim(
+            claim,
+            verdict,
+            f"mean error reduction vs static: classification-error critic "
+            f"{clserr[0] * 100:+.2f}, cross-entropy critic {critic[0] * 100:+.2f} points "
+            f"(needs the first > 0){self._noise('hybrid-critic-clserr')}",
+        )
+
+    def _noise(self, experiment: str) -> str:
+        points = [p for p in self.curves.get(experiment, []) if p.num_examples]
+        if not points:
+            return ""
+        se = float(np.mean([p.standard_error for p in points]))
+        return f"; one accuracy's standard error ±{100 * se:.2f} points"
+
+    def _by_k(self, experiment: str) -> dict[float, CurvePoint]:
+        return {p.k_cpt: p for p in self.curves.get(experiment, []) if p.k_cpt is not None}
+
+    def _gaps(self, experiment: str) -> list[tuple[float, float, float | None]]:
+        """(test mean MACs, train accuracy − test accuracy, k_cpt) of each network point,
+        from result files that carry ``train_points`` (sweeps write them), in MAC order."""
+        found = []
+        for result in self.results.get(experiment, {}).values():
+            train = {p["k_cpt"]: p["accuracy"] for p in result.get("train_points", [])}
+            for point in result["points"]:
+                if point["k_cpt"] in train:
+                    gap = train[point["k_cpt"]] - point["accuracy"]
+                    found.append((point["mean_macs"], gap, point["k_cpt"]))
+        return sorted(found, key=lambda row: row[0])
+
+    def tree_vs_chain(self) -> Claim:
+        claim = (
+            "under tight budgets the branching tree beats the chain; unconstrained it "
+            "overfits (§5.4)"
+        )
+        if not self.has("hybrid-actor", "hybrid-actor-tree"):
+            return self.missing(claim, "hybrid-actor", "hybrid-actor-tree")
+        chain, tree = self.curves["hybrid-actor"], self._by_k("hybrid-actor-tree")
+        tight = [tree[k] for k in sorted(k for k in tree if k > 0)[-3:]]  # 3 largest k_cpt
+        margins = [(static_error_at(chain, p.mean_macs), p) for p in tight]
+        margins = [(c - p.error, p) for c, p in margins if c is not None]
+        free = {name: self._by_k(name).get(0.0) for name in ("hybrid-actor", "hybrid-actor-tree")}
+        if not margins or any(v is None for v in free.values()):
+            return Claim(
+                claim, NOT_RUN, "no tight-budget tree point on the chain's MAC range, or no "
+                "k_cpt = 0 net"
+            )  # fmt: skip
+        beats = all(m > 0 for m, _ in margins)
+        gap = {
+            name: next((g for _, g, k in self._gaps(name) if k == 0.0), None)
+            for name in ("hybrid-actor", "hybrid-actor-tree")
+        }
+        if None not in gap.values():
+            overfits = gap["hybrid-actor-tree"] > gap["hybrid-actor"]
+            free_text = (
+                f"at k_cpt 0 the train−test gap is {100 * gap['hybrid-actor-tree']:.2f} points "
+                f"(tree) vs {100 * gap['hybrid-actor']:.2f} (chain)"
+            )
+        else:  # result files without train points: test accuracy alone
+            overfits = free["hybrid-actor-tree"].accuracy < free["hybrid-actor"].accuracy
+            free_text = (
+                f"at k_cpt 0 test accuracy {free['hybrid-actor-tree'].accuracy:.4f} (tree) vs "
+                f"{free['hybrid-actor'].accuracy:.4f} (chain); no train evaluations"
+            )
+        verdict = SUPPORTED if beats and overfits else NOT_SUPPORTED
+        shown = ", ".join(f"{100 * m:+.2f} at {_mmacs(p.mean_macs)}" for m, p in margins)
+        return Claim(
+            claim,
+            verdict,
+            f"tree's error below the chain curve at the 3 largest k_cpt: {shown} points; "
+            f"{free_text}",
+        )
+
+    def exits_specialise(self) -> Claim:
+        claim = (
+            "early exits have high accuracy and exits specialise by kind of image: digits "
+            "leave at exit 1 far more often than CIFAR images (§5.4, figures 6–7)"
+        )
+        networks = self.results.get("hybrid-actor", {})
+        net = networks.get("k_cpt-4e-09")
+        if net is None:
+            return self.missing(claim, "hybrid-actor/k_cpt-4e-09")
+        from dynroute.data.datasets import get_spec
+
+        kinds = get_spec(net["config"]["dataset"]).class_sources
+        point = net["points"][0]
+        exit1 = next(n for n in point["nodes"] if n["is_leaf"])
+        totals = np.zeros(len(kinds))
+        for node in point["nodes"]:
+            if node["is_leaf"]:
+                totals += np.array(node["class_counts"], dtype=float)
+        at_exit1 = np.array(exit1["class_counts"], dtype=float)
+        digit = np.array([k == "mnist" for k in kinds])
+        digit_share = at_exit1[digit].sum() / totals[digit].sum()
+        other_share = at_exit1[~digit].sum() / totals[~digit].sum()
+        # The named statistic: how many times more often a digit leaves at exit 1 than a
+        # CIFAR image ("kind ratio"); infinite when no CIFAR image does.
+        if other_share > 0:
+            ratio = digit_share / other_share
+        else:
+            ratio = math.inf if digit_share > 0 else 0.0
+        accurate = exit1["accuracy"] is not None and exit1["accuracy"] > point["accuracy"]
+        verdict = SUPPORTED if accurate and ratio >= 4 else NOT_SUPPORTED
+        accuracy = "–" if exit1["accuracy"] is None else f"{exit1['accuracy']:.4f}"
+        return Claim(
+            claim,
+            verdict,
+            f"actor k_cpt 4e-9: exit 1 classifies {100 * digit_share:.1f} % of digit and "
+            f"{100 * other_share:.2f} % of CIFAR test images (kind ratio {ratio:.1f}, needs "
+            f"≥ 4) at accuracy {accuracy} against the net's {point['accuracy']:.4f} (needs "
+            "higher)",
+        )
+
+    def relative_gain(self, static_name: str, dynamic_name: str) -> float | None:
+        """Mean relative error reduction over the static curve: (static − dynamic) / static
+        error, over the dynamic points inside the static MAC range."""
+        static = self.curves[static_name]
+        ratios = []
+        for p in self.curves[dynamic_name]:
+            reference = static_error_at(static, p.mean_macs)
+            if reference:
+                ratios.append((reference - p.error) / reference)
+        return float(np.mean(ratios)) if ratios else None
+
+    def wider_nets(self) -> Claim:
+        claim = "wider nets keep or increase the relative advantage of dynamic routing (fig. 10)"
+        pairs = [("cifar10-static", "cifar10-actor")] + [
+            (f"cifar10-static-width{w}", f"cifar10-actor-width{w}") for w in (2, 3)
+        ]
+        names = [n for pair in pairs for n in pair]
+        if not self.has(*names):
+            return self.missing(claim, *names)
+        gains = [self.relative_gain(*pair) for pair in pairs]
+        if any(g is None for g in gains):
+            return Claim(claim, NOT_RUN, "an actor curve misses its static MAC range")
+        base, wide = gains[0], gains[1:]
+        # "Keep": at least 80 % of width 1's relative error reduction, and positive.
+        verdict = SUPPORTED if all(g > 0 and g >= 0.8 * base for g in wide) else NOT_SUPPORTED
+        return Claim(
+            claim,
+            verdict,
+            "mean relative error reduction vs static: width ×1 "
+            + ", ×2 ".join(f"{100 * g:+.1f} %" for g in gains[:2])
+            + f", ×3 {100 * gains[2]:+.1f} % (wider: needs > 0 and ≥ 80 % of width ×1's)",
+        )
+
+    def overfit_less(self) -> Claim:
+        claim = "dynamic nets overfit less than static ones at equal MACs (§6)"
+        if not self.has("hybrid-static", "hybrid-actor"):
+            return self.missing(claim, "hybrid-static", "hybrid-actor")
+        static, actor = self._gaps("hybrid-static"), self._gaps("hybrid-actor")
+        if len(static) < 2 or not actor:
+            return Claim(claim, NOT_RUN, "result files without train evaluations")
+        inside = [(m, g) for m, g, _ in actor if static[0][0] <= m <= static[-1][0]]
+        if not inside:
+            return Claim(claim, NOT_RUN, "no actor net inside the static MAC range")
+        xs, ys = [m for m, _, _ in static], [g for _, g, _ in static]
+        reference = [float(np.interp(m, xs, ys)) for m, _ in inside]
+        dynamic_gap = float(np.mean([g for _, g in inside]))
+        static_gap = float(np.mean(reference))
+        verdict = SUPPORTED if dynamic_gap < static_gap else NOT_SUPPORTED
+        return Claim(
+            claim,
+            verdict,
+            f"train − test accuracy, mean over {len(inside)} actor nets: {100 * dynamic_gap:.2f}"
+            f" points; static nets at the same MACs (interpolated): {100 * static_gap:.2f} "
+            "points (train accuracy on a seeded 10,000-image training subset)",
+        )
+
+    def resnet(self) -> Claim:
+        claim = (
+            "dynamic routing beats static truncations on a backbone the paper never used "
+            "(ResNet-18 exits, CIFAR-10)"
+        )
+        names = ("cifar10-resnet18-static", "cifar10-resnet18-actor")
+        if not self.has(*names):
+            return self.missing(claim, *names)
+        gain = mean_gain(self.curves[names[0]], self.curves[names[1]])
+        if gain is None:
+            return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
+        ratio = self.mac_ratio(*names)
+        saving = "never reaches it" if ratio is None else f"needs {ratio[2]:.2f}× fewer MACs"
+        verdict = SUPPORTED if gain[0] > 0 else NOT_SUPPORTED
+        return Claim(
+            claim,
+            verdict,
+            f"mean error reduction vs the truncations {100 * gain[0]:+.2f} points over "
+            f"{gain[1]} nets; at the best truncation's accuracy the actor curve "
+            f"{saving}{self._noise(names[1])}",
+        )
+
+    # ------------------------------------------------------------ routing policies
+    def _learned_points(self, experiment: str) -> list[dict]:
+        """The learned operating points of an experiment's networks, inside the band."""
+        return [
+            point
+            for analysis in self.policies.get(experiment, {}).values()
+            for point in analysis["learned"]
+            if BAND[0] <= point["mean_macs"] <= BAND[1]
+        ]
+
+    def learned_beats_thresholds(self) -> Claim:
+        claim = (
+            "learned routers beat confidence thresholds on the same exits "
+            "(hybrid actor, matched mean MACs, 5–15 M)"
+        )
+        points = self._learned_points("hybrid-actor")
+        if not points:
+            return self.missing_policies(claim, "hybrid-actor")
+        rows = [p["against_thresholds"]["confidence"] for p in points]
+        return self._paired_verdict(
+            claim,
+            [(r["only_first"], r["only_second"], r["accuracy_difference"]) for r in rows],
+            "learned routing",
+            "the same net's confidence threshold at its nearest mean MACs",
+        )
+
+    def actor_beats_multi_exit(self) -> Claim:
+        claim = (
+            "actor training + learned routers beat multi-exit training + confidence "
+            "thresholds (the field's standard) at equal mean MACs (hybrid, 5–15 M)"
+        )
+        points = self._learned_points("hybrid-actor")
+        baseline = [
+            p
+            for analysis in self.policies.get("hybrid-multi-exit", {}).values()
+            for p in analysis["confidence"]
+            if "correct_bits" in p
+        ]
+        if not points or not baseline:
+            return self.missing_policies(claim, "hybrid-actor", "hybrid-multi-exit")
+        n = next(iter(self.policies["hybrid-multi-exit"].values()))["num_examples"]
+        pairs = []
+        for point in points:
+            matched = min(baseline, key=lambda p: abs(p["mean_macs"] - point["mean_macs"]))
+            counts = mcnemar_counts(
+                unpack_bits(point["correct_bits"], n), unpack_bits(matched["correct_bits"], n)
+            )
+            pairs.append((*counts, point["accuracy"] - matched["accuracy"]))
+        return self._paired_verdict(
+            claim,
+            pairs,
+            "the actor",
+            "the multi-exit net's confidence threshold at the nearest MACs",
+        )
+
+    @staticmethod
+    def _paired_verdict(
+        claim: str, pairs: list[tuple[int, int, float]], first: str, second: str
+    ) -> Claim:
+        """Supported when ``first`` is right on more of the examples only one of the two
+        gets right, pooled over the operating points, with exact McNemar p < 0.05.
+
+        Pooling treats the points' discordant pairs as independent; they share test images,
+        so the p-value is a guide, and each point's own difference is given too."""
+        only_first = sum(b for b, _, _ in pairs)
+        only_second = sum(c for _, c, _ in pairs)
+        p_value = mcnemar_p_value(only_first, only_second)
+        wins = sum(d > 0 for _, _, d in pairs)
+        mean = float(np.mean([d for _, _, d in pairs]))
+        verdict = SUPPORTED if only_first > only_second and p_value < 0.05 else NOT_SUPPORTED
+        return Claim(
+            claim,
+            verdict,
+            f"{first} more accurate than {second} at {wins}/{len(pairs)} points (mean "
+            f"{100 * mean:+.2f} points); examples only one gets right, pooled: {only_first} vs "
+            f"{only_second}, McNemar p = {p_value:.2g}",
+        )
+
     def all(self) -> list[Claim]:
         checks: list[Callable[[], Claim]] = [
             self.dynamic_beats_static,
@@ -251,6 +556,14 @@ class ClaimChecker:
             self.dynamic_k_cpt,
             self.easy_examples,
             self.fewer_macs,
+            self.critic_clserr,
+            self.tree_vs_chain,
+            self.exits_specialise,
+            self.wider_nets,
+            self.overfit_less,
+            self.learned_beats_thresholds,
+            self.actor_beats_multi_exit,
+            self.resnet,
         ]
         return [check() for check in checks]
 
@@ -288,9 +601,55 @@ def _markdown(scale: str, results: Results, claims: list[Claim], figures: list[P
                 f"| {name} | {len(results[name])} | {best.accuracy:.4f} | "
                 f"{_mmacs(best.mean_macs)} |"
             )
+    pngs = [p for p in figures if p.suffix == ".png"]
+    policy_figures = [
+        p for p in pngs if p.stem.startswith("policies-") or p.stem == "routing-quality"
+    ]
+    lines += _policy_section(checker, policy_figures)
     lines += ["", "## Figures", ""]
-    lines += [f"![{p.stem}](figures/{p.name})" + "\n" for p in figures if p.suffix == ".png"]
+    lines += [f"![{p.stem}](figures/{p.name})" + "\n" for p in pngs if p not in policy_figures]
     return "\n".join(lines) + "\n"
+
+
+def _policy_section(checker: ClaimChecker, figures: list[Path]) -> list[str]:
+    """Per network: the learned point, what the other policies need for its accuracy, and
+    the confidence threshold at its mean MACs (``dynroute.infer.operating_points``)."""
+    if not checker.policies:
+        return []
+    lines = [
+        "",
+        "## Routing policies",
+        "",
+        "Every policy on each network's own exits (`dynroute policies`): at the learned "
+        "routers' accuracy, the mean MACs that one exit for all (static), the best confidence "
+        "or entropy threshold and the oracle (cheapest correct exit, an upper bound) need, "
+        "and the share of the static-to-oracle gap the routers close; then the confidence "
+        "threshold at the learned point's mean MACs, paired by example (McNemar).",
+        "",
+        "| experiment | network | learned accuracy | MACs | static | threshold | oracle | "
+        "gap closed | vs confidence at equal MACs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for experiment, networks in checker.policies.items():
+        for network, analysis in sorted(networks.items(), key=lambda i: learned_macs(i[1])):
+            for point in analysis["learned"]:
+                q = point["routing_quality"]
+                vs = point["against_thresholds"]["confidence"]
+                gap = "–" if q["gap_closed"] is None else f"{100 * q['gap_closed']:.0f} %"
+                label = network if point["k_cpt"] is None else f"{network} @ {point['k_cpt']:g}"
+                lines.append(
+                    f"| {experiment} | {label} | {point['accuracy']:.4f} | "
+                    f"{_mmacs(point['mean_macs'])} | {_maybe(q['static_macs'])} | "
+                    f"{_maybe(q['threshold_macs'])} | {_maybe(q['oracle_macs'])} | {gap} | "
+                    f"{100 * vs['accuracy_difference']:+.2f} points (p = {vs['p_value']:.2g}) |"
+                )
+    lines += [""]
+    lines += [f"![{p.stem}](figures/{p.name})" + "\n" for p in figures]
+    return lines
+
+
+def _maybe(macs: float | None) -> str:
+    return "unreached" if macs is None else _mmacs(macs)
 
 
 def _html(markdown: str) -> str:

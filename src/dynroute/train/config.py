@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from dynroute.data.datasets import dataset_names, is_dataset_name
 from dynroute.errors import DynrouteError
 from dynroute.nn.registry import is_static_model, model_names
 from dynroute.train.schedules import PAPER_LR_HALF_LIFE, PAPER_TAU_HALF_LIFE, scaled_half_life
@@ -97,6 +98,7 @@ NON_NEGATIVE = Bounds(0)
 POSITIVE = Bounds(0, low_open=True)
 #: Every network here is < 0.1 GMAC per image at width 1; MACs grow as width^2.
 MAX_WIDTH = 16
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 MAX_ITERATIONS = 10**9
 MAX_BATCH = 1 << 16
 
@@ -140,10 +142,32 @@ def option_choices(name: str) -> tuple[str, ...] | None:
 class TrainConfig:
     """One network's training run. ``None`` means "derive from the run length"."""
 
-    dataset: str = option("hybrid", "mnist, cifar10, cifar5, cifar2 or hybrid")
+    dataset: str = option(
+        "hybrid",
+        "mnist, cifar10, cifar5, cifar2, hybrid, or your own: folder:PATH (class folders of "
+        "images) or npz:PATH (x_train, y_train, x_test, y_test)",
+    )
+    image_size: int = option(
+        32,
+        "images are resized to this square size (your own datasets; the paper's are 32)",
+        bounds=Bounds(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+        integer=True,
+    )
+    test_fraction: float = option(
+        0.2,
+        "folder:PATH with one class tree: the share of each class held out for testing",
+        bounds=Bounds(0, 1, low_open=True, high_open=True),
+    )
     model: str = option("chain", "a registered model (dynroute model list)", choices=model_names)
     width: int = option(
         1, "channel multiplier of every convolution", bounds=Bounds(1, MAX_WIDTH), integer=True
+    )
+    pretrained_weights: str | None = option(
+        None,
+        "load a local torchvision state dict file (e.g. resnet18-f37072fd.pth) into the stages "
+        "of a resnet18-* or mobilenet-v3-small-* model before training; nothing is downloaded, "
+        "and its classifier is not used",
+        kind=str,
     )
     strategy: str = option("actor", "how the loss is formed", choices=tuple(STRATEGIES))
     k_cpt: float = option(
@@ -205,6 +229,14 @@ class TrainConfig:
     )
     error_measure: str = option(
         "cross-entropy", "the error inside critic targets", choices=ERROR_MEASURES
+    )
+    exit_weights: tuple[float, ...] | None = option(
+        None,
+        "multi-exit strategy: comma-separated weight of each exit's cross-entropy, in exit "
+        "order (default: equal)",
+        bounds=Bounds(0, 1e6),
+        kind=float,
+        many=True,
     )
     talr: bool = option(True, "throughput-adjusted learning rates")
     regularise_policy: bool = option(
@@ -320,6 +352,11 @@ class TrainConfig:
         def fail(msg: str) -> None:
             raise DynrouteError(msg)
 
+        if not is_dataset_name(self.dataset):
+            fail(
+                f"--dataset must be one of {', '.join(dataset_names())}, or folder:PATH or "
+                f"npz:PATH; got {self.dataset!r}"
+            )
         static_model = is_static_model(self.model)
         if static_model != (self.strategy == "static"):
             fail(
@@ -329,6 +366,12 @@ class TrainConfig:
             )
         if static_model and (self.k_cpt != 0 or self.dynamic_k_cpt):
             fail("k_cpt does not apply to a static network: it has no routing decisions")
+        if self.strategy == "multi-exit" and (self.k_cpt != 0 or self.dynamic_k_cpt):
+            fail("k_cpt does not apply to multi-exit training: its routers do not learn")
+        if self.exit_weights is not None and self.strategy != "multi-exit":
+            fail("--exit-weights applies to the multi-exit strategy only")
+        if self.exit_weights is not None and not sum(self.exit_weights) > 0:
+            fail("--exit-weights needs at least one positive weight")
         if self.k_cpt_set is not None and not self.dynamic_k_cpt:
             fail("a k_cpt set is only used with dynamic k_cpt (--dynamic-k-cpt)")
         if self.dynamic_k_cpt and self.k_cpt != 0:

@@ -90,6 +90,8 @@ class Strategy:
     k_l2: float = 1e-4
     epsilon: float = 1e-6
     name = "base"
+    #: Whether the routers learn (a strategy that ignores them leaves them as built).
+    trains_routers = True
 
     def check(self, tree: RoutedTree) -> None:
         """Refuse a tree this strategy cannot train."""
@@ -258,7 +260,47 @@ class CriticStrategy(Strategy):
         return LossOutput(total.mean(), arrival, terms)
 
 
-STRATEGIES = {"static": StaticStrategy, "actor": ActorStrategy, "critic": CriticStrategy}
+@dataclass
+class MultiExitStrategy(Strategy):
+    """The field's standard training (BranchyNet, MSDNet, Shallow-Deep Networks): every exit
+    learns every example, the mean of the exits' cross-entropies (``exit_weights`` weighs
+    them, in pre-order of the exits); routers are not trained. Such a net exits by a
+    confidence or entropy threshold at inference (``dynroute.infer.policies``)."""
+
+    exit_weights: tuple[float, ...] | None = None
+    name = "multi-exit"
+    trains_routers = False
+
+    def check(self, tree):
+        if len(tree.leaves) < 2:
+            raise DynrouteError("the multi-exit strategy needs a tree with two or more exits")
+        if self.exit_weights is not None and len(self.exit_weights) != len(tree.leaves):
+            raise DynrouteError(
+                f"--exit-weights has {len(self.exit_weights)} values but the model has "
+                f"{len(tree.leaves)} exits"
+            )
+
+    def loss(self, tree, dense, labels, k_cpt, tau):
+        like = _like(dense)
+        batch = labels.shape[0]
+        arrival = tree.arrival_probabilities({}, batch, like)  # every node, every example
+        weights = self.exit_weights or (1.0,) * len(tree.leaves)
+        total = sum(weights)
+        error = sum(
+            (w / total) * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
+            for w, leaf in zip(weights, tree.leaves, strict=True)
+        )
+        l2 = self._l2(tree, arrival)
+        terms = {"error": error.mean(), "l2": l2.mean()}
+        return LossOutput((error + l2).mean(), arrival, terms)
+
+
+STRATEGIES = {
+    "static": StaticStrategy,
+    "actor": ActorStrategy,
+    "critic": CriticStrategy,
+    "multi-exit": MultiExitStrategy,
+}
 
 
 def make_strategy(name: str, **options) -> Strategy:

@@ -24,11 +24,13 @@ import torch
 from tqdm import tqdm
 
 from dynroute import checkpoint
-from dynroute.atomic import write_json_atomic, write_text_atomic
-from dynroute.data.datasets import load_dataset
+from dynroute.atomic import read_json_object, write_json_atomic, write_text_atomic
+from dynroute.checkpoint import CUSTOM_MODEL
+from dynroute.data.datasets import DatasetSplit, load_dataset
 from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
 from dynroute.infer.evaluate import evaluate
+from dynroute.nn.backbones import load_pretrained
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.registry import build_model
 from dynroute.nn.tree import DenseOutput, RoutedTree
@@ -89,23 +91,50 @@ def load_training_data(
         validation_size=config.validation_size,
         seed=config.seed,
         allow_checksum_mismatch=allow_checksum_mismatch,
+        image_size=config.image_size,
+        test_fraction=config.test_fraction,
     )
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    return training_data(config, parts, device)
+
+
+def training_data(
+    config: TrainConfig, parts: dict[str, DatasetSplit | None], device: torch.device
+) -> TrainingData:
+    """Loaded splits as the trainer sees them: a batch stream over ``parts["train"]`` and the
+    splits ``config.eval_splits`` names (``dynroute.fit`` brings its own arrays here)."""
+    train = parts["train"]
+    assert train is not None
     loader = BatchLoader(
-        splits.train,
+        train,
         config.batch_size,
         seed=config.seed,
         augment=config.augment,
         replacement=config.sampling == "replacement",
         device=device,
     )
-    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
-    evaluation = {
-        name: Split(
-            torch.from_numpy(np.array(parts[name].images)), torch.from_numpy(parts[name].labels)
-        )
-        for name in config.eval_splits
-    }
-    return TrainingData(loader, evaluation, len(splits.class_names), tuple(splits.class_names))
+    evaluation = {}
+    for name in config.eval_splits:
+        part = parts.get(name)
+        if part is None:
+            raise DynrouteError(f"no {name} split to evaluate on")
+        images = torch.from_numpy(np.array(part.images))
+        evaluation[name] = Split(images, torch.from_numpy(np.asarray(part.labels)))
+    return TrainingData(loader, evaluation, len(train.class_names), tuple(train.class_names))
+
+
+#: Registered models of each kind (static or routed) that a custom tree's config is checked
+#: as: it passes the same checks; the strategy checks the tree itself.
+_STAND_INS = {True: "static-1", False: "chain"}
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """``config.validate()``, also for a run on the caller's own tree (model ``custom``, not a
+    registered name): that config is checked as one for a registered model of its kind."""
+    if config.model != CUSTOM_MODEL:
+        return config.validate()
+    replace(config, model=_STAND_INS[config.strategy == "static"]).validate()
+    return config
 
 
 def stored_config_differences(stored: dict[str, Any], requested: TrainConfig) -> list[str]:
@@ -141,7 +170,7 @@ def run_config_for(stored: dict[str, Any], requested: TrainConfig) -> TrainConfi
     """
     stored_config = _config_from_stored(stored).resolved()
     schedule = {name: getattr(stored_config, name) for name in DEFAULTED_FIELDS}
-    return replace(requested, **schedule).validate()
+    return validate_config(replace(requested, **schedule))
 
 
 def _config_from_stored(stored: dict[str, Any]) -> TrainConfig:
@@ -160,15 +189,7 @@ class RunDirPlan:
 
 
 def _read_stored_config(path: Path) -> dict[str, Any]:
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DynrouteError(
-            f"{path} is unreadable or corrupt ({exc}); pass --overwrite to start the run over"
-        ) from None
-    if not isinstance(stored, dict):
-        raise DynrouteError(f"{path} is not a run configuration; pass --overwrite to start over")
-    return stored
+    return read_json_object(path, "run config", "pass --overwrite to start the run over")
 
 
 def inspect_run_dir(
@@ -269,7 +290,12 @@ def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
 
 
 class Trainer:
-    """Runs one ``TrainConfig`` on one ``TrainingData`` into one directory."""
+    """Runs one ``TrainConfig`` on one ``TrainingData`` into one directory.
+
+    ``tree``: the caller's own network, for a config with model ``custom`` (``dynroute.fit``);
+    it is trained in place. A checkpoint cannot rebuild such a tree, so resuming the run
+    takes the same tree (built the same way) again.
+    """
 
     def __init__(
         self,
@@ -277,21 +303,24 @@ class Trainer:
         data: TrainingData,
         out_dir: str | os.PathLike[str],
         progress: bool = True,
+        tree: RoutedTree | None = None,
     ) -> None:
-        self.config = config.validate()
+        self.config = validate_config(config)
         self.data = data
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.tree: RoutedTree = build_model(
-            config.model, data.num_classes, config.width, config.dynamic_k_cpt
-        ).to(self.device)
+        self.tree: RoutedTree = self._network(tree).to(self.device)
         self.channels_last = config.channels_last and use_channels_last(self.device)
         if self.channels_last:
             self.tree.to(memory_format=torch.channels_last)
         self.strategy = make_strategy(config.strategy, **config.strategy_options())
         self.strategy.check(self.tree)
+        if not self.strategy.trains_routers:  # left as built: zero last layer, undecided
+            for node in self.tree.nodes:
+                if node.router is not None:
+                    node.router.requires_grad_(False)
         self.use_config(self.config)
         # Fused: one kernel (one launch on a GPU) instead of a Python loop over the chain's
         # 166 parameters (3.9 -> 0.7 ms per step on the development CPU).
@@ -324,6 +353,47 @@ class Trainer:
             if config.compile
             else self.objective
         )
+
+    def _network(self, tree: RoutedTree | None) -> RoutedTree:
+        """The registered model the config names (with its pretrained weights), or the
+        caller's tree, checked against the config and data."""
+        cfg = self.config
+        custom = cfg.model == CUSTOM_MODEL
+        if tree is None and custom:
+            raise DynrouteError(
+                f"a run with model {CUSTOM_MODEL!r} trains your own tree: pass the same tree "
+                "again (dynroute.fit(tree, ...) or Trainer(..., tree=tree))"
+            )
+        if tree is None:
+            built = build_model(
+                cfg.model, self.data.num_classes, cfg.width, cfg.dynamic_k_cpt, cfg.image_size
+            )
+            if cfg.pretrained_weights is not None:
+                load_pretrained(built, cfg.pretrained_weights)
+            return built
+        if not custom:
+            raise DynrouteError(
+                f"a run on your own tree has model {CUSTOM_MODEL!r}, not {cfg.model!r}"
+            )
+        if tree.num_classes != self.data.num_classes:
+            raise DynrouteError(
+                f"the tree has {tree.num_classes} classes, the data {self.data.num_classes}"
+            )
+        if tree.dynamic_k_cpt != cfg.dynamic_k_cpt:
+            state = "routes" if tree.dynamic_k_cpt else "does not route"
+            raise DynrouteError(f"the tree {state} on k_cpt: set dynamic_k_cpt to match")
+        if cfg.pretrained_weights is not None:
+            raise DynrouteError(
+                "pretrained_weights loads into registered backbones only; load your own "
+                "tree's weights before training it (dynroute.nn.backbones.load_torchvision_weights)"
+            )
+        if not tree.spec:  # what the checkpoint records; ``checkpoint.load_model`` refuses it
+            tree.spec = {
+                "name": CUSTOM_MODEL,
+                "num_classes": tree.num_classes,
+                "dynamic_k_cpt": tree.dynamic_k_cpt,
+            }
+        return tree
 
     def use_config(self, config: TrainConfig) -> None:
         """Take the schedule (lr, tau, k_cpt set) from ``config``.

@@ -9,6 +9,7 @@ from dynroute.data.readers.cifar_python import CifarBatchesReader, CifarTarReade
 from dynroute.data.readers.common import Provenance, RawData, Reader, Source
 from dynroute.data.readers.image_tree import ImageFolderReader, ImageTreeReader, ImageZipReader
 from dynroute.data.readers.mnist_idx import MnistIdxReader
+from dynroute.data.readers.npz_arrays import NpzReader
 
 __all__ = [
     "CifarBatchesReader",
@@ -17,6 +18,7 @@ __all__ = [
     "ImageTreeReader",
     "ImageZipReader",
     "MnistIdxReader",
+    "NpzReader",
     "Provenance",
     "RawData",
     "Reader",

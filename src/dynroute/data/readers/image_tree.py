@@ -1,8 +1,12 @@
-"""Images in a class-per-folder tree, ``train/<class>/*`` and ``test/<class>/*``, zipped or not.
+"""Images in a class-per-folder tree, zipped or not: ``train/<class>/*`` and ``test/<class>/*``,
+or one ``<class>/*`` tree that the caller splits.
 
 The classes are a parameter: the tree must hold exactly those folders and labels
-follow their order. Today that is CIFAR-10's ten classes (re-encoded copies); the
-same reader can take class names discovered from a user's own folders.
+follow their order (CIFAR-10's ten classes for re-encoded copies), or, when none
+are given, they are discovered from the folder names, sorted (a user's own tree,
+``folder:PATH``). Built-in copies must already be ``image_size`` square; a user's
+images are resized instead. Hidden folders (``.git``, ``__MACOSX``) are ignored;
+other files that are not images are skipped and reported, never decoded.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar, Self
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dynroute.data.readers.common import (
     SPLITS,
@@ -37,9 +41,18 @@ from dynroute.data.readers.common import (
 )
 from dynroute.errors import DynrouteError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Below this many images a process pool costs more than it saves.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# Smaller images carry too little to resize from; a user's file this small is a mistake.
+MIN_IMAGE_SIZE = 8
+# Pillow's bilinear filter widens with the scale factor, so shrinking is antialiased.
+RESAMPLE = Image.Resampling.BILINEAR
+# Below this many images (or bytes) a process pool costs more than it saves.
 PARALLEL_DECODE_MIN_IMAGES = 4000
+PARALLEL_DECODE_MIN_BYTES = 16 << 20
+# Compressed bytes held in memory at once while decoding, so large photos do not fill RAM.
+DECODE_CHUNK_BYTES = 256 << 20
+# Name of an image folder's fingerprint in provenance records (its files' names, sizes, mtimes).
+LISTING_FINGERPRINT = "listing(name,size,mtime)"
 
 
 def _natural_key(name: str) -> tuple[int, int, str]:
@@ -47,69 +60,188 @@ def _natural_key(name: str) -> tuple[int, int, str]:
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
 
 
-def group_entries(
-    entries: Iterable[str], where: Path, classes: tuple[str, ...]
-) -> dict[str, dict[str, list[str]]]:
-    """Sort ``split/class/file`` paths into split -> class -> files, enforcing the layout."""
-    tree: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
+def is_hidden(name: str) -> bool:
+    """Dot-files and folders, and the metadata folder macOS adds to zips."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def resize_square(image: Image.Image, size: int) -> Image.Image:
+    """The one resize of user pixels (files and arrays alike): bilinear, stretched to square."""
+    return image.resize((size, size), RESAMPLE)
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    """Image files per split and class (labels follow ``classes``), and the files skipped.
+
+    A plain ``<class>/*`` tree (``split_folders`` False) is listed as a train split and an
+    empty test split.
+    """
+
+    split_folders: bool
+    classes: tuple[str, ...]
+    images: dict[str, dict[str, list[str]]]
+    skipped: tuple[str, ...]
+
+    def files(self, split: str) -> list[str]:
+        found = self.images.get(split, {})
+        return [entry for name in self.classes for entry in found.get(name, [])]
+
+    def labels(self, split: str) -> np.ndarray:
+        found = self.images.get(split, {})
+        counts = [len(found.get(name, [])) for name in self.classes]
+        return np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)
+
+    def all_images(self) -> list[str]:
+        return [entry for split in SPLITS for entry in self.files(split)]
+
+
+def has_split_folders(entries: Iterable[str]) -> bool:
+    """Whether a tree is laid out as train/ and test/ (else its top folders are classes)."""
+    return any(entry.split("/", 1)[0] in SPLITS for entry in entries if "/" in entry)
+
+
+def list_tree(
+    entries: Iterable[str], where: Path, classes: tuple[str, ...], split_folders: bool
+) -> TreeListing:
+    """Sort tree entries (folders end in "/") into split -> class -> images, enforcing the layout.
+
+    Images may lie at any depth under their class folder. ``classes`` empty: discover them
+    from the folder names (sorted); at least two, and train/ and test/ must agree.
+    """
+    splits = SPLITS if split_folders else ("train",)
+    depth = 2 if split_folders else 1  # leading path parts naming the split and the class
+    found: dict[str, dict[str, list[str]]] = {split: {} for split in splits}
+    skipped = []
     for entry in entries:
-        parts = entry.split("/")
-        if len(parts) >= 2 and parts[0] in tree:
-            found = tree[parts[0]]
-            found.setdefault(parts[1], [])
-            if len(parts) == 3 and parts[2].lower().endswith(IMAGE_SUFFIXES):
-                found[parts[1]].append(entry)
-    for split, found in tree.items():
-        unexpected = sorted(set(found) - set(classes))
-        if unexpected:
-            raise DynrouteError(
-                f"{where}: unexpected class folder {split}/{unexpected[0]}; expected exactly "
-                f"these {len(classes)} classes: {', '.join(classes)}"
-            )
-        for name in classes:
-            if name not in found:
-                raise DynrouteError(f"{where}: missing class folder {split}/{name}")
-            if not found[name]:
+        is_folder = entry.endswith("/")
+        parts = [part for part in entry.split("/") if part]
+        if not parts or any(is_hidden(part) for part in parts[:-1]):
+            continue  # inside a hidden folder: not the user's data
+        split = parts[0] if split_folders else "train"
+        name = parts[depth - 1] if len(parts) >= depth else ""
+        in_class = split in found and name and (len(parts) > depth or is_folder)
+        if in_class and not is_hidden(name):
+            images = found[split].setdefault(name, [])
+            if (
+                not is_folder
+                and not is_hidden(parts[-1])
+                and parts[-1].lower().endswith(IMAGE_SUFFIXES)
+            ):
+                images.append("/".join(parts))
+                continue
+        if not is_folder:
+            skipped.append("/".join(parts))
+    for split, in_split in found.items():
+        prefix = f"{split}/" if split_folders else ""
+        if classes:
+            unexpected = sorted(set(in_split) - set(classes))
+            if unexpected:
                 raise DynrouteError(
-                    f"{where}: class folder {split}/{name} holds no PNG or JPEG images"
+                    f"{where}: unexpected class folder {prefix}{unexpected[0]}; expected exactly "
+                    f"these {len(classes)} classes: {', '.join(classes)}"
                 )
-            found[name].sort(key=_natural_key)
-    return tree
+            for name in classes:
+                if name not in in_split:
+                    raise DynrouteError(f"{where}: missing class folder {prefix}{name}")
+        elif not in_split:
+            raise DynrouteError(f"{where}: no class folders in {prefix or 'it'}")
+        for name, images in in_split.items():
+            if not images:
+                raise DynrouteError(
+                    f"{where}: class folder {prefix}{name} holds no images "
+                    f"({', '.join(IMAGE_SUFFIXES)})"
+                )
+            images.sort(key=_natural_key)
+    if not classes:
+        classes = _discovered_classes(found, where)
+    return TreeListing(split_folders, classes, found, tuple(sorted(skipped)))
 
 
-def _decode_chunk(blobs: list[bytes], names: list[str], size: int) -> np.ndarray:
-    """Decode size x size images to (N, 3, size, size) uint8; top-level for the process pool."""
+def _discovered_classes(found: dict[str, dict[str, list[str]]], where: Path) -> tuple[str, ...]:
+    names = sorted(found["train"])
+    if "test" in found and set(found["test"]) != set(names):
+        only_train = sorted(set(names) - set(found["test"]))
+        only_test = sorted(set(found["test"]) - set(names))
+        difference = "; ".join(
+            f"only in {split}/: {', '.join(only)}"
+            for split, only in (("train", only_train), ("test", only_test))
+            if only
+        )
+        raise DynrouteError(f"{where}: train/ and test/ hold different classes ({difference})")
+    if len(names) < 2:
+        raise DynrouteError(
+            f"{where}: only one class ({names[0]}); a classifier needs at least two class folders"
+        )
+    return tuple(names)
+
+
+def _decode_one(blob: bytes, name: str, size: int, resize: bool) -> bytes:
+    """RGB bytes of one size x size image; built-in copies must already have that size."""
+    with Image.open(io.BytesIO(blob)) as image:
+        width, height = image.size
+        if not resize:
+            if image.size != (size, size):
+                raise DynrouteError(f"{name}: image is {width}x{height}, expected {size}x{size}")
+            return image.convert("RGB").tobytes()
+        if min(width, height) < MIN_IMAGE_SIZE:
+            raise DynrouteError(
+                f"{name}: image is {width}x{height} pixels, too small "
+                f"(at least {MIN_IMAGE_SIZE} on a side)"
+            )
+        if image.mode in ("I", "F") or image.mode.startswith("I;"):
+            raise DynrouteError(
+                f"{name}: {image.mode} pixels (16-bit or floating point) are not supported; "
+                "save the image with 8 bits per channel"
+            )
+        image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
+        upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
+        rgb = upright.convert("RGB")
+        return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
+
+
+def _decode_chunk(blobs: list[bytes], names: list[str], size: int, resize: bool) -> np.ndarray:
+    """Decode images to (N, 3, size, size) uint8; top-level for the process pool."""
     out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
     for index, (blob, name) in enumerate(zip(blobs, names, strict=True)):
         try:
-            with Image.open(io.BytesIO(blob)) as image:
-                if image.size != (size, size):
-                    raise DynrouteError(
-                        f"{name}: image is {image.size[0]}x{image.size[1]}, expected {size}x{size}"
-                    )
-                pixels = image.convert("RGB").tobytes()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            pixels = _decode_one(blob, name, size, resize)
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            OSError,
+            SyntaxError,
+            ValueError,
+        ) as exc:
             raise DynrouteError(f"{name}: cannot decode image ({exc})") from exc
         out[index] = np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
     return out.transpose(0, 3, 1, 2).copy()
 
 
-def decode_images(blobs: list[bytes], names: list[str], size: int) -> np.ndarray:
-    """Decode many small images, in parallel on Linux when it pays off."""
+def decode_images(
+    blobs: list[bytes], names: list[str], size: int, resize: bool = False
+) -> np.ndarray:
+    """Decode many images, in parallel on Linux when it pays off."""
     workers = min(os.cpu_count() or 1, 8)
     can_fork = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
-    if len(blobs) < PARALLEL_DECODE_MIN_IMAGES or workers < 2 or not can_fork:
-        return _decode_chunk(blobs, names, size)
+    worth_it = (
+        len(blobs) >= PARALLEL_DECODE_MIN_IMAGES
+        or sum(map(len, blobs)) >= PARALLEL_DECODE_MIN_BYTES
+    )
+    if not worth_it or len(blobs) < 2 or workers < 2 or not can_fork:
+        return _decode_chunk(blobs, names, size, resize)
     step = -(-len(blobs) // (workers * 4))
     chunks = [(blobs[i : i + step], names[i : i + step]) for i in range(0, len(blobs), step)]
     context = multiprocessing.get_context("fork")
+    decode = partial(_decode_chunk, size=size, resize=resize)
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        parts = list(pool.map(partial(_decode_chunk, size=size), *zip(*chunks, strict=True)))
+        parts = list(pool.map(decode, *zip(*chunks, strict=True)))
     return np.concatenate(parts)
 
 
 class _Tree(ABC):
-    """Read access to one image tree; ``entries`` lists class folders too, so empty ones show."""
+    """Read access to one image tree; ``entries`` lists folders too (ending in "/"), so empty
+    class folders show."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -121,7 +253,7 @@ class _Tree(ABC):
     def read(self, entry: str) -> bytes: ...
 
     @abstractmethod
-    def fingerprint(self, entries: list[str]) -> FileCheck:
+    def fingerprint(self, images: list[str]) -> FileCheck:
         """A cheap checksum that changes whenever the images do, to key the cache."""
 
     def close(self) -> None:
@@ -149,12 +281,15 @@ class _ZipTree(_Tree):
             raise DynrouteError(f"{root} is truncated or not a valid zip archive ({exc})") from exc
 
     def entries(self) -> list[str]:
-        names = [name.rstrip("/") for name in self.zip.namelist()]
-        roots = {PurePosixPath(name).parts[0] for name in names if name}
-        if "train" not in roots and len(roots) == 1:
-            # Tolerate a single wrapping folder, e.g. cifar10/train/...
-            self.prefix = f"{roots.pop()}/"
-            names = [name[len(self.prefix) :] for name in names if name.startswith(self.prefix)]
+        names = [name for name in self.zip.namelist() if not name.startswith("__MACOSX/")]
+        roots = {name.split("/", 1)[0] for name in names if "/" in name and not is_hidden(name)}
+        if len(roots) == 1 and not roots & set(SPLITS):
+            # Tolerate a single wrapping folder (cifar10/train/..., pets/cat/...) when it
+            # holds folders; a lone class folder (cat/1.png) is not a wrapper.
+            prefix = f"{roots.pop()}/"
+            if any("/" in name[len(prefix) :] for name in names if name.startswith(prefix)):
+                self.prefix = prefix
+                names = [name[len(prefix) :] for name in names if name.startswith(prefix)]
         return names
 
     def read(self, entry: str) -> bytes:
@@ -167,7 +302,7 @@ class _ZipTree(_Tree):
                 f"{self.root}: cannot read {entry} ({exc}); the copy is corrupt"
             ) from exc
 
-    def fingerprint(self, entries: list[str]) -> FileCheck:
+    def fingerprint(self, images: list[str]) -> FileCheck:
         """MD5 of the whole archive."""
         return FileCheck(self.root.name, md5_file(self.root), None)
 
@@ -178,17 +313,23 @@ class _ZipTree(_Tree):
 
 class _FolderTree(_Tree):
     def entries(self) -> list[str]:
-        names = []
-        try:
-            for split in SPLITS:
-                if not (self.root / split).is_dir():
-                    continue
-                for folder in sorted((self.root / split).iterdir()):
-                    if folder.is_dir():
-                        names.append(f"{split}/{folder.name}")
-                        names += [f"{split}/{folder.name}/{path.name}" for path in folder.iterdir()]
-        except OSError as exc:
-            raise cannot_read(exc.filename or self.root, exc) from exc
+        """Every folder and file below the root; symlinked folders are followed once."""
+        names: list[str] = []
+        seen: set[str] = set()
+
+        def fail(exc: OSError) -> None:
+            raise cannot_read(exc.filename or self.root, exc)
+
+        for folder, subfolders, files in os.walk(self.root, onerror=fail, followlinks=True):
+            real = os.path.realpath(folder)
+            subfolders[:] = [] if real in seen else [d for d in subfolders if not is_hidden(d)]
+            if real in seen:
+                continue
+            seen.add(real)
+            relative = Path(folder).relative_to(self.root).as_posix()
+            prefix = "" if relative == "." else f"{relative}/"
+            names += [f"{prefix}{name}/" for name in subfolders]
+            names += [f"{prefix}{name}" for name in files]
         return names
 
     def read(self, entry: str) -> bytes:
@@ -197,31 +338,53 @@ class _FolderTree(_Tree):
         except OSError as exc:
             raise cannot_read(self.root / entry, exc) from exc
 
-    def fingerprint(self, entries: list[str]) -> FileCheck:
-        """MD5 over names, sizes and modification times: cheap, and changes with any edit."""
+    def fingerprint(self, images: list[str]) -> FileCheck:
+        """MD5 over names, sizes and modification times: cheap, and changes with any edit
+        short of rewriting a file with the same size and a restored modification time."""
         listing = []
-        for entry in sorted(e for e in entries if e.lower().endswith(IMAGE_SUFFIXES)):
+        for entry in sorted(images):
             try:
                 stat = (self.root / entry).stat()
             except OSError as exc:
                 raise cannot_read(self.root / entry, exc) from exc
             listing.append(f"{entry}:{stat.st_size}:{stat.st_mtime_ns}")
-        return FileCheck("listing(name,size,mtime)", md5_bytes("\n".join(listing).encode()), None)
+        return FileCheck(LISTING_FINGERPRINT, md5_bytes("\n".join(listing).encode()), None)
+
+
+def _decode_entries(
+    tree: _Tree, entries: list[str], where: Path, size: int, resize: bool
+) -> np.ndarray:
+    """(N, 3, size, size) uint8 of ``entries``, read and decoded a bounded chunk at a time."""
+    out = np.empty((len(entries), 3, size, size), dtype=np.uint8)
+    start, blobs, held = 0, [], 0
+    for index, entry in enumerate(entries):
+        blobs.append(tree.read(entry))
+        held += len(blobs[-1])
+        if held >= DECODE_CHUNK_BYTES or index == len(entries) - 1:
+            names = [f"{where}:{name}" for name in entries[start : index + 1]]
+            out[start : index + 1] = decode_images(blobs, names, size, resize)
+            start, blobs, held = index + 1, [], 0
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
 class ImageTreeReader(ABC):
     """An image tree whose class folders are exactly ``classes`` (label = position).
 
-    ``name_hint``: when searching a data directory, only copies whose name contains
-    it are taken, so an unrelated tree is never mistaken for this dataset.
+    ``classes`` empty: discover them from the folder names, sorted. ``name_hint``: when
+    searching a data directory, only copies whose name contains it are taken, so an
+    unrelated tree is never mistaken for this dataset. ``resize``: scale any image of at
+    least 8 pixels a side to ``image_size`` (a user's tree) instead of refusing other sizes.
+    ``split_folders``: train/ and test/ (True), one class tree (False), or detect (None).
     """
 
     dataset: str
-    classes: tuple[str, ...]
+    classes: tuple[str, ...] = ()
     name_hint: str = ""
     subfolders: tuple[str, ...] = ("",)
     image_size: int = 32
+    resize: bool = False
+    split_folders: bool | None = True
 
     kind: ClassVar[str]
 
@@ -239,28 +402,32 @@ class ImageTreeReader(ABC):
     @abstractmethod
     def _open(self, path: Path) -> _Tree: ...
 
-    def identify(self, source: Source, allow_checksum_mismatch: bool) -> Provenance:
-        # Only the fingerprint keys the cache; the layout is checked when the tree is read.
+    def _list(self, tree: _Tree, where: Path) -> TreeListing:
+        entries = tree.entries()
+        split = has_split_folders(entries) if self.split_folders is None else self.split_folders
+        return list_tree(entries, where, self.classes, split)
+
+    def scan(self, source: Source) -> tuple[TreeListing, Provenance]:
+        """The layout (checked) and the fingerprint that keys the cache, without decoding."""
         with self._open(source.path) as tree:
-            check = tree.fingerprint(tree.entries())
-        return Provenance(source, check.md5, (check,))
+            listing = self._list(tree, source.path)
+            check = tree.fingerprint(listing.all_images())
+        return listing, Provenance(source, check.md5, (check,))
+
+    def identify(self, source: Source, allow_checksum_mismatch: bool) -> Provenance:
+        return self.scan(source)[1]
 
     def read(self, source: Source, allow_checksum_mismatch: bool) -> tuple[RawData, Provenance]:
         """No official checksums exist for image trees, so the flag changes nothing."""
         arrays: list[np.ndarray] = []
         with self._open(source.path) as tree:
-            entries = tree.entries()
-            grouped = group_entries(entries, source.path, self.classes)
-            check = tree.fingerprint(entries)
+            listing = self._list(tree, source.path)
+            check = tree.fingerprint(listing.all_images())
             for split in SPLITS:
-                names = [entry for name in self.classes for entry in grouped[split][name]]
-                labels = np.repeat(
-                    np.arange(len(self.classes), dtype=np.int64),
-                    [len(grouped[split][name]) for name in self.classes],
+                images = _decode_entries(
+                    tree, listing.files(split), source.path, self.image_size, self.resize
                 )
-                blobs = [tree.read(entry) for entry in names]
-                labelled = [f"{source.path}:{name}" for name in names]
-                arrays += [decode_images(blobs, labelled, self.image_size), labels]
+                arrays += [images, listing.labels(split)]
         return RawData(*arrays), Provenance(source, check.md5, (check,))
 
 

@@ -1,0 +1,123 @@
+"""Budget targeting: the operating point that meets a mean-MAC or accuracy target.
+
+Chosen on a split the network did not train on (the run's validation split), among:
+thresholds of a threshold policy (every value its exits' answers take), the k_cpt input
+of a dynamic-k_cpt net (a fine log-spaced grid, cheap because only the routers run
+again), or, for fixed-k_cpt nets, the runs given. A MAC budget picks the most accurate
+point within it; an accuracy target the cheapest point that reaches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynroute.errors import DynrouteError
+from dynroute.infer.operating_points import exit_table, exits_for_k, router_inputs
+from dynroute.infer.policies import Policy
+from dynroute.nn.macs import tree_costs
+from dynroute.nn.tree import RoutedTree
+
+#: Thresholds tried: the values at this many quantiles of the exits' answers.
+THRESHOLD_QUANTILES = 2001
+#: k_cpt inputs tried for a dynamic-k_cpt net: 0 and a log grid over this range.
+K_CPT_GRID = (1e-11, 1e-6, 201)
+
+
+@dataclass
+class Candidate:
+    """One operating point of one run, measured on the calibration split."""
+
+    run: int
+    policy: Policy
+    k_cpt: float | None
+    accuracy: float
+    mean_macs: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def candidates(
+    run: int,
+    tree: RoutedTree,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    policy: Policy,
+    k_cpt: float | None = None,
+) -> list[Candidate]:
+    """Every operating point ``policy`` offers on this tree, measured on (images, labels)."""
+    if policy.uses_threshold:
+        if tree.dynamic_k_cpt and k_cpt is None:
+            raise DynrouteError("a dynamic-k_cpt net needs --k-cpt for its routers' choices")
+        table = exit_table(tree, images, labels, k_cpt)
+        steps = table.steps[policy.name]
+        values = table.measure[policy.name].gather(1, steps.clamp_min(0))[steps >= 0].numpy()
+        thresholds = np.unique(
+            np.clip(np.quantile(values, np.linspace(0, 1, THRESHOLD_QUANTILES)), 0, 1)
+        )
+        out = []
+        for threshold in (0.0, *thresholds.tolist(), 1.0):
+            chosen = Policy(policy.name, float(threshold))
+            point = table.point(table.exits(chosen), "threshold")
+            out.append(Candidate(run, chosen, k_cpt, point["accuracy"], point["mean_macs"]))
+        return out
+    if policy.name != "learned":
+        raise DynrouteError(f"the {policy.name} policy cannot be calibrated: it is not deployable")
+    if not tree.junctions:
+        raise DynrouteError("a network without routers has one operating point: nothing to choose")
+    if tree.dynamic_k_cpt:
+        low, high, count = K_CPT_GRID
+        k_values = [0.0, *np.logspace(np.log10(low), np.log10(high), count).tolist()]
+    else:
+        k_values = [None]
+    inputs = router_inputs(tree, images)
+    if inputs is None:
+        raise DynrouteError("calibrating needs routers that say what they read (Router.reads)")
+    correct = exit_table(tree, images, labels, k_values[0]).correct  # routing-independent
+    position = {leaf: i for i, leaf in enumerate(tree.leaves)}
+    path_macs = torch.tensor(tree_costs(tree).path_macs, dtype=torch.float64)
+    out = []
+    for k in k_values:
+        exits = exits_for_k(tree, inputs, len(images), k)
+        columns = torch.tensor([position[int(e)] for e in exits.tolist()])
+        accuracy = float(correct[torch.arange(len(labels)), columns].float().mean())
+        out.append(Candidate(run, policy, k, accuracy, float(path_macs[exits].mean())))
+    return out
+
+
+def choose(
+    points: list[Candidate], target_macs: float | None, target_accuracy: float | None
+) -> Candidate:
+    """The operating point that meets the target; an unreachable one is refused with the
+    range the points do reach.
+
+    A MAC budget: within each run, the point that spends most of it (thresholds and k_cpt
+    inputs form a near-continuous family, so this lands on the budget); across runs, the
+    most accurate of those. An accuracy target: the cheapest point that reaches it.
+    """
+    if (target_macs is None) == (target_accuracy is None):
+        raise DynrouteError("give exactly one of --target-macs and --target-accuracy")
+    if target_macs is not None:
+        feasible = [p for p in points if p.mean_macs <= target_macs]
+        if not feasible:
+            cheapest = min(p.mean_macs for p in points)
+            raise DynrouteError(
+                f"no operating point stays within {target_macs / 1e6:.3f} M MACs; reachable: "
+                f"{cheapest / 1e6:.3f} to {max(p.mean_macs for p in points) / 1e6:.3f} M"
+            )
+        per_run = {}
+        for p in feasible:
+            best = per_run.get(p.run)
+            if best is None or (p.mean_macs, p.accuracy) > (best.mean_macs, best.accuracy):
+                per_run[p.run] = p
+        return max(per_run.values(), key=lambda p: (p.accuracy, p.mean_macs))
+    feasible = [p for p in points if p.accuracy >= target_accuracy]
+    if not feasible:
+        best = max(p.accuracy for p in points)
+        raise DynrouteError(
+            f"no operating point reaches accuracy {target_accuracy:.4f}; reachable: "
+            f"{min(p.accuracy for p in points):.4f} to {best:.4f}"
+        )
+    return min(feasible, key=lambda p: (p.mean_macs, -p.accuracy))

@@ -1,0 +1,458 @@
+"""Operating points of one trained tree: every routing policy's accuracy against mean MACs.
+
+One dense pass over a split records, per example, what every exit answers (right or
+wrong, how certain) and where the routers would send it. From that table alone every
+policy of ``dynroute.infer.policies`` is replayed for any threshold without running the
+network again, so a curve of hundreds of thresholds costs one pass:
+
+- ``learned``: the routers' argmax (one point; one per k_cpt for a dynamic-k_cpt net);
+- ``confidence`` / ``entropy``: the threshold swept over the values that occur;
+- ``oracle``: the cheapest correct exit, and below its accuracy the cheapest way to be
+  right that often (an upper bound on any router over these exits);
+- ``single exit``: every example leaves at one exit, each exit in turn (static routing
+  on the same exits).
+
+``ExitTable.exits`` replays a policy exactly as ``predict_dense`` and the engine decide
+(tests check it on random trees).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynroute.infer.evaluate import as_tensor, predict_dense
+from dynroute.infer.policies import Policy, confidence, exit_certainty, normalised_entropy
+from dynroute.nn.macs import tree_costs
+from dynroute.nn.tree import RoutedTree, evaluation_mode
+
+#: Thresholds per curve: the certainty values at these many quantiles.
+CURVE_POINTS = 201
+#: Points of a multi-exit net's threshold curves that keep per-example correctness in its
+#: result file, for the paired comparison with other networks (``threshold_curve``).
+RESULT_PAIRED_POINTS = 41
+
+
+def analysis_k_values(
+    tree: RoutedTree, k_cpt_set: Sequence[float] | None = None
+) -> list[float | None]:
+    """The k_cpt inputs a tree is analysed at: every value of its k_cpt set for a
+    dynamic-k_cpt net (the paper's set by default), none for a fixed-cost one."""
+    from dynroute.train.config import PAPER_K_CPT_SET
+
+    if not tree.dynamic_k_cpt:
+        return [None]
+    return [float(k) for k in (k_cpt_set or PAPER_K_CPT_SET)]
+
+
+@dataclass
+class ExitTable:
+    """Per-example answers of every exit and the routers' path, for one split.
+
+    ``correct``: (N, leaves); ``measure[policy]``: (N, leaves) the quantity the threshold
+    policy tests (max softmax; normalised entropy). ``steps[policy]``: (N, depth) position
+    (in ``leaves``) of the most certain exit at each junction along the path the routers
+    take among non-exit sinks (-1 past the end); ``terminal``: where an example ends if
+    no exit on that path passes the threshold.
+    """
+
+    leaves: list[int]
+    labels: torch.Tensor
+    correct: torch.Tensor
+    measure: dict[str, torch.Tensor]
+    steps: dict[str, torch.Tensor]
+    terminal: torch.Tensor
+    leaf_macs: dict[str, torch.Tensor]
+
+    def exits(self, policy: Policy) -> torch.Tensor:
+        """Position (in ``leaves``) of each example's exit under a threshold policy."""
+        steps = self.steps[policy.name]
+        measure = self.measure[policy.name].gather(1, steps.clamp_min(0))
+        # The same float32 comparison as ``policies.passes``.
+        if policy.name == "confidence":
+            passing = measure >= policy.threshold
+        else:
+            passing = measure <= policy.threshold
+        passing &= steps >= 0
+        first = passing.to(torch.uint8).argmax(dim=1)
+        chosen = steps.gather(1, first[:, None])[:, 0]
+        return torch.where(passing.any(dim=1), chosen, self.terminal)
+
+    def point(self, positions: torch.Tensor, cost_model: str) -> dict[str, float]:
+        """Accuracy and mean MACs when example i leaves at exit ``positions[i]``."""
+        n = len(self.labels)
+        right = self.correct[torch.arange(n), positions]
+        macs = self.leaf_macs[cost_model][positions]
+        return {"accuracy": float(right.float().mean()), "mean_macs": float(macs.double().mean())}
+
+    def correctness(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.correct[torch.arange(len(self.labels)), positions]
+
+
+def exit_table(
+    tree: RoutedTree,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    k_cpt: float | None = None,
+    batch_size: int = 500,
+) -> ExitTable:
+    """One dense pass over a split: every exit's answer and the routers' path."""
+    images = as_tensor(images, torch.float32)
+    labels = as_tensor(labels, torch.long)
+    leaves = tree.leaves
+    position = {leaf: k for k, leaf in enumerate(leaves)}
+    device = next(tree.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {"correct": [], "terminal": []}
+    kinds = ("confidence", "entropy")
+    for kind in kinds:
+        parts[f"measure/{kind}"], parts[f"steps/{kind}"] = [], []
+    with evaluation_mode(tree), torch.inference_mode():
+        for start in range(0, len(labels), batch_size):
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device)
+            out = tree.forward_dense(x, k_cpt)
+            logits = [out.logits[leaf] for leaf in leaves]
+            parts["correct"].append(torch.stack([z.argmax(1) == y for z in logits], 1).cpu())
+            for kind, measure in (("confidence", confidence), ("entropy", normalised_entropy)):
+                certainty = torch.stack([exit_certainty(Policy(kind, 0.5), z) for z in logits], 1)
+                steps, terminal = _router_path(tree, out, certainty, position)
+                parts[f"measure/{kind}"].append(torch.stack([measure(z) for z in logits], 1).cpu())
+                parts[f"steps/{kind}"].append(steps.cpu())
+            parts["terminal"].append(terminal.cpu())
+    costs = tree_costs(tree)
+    return ExitTable(
+        leaves=list(leaves),
+        labels=labels,
+        correct=torch.cat(parts["correct"]),
+        measure={kind: torch.cat(parts[f"measure/{kind}"]) for kind in kinds},
+        steps={kind: torch.cat(parts[f"steps/{kind}"]) for kind in kinds},
+        terminal=torch.cat(parts["terminal"]),
+        leaf_macs={
+            model: torch.tensor([costs.policy_path_macs(model)[leaf] for leaf in leaves])
+            for model in ("learned", "threshold", "oracle")
+        },
+    )
+
+
+def _router_path(
+    tree: RoutedTree,
+    out: Any,
+    certainty: torch.Tensor,
+    position: dict[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each example: the most certain exit at each junction on the path the threshold
+    policy follows when nothing passes, and the exit it ends at then."""
+    n = certainty.shape[0]
+    device = certainty.device
+    node = torch.zeros(n, dtype=torch.long, device=device)
+    steps: list[torch.Tensor] = []
+    terminal = torch.full((n,), -1, dtype=torch.long, device=device)
+    for _ in range(len(tree.nodes)):
+        if bool((terminal >= 0).all()):
+            break
+        step = torch.full((n,), -1, dtype=torch.long, device=device)
+        next_node = node.clone()
+        for index in node[terminal < 0].unique().tolist():
+            rows = (node == index) & (terminal < 0)
+            kids = tree.children_of[index]
+            exits = [c for c in kids if tree.nodes[c].is_leaf]
+            inner = [c for c in kids if not tree.nodes[c].is_leaf]
+            if tree.nodes[index].is_leaf:  # reached by following a single sink
+                terminal[rows] = position[index]
+                continue
+            if exits and len(kids) >= 2:
+                columns = torch.tensor([position[c] for c in exits], device=device)
+                best = certainty[rows][:, columns].argmax(dim=1)
+                step[rows] = columns[best]
+            if len(kids) == 1:
+                next_node[rows] = kids[0]
+            elif len(inner) == 1:
+                next_node[rows] = inner[0]
+            else:
+                scores = out.scores[index][rows]
+                if not inner:  # only exits: the router picks the fallback exit
+                    terminal[rows] = torch.tensor([position[c] for c in kids], device=device)[
+                        scores.argmax(dim=1)
+                    ]
+                else:
+                    choice = scores[:, [kids.index(c) for c in inner]].argmax(dim=1)
+                    next_node[rows] = torch.tensor(inner, device=device)[choice]
+        steps.append(step)
+        node = next_node
+    return torch.stack(steps, dim=1), terminal
+
+
+# ---------------------------------------------------------------- curves
+
+
+def threshold_curve(table: ExitTable, name: str, paired_points: int = 0) -> list[dict[str, Any]]:
+    """The policy's points over thresholds at the quantiles of the certainties seen.
+
+    ``paired_points`` of them, evenly spread along the curve, also carry the per-example
+    correctness (``correct_bits``), so another network can be compared with this one
+    example by example (McNemar) at matched mean MACs without rerunning it.
+    """
+    steps = table.steps[name]
+    measure = table.measure[name].gather(1, steps.clamp_min(0))[steps >= 0]
+    quantiles = np.quantile(measure.numpy(), np.linspace(0, 1, CURVE_POINTS))
+    thresholds = sorted({0.0, 1.0, *(float(np.clip(q, 0, 1)) for q in quantiles)})
+    paired = set()
+    if paired_points > 0:
+        paired = {round(i) for i in np.linspace(0, len(thresholds) - 1, paired_points)}
+    points = []
+    for i, threshold in enumerate(thresholds):
+        positions = table.exits(Policy(name, threshold))
+        point = {"threshold": threshold, **table.point(positions, "threshold")}
+        if i in paired:
+            point["correct_bits"] = pack_bits(table.correctness(positions))
+        points.append(point)
+    return points
+
+
+def single_exit_points(table: ExitTable, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Every example leaves at one exit: static routing on the trained exits."""
+    n = len(table.labels)
+    return [
+        {
+            "exit": name,
+            **table.point(torch.full((n,), k, dtype=torch.long), "oracle"),
+        }
+        for k, name in enumerate(names)
+    ]
+
+
+def oracle_curve(table: ExitTable) -> list[dict[str, Any]]:
+    """The cheapest mean MACs at each accuracy up to the oracle's.
+
+    Each example costs its cheapest correct exit; below the oracle's accuracy the
+    examples whose correct answer is dearest are sent to the cheapest exit instead.
+    """
+    macs = table.leaf_macs["oracle"].double()
+    cheapest = float(macs.min())
+    dear = torch.where(table.correct, macs, torch.full_like(macs, math.inf)).min(dim=1).values
+    right = torch.isfinite(dear)
+    extra = (dear[right] - cheapest).sort(descending=True).values
+    n = len(table.labels)
+    base = n * cheapest
+    total = base + float(extra.sum())
+    points = [{"accuracy": int(right.sum()) / n, "mean_macs": total / n}]
+    steps = max(1, len(extra) // 100)
+    dropped = 0.0
+    for k in range(0, len(extra), steps):
+        dropped += float(extra[k : k + steps].sum())
+        points.append(
+            {"accuracy": (int(right.sum()) - min(k + steps, len(extra))) / n,
+             "mean_macs": (total - dropped) / n}
+        )  # fmt: skip
+    return sorted(points, key=lambda p: p["mean_macs"])
+
+
+def frontier_macs(points: Sequence[dict[str, Any]], accuracy: float) -> float | None:
+    """Fewest mean MACs at which a curve reaches ``accuracy`` (linear between points on its
+    accuracy/MACs frontier); None if it never does."""
+    ordered = sorted(points, key=lambda p: p["mean_macs"])
+    frontier: list[dict[str, Any]] = []
+    for p in ordered:
+        if not frontier or p["accuracy"] > frontier[-1]["accuracy"]:
+            frontier.append(p)
+    for a, b in zip([None, *frontier], frontier, strict=False):
+        if b["accuracy"] >= accuracy:
+            if a is None:
+                return b["mean_macs"]
+            t = (accuracy - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
+            return a["mean_macs"] + t * (b["mean_macs"] - a["mean_macs"])
+    return None
+
+
+def mcnemar_counts(first: torch.Tensor, second: torch.Tensor) -> tuple[int, int]:
+    """How many examples only ``first`` gets right, and only ``second``."""
+    return int((first & ~second).sum()), int((~first & second).sum())
+
+
+def mcnemar_p_value(only_first: int, only_second: int) -> float:
+    """Exact two-sided McNemar p-value: so lopsided a split of the discordant examples
+    under a fair coin."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    k = min(only_first, only_second)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def mcnemar(first: torch.Tensor, second: torch.Tensor) -> dict[str, float]:
+    """Paired comparison of per-example correctness: the exact two-sided McNemar test.
+
+    ``only_first``/``only_second``: examples just one of the two gets right; the p-value
+    is that of so lopsided a split under a fair coin.
+    """
+    b, c = mcnemar_counts(first, second)
+    return {
+        "accuracy_difference": (b - c) / len(first),
+        "only_first": b,
+        "only_second": c,
+        "p_value": mcnemar_p_value(b, c),
+    }
+
+
+def matched_threshold(
+    table: ExitTable, name: str, macs: float
+) -> tuple[Policy, dict[str, float], torch.Tensor]:
+    """The threshold whose mean MACs come closest to ``macs``; its point and correctness."""
+    best = min(threshold_curve(table, name), key=lambda p: abs(p["mean_macs"] - macs))
+    policy = Policy(name, best["threshold"])
+    positions = table.exits(policy)
+    return policy, table.point(positions, "threshold"), table.correctness(positions)
+
+
+def analyse(
+    tree: RoutedTree,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    k_values: Sequence[float | None] = (None,),
+    batch_size: int = 500,
+    paired_points: int = 0,
+) -> dict[str, Any]:
+    """Every policy's curve on one split, the routing quality of each learned point, and
+    learned routing against thresholds at matched mean MACs (JSON-ready).
+
+    ``k_values``: the k_cpt inputs of a dynamic-k_cpt net (one learned point each);
+    ``(None,)`` for a fixed-cost net. ``paired_points``: how many points of each threshold
+    curve keep their per-example correctness (``threshold_curve``).
+    """
+    labels_t = as_tensor(labels, torch.long)
+    images_t = as_tensor(images, torch.float32)
+    table = exit_table(tree, images_t, labels_t, k_values[0], batch_size)
+    names = [tree.nodes[leaf].name for leaf in table.leaves]
+    position = {leaf: k for k, leaf in enumerate(table.leaves)}
+    oracle = oracle_curve(table)
+    single = single_exit_points(table, names)
+    curves = {
+        name: threshold_curve(table, name, paired_points) for name in ("confidence", "entropy")
+    }
+    learned = []
+    for k, exits in zip(k_values, learned_exits(tree, images_t, k_values, batch_size), strict=True):
+        positions = torch.tensor([position[int(e)] for e in exits.tolist()])
+        point = {"k_cpt": k, **table.point(positions, "learned")}
+        correct = table.correctness(positions)
+        point["routing_quality"] = _routing_quality(point, single, curves, oracle)
+        point["against_thresholds"] = {}
+        for name in curves:
+            policy, matched, other = matched_threshold(table, name, point["mean_macs"])
+            point["against_thresholds"][name] = {
+                "threshold": policy.threshold,
+                **matched,
+                **mcnemar(correct, other),
+            }
+        point["correct_bits"] = pack_bits(correct)
+        learned.append(point)
+    return {
+        "num_examples": len(labels_t),
+        "exits": names,
+        "learned": learned,
+        **curves,
+        "oracle": oracle,
+        "single_exit": single,
+    }
+
+
+def learned_exits(
+    tree: RoutedTree,
+    images: torch.Tensor,
+    k_values: Sequence[float | None],
+    batch_size: int = 500,
+) -> list[torch.Tensor]:
+    """The routers' exits (node indices) for every k_cpt input, from one pass over the images.
+
+    Routers that say what they read (``Router.reads``: the coarsest map) are run again
+    on that alone for each k_cpt; other trees get one dense pass per k_cpt.
+    """
+    inputs = router_inputs(tree, images, batch_size)
+    if inputs is None:
+        with evaluation_mode(tree):
+            return [
+                torch.cat(
+                    [
+                        predict_dense(tree, images[s : s + batch_size], k).exits.cpu()
+                        for s in range(0, len(images), batch_size)
+                    ]
+                )
+                for k in k_values
+            ]
+    return [exits_for_k(tree, inputs, len(images), k) for k in k_values]
+
+
+def router_inputs(
+    tree: RoutedTree, images: torch.Tensor, batch_size: int = 500
+) -> dict[int, torch.Tensor] | None:
+    """What each junction's router reads, for every image (None if a router does not say)."""
+    junctions = tree.junctions
+    if not junctions or not all(hasattr(tree.nodes[j].router, "reads") for j in junctions):
+        return None
+    device = next(tree.parameters()).device
+    features: dict[int, list[torch.Tensor]] = {j: [] for j in junctions}
+
+    def keep(index: int, signal: Any) -> list[tuple[int, Any]]:
+        out = tree.nodes[index].transform(signal)
+        if index in features:
+            features[index].append(tree.nodes[index].router.reads(out))
+        return [(child, out) for child in tree.children_of[index] if child not in tree.leaves]
+
+    with evaluation_mode(tree), torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            tree.walk(images[s : s + batch_size].to(device), keep)
+    return {j: torch.cat(parts) for j, parts in features.items()}
+
+
+def exits_for_k(
+    tree: RoutedTree, inputs: dict[int, torch.Tensor], n: int, k_cpt: float | None
+) -> torch.Tensor:
+    """The routers' exits (node indices) given their inputs and a k_cpt input."""
+    with evaluation_mode(tree), torch.inference_mode():
+        like = next(iter(inputs.values()))
+        k_feature = tree.router_k_cpt(k_cpt, n, like)
+        scores = {j: tree.router_scores(j, x, k_feature) for j, x in inputs.items()}
+        arrival = tree.arrival_probabilities(tree.hard_branches(scores), n, like)
+        reached = torch.stack(arrival, dim=1)[:, tree.leaves] > 0.5
+        position = reached.to(torch.uint8).argmax(dim=1)
+        return torch.tensor(tree.leaves, device=position.device)[position].cpu()
+
+
+def _routing_quality(
+    point: dict[str, Any],
+    single: list[dict[str, Any]],
+    curves: dict[str, list[dict[str, Any]]],
+    oracle: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """At the learned point's accuracy: the mean MACs of single-exit (static) routing, of the
+    best threshold policy and of the oracle, and the share of the static-to-oracle gap the
+    routers close (None where a curve never reaches that accuracy)."""
+    accuracy = point["accuracy"]
+    static = frontier_macs(single, accuracy)
+    thresholds = {name: frontier_macs(curve, accuracy) for name, curve in curves.items()}
+    reached = [m for m in thresholds.values() if m is not None]
+    best = min(reached) if reached else None
+    bound = frontier_macs(oracle, accuracy)
+    share = None
+    if static is not None and bound is not None and static - bound > 0:
+        share = (static - point["mean_macs"]) / (static - bound)
+    return {
+        "static_macs": static,
+        "threshold_macs": best,
+        "oracle_macs": bound,
+        "gap_closed": share,
+    }
+
+
+def pack_bits(values: torch.Tensor) -> str:
+    """A bool vector as a compact hex string (per-example correctness in result files)."""
+    return np.packbits(values.numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_bits(text: str, count: int) -> torch.Tensor:
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:count]
+    return torch.from_numpy(bits.astype(bool))

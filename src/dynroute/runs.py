@@ -1,0 +1,134 @@
+"""A finished run, read back: its checkpoint, its config, its data and its calibration.
+
+``evaluate``, ``policies``, ``calibrate`` and ``EarlyExitEngine.from_run`` all start from
+a run directory (or a bare checkpoint file); this is the one place that knows how to
+find what they need in it. The layout itself is the trainer's (``dynroute.train.trainer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynroute import checkpoint
+from dynroute.atomic import read_json_object, write_json_atomic
+from dynroute.errors import DynrouteError
+from dynroute.infer.policies import LEARNED, Policy
+from dynroute.nn.tree import RoutedTree
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FORMAT = 1
+
+
+@dataclass
+class Run:
+    """A run directory or checkpoint file; ``config`` is None for a bare checkpoint."""
+
+    path: Path
+    checkpoint_path: Path
+    config: dict[str, Any] | None
+
+    @property
+    def directory(self) -> Path | None:
+        return self.path if self.path.is_dir() else None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.directory else self.path.stem
+
+    def load_tree(self, device: torch.device | str = "cpu") -> RoutedTree:
+        return checkpoint.load_model(self.checkpoint_path, map_location=device)
+
+    def dataset_name(self, override: str | None = None) -> str:
+        name = override or (self.config or {}).get("dataset")
+        if name is None:
+            raise DynrouteError(
+                f"{self.path} is a checkpoint without a run directory: pass --dataset"
+            )
+        return name
+
+    def split(
+        self,
+        name: str,
+        data_dir: str | os.PathLike[str] | None = None,
+        dataset: str | None = None,
+        allow_checksum_mismatch: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """Images, labels and class names of one split of the run's dataset, built with the
+        run's seed and validation size (so its validation split is the one it held out)."""
+        from dynroute.data.datasets import load_dataset
+
+        config = self.config or {}
+        splits = load_dataset(
+            self.dataset_name(dataset),
+            data_dir,
+            validation_size=config.get("validation_size", 0),
+            seed=config.get("seed", 0),
+            allow_checksum_mismatch=allow_checksum_mismatch,
+            image_size=config.get("image_size", 32),
+            test_fraction=config.get("test_fraction", 0.2),
+        )
+        part = getattr(splits, name)
+        if part is None:
+            raise DynrouteError(
+                f"{self.path} was trained without a {name} split; retrain it with "
+                "--validation-size N to hold N training examples out for choosing operating "
+                "points (the test split is for reporting them)"
+            )
+        return part.images, part.labels, splits.class_names
+
+    # ------------------------------------------------------------ calibration
+    def calibration(self) -> dict[str, Any] | None:
+        """The operating point ``dynroute calibrate`` chose for this run, if any."""
+        path = self.calibration_path
+        if path is None or not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            Policy(**data["policy"])
+            if data.get("format") != CALIBRATION_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+        except (OSError, ValueError, KeyError, TypeError, DynrouteError) as exc:
+            raise DynrouteError(
+                f"{path} is unreadable or corrupt ({exc}); run `dynroute calibrate` again"
+            ) from None
+        return data
+
+    @property
+    def calibration_path(self) -> Path | None:
+        return self.directory / CALIBRATION_FILE if self.directory else None
+
+    def save_calibration(self, data: dict[str, Any]) -> Path:
+        if self.calibration_path is None:
+            raise DynrouteError("a calibration is saved in a run directory, not beside a file")
+        return write_json_atomic(self.calibration_path, {"format": CALIBRATION_FORMAT, **data})
+
+    def operating_point(self) -> tuple[Policy, float | None]:
+        """The calibrated policy and k_cpt input, or the routers' own (learned, no k_cpt)."""
+        data = self.calibration()
+        if data is None:
+            return LEARNED, None
+        return Policy(**data["policy"]), data.get("k_cpt")
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """A run directory (its checkpoint and config) or a checkpoint file."""
+    from dynroute.train.trainer import CHECKPOINT_FILE, CONFIG_FILE
+
+    path = Path(path)
+    if path.is_dir():
+        file = path / CHECKPOINT_FILE
+        if not file.exists():
+            raise DynrouteError(f"no checkpoint in run directory {path}")
+        config_path = path / CONFIG_FILE
+        config = read_json_object(config_path, "run config") if config_path.exists() else None
+        return Run(path, file, config)
+    if not path.exists():
+        raise DynrouteError(f"no such run directory or checkpoint: {path}")
+    return Run(path, path, None)
