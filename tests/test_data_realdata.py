@@ -76,3 +76,47 @@ def test_cifar_zip_read_as_your_own_folder(real_data_dir, real_cache_dir):
     assert yours.train.class_counts() == [5000] * 10 and yours.test.class_counts() == [1000] * 10
     np.testing.assert_array_equal(yours.train.images, builtin.train.images)
     np.testing.assert_array_equal(yours.test.images, builtin.test.images)
+
+
+def test_a_folder_cut_from_the_cifar_zip_trains_end_to_end(real_data_dir, tmp_path, capsys):
+    """Your own data, the way a user brings it: three classes of the offline CIFAR-10 zip
+    unpacked into a class-folder tree (no train/test split, so dynroute makes one), trained
+    with the CLI, evaluated, analysed under every routing policy, and calibrated to a budget
+    on its validation split."""
+    import json
+    import zipfile
+
+    import torch
+
+    from dynroute.cli import main
+
+    archive = next(real_data_dir.glob("*cifar*.zip"), None)
+    if archive is None:
+        pytest.skip("no CIFAR-10 image zip in the data folder")
+    tree = tmp_path / "pets"
+    with zipfile.ZipFile(archive) as zf:
+        for name in ("cat", "dog", "horse"):
+            members = sorted(m for m in zf.namelist() if f"train/{name}/" in m and m[-4:] == ".jpg")
+            for member in members[:30]:
+                (tree / name).mkdir(parents=True, exist_ok=True)
+                (tree / name / member.rsplit("/", 1)[1]).write_bytes(zf.read(member))
+    (tree / "notes.txt").write_text("not an image")  # skipped, counted
+    run = tmp_path / "run"
+    threads = ["--threads", str(torch.get_num_threads())]
+    train = ["train", "--dataset", f"folder:{tree}", "--test-fraction", "0.2"]
+    train += ["--validation-size", "12", "--iterations", "4", "--batch-size", "8"]
+    train += ["--k-cpt", "4e-9", "--out", str(run), "--no-progress", *threads]
+    assert main(train) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", *threads]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["num_examples"] == 18  # 6 of each class's 30 held out for testing
+    assert main(["policies", str(run), "--split", "validation", *threads]) == 0
+    analysis = json.loads((run / "policies-validation.json").read_text())
+    assert analysis["num_examples"] == 12 and len(analysis["single_exit"]) == 8
+    budget = str(analysis["single_exit"][2]["mean_macs"] / 1e6)  # exit 3's cost
+    assert main(["calibrate", str(run), "--policy", "confidence", "--target-macs", budget,
+                 *threads]) == 0  # fmt: skip
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["policy"]["name"] == "confidence"
+    assert calibration["validation"]["mean_macs"] <= float(budget) * 1e6

@@ -57,18 +57,26 @@ def test_registry_covers_every_curve_and_expands_to_networks():
 
 
 def test_cpu_scale_applies_its_recipe_and_thins_wide_experiments():
-    from dynroute.experiments.registry import CPU_RECIPE
+    from dynroute.experiments.registry import CPU_RECIPE, SCALES
 
+    iterations = SCALES["cpu"].iterations
     actor = expand("hybrid-actor", "cpu")
-    assert len(actor) == 8 and all(n.config.iterations == 3000 for n in actor)
+    assert len(actor) == 8 and all(n.config.iterations == iterations for n in actor)
     for name, value in CPU_RECIPE.items():
         assert getattr(actor[3].config, name) == value
-    # An experiment's own options win over the scale's: k_dec 0 for the ablation.
-    assert expand("hybrid-actor-nokdec", "cpu")[0].config.k_dec == 0.0
-    assert expand("hybrid-actor-nokdec", "cpu")[0].config.epsilon == CPU_RECIPE["epsilon"]
+    # An experiment's own options win over the scale's: k_dec 0 for the ablation, whose
+    # curve (a mean gain over static) gets every other k_cpt of the paper's set.
+    nokdec = expand("hybrid-actor-nokdec", "cpu")
+    assert [n.config.k_cpt for n in nokdec] == list(PAPER_K_CPT_SET[::2])
+    assert {(n.config.k_dec, n.config.epsilon) for n in nokdec} == {(0.0, CPU_RECIPE["epsilon"])}
+    assert len(expand("hybrid-actor-tree", "cpu")) == 8
     wide = expand("cifar10-actor-width3", "cpu")
     assert [n.config.k_cpt for n in wide] == [k / 9 for k in PAPER_K_CPT_SET[1::2]]
-    assert {(n.config.iterations, n.config.lr_half_life) for n in wide} == {(1000, 1000 / 3)}
+    # A third of the iterations, and the same number of lr halvings in them.
+    half_life = CPU_RECIPE["lr_half_life"] / 3
+    assert {(n.config.iterations, n.config.lr_half_life) for n in wide} == {
+        (iterations // 3, half_life)
+    }
     static = expand("cifar10-static-width2", "cpu")
     assert [n.name for n in static] == ["static-2", "static-4", "static-6", "static-8"]
     # The quick and paper scales keep every network and their own defaults.

@@ -76,6 +76,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_run(args: argparse.Namespace) -> int:
+    from dynroute.atomic import write_json_atomic
+    from dynroute.errors import DynrouteError
+    from dynroute.experiments.registry import expand, get_experiment
+    from dynroute.experiments.results import result_from_run, result_path
+
+    experiment = get_experiment(args.experiment)
+    names = [n.name for n in expand(experiment, args.scale)]
+    if args.network not in names:
+        raise DynrouteError(
+            f"{args.experiment} has no network {args.network!r} at scale {args.scale}; "
+            f"its networks: {', '.join(names)}"
+        )
+    result = result_from_run(args.run, experiment.name, args.network)
+    result["scale"] = args.scale
+    path = result_path(args.results, args.scale, experiment.name, args.network)
+    if path.exists() and not args.overwrite:
+        raise DynrouteError(f"{path} exists; pass --overwrite to replace it")
+    write_json_atomic(path, result)
+    print(f"{args.run} -> {path}")
+    return 0
+
+
 def _results_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", default="quick", choices=list(SCALES), help="scale preset")
     parser.add_argument("--results", default="results", help="results folder (default: results)")
@@ -111,6 +134,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _results_arguments(plot)
     plot.add_argument("--out", help="figure folder (default: <results>/<scale>/figures)")
     plot.set_defaults(func=cmd_plot)
+
+    imported = sub.add_parser(
+        "import-run",
+        help="turn a finished run directory (trained by hand or elsewhere) into a result file",
+    )
+    imported.add_argument("run", help="run directory with summary.json and metrics.jsonl")
+    imported.add_argument("--experiment", required=True, choices=list(EXPERIMENTS))
+    imported.add_argument("--network", required=True, help="e.g. k_cpt-4e-09 or static-3")
+    imported.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    _results_arguments(imported)
+    imported.set_defaults(func=cmd_import_run)
 
     report = sub.add_parser("report", help="write report.md and report.html with every figure")
     _results_arguments(report)

@@ -7,7 +7,6 @@ the executor.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from dynroute.train.trainer import (
     Trainer,
     TrainingData,
     load_training_data,
+    read_metrics,
 )
 
 #: Seed of the fixed evaluation subset (smoke scale), independent of the training seed.
@@ -116,7 +116,7 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
     data = subset_evaluation(data, task.eval_subset)
     trainer = Trainer(config, data, run_dir, progress=False)
     summary = trainer.run(resume=(run_dir / CONFIG_FILE).exists())
-    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    records = read_metrics(run_dir / METRICS_FILE)
     result = build_result(task.experiment, task.network, summary, records, task.eval_subset)
     result["train_points"] = train_points(trainer, task.eval_subset or TRAIN_EVAL_SIZE)
     tree = trainer.tree

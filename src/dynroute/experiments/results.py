@@ -213,3 +213,26 @@ def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
         for p in r["points"]
     ]
     return sorted(points, key=lambda p: p.mean_macs)
+
+
+def result_from_run(
+    run_dir: str | os.PathLike[str], experiment: str, network: str
+) -> dict[str, Any]:
+    """The result document of a finished run directory trained outside a sweep (by hand, on
+    another machine), so the report reads it like a sweep's; no policy analysis or train
+    points are added (they need the weights and the data)."""
+    from dynroute.train.trainer import METRICS_FILE, SUMMARY_FILE, read_metrics
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / SUMMARY_FILE
+    if not summary_path.exists():
+        raise DynrouteError(f"{run_dir} has no {SUMMARY_FILE}: the run has not finished")
+    summary = read_json_object(summary_path, "run summary")
+    missing = [k for k in ("config", "final", "iterations", "train_seconds") if k not in summary]
+    if missing:
+        raise DynrouteError(f"{summary_path} lacks {', '.join(missing)}")
+    summary.setdefault("device", "unknown")
+    records = read_metrics(run_dir / METRICS_FILE)
+    result = build_result(experiment, network, summary, records, None)
+    result["imported_from"] = str(run_dir)
+    return result

@@ -591,6 +591,7 @@ def _markdown(scale: str, results: Results, claims: list[Claim], figures: list[P
         "| --- | --- | --- |",
     ]
     lines += [f"| {c.claim} | **{c.verdict}** | {c.evidence} |" for c in claims]
+    lines += _coverage(scale, results)
     lines += ["", "## Experiments", "", "| experiment | networks | best accuracy | at MACs |"]
     lines += ["| --- | --- | --- | --- |"]
     checker = ClaimChecker(results)
@@ -609,6 +610,37 @@ def _markdown(scale: str, results: Results, claims: list[Claim], figures: list[P
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}](figures/{p.name})" + "\n" for p in pngs if p not in policy_figures]
     return "\n".join(lines) + "\n"
+
+
+def _coverage(scale: str, results: Results) -> list[str]:
+    """Which of the registry's networks at this scale have results, and which are missing
+    (what a sweep of the named experiments would still train)."""
+    from dynroute.experiments.registry import EXPERIMENTS, SCALES, expand
+
+    if scale not in SCALES:
+        return []
+    rows, done, total = [], 0, 0
+    for name in EXPERIMENTS:
+        expected = [n.name for n in expand(name, scale)]
+        present = [n for n in expected if n in results.get(name, {})]
+        done, total = done + len(present), total + len(expected)
+        missing = [n for n in expected if n not in present]
+        shown = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        rows.append(f"| {name} | {len(present)}/{len(expected)} | {shown or '–'} |")
+    return [
+        "",
+        "## Coverage",
+        "",
+        f"{done} of the registry's {total} networks at scale `{scale}` have results; "
+        f"`dynroute sweep EXPERIMENT... --scale {scale}` trains the missing ones (it resumes and "
+        "skips finished networks).",
+        "",
+        "| experiment | networks done | missing |",
+        "| --- | --- | --- |",
+        *rows,
+    ]
 
 
 def _policy_section(checker: ClaimChecker, figures: list[Path]) -> list[str]:
