@@ -78,12 +78,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config the options ask for; a dataset path is made absolute (workers and resumed
-    runs may start in other folders)."""
+    """The config the options ask for; dataset and weight paths are made absolute (workers
+    and resumed runs may start in other folders)."""
     from dynroute.data import absolute_dataset_name
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    return replace(config, dataset=absolute_dataset_name(config.dataset))
+    weights = config.pretrained_weights
+    if weights is not None:
+        weights = str(Path(weights).expanduser().absolute())
+    return replace(
+        config, dataset=absolute_dataset_name(config.dataset), pretrained_weights=weights
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -321,7 +321,7 @@ def analyse(
     learned routing against thresholds at matched mean MACs (JSON-ready).
 
     ``k_values``: the k_cpt inputs of a dynamic-k_cpt net (one learned point each);
-    ``(None,)`` for a fixed-cost net. ``paired_points``: how many points of each threshold
+    ``(None,)`` for a fixed-cost net. ``paired_points``: how many points of the confidence
     curve keep their per-example correctness (``threshold_curve``).
     """
     labels_t = as_tensor(labels, torch.long)
@@ -331,8 +331,10 @@ def analyse(
     position = {leaf: k for k, leaf in enumerate(table.leaves)}
     oracle = oracle_curve(table)
     single = single_exit_points(table, names)
+    # Per-example bits on the confidence curve only: the paired claims compare against it.
     curves = {
-        name: threshold_curve(table, name, paired_points) for name in ("confidence", "entropy")
+        name: threshold_curve(table, name, paired_points if name == "confidence" else 0)
+        for name in ("confidence", "entropy")
     }
     learned = []
     for k, exits in zip(k_values, learned_exits(tree, images_t, k_values, batch_size), strict=True):

@@ -337,14 +337,18 @@ def policy_analyses(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for experiment, networks in results.items():
         for network, result in networks.items():
-            if result.get("policies"):
-                found.setdefault(experiment, {})[network] = result["policies"]
+            analysis = result.get("policies")
+            if not analysis:
+                continue
+            if result["config"]["strategy"] == "multi-exit":  # untrained routers: no point
+                analysis = {**analysis, "learned": []}
+            found.setdefault(experiment, {})[network] = analysis
     return found
 
 
 def learned_macs(analysis: dict[str, Any]) -> float:
     """A network's place in budget order: the mean MACs of its (first) learned point."""
-    return analysis["learned"][0]["mean_macs"]
+    return analysis["learned"][0]["mean_macs"] if analysis["learned"] else 0.0
 
 
 def plot_policies(results: Results, out_dir: Path, columns: int = 4) -> list[Path]:
