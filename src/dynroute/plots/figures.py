@@ -314,6 +314,8 @@ def draw_policy_curves(
         (single, "k--s", {"ms": 3, "lw": 0.8, "label": "single exit (static)"}),
         (learned, "r*", {"ms": 9, "label": "learned routers"}),
     ):
+        if not points:  # a multi-exit net has no learned point
+            continue
         ax.plot(
             [p["mean_macs"] / 1e6 for p in points], [p["accuracy"] for p in points], style, **extra
         )
@@ -340,8 +342,10 @@ def policy_analyses(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
             analysis = result.get("policies")
             if not analysis:
                 continue
+            # The analysis is of the result's evaluation split (sweeps analyse the test split).
+            analysis = {"split": result.get("split", "test"), **analysis}
             if result["config"]["strategy"] == "multi-exit":  # untrained routers: no point
-                analysis = {**analysis, "learned": []}
+                analysis["learned"] = []
             found.setdefault(experiment, {})[network] = analysis
     return found
 
