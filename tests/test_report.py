@@ -271,3 +271,11 @@ def test_wider_nets_and_resnet_claims(tmp_path):
     write_curve(tmp_path, SCALE, "cifar10-resnet18-actor", shifted(resnet, 0.02, 0.8))
     verdict, evidence = verdicts(tmp_path)[key]
     assert verdict == SUPPORTED and "over 3 nets" in evidence and "needs 1.73× fewer" in evidence
+
+
+def test_a_claim_waits_for_every_network_of_its_experiments(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.4))
+    (tmp_path / SCALE / "hybrid-static" / "static-8.json").unlink()  # a sweep still running
+    verdict, evidence = verdicts(tmp_path)["dynamic beats static at equal MACs on hybrid"]
+    assert verdict == NOT_RUN and evidence == "incomplete: hybrid-static (7/8 networks)"

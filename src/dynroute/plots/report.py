@@ -83,12 +83,37 @@ class ClaimChecker:
         self.curves = {name: curve(networks) for name, networks in results.items()}
         self.policies = policy_analyses(results)
 
+    def _expected(self, name: str) -> list[str] | None:
+        """The networks ``name`` has at its results' scale (None: unknown scale or name)."""
+        from dynroute.experiments.registry import EXPERIMENTS, SCALES, expand
+
+        scales = {r.get("scale") for r in self.results.get(name, {}).values()}
+        if len(scales) != 1 or name not in EXPERIMENTS or next(iter(scales)) not in SCALES:
+            return None
+        return [n.name for n in expand(name, next(iter(scales)))]
+
+    def complete(self, name: str) -> bool:
+        """Whether every network of the experiment at its scale has a result: a claim is
+        never judged on part of a curve (a sweep still running)."""
+        if not self.curves.get(name):
+            return False
+        expected = self._expected(name)
+        return expected is None or set(expected) <= set(self.results[name])
+
     def has(self, *names: str) -> bool:
-        return all(self.curves.get(n) for n in names)
+        return all(self.complete(n) for n in names)
 
     def missing(self, claim: str, *names: str) -> Claim:
         absent = [n for n in names if not self.curves.get(n)]
-        return Claim(claim, NOT_RUN, f"missing: {', '.join(absent)}")
+        partial = [
+            f"{n} ({len(self.results[n])}/{len(self._expected(n) or [])} networks)"
+            for n in names
+            if self.curves.get(n) and not self.complete(n)
+        ]
+        parts = ([f"missing: {', '.join(absent)}"] if absent else []) + (
+            [f"incomplete: {', '.join(partial)}"] if partial else []
+        )
+        return Claim(claim, NOT_RUN, "; ".join(parts))
 
     def missing_policies(self, claim: str, *names: str) -> Claim:
         """A routing-policy claim whose experiments lack policy analyses (result files from
