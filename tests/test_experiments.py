@@ -115,6 +115,17 @@ def sweep_here(tmp_path: Path, experiments: list[str], **kwargs):
     )
 
 
+def test_sweep_only_trains_the_named_networks_and_refuses_unknown_names(tmp_path):
+    report = sweep_here(tmp_path, ["hybrid-static"], only=["static-2", "static-5"])
+    assert sorted(report.trained) == ["hybrid-static/static-2", "hybrid-static/static-5"]
+    assert set(load_results(tmp_path / "results", "smoke")["hybrid-static"]) == {
+        "static-2",
+        "static-5",
+    }
+    with pytest.raises(DynrouteError, match="no network static-9 in these experiments"):
+        sweep_here(tmp_path, ["hybrid-static"], only=["static-9"])
+
+
 def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
     report = sweep_here(tmp_path, ["hybrid-actor-dynkcpt", "hybrid-static"])
     assert len(report.trained) == 9 and not report.failed

@@ -40,6 +40,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         progress=not args.no_progress,
+        only=args.only,
         execution={
             "device": args.device,
             "compile": args.compile,
@@ -117,6 +118,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
     sweep.add_argument("--ray-address", help="run one Ray task per network on this cluster")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--only",
+        action="append",
+        metavar="NETWORK",
+        help="train only these networks of the experiments (repeatable; e.g. k_cpt-4e-09)",
+    )
     sweep.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     sweep.add_argument("--compile", action="store_true", help="torch.compile every network")
     sweep.add_argument(

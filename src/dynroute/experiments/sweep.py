@@ -63,6 +63,7 @@ def run_sweep(
     workers: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
+    only: list[str] | None = None,
     execution: dict[str, Any] | None = None,
     load_data: DataLoaderFn = load_training_data,
 ) -> SweepReport:
@@ -70,7 +71,8 @@ def run_sweep(
 
     ``execution`` sets how every network runs (``device``, ``compile``, ``compile_mode``):
     options that do not change what is computed, so a sweep may resume under other ones.
-    On Ray, ``device="cuda"`` asks the cluster for one GPU per network.
+    On Ray, ``device="cuda"`` asks the cluster for one GPU per network. ``only`` keeps the
+    networks of those names (``k_cpt-4e-09``, ``static-3``) and refuses a name none has.
     ``load_data`` replaces dataset loading for in-process runs (tests); spawned and Ray
     workers always load the real dataset.
     """
@@ -90,6 +92,12 @@ def run_sweep(
     started = time.perf_counter()
     report = SweepReport()
     networks = plan(experiments, scale)
+    if only:
+        unknown = sorted(set(only) - {n.name for n in networks})
+        if unknown:
+            names = ", ".join(sorted({n.name for n in networks}))
+            raise DynrouteError(f"no network {', '.join(unknown)} in these experiments: {names}")
+        networks = [n for n in networks if n.name in only]
     revision = git_revision()
     tasks = []
     for network in networks:
