@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,51 @@ def test_smoke_sweep_end_to_end_and_process_pool(real_data_dir, real_cache_dir, 
     local = json.loads((tmp_path / "results/smoke/hybrid-static/static-1.json").read_text())
     assert set(result) | {"scale", "git_revision"} == set(local)
     assert result["points"][0]["num_examples"] == 500
+
+
+_ORPHAN_DRIVER = """
+import os, sys, time
+from dynroute.experiments.executors import ProcessPoolRunner
+runner = ProcessPoolRunner(1, 1)
+print(runner.pool.submit(os.getpid).result(), flush=True)
+runner.pool.submit(time.sleep, 600)
+time.sleep(600)
+"""
+
+
+def test_pool_workers_exit_when_the_sweep_is_killed():
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_DRIVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        worker = int(driver.stdout.readline())
+        os.kill(worker, 0)  # alive while the driver is
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.2)
+        orphaned = _alive(worker)
+        if orphaned:
+            os.kill(worker, 9)
+        assert not orphaned, "a pool worker outlived its killed sweep"
+    finally:
+        driver.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def _free_port() -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -150,8 +152,33 @@ class SerialExecutor:
         pass
 
 
+#: Seconds between a pool worker's checks that the sweep that spawned it is alive.
+PARENT_POLL_SECONDS = 2.0
+
+
+def _exit_when_orphaned(parent: int, poll: float) -> None:
+    """Exit this process once ``parent`` is gone (the process is then re-parented).
+
+    A killed sweep driver cannot shut its pool down, and spawned workers would train
+    on into run directories a restarted sweep also writes to. Networks resume from
+    their checkpoints, so dying mid-network loses at most one checkpoint interval.
+    """
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os._exit(1)
+
+
+def watch_parent(poll: float = PARENT_POLL_SECONDS) -> None:
+    """Start a daemon thread that ends this process when its parent dies."""
+    thread = threading.Thread(
+        target=_exit_when_orphaned, args=(os.getppid(), poll), daemon=True, name="parent-watch"
+    )
+    thread.start()
+
+
 def _init_worker(threads: int) -> None:
     configure_cpu(threads)
+    watch_parent()
 
 
 class ProcessPoolRunner:
