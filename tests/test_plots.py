@@ -34,6 +34,14 @@ def test_every_figure_renders_png_and_pdf(results_dir):
     assert all(p.parent == results_dir / SCALE / "figures" for p in paths)
 
 
+def test_figure10_renders_once_width_results_exist(results_dir):
+    for suffix, gain in (("", 0.03), ("-width2", 0.04), ("-width3", 0.05)):
+        write_curve(results_dir, SCALE, f"cifar10-static{suffix}", STATIC)
+        write_curve(results_dir, SCALE, f"cifar10-actor{suffix}", shifted(STATIC, gain, 0.5))
+    names = {p.name for p in render(results_dir, SCALE)}
+    assert {"figure10-acc-eff.png", "figure10-acc-eff.pdf"} <= names
+
+
 def test_plot_command(results_dir, tmp_path, capsys):
     out = tmp_path / "figs"
     args = ["--scale", SCALE, "--results", str(results_dir), "--out", str(out)]
