@@ -286,7 +286,7 @@ def test_smoke_sweep_end_to_end_and_process_pool(real_data_dir, real_cache_dir, 
 
 
 _ORPHAN_DRIVER = """
-import os, sys, time
+import os, time
 from dynroute.experiments.executors import ProcessPoolRunner
 runner = ProcessPoolRunner(1, 1)
 print(runner.pool.submit(os.getpid).result(), flush=True)
@@ -313,21 +313,21 @@ def test_pool_workers_exit_when_the_sweep_is_killed():
         assert not orphaned, "a pool worker outlived its killed sweep"
     finally:
         driver.kill()
+        driver.stdout.close()
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (dead, not yet reaped by init) does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
+    if not Path("/proc/self").exists():
+        return True  # no procfs: cannot tell a zombie from a live process
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return "Z"
+        return False
 
 
 def _free_port() -> int:
