@@ -98,25 +98,11 @@ def plot_acc_eff(results: Results, out_dir: Path) -> list[Path]:
             continue
         fig, axes = _panels(len(present))
         for ax, (title, static, dynamic) in zip(axes, present, strict=True):
-            if static in results:
-                pts = curve(results[static])
-                ax.plot(
-                    [p.mean_macs / 1e6 for p in pts],
-                    [p.error for p in pts],
-                    "k--o",
-                    ms=3,
-                    label=static,
-                )
-            for name in dynamic:
+            for name, style in [(static, "k--o"), *((name, "-o") for name in dynamic)]:
                 if name in results:
                     pts = curve(results[name])
-                    ax.plot(
-                        [p.mean_macs / 1e6 for p in pts],
-                        [p.error for p in pts],
-                        "-o",
-                        ms=3,
-                        label=name,
-                    )
+                    x, y = [p.mean_macs / 1e6 for p in pts], [p.error for p in pts]
+                    ax.plot(x, y, style, ms=3, label=name)
             ax.set(title=title, xlabel="mean MACs (millions)", ylabel="error rate")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
