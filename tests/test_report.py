@@ -79,6 +79,26 @@ def test_claims_not_supported(tmp_path):
     assert verdict == NOT_SUPPORTED and "CIFAR-2" in evidence
 
 
+def test_fewer_macs_reports_the_saving_at_the_actors_own_peak(tmp_path):
+    # The actor never reaches the best static accuracy (0.90), so the claim fails; its own
+    # peak (0.89 at 9.15 M) costs static nets 18.3 M: the evidence says so.
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    actor = [(min(accuracy, 0.89), macs / 2) for accuracy, macs in STATIC]
+    write_curve(tmp_path, SCALE, "hybrid-actor", actor)
+    verdict, evidence = verdicts(tmp_path)["2–3× fewer MACs than static at equal accuracy"]
+    assert verdict == NOT_SUPPORTED and "reaches only 0.8900" in evidence
+    assert "static nets need 18.30 M against its 9.15 M (ratio 2.00)" in evidence
+
+
+def test_dynamic_beats_static_reports_mean_and_smallest_margin(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.4))
+    evidence = verdicts(tmp_path)["dynamic beats static at equal MACs on hybrid"][1]
+    average = float(evidence.split("margin ")[1].split(" points")[0])
+    smallest = float(evidence.split("smallest ")[1].split()[0])
+    assert 0 < smallest < average
+
+
 def test_report_command_writes_markdown_and_html(tmp_path):
     write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
     write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.4))
