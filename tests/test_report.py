@@ -299,3 +299,16 @@ def test_a_claim_waits_for_every_network_of_its_experiments(tmp_path):
     (tmp_path / SCALE / "hybrid-static" / "static-8.json").unlink()  # a sweep still running
     verdict, evidence = verdicts(tmp_path)["dynamic beats static at equal MACs on hybrid"]
     assert verdict == NOT_RUN and evidence == "incomplete: hybrid-static (7/8 networks)"
+
+
+def test_critic_clserr_must_beat_static_by_more_than_the_noise(tmp_path):
+    key = "the critic with classification-error targets still beats static"
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-critic", shifted(STATIC, 0.03, 0.7))
+    # +0.2 points on 1,000 test images per net is inside the noise: not a win.
+    write_curve(tmp_path, SCALE, "hybrid-critic-clserr", shifted(STATIC, 0.002, 1.0))
+    verdict, evidence = verdicts(tmp_path)[key]
+    assert verdict == NOT_SUPPORTED and "+0.20 (needs more than its standard error" in evidence
+    write_curve(tmp_path, SCALE, "hybrid-critic-clserr", shifted(STATIC, 0.03, 1.0))
+    verdict, evidence = verdicts(tmp_path)[key]
+    assert verdict == SUPPORTED and "+3.00" in evidence

@@ -71,6 +71,32 @@ def mean_gain(static: list[CurvePoint], dynamic: list[CurvePoint]) -> tuple[floa
     return (float(np.mean(gains)), len(gains)) if gains else None
 
 
+def mean_gain_standard_error(static: list[CurvePoint], dynamic: list[CurvePoint]) -> float:
+    """Standard error of :func:`mean_gain`, treating every accuracy as an independent binomial
+    on the dynamic point's test-set size (conservative: nets share one test set); nan when a
+    point's test-set size is unknown. A mean gain smaller than this is noise, not a win."""
+    variances = []
+    for p in dynamic:
+        reference = static_error_at(static, p.mean_macs)
+        if reference is not None:
+            if p.num_examples <= 0:
+                return math.nan
+            variances.append((p.error * p.accuracy + reference * (1 - reference)) / p.num_examples)
+    return math.sqrt(sum(variances)) / len(variances) if variances else math.nan
+
+
+def beats_static(static: list[CurvePoint], dynamic: list[CurvePoint]) -> tuple[bool, str]:
+    """Whether the dynamic curve's mean gain over static exceeds its standard error, and the
+    rule as evidence text (the mean gain itself is reported by the caller)."""
+    gain = mean_gain(static, dynamic)
+    if gain is None:
+        return False, ""
+    se = mean_gain_standard_error(static, dynamic)
+    if math.isnan(se):
+        return gain[0] > 0, "needs > 0"
+    return gain[0] > se, f"needs more than its standard error, ±{100 * se:.2f} points"
+
+
 def peak(points: list[CurvePoint]) -> CurvePoint:
     return max(points, key=lambda p: p.accuracy)
 
@@ -308,13 +334,13 @@ class ClaimChecker:
         critic = mean_gain(static, self.curves["hybrid-critic"])
         if clserr is None or critic is None:
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
-        verdict = SUPPORTED if clserr[0] > 0 else NOT_SUPPORTED
+        wins, rule = beats_static(static, self.curves["hybrid-critic-clserr"])
         return Claim(
             claim,
-            verdict,
-            f"mean error reduction vs static: classification-error critic "
-            f"{clserr[0] * 100:+.2f}, cross-entropy critic {critic[0] * 100:+.2f} points "
-            f"(needs the first > 0){self._noise('hybrid-critic-clserr')}",
+            SUPPORTED if wins else NOT_SUPPORTED,
+            f"mean error reduction vs static over {clserr[1]} nets: classification-error critic "
+            f"{clserr[0] * 100:+.2f} ({rule}), cross-entropy critic {critic[0] * 100:+.2f} "
+            f"points{self._noise('hybrid-critic-clserr')}",
         )
 
     def _noise(self, experiment: str) -> str:
@@ -491,12 +517,12 @@ class ClaimChecker:
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
         ratio = self.mac_ratio(*names)
         saving = "never reaches it" if ratio is None else f"needs {ratio[2]:.2f}× fewer MACs"
-        verdict = SUPPORTED if gain[0] > 0 else NOT_SUPPORTED
+        wins, rule = beats_static(self.curves[names[0]], self.curves[names[1]])
         return Claim(
             claim,
-            verdict,
+            SUPPORTED if wins else NOT_SUPPORTED,
             f"mean error reduction vs the truncations {100 * gain[0]:+.2f} points over "
-            f"{gain[1]} nets; at the best truncation's accuracy the actor curve "
+            f"{gain[1]} nets ({rule}); at the best truncation's accuracy the actor curve "
             f"{saving}{self._noise(names[1])}",
         )
 
