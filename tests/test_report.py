@@ -312,3 +312,15 @@ def test_critic_clserr_must_beat_static_by_more_than_the_noise(tmp_path):
     write_curve(tmp_path, SCALE, "hybrid-critic-clserr", shifted(STATIC, 0.03, 1.0))
     verdict, evidence = verdicts(tmp_path)[key]
     assert verdict == SUPPORTED and "+3.00" in evidence
+
+
+def test_strategy_order_needs_each_step_above_the_noise(tmp_path):
+    key = "actor > pragmatic critic > optimistic critic"
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.06, 1.0))
+    write_curve(tmp_path, SCALE, "hybrid-critic", shifted(STATIC, 0.03, 1.0))
+    write_curve(tmp_path, SCALE, "hybrid-critic-optimistic", shifted(STATIC, 0.028, 1.0))
+    verdict, evidence = verdicts(tmp_path)[key]  # in order, but the last step is noise
+    assert verdict == NOT_SUPPORTED and "critic − optimistic +0.20 vs ±" in evidence
+    write_curve(tmp_path, SCALE, "hybrid-critic-optimistic", shifted(STATIC, 0.0, 1.0))
+    assert verdicts(tmp_path)[key][0] == SUPPORTED

@@ -191,12 +191,23 @@ class ClaimChecker:
         if any(g is None for g in gains.values()):
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
         a, c, o = (gains[n][0] for n in names[1:])
-        verdict = SUPPORTED if a > c > o else NOT_SUPPORTED
+        # Each step of the order must be larger than the noise of the two gains it compares.
+        se = [mean_gain_standard_error(self.curves[names[0]], self.curves[n]) for n in names[1:]]
+        steps = [math.hypot(se[0], se[1]), math.hypot(se[1], se[2])]
+        if any(math.isnan(x) for x in steps):
+            verdict, rule = (SUPPORTED if a > c > o else NOT_SUPPORTED), "needs a > c > o"
+        else:
+            verdict = SUPPORTED if a - c > steps[0] and c - o > steps[1] else NOT_SUPPORTED
+            rule = (
+                f"each step must exceed its standard error: actor − critic {100 * (a - c):+.2f}"
+                f" vs ±{100 * steps[0]:.2f}, critic − optimistic {100 * (c - o):+.2f} vs "
+                f"±{100 * steps[1]:.2f}"
+            )
         return Claim(
             claim,
             verdict,
             f"mean error reduction vs static: actor {a * 100:+.2f}, critic {c * 100:+.2f}, "
-            f"optimistic critic {o * 100:+.2f} points",
+            f"optimistic critic {o * 100:+.2f} points ({rule})",
         )
 
     def _peak_comparison(self, claim: str, better: str, worse: str) -> Claim:
