@@ -324,3 +324,20 @@ def test_strategy_order_needs_each_step_above_the_noise(tmp_path):
     assert verdict == NOT_SUPPORTED and "critic − optimistic +0.20 vs ±" in evidence
     write_curve(tmp_path, SCALE, "hybrid-critic-optimistic", shifted(STATIC, 0.0, 1.0))
     assert verdicts(tmp_path)[key][0] == SUPPORTED
+
+
+def test_ablations_need_a_difference_above_the_noise(tmp_path):
+    write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
+    write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.5))
+    write_curve(tmp_path, SCALE, "hybrid-actor-notalr", shifted(STATIC, 0.035, 0.5))
+    write_curve(tmp_path, SCALE, "hybrid-actor-nokdec", shifted(STATIC, 0.035, 0.5))
+    found = verdicts(tmp_path)  # better by 0.5 points on 1,000 images: noise
+    verdict, evidence = found["TALR helps at high accuracy"]
+    assert verdict == NOT_SUPPORTED
+    assert "+0.50 points, needs more than its standard error" in evidence
+    assert found["k_dec > 0 is needed for actors"][0] == NOT_SUPPORTED
+    write_curve(tmp_path, SCALE, "hybrid-actor-notalr", shifted(STATIC, -0.03, 0.5))
+    write_curve(tmp_path, SCALE, "hybrid-actor-nokdec", shifted(STATIC, -0.03, 0.5))
+    found = verdicts(tmp_path)
+    assert found["TALR helps at high accuracy"][0] == SUPPORTED
+    assert found["k_dec > 0 is needed for actors"][0] == SUPPORTED

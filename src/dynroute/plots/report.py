@@ -85,6 +85,17 @@ def mean_gain_standard_error(static: list[CurvePoint], dynamic: list[CurvePoint]
     return math.sqrt(sum(variances)) / len(variances) if variances else math.nan
 
 
+def above_noise(difference: float, standard_error: float) -> tuple[bool, str]:
+    """Whether ``difference`` exceeds ``standard_error`` (> 0 when that is unknown), and the
+    comparison as text for the evidence column."""
+    if math.isnan(standard_error):
+        return difference > 0, f"{100 * difference:+.2f} points, needs > 0"
+    return difference > standard_error, (
+        f"{100 * difference:+.2f} points, needs more than its standard error "
+        f"±{100 * standard_error:.2f}"
+    )
+
+
 def beats_static(static: list[CurvePoint], dynamic: list[CurvePoint]) -> tuple[bool, str]:
     """Whether the dynamic curve's mean gain over static exceeds its standard error, and the
     rule as evidence text (the mean gain itself is reported by the caller)."""
@@ -214,12 +225,14 @@ class ClaimChecker:
         if not self.has(better, worse):
             return self.missing(claim, better, worse)
         b, w = peak(self.curves[better]), peak(self.curves[worse])
-        verdict = SUPPORTED if b.accuracy > w.accuracy else NOT_SUPPORTED
+        wins, rule = above_noise(
+            b.accuracy - w.accuracy, math.hypot(b.standard_error, w.standard_error)
+        )
         return Claim(
             claim,
-            verdict,
+            SUPPORTED if wins else NOT_SUPPORTED,
             f"peak accuracy {better} {b.accuracy:.4f} ({_mmacs(b.mean_macs)}) vs {worse} "
-            f"{w.accuracy:.4f} ({_mmacs(w.mean_macs)})",
+            f"{w.accuracy:.4f} ({_mmacs(w.mean_macs)}): {rule}",
         )
 
     def talr(self) -> Claim:
@@ -236,12 +249,16 @@ class ClaimChecker:
         without = mean_gain(static, self.curves["hybrid-actor-nokdec"])
         if with_dec is None or without is None:
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
-        verdict = SUPPORTED if with_dec[0] > without[0] else NOT_SUPPORTED
+        noise = math.hypot(
+            mean_gain_standard_error(static, self.curves["hybrid-actor"]),
+            mean_gain_standard_error(static, self.curves["hybrid-actor-nokdec"]),
+        )
+        wins, rule = above_noise(with_dec[0] - without[0], noise)
         return Claim(
             claim,
-            verdict,
+            SUPPORTED if wins else NOT_SUPPORTED,
             f"mean error reduction vs static: k_dec 0.01 {with_dec[0] * 100:+.2f}, k_dec 0 "
-            f"{without[0] * 100:+.2f} points",
+            f"{without[0] * 100:+.2f} points (difference {rule})",
         )
 
     def regularised_policy(self) -> Claim:
