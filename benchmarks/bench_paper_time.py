@@ -28,7 +28,7 @@ import torch
 from dynroute.runtime import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Trainer, load_training_data
-from timing import seconds
+from timing import save_results, seconds
 
 MODES = {
     "eager": {},
@@ -143,9 +143,7 @@ def main() -> None:
             f"(incl. {math.ceil(args.iterations / config.resolved_eval_every)} evaluations); "
             f"test accuracy {100 * final['accuracy']:.2f} %, {final['mean_macs'] / 1e6:.2f} M MACs"
         )
-    print("machine:", json.dumps(results["machine"]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    save_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ description.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from dynroute.data.loader import BatchLoader
 from dynroute.runtime import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import COMPILE_MODES, TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData
-from timing import median_speedup, peak_memory_mb
+from timing import median_speedup, peak_memory_mb, save_results
 
 
 def synthetic_data(device: torch.device, n: int = 4096) -> TrainingData:
@@ -115,10 +114,7 @@ def main() -> None:
     print(f"routing machinery overhead: {100 * overhead:.1f} % (median over interleaved rounds)")
     results.update(peak_memory_mb(device))
     print("peak memory:", ", ".join(f"{k} {v:.0f}" for k, v in results.items() if "peak" in k))
-    print("machine:", json.dumps(results["machine"]))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    save_results(results, args.json)
 
 
 if __name__ == "__main__":

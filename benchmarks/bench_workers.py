@@ -17,7 +17,6 @@ numbers with the machine description.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -27,6 +26,7 @@ import torch
 from dynroute.runtime import available_cores, configure_cpu, machine_description
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Trainer
+from timing import save_results
 
 WARMUP_STEPS = 3
 
@@ -104,10 +104,7 @@ def main() -> None:
             f"{args.workers} workers / 1 worker = {ratio:.2f} (median of {args.rounds} rounds)",
             flush=True,
         )
-    print("machine:", json.dumps(report["machine"]))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+    save_results(report, args.json)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -50,3 +52,10 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
+
+
+def save_results(results: dict, path: str | None) -> None:
+    """Print the machine the numbers came from and, if asked, write them all as JSON."""
+    print("machine:", json.dumps(results["machine"]))
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
