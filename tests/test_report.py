@@ -14,6 +14,7 @@ from dynroute.plots.report import (
     SUPPORTED,
     check_claims,
     dynamic_macs_for_accuracy,
+    on_shared_k_cpt,
     static_error_at,
 )
 from experiment_results import STATIC, add_policies, policy_analysis, shifted, write_curve
@@ -341,3 +342,32 @@ def test_ablations_need_a_difference_above_the_noise(tmp_path):
     found = verdicts(tmp_path)
     assert found["TALR helps at high accuracy"][0] == SUPPORTED
     assert found["k_dec > 0 is needed for actors"][0] == SUPPORTED
+
+
+def test_on_shared_k_cpt_cuts_to_the_budgets_every_curve_has():
+    full = [CurvePoint("a", f"k{k}", k, 1e6 * (i + 1), 0.9) for i, k in enumerate((0, 1, 2, 3))]
+    half = [CurvePoint("b", f"k{k}", k, 1e6 * (i + 1), 0.8) for i, k in enumerate((0, 2))]
+    (cut_full, cut_half), note = on_shared_k_cpt(full, half)
+    assert [p.k_cpt for p in cut_full] == [0, 2] and cut_half == half
+    assert note == "; on the 2 k_cpt values all of them trained"
+    assert on_shared_k_cpt(full, full) == ([full, full], "")  # nothing to cut
+    static = [CurvePoint("s", "static-1", None, 1e6, 0.7)]
+    assert on_shared_k_cpt(static, half) == ([static, half], "")  # no budget to match
+
+
+def test_ablations_thinned_at_a_scale_compare_on_the_shared_k_cpt(tmp_path):
+    # At the cpu scale the ablations train every other k_cpt; the actor trains all 8. Here
+    # the actor gains 5 points only at the k_cpt values the ablations skip, so on the shared
+    # budgets the variants tie, and only an unmatched comparison would call them worse.
+    actor = [(a + (0.05 if i % 2 else 0.0), m) for i, (a, m) in enumerate(STATIC)]
+    thinned = actor[::2]
+    write_curve(tmp_path, "cpu", "hybrid-static", STATIC)
+    write_curve(tmp_path, "cpu", "hybrid-actor", actor)
+    write_curve(tmp_path, "cpu", "hybrid-actor-nokdec", thinned)
+    write_curve(tmp_path, "cpu", "hybrid-actor-notalr", thinned)
+    claims = check_claims(load_results(tmp_path, "cpu"))
+    found = {c.claim.split(" (")[0]: (c.verdict, c.evidence) for c in claims}
+    for key in ("k_dec > 0 is needed for actors", "TALR helps at high accuracy"):
+        verdict, evidence = found[key]
+        assert verdict == NOT_SUPPORTED, key
+        assert "+0.00 points" in evidence and "on the 4 k_cpt values" in evidence, evidence

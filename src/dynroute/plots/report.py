@@ -112,6 +112,24 @@ def peak(points: list[CurvePoint]) -> CurvePoint:
     return max(points, key=lambda p: p.accuracy)
 
 
+def on_shared_k_cpt(*curves: list[CurvePoint]) -> tuple[list[list[CurvePoint]], str]:
+    """The curves cut to the k_cpt values they all have, and a note saying so.
+
+    A scale may thin a variant to every other k_cpt (``Scale.k_cpt_every``) while the full
+    curve keeps all 8. Mean gains and peaks then differ by which budgets they cover, not
+    only by the variant (gains are largest at tight budgets; a peak over 8 nets has more
+    chances than one over 4), so variants are compared on the budgets both trained. Curves
+    without a k_cpt on every point, or with nothing in common, are returned unchanged."""
+    if any(p.k_cpt is None for points in curves for p in points):
+        return list(curves), ""
+    sets = [{p.k_cpt for p in points} for points in curves]
+    shared = set.intersection(*sets)
+    if not shared or all(values == shared for values in sets):
+        return list(curves), ""
+    cut = [[p for p in points if p.k_cpt in shared] for points in curves]
+    return cut, f"; on the {len(shared)} k_cpt values all of them trained"
+
+
 class ClaimChecker:
     """Computes every claim from the curves of one scale's results."""
 
@@ -198,12 +216,14 @@ class ClaimChecker:
         claim = "actor > pragmatic critic > optimistic critic (mean gain over static)"
         if not self.has(*names):
             return self.missing(claim, *names)
-        gains = {n: mean_gain(self.curves[names[0]], self.curves[n]) for n in names[1:]}
-        if any(g is None for g in gains.values()):
+        static = self.curves[names[0]]
+        routed, shared = on_shared_k_cpt(*(self.curves[n] for n in names[1:]))
+        gains = [mean_gain(static, points) for points in routed]
+        if any(g is None for g in gains):
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
-        a, c, o = (gains[n][0] for n in names[1:])
+        a, c, o = (g[0] for g in gains)
         # Each step of the order must be larger than the noise of the two gains it compares.
-        se = [mean_gain_standard_error(self.curves[names[0]], self.curves[n]) for n in names[1:]]
+        se = [mean_gain_standard_error(static, points) for points in routed]
         steps = [math.hypot(se[0], se[1]), math.hypot(se[1], se[2])]
         if any(math.isnan(x) for x in steps):
             verdict, rule = (SUPPORTED if a > c > o else NOT_SUPPORTED), "needs a > c > o"
@@ -218,13 +238,16 @@ class ClaimChecker:
             claim,
             verdict,
             f"mean error reduction vs static: actor {a * 100:+.2f}, critic {c * 100:+.2f}, "
-            f"optimistic critic {o * 100:+.2f} points ({rule})",
+            f"optimistic critic {o * 100:+.2f} points ({rule}{shared})",
         )
 
     def _peak_comparison(self, claim: str, better: str, worse: str) -> Claim:
         if not self.has(better, worse):
             return self.missing(claim, better, worse)
-        b, w = peak(self.curves[better]), peak(self.curves[worse])
+        (better_points, worse_points), shared = on_shared_k_cpt(
+            self.curves[better], self.curves[worse]
+        )
+        b, w = peak(better_points), peak(worse_points)
         wins, rule = above_noise(
             b.accuracy - w.accuracy, math.hypot(b.standard_error, w.standard_error)
         )
@@ -232,7 +255,7 @@ class ClaimChecker:
             claim,
             SUPPORTED if wins else NOT_SUPPORTED,
             f"peak accuracy {better} {b.accuracy:.4f} ({_mmacs(b.mean_macs)}) vs {worse} "
-            f"{w.accuracy:.4f} ({_mmacs(w.mean_macs)}): {rule}",
+            f"{w.accuracy:.4f} ({_mmacs(w.mean_macs)}): {rule}{shared}",
         )
 
     def talr(self) -> Claim:
@@ -245,20 +268,21 @@ class ClaimChecker:
         if not self.has("hybrid-static", "hybrid-actor", "hybrid-actor-nokdec"):
             return self.missing(claim, "hybrid-static", "hybrid-actor", "hybrid-actor-nokdec")
         static = self.curves["hybrid-static"]
-        with_dec = mean_gain(static, self.curves["hybrid-actor"])
-        without = mean_gain(static, self.curves["hybrid-actor-nokdec"])
+        (actor, nokdec), shared = on_shared_k_cpt(
+            self.curves["hybrid-actor"], self.curves["hybrid-actor-nokdec"]
+        )
+        with_dec, without = mean_gain(static, actor), mean_gain(static, nokdec)
         if with_dec is None or without is None:
             return Claim(claim, NOT_RUN, "curves do not overlap the static MAC range")
         noise = math.hypot(
-            mean_gain_standard_error(static, self.curves["hybrid-actor"]),
-            mean_gain_standard_error(static, self.curves["hybrid-actor-nokdec"]),
+            mean_gain_standard_error(static, actor), mean_gain_standard_error(static, nokdec)
         )
         wins, rule = above_noise(with_dec[0] - without[0], noise)
         return Claim(
             claim,
             SUPPORTED if wins else NOT_SUPPORTED,
             f"mean error reduction vs static: k_dec 0.01 {with_dec[0] * 100:+.2f}, k_dec 0 "
-            f"{without[0] * 100:+.2f} points (difference {rule})",
+            f"{without[0] * 100:+.2f} points (difference {rule}{shared})",
         )
 
     def regularised_policy(self) -> Claim:
