@@ -22,6 +22,7 @@ from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, s
 from dynroute.experiments.registry import EXPERIMENTS, expand
 from dynroute.experiments.results import load_results, result_path
 from dynroute.experiments.sweep import plan, run_sweep
+from dynroute.plots.report import check_claims
 from dynroute.train import config as config_module
 from dynroute.train.config import PAPER_K_CPT_SET
 from dynroute.train.trainer import Split, TrainingData
@@ -383,3 +384,36 @@ def _check_ray_retries_a_dead_worker(address: str, run_dir: Path) -> None:
         runner.close()
     assert error is None and done == task and result == {"network": "net"}
     assert (run_dir / "attempted").exists()
+
+
+def test_sweep_on_another_dataset_keeps_its_state_and_results_apart(tmp_path, cache_dir, capsys):
+    # A tiny 3-class npz, loaded for real: the registry's experiments on data they never saw.
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8),
+        "y_train": np.arange(30) % 3,
+        "x_test": rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8),
+        "y_test": np.arange(12) % 3,
+    }
+    np.savez(tmp_path / "mine.npz", **arrays)
+    name = f"npz:{tmp_path / 'mine.npz'}"
+    mine = tmp_path / "results-mine"
+    argv = ["sweep", "hybrid-static", "hybrid-actor", "--scale", "smoke", "--only", "static-1",
+            "--only", "k_cpt-4e-09", "--runs", str(tmp_path / "runs"), "--no-progress"]  # fmt: skip
+    assert main([*argv, "--dataset", name, "--results", str(mine)]) == 0
+    results = load_results(mine, "smoke")
+    actor = results["hybrid-actor"]["k_cpt-4e-09"]
+    assert actor["config"]["dataset"] == name and actor["class_names"] == ["0", "1", "2"]
+    assert actor["points"][0]["num_examples"] == 12
+    assert (tmp_path / "runs" / f"smoke-npz-{str(tmp_path / 'mine.npz')[1:].replace('/', '-')}"
+            / "hybrid-actor" / "k_cpt-4e-09" / "config.json").is_file()  # fmt: skip
+    assert not (tmp_path / "runs" / "smoke").exists()
+    # The report judges what it can; the digits-vs-CIFAR claim needs hybrid's two kinds.
+    (specialise,) = [c for c in check_claims(results) if "specialise by kind" in c.claim]
+    assert specialise.verdict == "not run" and "does not mix digits" in specialise.evidence
+    # The same results folder never takes another dataset's networks, nor the default one.
+    capsys.readouterr()
+    assert main([*argv, "--results", str(mine)]) == 2
+    assert "was trained on 'npz:" in capsys.readouterr().err
+    assert main([*argv, "--dataset", "csv:x", "--results", str(mine)]) == 2
+    assert "unknown dataset prefix 'csv:'" in capsys.readouterr().err

@@ -46,6 +46,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "compile": args.compile,
             "compile_mode": args.compile_mode,
         },
+        dataset=args.dataset,
     )
     print(
         f"sweep {args.scale}: {len(report.trained)} trained, {len(report.skipped)} already "
@@ -131,6 +132,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="default",
         choices=COMPILE_MODES,
         help="with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
+    )
+    sweep.add_argument(
+        "--dataset",
+        help="train every experiment on this dataset instead of its own: a built-in name, "
+        "folder:PATH or npz:PATH (give it its own --results folder)",
     )
     add_data_dir_argument(sweep)
     add_checksum_argument(sweep)

@@ -3,11 +3,14 @@
 A network whose result file exists is done and skipped; one with a run directory but no
 result resumes from its checkpoint. Results are written by this driver as networks
 finish, so a sweep can be killed at any time and result files committed as they come.
+``dataset`` trains every experiment on another dataset (your own, say), so the paper's
+curves and claims can be checked on data they were never tuned on.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -18,7 +21,7 @@ from tqdm import tqdm
 
 from dynroute import runtime
 from dynroute.atomic import write_json_atomic
-from dynroute.data.datasets import load_dataset
+from dynroute.data.datasets import absolute_dataset_name, load_dataset
 from dynroute.errors import DynrouteError
 from dynroute.experiments.executors import (
     DataLoaderFn,
@@ -65,6 +68,7 @@ def run_sweep(
     progress: bool = True,
     only: list[str] | None = None,
     execution: dict[str, Any] | None = None,
+    dataset: str | None = None,
     load_data: DataLoaderFn = load_training_data,
 ) -> SweepReport:
     """Train the missing networks and write their result files; returns what happened.
@@ -73,8 +77,11 @@ def run_sweep(
     options that do not change what is computed, so a sweep may resume under other ones.
     On Ray, ``device="cuda"`` asks the cluster for one GPU per network. ``only`` keeps the
     networks of those names (``k_cpt-4e-09``, ``static-3``) and refuses a name none has.
-    ``load_data`` replaces dataset loading for in-process runs (tests); spawned and Ray
-    workers always load the real dataset.
+    ``dataset`` replaces every experiment's own dataset (a built-in name, ``folder:PATH``
+    or ``npz:PATH``); its training state goes to ``<runs>/<scale>-<dataset>/``, and a
+    result file in ``results_dir`` trained on another dataset stops the sweep, so two
+    datasets' curves never mix in one folder. ``load_data`` replaces dataset loading for
+    in-process runs (tests); spawned and Ray workers always load the real dataset.
     """
     if workers < 1:
         raise DynrouteError("--workers must be at least 1")
@@ -99,13 +106,19 @@ def run_sweep(
             raise DynrouteError(f"no network {', '.join(unknown)} in these experiments: {names}")
         networks = [n for n in networks if n.name in only]
     revision = git_revision()
+    state_dir = Path(runs_dir, scale)
+    if dataset is not None:
+        dataset = absolute_dataset_name(dataset)  # a bad name is an error naming the choices
+        state_dir = Path(runs_dir, f"{scale}-{_slug(dataset)}")
+        networks = [replace(n, config=replace(n.config, dataset=dataset)) for n in networks]
     tasks = []
     for network in networks:
-        if _finished(result_path(results_dir, scale, network.experiment, network.name), progress):
+        path = result_path(results_dir, scale, network.experiment, network.name)
+        if _finished(path, network.config.dataset):
             report.skipped.append(network.label)
             continue
         config = replace(network.config, **execution).validate()
-        task = _task(network, config, scale, runs_dir, data_dir, workers, ray_address)
+        task = _task(network, config, state_dir, data_dir, workers, ray_address)
         tasks.append(replace(task, allow_checksum_mismatch=allow_checksum_mismatch))
     bar = tqdm(
         total=len(networks),
@@ -141,28 +154,39 @@ def run_sweep(
     return report
 
 
-def _finished(path: Path, progress: bool) -> bool:
-    """Whether ``path`` holds a valid result; a corrupt one is named and trained again."""
+def _finished(path: Path, dataset: str) -> bool:
+    """Whether ``path`` holds a valid result; a corrupt one is named and trained again, one
+    trained on another dataset than ``dataset`` is refused."""
     if not path.exists():
         return False
     try:
-        read_result(path)
+        result = read_result(path)
     except DynrouteError as exc:
         print(f"dynroute: {exc}; training that network again", file=sys.stderr)
         return False
+    trained_on = result["config"].get("dataset")
+    if trained_on != dataset:
+        raise DynrouteError(
+            f"{path} was trained on {trained_on!r}, not {dataset!r}: give this sweep its own "
+            "--results folder"
+        )
     return True
+
+
+def _slug(dataset: str) -> str:
+    """A folder name for ``dataset`` (``folder:/data/pets`` -> ``folder-data-pets``)."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", dataset).strip("-")
 
 
 def _task(
     network: Network,
     config: TrainConfig,
-    scale: str,
-    runs_dir: str | os.PathLike[str],
+    state_dir: Path,
     data_dir: str | None,
     workers: int,
     ray_address: str | None,
 ) -> Task:
-    run_dir = Path(runs_dir, scale, network.experiment, network.name).resolve()
+    run_dir = Path(state_dir, network.experiment, network.name).resolve()
     return Task(
         experiment=network.experiment,
         network=network.name,

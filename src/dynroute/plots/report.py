@@ -469,9 +469,15 @@ class ClaimChecker:
         net = networks.get("k_cpt-4e-09")
         if net is None:
             return self.missing(claim, "hybrid-actor/k_cpt-4e-09")
-        from dynroute.data.datasets import get_spec
+        from dynroute.data.datasets import DATASETS
 
-        kinds = get_spec(net["config"]["dataset"]).class_sources
+        spec = DATASETS.get(net["config"]["dataset"])
+        kinds = spec.class_sources if spec else ()
+        if len(set(kinds)) < 2 or "mnist" not in kinds:
+            return Claim(
+                claim, NOT_RUN, f"trained on {net['config']['dataset']!r}, which does not mix "
+                "digits with CIFAR images as hybrid does"
+            )  # fmt: skip
         point = net["points"][0]
         exit1 = next(n for n in point["nodes"] if n["is_leaf"])
         totals = np.zeros(len(kinds))
