@@ -22,8 +22,23 @@ from dynroute.plots.figures import learned_macs, policy_analyses
 
 Results = dict[str, dict[str, dict]]
 SUPPORTED, NOT_SUPPORTED, NOT_RUN = "supported", "not supported", "not run"
-#: The acceptance band of the quick sweep: the actor must beat static at every budget here.
-BAND = (5e6, 15e6)
+#: The paper's comparison band (the actor must beat static at every budget in it), in MACs,
+#: for the hybrid chain whose deepest static net costs PAPER_DEEPEST_STATIC_MACS. Other image
+#: sizes, widths or backbones get the same fractions of their own deepest static net.
+PAPER_BAND = (5e6, 15e6)
+PAPER_DEEPEST_STATIC_MACS = 20_551_424.0
+
+
+def band_for(static: list[CurvePoint]) -> tuple[float, float]:
+    """The comparison band scaled to a static curve's deepest net (the paper's without one)."""
+    if not static:
+        return PAPER_BAND
+    scale = max(p.mean_macs for p in static) / PAPER_DEEPEST_STATIC_MACS
+    return PAPER_BAND[0] * scale, PAPER_BAND[1] * scale
+
+
+def band_label(band: tuple[float, float]) -> str:
+    return f"{band[0] / 1e6:.3g}–{band[1] / 1e6:.3g} M"
 
 
 @dataclass
@@ -137,6 +152,7 @@ class ClaimChecker:
         self.results = results
         self.curves = {name: curve(networks) for name, networks in results.items()}
         self.policies = policy_analyses(results)
+        self.band = band_for(self.curves.get("hybrid-static", []))
 
     def _expected(self, name: str) -> list[str] | None:
         """The networks ``name`` has at its results' scale (None: unknown scale or name)."""
@@ -172,35 +188,37 @@ class ClaimChecker:
 
     def missing_policies(self, claim: str, *names: str) -> Claim:
         """A routing-policy claim whose experiments lack policy analyses (result files from
-        before sweeps wrote them, or no network in the 5–15 M band)."""
+        before sweeps wrote them, or no network in the comparison band)."""
         absent = [n for n in names if not self.policies.get(n)]
         if not absent:
-            return Claim(claim, NOT_RUN, "no learned operating point between 5 M and 15 M MACs")
+            return Claim(claim, NOT_RUN, f"no learned operating point in {band_label(self.band)}")
         return Claim(claim, NOT_RUN, f"no policy analyses: {', '.join(absent)}")
 
     # ------------------------------------------------------------------ claims
     def dynamic_beats_static(self) -> Claim:
-        claim = "dynamic beats static at equal MACs on hybrid (actor, 5–15 M MACs)"
+        low, high = self.band
+        band = band_label(self.band)
+        claim = f"dynamic beats static at equal MACs on hybrid (actor, {band} MACs)"
         if not self.has("hybrid-static", "hybrid-actor"):
             return self.missing(claim, "hybrid-static", "hybrid-actor")
         static, actor = self.curves["hybrid-static"], self.curves["hybrid-actor"]
-        inside = [p for p in actor if BAND[0] <= p.mean_macs <= BAND[1]]
+        inside = [p for p in actor if low <= p.mean_macs <= high]
         checks = [(p, static_error_at(static, p.mean_macs)) for p in inside]
         checks = [(p, s) for p, s in checks if s is not None]
         # Also compare at the band's static points, interpolating the actor curve there.
         for s in static:
-            if BAND[0] <= s.mean_macs <= BAND[1]:
+            if low <= s.mean_macs <= high:
                 a = static_error_at(actor, s.mean_macs)
                 if a is not None:
                     checks.append((CurvePoint("", "", None, s.mean_macs, 1 - a), s.error))
         if not checks:
-            return Claim(claim, NOT_RUN, "no actor point between 5 M and 15 M MACs")
+            return Claim(claim, NOT_RUN, f"no actor point in {band_label(self.band)}")
         wins = sum(p.error < s for p, s in checks)
         margins = [s - p.error for p, s in checks]
         verdict = SUPPORTED if wins == len(checks) else NOT_SUPPORTED
         evidence = (
             f"actor error below interpolated static error at {wins}/{len(checks)} budgets in "
-            f"5–15 M; margin {100 * float(np.mean(margins)):+.2f} points on average, smallest "
+            f"{band}; margin {100 * float(np.mean(margins)):+.2f} points on average, smallest "
             f"{100 * min(margins):+.2f}"
         )
         noise = [p.standard_error for p in inside if p.num_examples]
@@ -591,13 +609,13 @@ class ClaimChecker:
             point
             for analysis in self.policies.get(experiment, {}).values()
             for point in analysis["learned"]
-            if BAND[0] <= point["mean_macs"] <= BAND[1]
+            if self.band[0] <= point["mean_macs"] <= self.band[1]
         ]
 
     def learned_beats_thresholds(self) -> Claim:
         claim = (
             "learned routers beat confidence thresholds on the same exits "
-            "(hybrid actor, matched mean MACs, 5–15 M)"
+            f"(hybrid actor, matched mean MACs, {band_label(self.band)})"
         )
         points = self._learned_points("hybrid-actor")
         if not points:
@@ -613,7 +631,8 @@ class ClaimChecker:
     def actor_beats_multi_exit(self) -> Claim:
         claim = (
             "actor training + learned routers beat multi-exit training + confidence "
-            "thresholds (the field's standard) at equal mean MACs (hybrid, 5–15 M)"
+            "thresholds (the field's standard) at equal mean MACs "
+            f"(hybrid, {band_label(self.band)})"
         )
         points = self._learned_points("hybrid-actor")
         baseline = [
