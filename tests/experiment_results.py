@@ -43,12 +43,17 @@ def point(model: str, k_cpt: float | None, accuracy: float, macs: float) -> dict
 
 
 def write_curve(
-    results_dir: Path, scale: str, experiment: str, curve: list[tuple[float, float]]
+    results_dir: Path,
+    scale: str,
+    experiment: str,
+    curve: list[tuple[float, float]],
+    dataset: str | None = None,
 ) -> None:
-    """One result file per network of ``experiment``; ``curve`` gives (accuracy, MACs) each."""
+    """One result file per network of ``experiment``; ``curve`` gives (accuracy, MACs) each;
+    ``dataset`` replaces the experiment's own, as ``sweep --dataset`` does."""
     networks = expand(experiment, scale)
     for index, network in enumerate(networks):
-        config = network.config.to_dict()
+        config = network.config.to_dict() | ({"dataset": dataset} if dataset else {})
         model = "tree" if config["model"] == "tree" else "chain"
         if config["dynamic_k_cpt"]:
             ks = config["k_cpt_set"] or [0.0, 1e-9, 2e-9, 4e-9, 8e-9, 1.6e-8, 3.2e-8, 6.4e-8]

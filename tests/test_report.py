@@ -80,6 +80,17 @@ def test_claims_not_supported(tmp_path):
     assert verdict == NOT_SUPPORTED and "CIFAR-2" in evidence
 
 
+def test_easy_examples_needs_two_datasets(tmp_path):
+    # `sweep --dataset` trains cifar2-* and cifar10-* on the same data: nothing to compare.
+    for name, actor in (("cifar2", shifted(STATIC, 0.01, 0.5)), ("cifar10", STATIC)):
+        write_curve(tmp_path, SCALE, f"{name}-static", STATIC, dataset="npz:digits.npz")
+        write_curve(tmp_path, SCALE, f"{name}-actor", actor, dataset="npz:digits.npz")
+    verdict, evidence = verdicts(tmp_path)[
+        "dynamic routing helps most when easy examples are common"
+    ]
+    assert verdict == NOT_RUN and "both trained on 'npz:digits.npz'" in evidence
+
+
 def test_fewer_macs_reports_the_saving_at_the_actors_own_peak(tmp_path):
     # The actor never reaches the best static accuracy (0.90), so the claim fails; its own
     # peak (0.89 at 9.15 M) costs static nets 18.3 M: the evidence says so.

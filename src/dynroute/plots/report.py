@@ -171,6 +171,10 @@ class ClaimChecker:
         expected = self._expected(name)
         return expected is None or set(expected) <= set(self.results[name])
 
+    def datasets(self, name: str) -> set[str]:
+        """The datasets an experiment's result files were trained on."""
+        return {net["config"]["dataset"] for net in self.results.get(name, {}).values()}
+
     def has(self, *names: str) -> bool:
         return all(self.complete(n) for n in names)
 
@@ -342,6 +346,11 @@ class ClaimChecker:
         claim = "dynamic routing helps most when easy examples are common (CIFAR-2 > CIFAR-10)"
         if not self.has(*names):
             return self.missing(claim, *names)
+        if self.datasets("cifar2-actor") == self.datasets("cifar10-actor"):  # sweep --dataset
+            trained = ", ".join(sorted(self.datasets("cifar2-actor")))
+            return Claim(
+                claim, NOT_RUN, f"both trained on {trained!r}: the claim compares two datasets"
+            )
         ratios = {}
         for dataset in ("cifar2", "cifar10"):
             ratios[dataset] = self.mac_ratio(f"{dataset}-static", f"{dataset}-actor")
