@@ -411,6 +411,10 @@ def test_sweep_on_another_dataset_keeps_its_state_and_results_apart(tmp_path, ca
     # The report judges what it can; the digits-vs-CIFAR claim needs hybrid's two kinds.
     (specialise,) = [c for c in check_claims(results) if "specialise by kind" in c.claim]
     assert specialise.verdict == "not run" and "does not mix digits" in specialise.evidence
+    # ... and its first lines name the data, so it is never read as a hybrid/CIFAR report.
+    assert main(["report", "--scale", "smoke", "--results", str(mine)]) == 0
+    report = (mine / "smoke" / "report.md").read_text()
+    assert f"Trained on `{name}` instead of each experiment's own dataset." in report
     # The same results folder never takes another dataset's networks, nor the default one.
     capsys.readouterr()
     assert main([*argv, "--results", str(mine)]) == 2
