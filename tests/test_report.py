@@ -42,6 +42,7 @@ def test_claims_supported(tmp_path):
     write_curve(tmp_path, SCALE, "hybrid-critic", shifted(STATIC, 0.02, 0.7))
     write_curve(tmp_path, SCALE, "hybrid-critic-optimistic", shifted(STATIC, 0.01, 0.9))
     write_curve(tmp_path, SCALE, "hybrid-actor-notalr", shifted(STATIC, 0.0, 0.4))
+    write_curve(tmp_path, SCALE, "hybrid-critic-notalr", shifted(STATIC, -0.02, 0.7))
     write_curve(tmp_path, SCALE, "hybrid-actor-dynkcpt", shifted(STATIC, 0.03, 0.45))
     found = verdicts(tmp_path)
     assert found["dynamic beats static at equal MACs on hybrid"][0] == SUPPORTED
@@ -356,9 +357,12 @@ def test_ablations_need_a_difference_above_the_noise(tmp_path):
     write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.5))
     write_curve(tmp_path, SCALE, "hybrid-actor-notalr", shifted(STATIC, 0.035, 0.5))
     write_curve(tmp_path, SCALE, "hybrid-actor-nokdec", shifted(STATIC, 0.035, 0.5))
-    found = verdicts(tmp_path)  # better by 0.5 points on 1,000 images: noise
+    write_curve(tmp_path, SCALE, "hybrid-critic", shifted(STATIC, 0.04, 0.7))
+    write_curve(tmp_path, SCALE, "hybrid-critic-notalr", shifted(STATIC, -0.03, 0.7))
+    found = verdicts(tmp_path)  # the actor better by 0.5 points on 1,000 images: noise
     verdict, evidence = found["TALR helps at high accuracy"]
     assert verdict == NOT_SUPPORTED
+    assert "actor: peak accuracy" in evidence and "critic: peak accuracy" in evidence
     assert "+0.50 points, needs more than its standard error" in evidence
     assert found["k_dec > 0 is needed for actors"][0] == NOT_SUPPORTED
     write_curve(tmp_path, SCALE, "hybrid-actor-notalr", shifted(STATIC, -0.03, 0.5))
@@ -366,6 +370,12 @@ def test_ablations_need_a_difference_above_the_noise(tmp_path):
     found = verdicts(tmp_path)
     assert found["TALR helps at high accuracy"][0] == SUPPORTED
     assert found["k_dec > 0 is needed for actors"][0] == SUPPORTED
+    # The paper says both strategies gain: a critic that does not gain fails the claim.
+    write_curve(tmp_path, SCALE, "hybrid-critic-notalr", shifted(STATIC, 0.04, 0.7))
+    assert verdicts(tmp_path)["TALR helps at high accuracy"][0] == NOT_SUPPORTED
+    (tmp_path / SCALE / "hybrid-critic-notalr" / "k_cpt-0.json").unlink()
+    verdict, evidence = verdicts(tmp_path)["TALR helps at high accuracy"]
+    assert verdict == NOT_RUN and "hybrid-critic-notalr" in evidence
 
 
 def test_on_shared_k_cpt_cuts_to_the_budgets_every_curve_has():
@@ -389,6 +399,8 @@ def test_ablations_thinned_at_a_scale_compare_on_the_shared_k_cpt(tmp_path):
     write_curve(tmp_path, "cpu", "hybrid-actor", actor)
     write_curve(tmp_path, "cpu", "hybrid-actor-nokdec", thinned)
     write_curve(tmp_path, "cpu", "hybrid-actor-notalr", thinned)
+    write_curve(tmp_path, "cpu", "hybrid-critic", thinned)
+    write_curve(tmp_path, "cpu", "hybrid-critic-notalr", thinned)
     claims = check_claims(load_results(tmp_path, "cpu"))
     found = {c.claim.split(" (")[0]: (c.verdict, c.evidence) for c in claims}
     for key in ("k_dec > 0 is needed for actors", "TALR helps at high accuracy"):

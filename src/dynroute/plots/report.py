@@ -281,9 +281,18 @@ class ClaimChecker:
         )
 
     def talr(self) -> Claim:
-        return self._peak_comparison(
-            "TALR helps at high accuracy", "hybrid-actor", "hybrid-actor-notalr"
-        )
+        """§5.3: TALR improves "both actor and critic networks" at high accuracy."""
+        claim = "TALR helps at high accuracy (actor and critic, §5.3)"
+        pairs = (("actor", "hybrid-actor-notalr"), ("critic", "hybrid-critic-notalr"))
+        names = [n for strategy, without in pairs for n in (f"hybrid-{strategy}", without)]
+        if not self.has(*names):
+            return self.missing(claim, *names)
+        found = [
+            (strategy, self._peak_comparison(claim, f"hybrid-{strategy}", without))
+            for strategy, without in pairs
+        ]
+        verdict = SUPPORTED if all(c.verdict == SUPPORTED for _, c in found) else NOT_SUPPORTED
+        return Claim(claim, verdict, ". ".join(f"{s}: {c.evidence}" for s, c in found))
 
     def k_dec(self) -> Claim:
         claim = "k_dec > 0 is needed for actors"
