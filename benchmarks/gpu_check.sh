@@ -23,11 +23,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: benchmarks/gpu_check.sh OUT_DIR DATA_DIR [RUN_DIR...]" >&2; exit 2; }
-out=$1 data=$2
+# shellcheck source=benchmarks/gpu_common.sh
+source benchmarks/gpu_common.sh
 shift 2
-mkdir -p "$out"
-export DYNROUTE_DATA=$data PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
 
 phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to OUT_DIR/NAME.txt
     local name=$1 limit=$2

@@ -21,11 +21,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 3 ] || { echo "usage: benchmarks/gpu_sweep.sh OUT_DIR DATA_DIR EXPERIMENT..." >&2; exit 2; }
-out=$1 data=$2
+# shellcheck source=benchmarks/gpu_common.sh
+source benchmarks/gpu_common.sh
 shift 2
-mkdir -p "$out"
-export DYNROUTE_DATA=$data PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
 stamp=$(mktemp) && touch "$stamp"
 if [ "${DEVICE:-cuda}" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$out/sweep.log"
