@@ -13,7 +13,8 @@
 #
 # Usage: benchmarks/gpu_sweep.sh OUT_DIR DATA_DIR EXPERIMENT...
 #   SCALE (default cpu), WORKERS (default 8), LIMIT (default 540 s), DEVICE (default cuda),
-#   RESULTS (default results), COMPILE (default "--compile --compile-mode reduce-overhead"; empty for eager).
+#   RESULTS (default results), RUNS (default /tmp/dynroute-runs), COMPILE (default
+#   "--compile --compile-mode reduce-overhead"; empty for eager).
 #   Runs from a plain checkout (PYTHONPATH=src) with the machine's own torch. For the hybrid
 #   experiments DATA_DIR can be the ~40 MB folder `python benchmarks/hybrid_data_subset.py DIR`
 #   writes (it fits the device's 64 MiB upload); the CIFAR experiments need the whole
@@ -32,8 +33,8 @@ started=$SECONDS
 # shellcheck disable=SC2086  # COMPILE is a list of options
 timeout "${LIMIT:-540}" "$py" -m dynroute.cli sweep "$@" --scale "${SCALE:-cpu}" \
     --device "${DEVICE:-cuda}" ${COMPILE---compile --compile-mode reduce-overhead} \
-    --workers "${WORKERS:-8}" --results "${RESULTS:-results}" --runs "${RUNS:-/tmp/dynroute-runs}" --no-progress 2>&1 |
-    tee -a "$out/sweep.log"
+    --workers "${WORKERS:-8}" --results "${RESULTS:-results}" \
+    --runs "${RUNS:-/tmp/dynroute-runs}" --no-progress 2>&1 | tee -a "$out/sweep.log"
 status=${PIPESTATUS[0]}
 echo "sweep: exit $status after $((SECONDS - started)) s" | tee -a "$out/sweep.log"
 find "${RESULTS:-results}" -name '*.json' -newer "$stamp" | sort >"$out/new-results.txt"

@@ -216,7 +216,7 @@ class ClaimChecker:
                 if a is not None:
                     checks.append((CurvePoint("", "", None, s.mean_macs, 1 - a), s.error))
         if not checks:
-            return Claim(claim, NOT_RUN, f"no actor point in {band_label(self.band)}")
+            return Claim(claim, NOT_RUN, f"no actor point in {band}")
         wins = sum(p.error < s for p, s in checks)
         margins = [s - p.error for p, s in checks]
         verdict = SUPPORTED if wins == len(checks) else NOT_SUPPORTED
