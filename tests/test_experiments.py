@@ -71,7 +71,10 @@ def test_cpu_scale_applies_its_recipe_and_thins_wide_experiments():
     nokdec = expand("hybrid-actor-nokdec", "cpu")
     assert [n.config.k_cpt for n in nokdec] == list(PAPER_K_CPT_SET[::2])
     assert {(n.config.k_dec, n.config.epsilon) for n in nokdec} == {(0.0, CPU_RECIPE["epsilon"])}
-    assert len(expand("hybrid-actor-tree", "cpu")) == 8
+    # The tree keeps k_cpt 0 and the 3 tightest budgets (what the tree-vs-chain claim uses).
+    tree = expand("hybrid-actor-tree", "cpu")
+    assert [n.config.k_cpt for n in tree] == [0.0, *PAPER_K_CPT_SET[-3:]]
+    assert [n.name for n in tree][0] == "k_cpt-0" and len(expand("hybrid-actor-tree", "paper")) == 8
     wide = expand("cifar10-actor-width3", "cpu")
     assert [n.config.k_cpt for n in wide] == [k / 9 for k in PAPER_K_CPT_SET[1::2]]
     # A third of the iterations, and the same number of lr halvings in them.

@@ -188,8 +188,8 @@ def plot_dataflow(results: Results, out_dir: Path) -> list[Path]:
         rows.sort(key=lambda row: row[1]["k_cpt"] or 0.0)
         nodes = rows[0][1]["nodes"]
         tree = sum(n["is_leaf"] for n in nodes) > CHAIN_DIAGRAM_EXITS
-        if tree:  # a tree diagram is large: every other k_cpt, as in the paper's figure 7
-            rows = rows[::2]
+        if tree and len(rows) > 4:  # a tree diagram is large: every other k_cpt, as in
+            rows = rows[::2]  # the paper's figure 7
         height = 2.5 if tree else 0.9
         fig, axes = plt.subplots(
             len(rows), 2, figsize=(12, height * len(rows) + 0.6), squeeze=False
