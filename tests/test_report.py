@@ -81,6 +81,33 @@ def test_claims_not_supported(tmp_path):
     assert verdict == NOT_SUPPORTED and "CIFAR-2" in evidence
 
 
+def test_easy_examples_compares_savings_where_an_actor_peaks_below_static(tmp_path):
+    # The CIFAR-2 actor stops 1 point below its static peak but reaches that level with a
+    # third of the MACs; the CIFAR-10 actor beats its static peak with 0.8 of them.
+    curves = {
+        "cifar2": shifted(STATIC, -0.01, 0.3),
+        "cifar10": shifted(STATIC, 0.02, 0.8),
+    }
+    for name, actor in curves.items():
+        write_curve(tmp_path, SCALE, f"{name}-static", STATIC)
+        write_curve(tmp_path, SCALE, f"{name}-actor", actor)
+    verdict, evidence = verdicts(tmp_path)[
+        "dynamic routing helps most when easy examples are common"
+    ]
+    # CIFAR-2 at 89 %: static-7's 18.3 M against the actor's 0.3 × 20.6 M. CIFAR-10 at
+    # 90 %: static-8's 20.6 M against the actor's 0.8 × 17.1 M (static-6's point, +2 points).
+    assert verdict == SUPPORTED
+    assert f"CIFAR-2 {18.3 / (0.3 * 20.6):.2f}× at 89.00 % (peaks 89.00 % (actor) vs 90.00 %)" in (
+        evidence
+    )
+    assert f"CIFAR-10 {20.6 / (0.8 * 17.1):.2f}× at 90.00 %" in evidence
+    # Swapped, the same numbers say the opposite.
+    for name, actor in zip(curves, reversed(curves.values()), strict=True):
+        write_curve(tmp_path, SCALE, f"{name}-actor", actor)
+    verdict, _ = verdicts(tmp_path)["dynamic routing helps most when easy examples are common"]
+    assert verdict == NOT_SUPPORTED
+
+
 def test_easy_examples_needs_two_datasets(tmp_path):
     # `sweep --dataset` trains cifar2-* and cifar10-* on the same data: nothing to compare.
     for name, actor in (("cifar2", shifted(STATIC, 0.01, 0.5)), ("cifar10", STATIC)):
