@@ -101,6 +101,17 @@ def test_easy_examples_compares_savings_where_an_actor_peaks_below_static(tmp_pa
         evidence
     )
     assert f"CIFAR-10 {20.6 / (0.8 * 17.1):.2f}× at 90.00 %" in evidence
+    assert "CIFAR-5" not in evidence
+    # CIFAR-5 joins the evidence, not the rule: at 90 %, 20.6 M against 0.5 × 20.6 M.
+    write_curve(tmp_path, SCALE, "cifar5-static", STATIC)
+    write_curve(tmp_path, SCALE, "cifar5-actor", shifted(STATIC, 0.0, 0.5))
+    verdict, evidence = verdicts(tmp_path)[
+        "dynamic routing helps most when easy examples are common"
+    ]
+    assert verdict == SUPPORTED
+    assert evidence.endswith(
+        "; CIFAR-5 (not in the rule) 2.00× at 90.00 % (peaks 90.00 % (actor) vs 90.00 %)"
+    )
     # Swapped, the same numbers say the opposite.
     for name, actor in zip(curves, reversed(curves.values()), strict=True):
         write_curve(tmp_path, SCALE, f"{name}-actor", actor)
