@@ -234,6 +234,23 @@ def test_routing_policy_claims_not_run_without_analyses(tmp_path):
     assert found["learned routers beat confidence thresholds on the same exits"][0] == NOT_RUN
     key = "actor training + learned routers beat multi-exit training + confidence thresholds"
     assert found[key] == (NOT_RUN, "no policy analyses: hybrid-actor, hybrid-multi-exit")
+    assert found[key + " on CIFAR-10 too, at equal mean MACs"] == (
+        NOT_RUN,
+        "no policy analyses: cifar10-actor, cifar10-multi-exit",
+    )
+
+
+def test_cifar10_actor_is_paired_with_its_own_multi_exit_net(tmp_path):
+    # The hybrid files, renamed to CIFAR-10: its row reads cifar10-* only, hybrid's stays
+    # not run.
+    _write_policy_results(tmp_path, learned_right=800, baseline_right=900)
+    for kind in ("static", "actor", "multi-exit"):
+        (tmp_path / SCALE / f"hybrid-{kind}").rename(tmp_path / SCALE / f"cifar10-{kind}")
+    found = verdicts(tmp_path)
+    key = "actor training + learned routers beat multi-exit training + confidence thresholds"
+    assert found[key][0] == NOT_RUN
+    verdict, evidence = found[key + " on CIFAR-10 too, at equal mean MACs"]
+    assert verdict == NOT_SUPPORTED and "at 0/5 points (mean -10.00 points)" in evidence
 
 
 def test_report_has_a_routing_policy_section(tmp_path):

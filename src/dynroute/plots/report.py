@@ -190,12 +190,15 @@ class ClaimChecker:
         )
         return Claim(claim, NOT_RUN, "; ".join(parts))
 
-    def missing_policies(self, claim: str, *names: str) -> Claim:
+    def missing_policies(
+        self, claim: str, *names: str, band: tuple[float, float] | None = None
+    ) -> Claim:
         """A routing-policy claim whose experiments lack policy analyses (result files from
         before sweeps wrote them, or no network in the comparison band)."""
         absent = [n for n in names if not self.policies.get(n)]
         if not absent:
-            return Claim(claim, NOT_RUN, f"no learned operating point in {band_label(self.band)}")
+            label = band_label(band or self.band)
+            return Claim(claim, NOT_RUN, f"no learned operating point in {label}")
         return Claim(claim, NOT_RUN, f"no policy analyses: {', '.join(absent)}")
 
     # ------------------------------------------------------------------ claims
@@ -634,13 +637,16 @@ class ClaimChecker:
         )
 
     # ------------------------------------------------------------ routing policies
-    def _learned_points(self, experiment: str) -> list[dict]:
+    def _learned_points(
+        self, experiment: str, band: tuple[float, float] | None = None
+    ) -> list[dict]:
         """The learned operating points of an experiment's networks, inside the band."""
+        low, high = band or self.band
         return [
             point
             for analysis in self.policies.get(experiment, {}).values()
             for point in analysis["learned"]
-            if self.band[0] <= point["mean_macs"] <= self.band[1]
+            if low <= point["mean_macs"] <= high
         ]
 
     def learned_beats_thresholds(self) -> Claim:
@@ -659,22 +665,27 @@ class ClaimChecker:
             "the same net's confidence threshold at its nearest mean MACs",
         )
 
-    def actor_beats_multi_exit(self) -> Claim:
-        claim = (
-            "actor training + learned routers beat multi-exit training + confidence "
-            "thresholds (the field's standard) at equal mean MACs "
-            f"(hybrid, {band_label(self.band)})"
-        )
-        points = self._learned_points("hybrid-actor")
+    def actor_beats_multi_exit(self, dataset: str = "hybrid") -> Claim:
+        """``dataset``'s actor nets against its multi-exit net, in the band of its own
+        static curve."""
+        band = band_for(self.curves.get(f"{dataset}-static", []))
+        claim = "actor training + learned routers beat multi-exit training + confidence thresholds"
+        if dataset == "hybrid":
+            claim += f" (the field's standard) at equal mean MACs (hybrid, {band_label(band)})"
+        else:
+            title = {"cifar10": "CIFAR-10"}.get(dataset, dataset)
+            claim += f" on {title} too, at equal mean MACs ({band_label(band)})"
+        actor, multi_exit = f"{dataset}-actor", f"{dataset}-multi-exit"
+        points = self._learned_points(actor, band)
         baseline = [
             p
-            for analysis in self.policies.get("hybrid-multi-exit", {}).values()
+            for analysis in self.policies.get(multi_exit, {}).values()
             for p in analysis["confidence"]
             if "correct_bits" in p
         ]
         if not points or not baseline:
-            return self.missing_policies(claim, "hybrid-actor", "hybrid-multi-exit")
-        n = next(iter(self.policies["hybrid-multi-exit"].values()))["num_examples"]
+            return self.missing_policies(claim, actor, multi_exit, band=band)
+        n = next(iter(self.policies[multi_exit].values()))["num_examples"]
         pairs = []
         for point in points:
             matched = min(baseline, key=lambda p: abs(p["mean_macs"] - point["mean_macs"]))
@@ -729,6 +740,7 @@ class ClaimChecker:
             self.overfit_less,
             self.learned_beats_thresholds,
             self.actor_beats_multi_exit,
+            lambda: self.actor_beats_multi_exit("cifar10"),
             self.resnet,
         ]
         return [check() for check in checks]
