@@ -36,6 +36,17 @@ def test_interpolation_helpers():
     assert abs(dynamic_macs_for_accuracy(static, 0.85) - (11.4e6 + 13.5e6) / 2) < 1
 
 
+def test_static_frontier_ignores_worse_deeper_nets():
+    # static-6 and static-7 trained worse than static-5: under their budgets static-5 fits,
+    # so the bar stays at its error (0.14) until static-8's 0.10 lowers it.
+    points = STATIC[:5] + [(0.83, 17.1e6), (0.82, 18.3e6), (0.90, 20.6e6)]
+    static = [CurvePoint("s", "a", None, m, a) for a, m in points]
+    assert abs(static_error_at(static, 17.1e6) - 0.14) < 1e-9
+    assert abs(static_error_at(static, (13.5e6 + 17.1e6) / 2) - 0.14) < 1e-9
+    assert abs(static_error_at(static, (18.3e6 + 20.6e6) / 2) - 0.12) < 1e-9
+    assert abs(static_error_at(static, 5.3e6) - 0.25) < 1e-9  # monotone part unchanged
+
+
 def test_claims_supported(tmp_path):
     write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
     write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.4))
