@@ -215,6 +215,14 @@ def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
     return sorted(points, key=lambda p: p.mean_macs)
 
 
+def frontier_errors(points: list[CurvePoint]) -> list[float]:
+    """Each net's error, or a cheaper net's where that is lower (points in MAC order): under a
+    budget one picks the best net that fits, so a deeper net trained worse than a shallower
+    one (too few iterations for its depth) must not lower the bar a dynamic net has to beat."""
+    errors = [p.error for p in points]
+    return [min(errors[: i + 1]) for i in range(len(errors))]
+
+
 def result_from_run(
     run_dir: str | os.PathLike[str], experiment: str, network: str
 ) -> dict[str, Any]:

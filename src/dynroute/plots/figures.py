@@ -19,7 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from dynroute.experiments.results import curve, load_results, result_class_names  # noqa: E402
+from dynroute.experiments.results import (  # noqa: E402
+    curve,
+    frontier_errors,
+    load_results,
+    result_class_names,
+)
 
 Results = dict[str, dict[str, dict[str, Any]]]
 
@@ -90,7 +95,8 @@ def _panels(count: int, width: float = 4.5, height: float = 3.6) -> tuple[plt.Fi
 
 # ---------------------------------------------------------------- accuracy / efficiency
 def plot_acc_eff(results: Results, out_dir: Path) -> list[Path]:
-    """Error rate vs mean MACs: static curve and one curve per dynamic experiment."""
+    """Error rate vs mean MACs: static curve (and its frontier, where a deeper net is worse than
+    a cheaper one) and one curve per dynamic experiment."""
     paths: list[Path] = []
     for figure, panels in ACC_EFF_FIGURES.items():
         present = [p for p in panels if p[1] in results or any(e in results for e in p[2])]
@@ -103,6 +109,9 @@ def plot_acc_eff(results: Results, out_dir: Path) -> list[Path]:
                     pts = curve(results[name])
                     x, y = [p.mean_macs / 1e6 for p in pts], [p.error for p in pts]
                     ax.plot(x, y, style, ms=3, label=name)
+                    if name == static and frontier_errors(pts) != y:
+                        # The claims compare against this, not the dip of worse deeper nets.
+                        ax.plot(x, frontier_errors(pts), color="0.6", lw=1, label="its frontier")
             ax.set(title=title, xlabel="mean MACs (millions)", ylabel="error rate")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

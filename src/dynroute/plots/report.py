@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynroute.experiments.results import CurvePoint, curve, load_results
+from dynroute.experiments.results import CurvePoint, curve, frontier_errors, load_results
 from dynroute.infer.operating_points import mcnemar_counts, mcnemar_p_value, unpack_bits
 from dynroute.plots.figures import learned_macs, policy_analyses
 
@@ -50,13 +50,6 @@ class Claim:
 
 def _mmacs(value: float) -> str:
     return f"{value / 1e6:.2f} M"
-
-
-def frontier_errors(points: list[CurvePoint]) -> list[float]:
-    """Each net's error, or a cheaper net's where that is lower (points in MAC order): under a
-    budget one picks the best net that fits, so a deeper net trained worse than a shallower
-    one (too few iterations for its depth) must not lower the bar a dynamic net has to beat."""
-    return np.minimum.accumulate([p.error for p in points]).tolist() if points else []
 
 
 def static_error_at(static: list[CurvePoint], macs: float) -> float | None:
