@@ -213,7 +213,8 @@ def plot_dataflow(results: Results, out_dir: Path) -> list[Path]:
                 loc="left",
             )
         sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
-        fig.colorbar(sm, ax=axes[:, 0].tolist(), fraction=0.02, label="exit accuracy")
+        # beside the class panels, clear of the row titles of the accuracy panels
+        fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.015, pad=0.02, label="exit accuracy")
         classes = len(rows[0][1]["nodes"][-1]["class_counts"])
         names = result_class_names(next(iter(results[experiment].values())))
         handles = [

@@ -510,7 +510,7 @@ class ClaimChecker:
             claim,
             verdict,
             f"tree's error below the chain curve at the 3 largest k_cpt: {shown} points; "
-            f"{free_text}",
+            f"{free_text}{self._noise('hybrid-actor-tree')}",
         )
 
     def exits_specialise(self) -> Claim:
