@@ -27,7 +27,7 @@ from torch import nn
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.fold import fold_batchnorm
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
 from dynroute.runtime import configure_cpu, machine_description
 from timing import interleaved_seconds, median_speedup
 

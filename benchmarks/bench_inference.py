@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynroute import checkpoint
 from dynroute.data.datasets import load_dataset
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.fold import fold_batchnorm
+from dynroute.nn import checkpoint
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
 from dynroute.nn.tree import RoutedTree
 from dynroute.runtime import configure_cpu, machine_description, resolve_device
 from timing import interleaved_seconds, median_speedup, peak_memory_mb

@@ -13,7 +13,7 @@ from dynroute.atomic import write_json_atomic
 from dynroute.experiments.registry import expand
 from dynroute.experiments.results import RESULT_FORMAT, result_path
 from dynroute.infer.evaluate import evaluate
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
 
 
 @functools.cache

@@ -7,10 +7,8 @@ import torch
 from torch import nn
 
 from backbone_helpers import torchvision_state
-from dynroute.checkpoint import build_from_spec, validate_spec
 from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.evaluate import predict_dense
 from dynroute.nn.backbones import (
     BACKBONES,
     load_pretrained,
@@ -19,7 +17,15 @@ from dynroute.nn.backbones import (
     resnet18_stages,
 )
 from dynroute.nn.macs import count_node_macs, flop_counter_macs, tree_costs
-from dynroute.nn.registry import build_model, is_static_model, model_names, static_baselines
+from dynroute.nn.models import (
+    build_from_spec,
+    build_model,
+    is_static_model,
+    model_names,
+    static_baselines,
+)
+from dynroute.nn.prediction import predict_dense
+from dynroute.nn.registry import validate_spec
 from dynroute.train.config import TrainConfig
 from routing_helpers import scramble_routing
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from backbone_helpers import torchvision_state
-from dynroute.checkpoint import load_model
 from dynroute.cli import main
 from dynroute.data.datasets import DatasetSplit
 from dynroute.errors import DynrouteError
+from dynroute.nn.checkpoint import load_model
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Trainer, training_data
 

@@ -8,10 +8,10 @@ from torch import nn
 
 from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.evaluate import predict_dense
 from dynroute.infer.operating_points import exits_for_k, router_inputs
 from dynroute.nn.chains import PooledRouter, routed_chain, stage_channels, static_truncation
 from dynroute.nn.macs import count_node_macs, flop_counter_macs, tree_costs
+from dynroute.nn.prediction import predict_dense
 from routing_helpers import scramble_routing
 
 SHAPE = (3, 16, 16)

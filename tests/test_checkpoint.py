@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynroute import checkpoint
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import build_model
+from dynroute.nn import checkpoint
+from dynroute.nn.models import build_model
 
 
 class Payload:

@@ -11,8 +11,8 @@ import torch
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.evaluate import predict_dense
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
+from dynroute.nn.prediction import predict_dense
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData
 

@@ -8,11 +8,10 @@ from torch import nn
 
 from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine, select_rows
-from dynroute.infer.evaluate import predict_dense
 from dynroute.infer.fold import fold_batchnorm
-from dynroute.infer.policies import LEARNED, Policy
-from dynroute.infer.prediction import Prediction
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
+from dynroute.nn.prediction import Prediction, predict_dense
+from dynroute.nn.routing import LEARNED, Policy
 from routing_helpers import random_conv_tree, scramble_routing
 from toy_trees import random_tree
 

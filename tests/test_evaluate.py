@@ -12,8 +12,8 @@ from torch import nn
 from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.evaluate import evaluate, every_exit_accuracy
-from dynroute.infer.policies import Policy
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.routing import Policy
 from dynroute.nn.tree import Node, RoutedTree
 
 

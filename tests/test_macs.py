@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynroute.nn.macs import count_node_macs, flop_counter_macs, tree_costs
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
 
 #: Cumulative MACs (millions) of the chain after each column, exit included (docs/method.md §3).
 CHAIN_CUMULATIVE = [1.37, 5.28, 7.58, 11.42, 13.51, 17.06, 18.28, 20.64]

@@ -11,8 +11,8 @@ import torch
 
 from dynroute.cli import main
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.evaluate import predict_dense
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.prediction import predict_dense
 from routing_helpers import scramble_routing
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "custom_resnet_tree.py"
@@ -60,7 +60,7 @@ def test_summary_static_and_tree(capsys) -> None:
     [
         (["nope"], "unknown model 'nope'"),
         (["static-8", "--dynamic-k-cpt"], "dynamic k_cpt does not apply"),
-        (["chain", "--width", "0"], "width must be a positive integer"),
+        (["chain", "--width", "0"], "width must be an integer in 1..16"),
     ],
 )
 def test_summary_errors(capsys, argv: list[str], message: str) -> None:

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from dynroute.infer.evaluate import predict_dense
 from dynroute.infer.operating_points import (
     analyse,
     exit_table,
@@ -17,8 +16,9 @@ from dynroute.infer.operating_points import (
     pack_bits,
     unpack_bits,
 )
-from dynroute.infer.policies import Policy
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.prediction import predict_dense
+from dynroute.nn.routing import Policy
 from routing_helpers import scramble_routing
 from toy_trees import random_tree
 
@@ -100,7 +100,7 @@ def test_analyse_reports_every_policy(tmp_path):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_learned_exits_from_router_inputs_equal_dense_passes(dynamic):
     from dynroute.infer.operating_points import learned_exits
-    from dynroute.nn.registry import build_model
+    from dynroute.nn.models import build_model
 
     torch.manual_seed(0)
     images = torch.rand(48, 3, 32, 32) * torch.rand(48, 1, 1, 1)

@@ -58,7 +58,7 @@ def test_keep_freed_memory_stops_page_faults_in_repeated_forward_passes(monkeypa
     fresh pages in (without the setting: ~5,000 page faults per pass of this size)."""
     import resource
 
-    from dynroute.nn.registry import build_model
+    from dynroute.nn.models import build_model
 
     monkeypatch.setenv("DYNROUTE_KEEP_FREED_MEMORY", "0")
     assert runtime.keep_freed_memory() is False

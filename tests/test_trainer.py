@@ -19,7 +19,7 @@ import torch
 from dynroute.data.datasets import DatasetSplit
 from dynroute.errors import DynrouteError
 from dynroute.nn import registry
-from dynroute.nn.registry import _routed_column
+from dynroute.nn.models import _routed_column
 from dynroute.train import config as config_module
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Split, Trainer, TrainingData, prepare_run_dir

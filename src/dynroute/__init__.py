@@ -1,7 +1,7 @@
 """dynroute: dynamically-routed neural networks.
 
 ``dynroute.fit`` trains a network from Python, ``dynroute.load`` reads one back
-(``dynroute.api``). They are imported on first use, so that ``import dynroute.nn`` and the
+(``dynroute.train.fit``). They are imported on first use, so that ``import dynroute.nn`` and the
 command line do not load the trainer.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["FitResult", "fit", "load"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from dynroute import api
+        from dynroute.train import fit as api
 
         return getattr(api, name)
     raise AttributeError(f"module 'dynroute' has no attribute {name!r}")

@@ -9,7 +9,6 @@ from dynroute.data.datasets import (
     DATASETS,
     DEFAULT_TEST_FRACTION,
     IMAGE_SIZE,
-    USER_KINDS,
     load_dataset,
 )
 from dynroute.data.download import FETCHABLE, fetch_dataset
@@ -23,6 +22,13 @@ from dynroute.data.sources import (
     resolve_data_dir,
 )
 from dynroute.errors import DynrouteError
+
+
+def _user_kinds() -> list[str]:
+    """Prefixes of a user's own data (``folder``, ``npz``)."""
+    from dynroute.data.registry import source_kinds
+
+    return [kind.prefix for kind in source_kinds()]
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +141,7 @@ def run_info(args: argparse.Namespace) -> int:
             "  folder:PATH  your images: PATH/train/<class>/, PATH/test/<class>/ or PATH/<class>/"
         )
         print("  npz:PATH     your arrays: x_train, y_train, x_test, y_test")
-        yours = sorted(path.name for kind in USER_KINDS for path in cache_dir.glob(f"{kind}-*"))
+        yours = sorted(path.name for kind in _user_kinds() for path in cache_dir.glob(f"{kind}-*"))
         if yours:
             print(f"  [cached from your files: {', '.join(yours)}]")
         print("\n".join(_describe_sources(data_dir)))
@@ -175,7 +181,7 @@ def run_info(args: argparse.Namespace) -> int:
         verdict = f"MISMATCH ALLOWED: {', '.join(mismatch)}" if mismatch else "checksums OK"
         if all(entry["expected_md5"] is None for entry in source["files"]):
             verdict = "no official checksum for this kind of copy"
-        if source["dataset"] in USER_KINDS:
+        if source["dataset"] in _user_kinds():
             names = [entry["name"] for entry in source["files"]]
             verdict = (
                 "MD5 of the image files' names, sizes and modification times"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.registry import build_model, model_names
+from dynroute.nn.models import build_model, model_names
 from dynroute.nn.tree import RoutedTree
 
 

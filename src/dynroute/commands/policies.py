@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dynroute.errors import DynrouteError
-from dynroute.infer.policies import POLICIES
+from dynroute.nn.routing import POLICIES
 
 SPLIT_CHOICES = ("validation", "test", "train")
 
@@ -25,8 +25,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
     from dynroute.atomic import write_json_atomic
     from dynroute.infer.operating_points import analyse, analysis_k_values
     from dynroute.plots.figures import plot_policy_curves
-    from dynroute.runs import open_run
     from dynroute.runtime import configure_cpu
+    from dynroute.train.runs import open_run
 
     configure_cpu(args.threads)
     runs = [open_run(path) for path in args.runs]  # every path checked before any work
@@ -77,10 +77,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from dynroute.infer.calibration import candidates, choose
-    from dynroute.infer.evaluate import as_tensor, evaluate
-    from dynroute.infer.policies import Policy
-    from dynroute.runs import open_run
+    from dynroute.infer.evaluate import evaluate
+    from dynroute.nn.prediction import as_tensor
+    from dynroute.nn.routing import Policy
     from dynroute.runtime import configure_cpu
+    from dynroute.train.runs import open_run
 
     policy = Policy(args.policy, 0.5 if args.policy in ("confidence", "entropy") else None)
     target_macs = None if args.target_macs is None else args.target_macs * 1e6

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from dynroute.errors import DynrouteError
-from dynroute.infer.policies import POLICIES
-from dynroute.train.config import TrainConfig, option_choices
+from dynroute.nn.routing import POLICIES
+from dynroute.train.config import TrainConfig
 
 #: More threads than this is a typo, not a machine.
 MAX_THREADS = 4096
@@ -37,8 +37,8 @@ def _help(field: Field) -> str:
     """The field's help text, its valid values and its default (the config is the source)."""
     meta = field.metadata
     text = meta["help"]
-    choices = option_choices(field.name)
-    if choices is not None and len(choices) <= 8:
+    choices = meta["choices"]  # a callable (the model catalogue) would load the networks
+    if choices is not None and not callable(choices) and len(choices) <= 8:
         text += f" [{', '.join(choices)}]"
     elif meta["bounds"] is not None:
         text += f" [{meta['bounds'].describe_range()}]"
@@ -154,9 +154,9 @@ def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute.infer.evaluate import evaluate, every_exit_accuracy
-    from dynroute.infer.policies import Policy
-    from dynroute.runs import open_run
+    from dynroute.nn.routing import Policy
     from dynroute.runtime import configure_cpu, resolve_device, use_channels_last
+    from dynroute.train.runs import open_run
 
     run = open_run(args.run)
     explicit = args.policy is not None

@@ -1,6 +1,7 @@
 """Datasets of the paper (MNIST, CIFAR-10 and derived sets) and the user's own (folder:PATH,
 npz:PATH), caching and augmentation."""
 
+from dynroute.data import user_data  # noqa: F401  (registers folder:PATH and npz:PATH)
 from dynroute.data.augment import AugmentParams, augment_batch, draw_params, shift_and_flip
 from dynroute.data.datasets import (
     DATASETS,

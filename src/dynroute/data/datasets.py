@@ -10,7 +10,8 @@ size, format version), built and verified by ``dynroute.data.cache``; decoded
 sources are cached the same way under ``sources/`` so datasets share one decode.
 
 A user's own data is named ``folder:PATH`` (an image tree or .zip) or ``npz:PATH``
-(arrays); ``dynroute.data.user_data`` builds those through the same cache.
+(arrays); ``dynroute.data.user_data`` builds those through the same cache (it registers the
+``folder`` and ``npz`` kinds in ``dynroute.data.registry``).
 """
 
 from __future__ import annotations
@@ -39,19 +40,17 @@ from dynroute.data.readers.common import (
     resolve_cache_dir,
     resolve_data_dir,
 )
-from dynroute.data.readers.image_tree import MIN_IMAGE_SIZE
 from dynroute.data.readers.mnist_idx import MNIST_DIGITS
+from dynroute.data.registry import source_kind, source_kinds
 from dynroute.data.sources import CIFAR_CLASSES, find_source, identify_source, read_source
 from dynroute.errors import DynrouteError
+from dynroute.nn.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
 IMAGE_SIZE = 32
-MAX_IMAGE_SIZE = 1024
 DEFAULT_TEST_FRACTION = 0.2
-# Prefixes of a user's own data: folder:PATH (image tree or .zip), npz:PATH (arrays).
-USER_KINDS = ("folder", "npz")
 GAMMA = 2.2
 MIN_COLOUR_DISTANCE = 0.3
 CHUNK = 4096
@@ -174,10 +173,11 @@ def split_dataset_name(name: str) -> tuple[str, str] | None:
     kind, colon, path = name.partition(":")
     if not colon:
         raise _unknown(name)
-    if kind not in USER_KINDS:
+    if source_kind(kind) is None:
+        kinds = " or ".join(f"{k.prefix}:PATH ({k.description})" for k in source_kinds())
         raise DynrouteError(
-            f"unknown dataset prefix {kind + ':'!r} in {name!r}; use folder:PATH (an image tree "
-            f"or .zip) or npz:PATH (arrays), or one of: {', '.join(DATASETS)}"
+            f"unknown dataset prefix {kind + ':'!r} in {name!r}; use {kinds}, or one of: "
+            f"{', '.join(DATASETS)}"
         )
     if not path.strip():
         raise DynrouteError(f"dataset {name!r} names no path; write {kind}:PATH")
@@ -523,11 +523,11 @@ def load_dataset(
         raise DynrouteError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
     cache_path = resolve_cache_dir(cache_dir)
     if user is not None:
-        from dynroute.data.user_data import load_user_dataset  # it builds on this module
-
-        return load_user_dataset(
+        kind, path = user
+        return source_kind(kind).loader(
             name,
-            *user,
+            kind,
+            path,
             cache_dir=cache_path,
             validation_size=validation_size,
             seed=seed,

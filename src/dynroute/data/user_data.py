@@ -47,6 +47,7 @@ from dynroute.data.datasets import (
 from dynroute.data.readers.common import SPLITS, Provenance, RawData, Source, cannot_read
 from dynroute.data.readers.image_tree import ImageFolderReader, ImageZipReader
 from dynroute.data.readers.npz_arrays import NpzReader
+from dynroute.data.registry import register_source_kind
 from dynroute.errors import DynrouteError
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ def _image_format(pixels_are_8_bit: bool, size: int) -> str:
     return f"{shape} in [0, 1]: float pixels kept as given (no gamma); {resize}"
 
 
+@register_source_kind("folder", "an image tree or .zip")
+@register_source_kind("npz", "arrays")
 def load_user_dataset(
     name: str,
     kind: str,

@@ -27,15 +27,8 @@ from dynroute.infer.evaluate import evaluate
 from dynroute.infer.operating_points import RESULT_PAIRED_POINTS, analyse, analysis_k_values
 from dynroute.runtime import configure_cpu, resolve_device
 from dynroute.train.config import TrainConfig
-from dynroute.train.trainer import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    Split,
-    Trainer,
-    TrainingData,
-    load_training_data,
-    read_metrics,
-)
+from dynroute.train.runs import CONFIG_FILE, METRICS_FILE, read_metrics
+from dynroute.train.trainer import Split, Trainer, TrainingData, load_training_data
 
 #: Seed of the fixed evaluation subset (smoke scale), independent of the training seed.
 EVAL_SUBSET_SEED = 0

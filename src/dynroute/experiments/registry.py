@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import static_baselines
 from dynroute.train.config import PAPER_K_CPT_SET, TrainConfig
 
 
@@ -253,6 +252,8 @@ def expand(experiment: Experiment | str, scale: Scale | str) -> list[Network]:
         return values[wide.first :: wide.every] if wide else values
 
     if experiment.is_static:
+        from dynroute.nn.models import static_baselines
+
         variants = [(name, {"model": name}) for name in thin(static_baselines(experiment.model))]
     elif experiment.strategy == "multi-exit":  # one net: its operating points are thresholds
         variants = [("multi-exit", {})]

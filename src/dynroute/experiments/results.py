@@ -229,7 +229,7 @@ def result_from_run(
     """The result document of a finished run directory trained outside a sweep (by hand, on
     another machine), so the report reads it like a sweep's; no policy analysis or train
     points are added (they need the weights and the data)."""
-    from dynroute.train.trainer import METRICS_FILE, SUMMARY_FILE, read_metrics
+    from dynroute.train.runs import METRICS_FILE, SUMMARY_FILE, read_metrics
 
     run_dir = Path(run_dir)
     summary_path = run_dir / SUMMARY_FILE

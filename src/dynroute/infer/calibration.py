@@ -17,8 +17,8 @@ import torch
 
 from dynroute.errors import DynrouteError
 from dynroute.infer.operating_points import exit_table, exits_for_k, router_inputs
-from dynroute.infer.policies import Policy
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.routing import Policy
 from dynroute.nn.tree import RoutedTree
 
 #: Thresholds tried: the values at this many quantiles of the exits' answers.

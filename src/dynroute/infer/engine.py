@@ -21,9 +21,9 @@ import torch
 
 from dynroute.errors import DynrouteError
 from dynroute.infer.fold import fold_batchnorm as fold_batchnorm_into
-from dynroute.infer.policies import LEARNED, Policy, junction_choice, needs_router
-from dynroute.infer.prediction import Prediction, check_images
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.prediction import Prediction, check_images
+from dynroute.nn.routing import LEARNED, Policy, junction_choice, needs_router
 from dynroute.nn.tree import RoutedTree
 
 
@@ -120,7 +120,7 @@ class EarlyExitEngine:
         """The engine of a run directory at its calibrated operating point (``dynroute
         calibrate``): policy and threshold, and the k_cpt input of a dynamic-k_cpt net,
         which calls then need not pass. Without a calibration: the learned routers."""
-        from dynroute.runs import open_run
+        from dynroute.train.runs import open_run
 
         run = open_run(path)
         policy, k_cpt = run.operating_point()

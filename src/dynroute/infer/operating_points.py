@@ -2,7 +2,7 @@
 
 One dense pass over a split records, per example, what every exit answers (right or
 wrong, how certain) and where the routers would send it. From that table alone every
-policy of ``dynroute.infer.policies`` is replayed for any threshold without running the
+policy of ``dynroute.nn.routing`` is replayed for any threshold without running the
 network again, so a curve of hundreds of thresholds costs one pass:
 
 - ``learned``: the routers' argmax (one point; one per k_cpt for a dynamic-k_cpt net);
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute.infer.evaluate import as_tensor, predict_dense
-from dynroute.infer.policies import Policy, confidence, exit_certainty, normalised_entropy
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.prediction import as_tensor, predict_dense
+from dynroute.nn.routing import Policy, confidence, exit_certainty, normalised_entropy
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 
 #: Thresholds per curve: the certainty values at these many quantiles.

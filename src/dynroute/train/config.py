@@ -7,11 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from dynroute.data.datasets import dataset_names, is_dataset_name
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import is_static_model, model_names
+from dynroute.nn.registry import MAX_IMAGE_SIZE, MAX_WIDTH, MIN_IMAGE_SIZE
+from dynroute.train.choices import CRITIC_TARGETS, ERROR_MEASURES, STRATEGY_NAMES
 from dynroute.train.schedules import PAPER_LR_HALF_LIFE, PAPER_TAU_HALF_LIFE, scaled_half_life
-from dynroute.train.strategies import CRITIC_TARGETS, ERROR_MEASURES, STRATEGIES, make_strategy
 
 #: Splits a run can evaluate on.
 SPLITS = ("train", "validation", "test")
@@ -96,10 +95,6 @@ class Bounds:
 
 NON_NEGATIVE = Bounds(0)
 POSITIVE = Bounds(0, low_open=True)
-#: The paper's networks are < 0.1 GMAC per 32x32 image at width 1 (ResNet-18 exits: 37 M);
-#: MACs grow as width^2, so 16 is already a 256-fold network.
-MAX_WIDTH = 16
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 MAX_ITERATIONS = 10**9
 MAX_BATCH = 1 << 16
 
@@ -139,6 +134,13 @@ def option_choices(name: str) -> tuple[str, ...] | None:
     return tuple(choices() if callable(choices) else choices)
 
 
+def _model_names() -> list[str]:
+    """Every registered model (the catalogue loads the networks: only called on demand)."""
+    from dynroute.nn.models import model_names
+
+    return model_names()
+
+
 @dataclass
 class TrainConfig:
     """One network's training run. ``None`` means "derive from the run length"."""
@@ -159,7 +161,7 @@ class TrainConfig:
         "folder:PATH with one class tree: the share of each class held out for testing",
         bounds=Bounds(0, 1, low_open=True, high_open=True),
     )
-    model: str = option("chain", "a registered model (dynroute model list)", choices=model_names)
+    model: str = option("chain", "a registered model (dynroute model list)", choices=_model_names)
     width: int = option(
         1, "channel multiplier of every convolution", bounds=Bounds(1, MAX_WIDTH), integer=True
     )
@@ -170,7 +172,7 @@ class TrainConfig:
         "and its classifier is not used",
         kind=str,
     )
-    strategy: str = option("actor", "how the loss is formed", choices=tuple(STRATEGIES))
+    strategy: str = option("actor", "how the loss is formed", choices=STRATEGY_NAMES)
     k_cpt: float = option(
         0.0, "cost of one multiply-accumulate, in units of cross-entropy", bounds=Bounds(0, 1)
     )
@@ -353,6 +355,10 @@ class TrainConfig:
         def fail(msg: str) -> None:
             raise DynrouteError(msg)
 
+        from dynroute.data.datasets import dataset_names, is_dataset_name
+        from dynroute.nn.models import is_static_model
+        from dynroute.train.strategies import make_strategy
+
         if not is_dataset_name(self.dataset):
             fail(
                 f"--dataset must be one of {', '.join(dataset_names())}, or folder:PATH or "
@@ -399,6 +405,8 @@ class TrainConfig:
 
     def strategy_options(self) -> dict[str, Any]:
         """Keyword arguments for ``make_strategy``: the options this strategy reads."""
+        from dynroute.train.strategies import STRATEGIES
+
         if self.strategy not in STRATEGIES:
             return {}
         return {

@@ -24,10 +24,7 @@ import torch.nn.functional as F
 from dynroute.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import DenseOutput, RoutedTree, k_cpt_per_example
-
-#: Critic targets (docs/method.md §4.3) and the error measured inside them.
-CRITIC_TARGETS = ("pragmatic", "optimistic")
-ERROR_MEASURES = ("cross-entropy", "classification")
+from dynroute.train.choices import CRITIC_TARGETS, ERROR_MEASURES, STRATEGY_NAMES
 
 
 @dataclass
@@ -265,7 +262,7 @@ class MultiExitStrategy(Strategy):
     """The field's standard training (BranchyNet, MSDNet, Shallow-Deep Networks): every exit
     learns every example, the mean of the exits' cross-entropies (``exit_weights`` weighs
     them, in pre-order of the exits); routers are not trained. Such a net exits by a
-    confidence or entropy threshold at inference (``dynroute.infer.policies``)."""
+    confidence or entropy threshold at inference (``dynroute.nn.routing``)."""
 
     exit_weights: tuple[float, ...] | None = None
     name = "multi-exit"
@@ -301,6 +298,7 @@ STRATEGIES = {
     "critic": CriticStrategy,
     "multi-exit": MultiExitStrategy,
 }
+assert tuple(STRATEGIES) == STRATEGY_NAMES  # the names the config offers are the ones here
 
 
 def make_strategy(name: str, **options) -> Strategy:

@@ -23,27 +23,30 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dynroute import checkpoint
 from dynroute.atomic import read_json_object, write_json_atomic, write_text_atomic
-from dynroute.checkpoint import CUSTOM_MODEL
 from dynroute.data.datasets import DatasetSplit, load_dataset
 from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
-from dynroute.infer.evaluate import evaluate
+from dynroute.nn import checkpoint
 from dynroute.nn.backbones import load_pretrained
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.registry import build_model
+from dynroute.nn.models import build_model
+from dynroute.nn.registry import CUSTOM_MODEL
 from dynroute.nn.tree import DenseOutput, RoutedTree
 from dynroute.runtime import resolve_device, to_device, use_channels_last
 from dynroute.train.config import DEFAULTED_FIELDS, TrainConfig
+from dynroute.train.evaluation import evaluate
+from dynroute.train.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    read_metrics,
+)
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy
 from dynroute.train.talr import apply_talr, talr_scales
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FILE = "checkpoint.pt"
-SUMMARY_FILE = "summary.json"
 #: Options that change how a run is executed, not what it computes.
 EXECUTION_ONLY = ("device", "compile", "compile_mode", "channels_last")
 #: On a GPU the host reads the loss (to log it and stop on NaN) only every this many steps:
@@ -259,26 +262,6 @@ def prepare_run_dir(
     except OSError as exc:
         raise DynrouteError(f"cannot write the run directory {out_dir}: {exc}") from None
     return plan.config, False
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The evaluation records of a run; a line a killed process left half-written is skipped."""
-    if not path.exists():
-        return []
-    records, broken = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            broken += 1
-            continue
-        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
-            records.append(record)
-        else:
-            broken += 1
-    if broken:
-        print(f"dynroute: skipped {broken} unreadable line(s) of {path}", file=sys.stderr)
-    return records
 
 
 def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
@@ -573,7 +556,7 @@ class Trainer:
         for name, split in self.data.evaluation.items():
             results = {}
             for k in k_values:
-                stats = evaluate(self.tree, split.images, split.labels, k_cpt=k, method="engine")
+                stats = evaluate(self.tree, split.images, split.labels, k_cpt=k)
                 results["default" if k is None else repr(k)] = stats.to_dict()
             record[name] = results if self.config.dynamic_k_cpt else results["default"]
         return record

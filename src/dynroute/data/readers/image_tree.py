@@ -40,10 +40,10 @@ from dynroute.data.readers.common import (
     md5_file,
 )
 from dynroute.errors import DynrouteError
+from dynroute.nn.registry import MIN_IMAGE_SIZE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # Smaller images carry too little to resize from; a user's file this small is a mistake.
-MIN_IMAGE_SIZE = 8
 # Pillow's bilinear filter widens with the scale factor, so shrinking is antialiased.
 RESAMPLE = Image.Resampling.BILINEAR
 # Below this many images (or bytes) a process pool costs more than it saves.

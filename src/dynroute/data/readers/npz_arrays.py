@@ -32,8 +32,9 @@ from dynroute.data.readers.common import (
     combined_checksum,
     md5_file,
 )
-from dynroute.data.readers.image_tree import MIN_IMAGE_SIZE, resize_square
+from dynroute.data.readers.image_tree import resize_square
 from dynroute.errors import DynrouteError
+from dynroute.nn.registry import MIN_IMAGE_SIZE
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_ARRAYS = ("class_names", "mirror_symmetric")

@@ -35,16 +35,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dynroute import checkpoint
-from dynroute.checkpoint import CUSTOM_MODEL
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.readers.npz_arrays import _labels as checked_labels
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import CHANNELS, IMAGE_SIZE
+from dynroute.nn import checkpoint
+from dynroute.nn.registry import (
+    CHANNELS,
+    CUSTOM_MODEL,
+    IMAGE_SIZE,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+)
 from dynroute.nn.tree import RoutedTree
-from dynroute.runs import open_run
 from dynroute.runtime import resolve_device
-from dynroute.train.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TrainConfig
+from dynroute.train.config import TrainConfig
+from dynroute.train.runs import open_run
 from dynroute.train.trainer import Trainer, inspect_run_dir, training_data, validate_config
 
 #: ``config.dataset`` of a run on in-memory data: a dataset name that loads nothing, so

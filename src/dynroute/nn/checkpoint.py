@@ -23,17 +23,12 @@ import torch
 
 from dynroute.atomic import write_atomic
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import build_from_spec, model_names
+from dynroute.nn.models import build_from_spec
+from dynroute.nn.registry import validate_spec
 from dynroute.nn.tree import RoutedTree
-from dynroute.train.config import MAX_IMAGE_SIZE, MAX_WIDTH, MIN_IMAGE_SIZE
 
 FORMAT = 1
-#: Largest class count a stored spec may ask for (a linear head per exit grows with it).
-MAX_CLASSES = 100_000
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
-#: The spec name (and run config model) of a tree built in Python and trained with
-#: ``dynroute.fit``: no registered builder makes it, so its checkpoint cannot rebuild it.
-CUSTOM_MODEL = "custom"
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -110,38 +105,9 @@ def build_checked(spec: dict[str, Any], state: dict[str, Any], source: str) -> R
     """
     spec = validate_spec(spec, source)
     with torch.device("meta"):
-        skeleton = build_from_spec(spec)
+        skeleton = build_from_spec(spec, source)
     check_state_dict(skeleton, state, source=source)
-    return build_from_spec(spec)
-
-
-def validate_spec(spec: Any, source: str) -> dict[str, Any]:
-    """The stored model spec's types and ranges, checked before anything is built."""
-    if not isinstance(spec, dict):
-        raise DynrouteError(f"{source}: the model spec is not a dictionary")
-    if spec.get("name") == CUSTOM_MODEL:
-        raise DynrouteError(
-            f"{source} holds a tree you built in Python, which it cannot rebuild: build the "
-            "same tree and load the weights into it with dynroute.load(run, tree)"
-        )
-    checks = {
-        "name": lambda v: isinstance(v, str) and v in model_names(),
-        "num_classes": lambda v: _int_in(v, 2, MAX_CLASSES),
-        "width": lambda v: _int_in(v, 1, MAX_WIDTH),
-        "dynamic_k_cpt": lambda v: isinstance(v, bool),
-        "image_size": lambda v: _int_in(v, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
-    }
-    unknown = sorted(set(spec) - set(checks))
-    if unknown or "name" not in spec:
-        raise DynrouteError(f"{source}: invalid model spec {spec!r}")
-    for key, valid in checks.items():
-        if key in spec and not valid(spec[key]):
-            raise DynrouteError(f"{source}: invalid {key} {spec[key]!r} in the model spec")
-    return spec
-
-
-def _int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return build_from_spec(spec, source)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoutedTree:

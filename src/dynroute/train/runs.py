@@ -1,14 +1,17 @@
-"""A finished run, read back: its checkpoint, its config, its data and its calibration.
+"""A run directory's layout, and a finished run read back: checkpoint, config, data,
+calibration.
 
-``evaluate``, ``policies``, ``calibrate`` and ``EarlyExitEngine.from_run`` all start from
-a run directory (or a bare checkpoint file); this is the one place that knows how to
-find what they need in it. The layout itself is the trainer's (``dynroute.train.trainer``).
+The trainer writes a run here (``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
+``summary.json``); ``evaluate``, ``policies``, ``calibrate`` and
+``EarlyExitEngine.from_run`` read it back. This is the one place that knows the file names
+and how to find what they need in a run directory (or a bare checkpoint file).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute import checkpoint
 from dynroute.atomic import read_json_object, write_json_atomic
 from dynroute.errors import DynrouteError
-from dynroute.infer.policies import LEARNED, Policy
+from dynroute.nn import checkpoint
+from dynroute.nn.routing import LEARNED, Policy
 from dynroute.nn.tree import RoutedTree
 
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = 1
 
@@ -119,8 +126,6 @@ class Run:
 
 def open_run(path: str | os.PathLike[str]) -> Run:
     """A run directory (its checkpoint and config) or a checkpoint file."""
-    from dynroute.train.trainer import CHECKPOINT_FILE, CONFIG_FILE
-
     path = Path(path)
     if path.is_dir():
         file = path / CHECKPOINT_FILE
@@ -132,3 +137,23 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     if not path.exists():
         raise DynrouteError(f"no such run directory or checkpoint: {path}")
     return Run(path, path, None)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The evaluation records of a run; a line a killed process left half-written is skipped."""
+    if not path.exists():
+        return []
+    records, broken = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            broken += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
+            records.append(record)
+        else:
+            broken += 1
+    if broken:
+        print(f"dynroute: skipped {broken} unreadable line(s) of {path}", file=sys.stderr)
+    return records
