@@ -121,7 +121,7 @@ def policy_analysis(correct: torch.Tensor, macs: float, curve: list[tuple[torch.
     """A policy analysis (``operating_points.analyse``'s shape) with chosen correctness: the
     learned point ``correct`` at ``macs``; the confidence curve's points (correct, macs),
     each with its bits; the learned point compared with the nearest of them."""
-    from dynroute.infer.operating_points import mcnemar, pack_bits
+    from dynroute.infer.paired import mcnemar, pack_bits
 
     def as_point(bits: torch.Tensor, cost: float) -> dict[str, Any]:
         return {"accuracy": float(bits.float().mean()), "mean_macs": cost}

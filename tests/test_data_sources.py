@@ -37,7 +37,7 @@ def test_mnist_gz_and_plain_decode(tmp_path, make_mnist):
 
 
 def test_missing_data_dir_names_the_fix(tmp_path):
-    with pytest.raises(DynrouteError, match="does not exist.*--data-dir.*DYNROUTE_DATA"):
+    with pytest.raises(DynrouteError, match="does not exist.*`data_dir`.*DYNROUTE_DATA"):
         find_source("mnist", tmp_path / "nowhere")
 
 
@@ -89,7 +89,7 @@ def test_label_image_count_mismatch(tmp_path, make_mnist, monkeypatch):
 
 def test_checksum_mismatch_refused_then_allowed(tmp_path, make_mnist):
     make_mnist(tmp_path, trusted=False)  # fakes cannot match the canonical MD5s
-    with pytest.raises(DynrouteError, match="checksum mismatch.*--allow-checksum-mismatch"):
+    with pytest.raises(DynrouteError, match="checksum mismatch.*`allow_checksum_mismatch`"):
         read("mnist", tmp_path)
     provenance = identify_source(find_source("mnist", tmp_path), allow_checksum_mismatch=True)
     assert len(provenance.mismatched) == 4
@@ -215,7 +215,7 @@ def test_foreign_pickle_is_never_unpickled(tmp_path, monkeypatch):
         # The flag cannot waive this, so the message must not suggest it.
         with pytest.raises(DynrouteError, match="checksum mismatch.*refusing to unpickle") as err:
             read("cifar10", tmp_path, allow=allow)
-        assert "--allow-checksum-mismatch" not in str(err.value)
+        assert "`allow_checksum_mismatch`" not in str(err.value)
 
 
 def test_extracted_batches(tmp_path, monkeypatch):
@@ -353,7 +353,7 @@ def test_allow_checksum_mismatch_works_for_every_reader(
         make_cifar(tmp_path, as_zip=kind == "image-zip")
     mismatched = kind in ("idx", "python-tar")
     if mismatched:
-        with pytest.raises(DynrouteError, match="checksum mismatch.*--allow-checksum-mismatch"):
+        with pytest.raises(DynrouteError, match="checksum mismatch.*`allow_checksum_mismatch`"):
             load_dataset(dataset, tmp_path, cache_dir=cache_dir)
     data = load_dataset(dataset, tmp_path, allow_checksum_mismatch=True, cache_dir=cache_dir)
     assert data.manifest["sources"][0]["kind"] == kind

@@ -10,8 +10,8 @@ from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine, select_rows
 from dynroute.infer.fold import fold_batchnorm
 from dynroute.nn.models import build_model
+from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.prediction import Prediction, predict_dense
-from dynroute.nn.routing import LEARNED, Policy
 from routing_helpers import random_conv_tree, scramble_routing
 from toy_trees import random_tree
 

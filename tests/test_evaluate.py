@@ -13,7 +13,7 @@ from dynroute.errors import DynrouteError
 from dynroute.infer.engine import EarlyExitEngine
 from dynroute.infer.evaluate import evaluate, every_exit_accuracy
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.routing import Policy
+from dynroute.nn.policy import Policy
 from dynroute.nn.tree import Node, RoutedTree
 
 
@@ -146,10 +146,10 @@ def test_oracle_takes_the_cheapest_correct_exit(hand_tree: RoutedTree) -> None:
 @pytest.mark.parametrize(
     ("name", "threshold", "message"),
     [
-        ("greedy", None, "--policy must be one of learned"),
-        ("confidence", None, "needs --threshold"),
-        ("entropy", 1.5, "--threshold must be in"),
-        ("learned", 0.5, "takes no --threshold"),
+        ("greedy", None, "`policy` must be one of learned"),
+        ("confidence", None, "needs a `threshold`"),
+        ("entropy", 1.5, "`threshold` must be in"),
+        ("learned", 0.5, "takes no `threshold`"),
     ],
 )
 def test_policy_validation(name, threshold, message) -> None:

@@ -18,11 +18,11 @@ import torch
 from dynroute.cli import main
 from dynroute.data.datasets import DatasetSplit
 from dynroute.errors import DynrouteError
+from dynroute.experiments.claims import check_claims
 from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
 from dynroute.experiments.results import load_results, result_path
 from dynroute.experiments.sweep import plan, run_sweep
-from dynroute.plots.report import check_claims
 from dynroute.train import config as config_module
 from dynroute.train.config import PAPER_K_CPT_SET
 from dynroute.train.trainer import Split, TrainingData
@@ -161,7 +161,8 @@ def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
 
 
 def test_multi_exit_result_keeps_paired_threshold_points(tmp_path):
-    from dynroute.infer.operating_points import RESULT_PAIRED_POINTS, unpack_bits
+    from dynroute.infer.operating_points import RESULT_PAIRED_POINTS
+    from dynroute.infer.paired import unpack_bits
 
     report = sweep_here(tmp_path, ["hybrid-multi-exit"])
     assert report.trained == ["hybrid-multi-exit/multi-exit"]
@@ -187,7 +188,7 @@ def test_sweep_execution_options_reach_every_network(tmp_path):
         assert json.loads((run / "config.json").read_text())["device"] == "cpu"
     with pytest.raises(DynrouteError, match="not an execution option: k_cpt"):
         sweep_here(tmp_path, ["hybrid-static"], execution={"k_cpt": 1e-9})
-    with pytest.raises(DynrouteError, match="only with --compile"):
+    with pytest.raises(DynrouteError, match="only with `compile`"):
         sweep_here(tmp_path, ["hybrid-actor"], execution={"compile_mode": "reduce-overhead"})
 
 

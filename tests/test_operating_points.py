@@ -7,18 +7,12 @@ import math
 import pytest
 import torch
 
-from dynroute.infer.operating_points import (
-    analyse,
-    exit_table,
-    frontier_macs,
-    mcnemar,
-    oracle_curve,
-    pack_bits,
-    unpack_bits,
-)
+from dynroute.infer.curves import as_points, macs_for_accuracy
+from dynroute.infer.operating_points import analyse, exit_table, oracle_curve
+from dynroute.infer.paired import mcnemar, pack_bits, unpack_bits
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.policy import Policy
 from dynroute.nn.prediction import predict_dense
-from dynroute.nn.routing import Policy
 from routing_helpers import scramble_routing
 from toy_trees import random_tree
 
@@ -56,15 +50,16 @@ def test_oracle_curve_ends_at_the_oracle_and_is_cheapest():
     for name in ("confidence", "entropy"):
         for threshold in (0.3, 0.6, 0.9):
             point = table.point(table.exits(Policy(name, threshold)), "threshold")
-            bound = frontier_macs(curve, point["accuracy"])
+            bound = macs_for_accuracy(as_points(curve), point["accuracy"])
             assert bound is None or bound <= point["mean_macs"] + 1e-9
 
 
 def test_frontier_interpolates_and_refuses_the_unreachable():
-    points = [{"accuracy": 0.5, "mean_macs": 10.0}, {"accuracy": 0.9, "mean_macs": 30.0}]
-    assert frontier_macs(points, 0.7) == pytest.approx(20.0)
-    assert frontier_macs(points, 0.4) == pytest.approx(10.0)
-    assert frontier_macs(points, 0.95) is None
+    rows = [{"accuracy": 0.5, "mean_macs": 10.0}, {"accuracy": 0.9, "mean_macs": 30.0}]
+    points = as_points([*rows, {"accuracy": 0.6, "mean_macs": 40.0}])  # below the frontier
+    assert macs_for_accuracy(points, 0.7) == pytest.approx(20.0)
+    assert macs_for_accuracy(points, 0.4) == pytest.approx(10.0)
+    assert macs_for_accuracy(points, 0.95) is None
 
 
 def test_mcnemar_exact():

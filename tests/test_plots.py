@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynroute.cli import main
-from dynroute.plots import render
+from dynroute.plots.figures import render
 from experiment_results import STATIC, shifted, write_curve
 
 SCALE = "smoke"

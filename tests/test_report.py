@@ -7,16 +7,15 @@ import math
 import torch
 
 from dynroute.cli import main
-from dynroute.experiments.results import CurvePoint, curve, load_results
-from dynroute.plots.report import (
+from dynroute.experiments.claims import (
     NOT_RUN,
     NOT_SUPPORTED,
     SUPPORTED,
     check_claims,
-    dynamic_macs_for_accuracy,
     on_shared_k_cpt,
-    static_error_at,
 )
+from dynroute.experiments.results import curve, load_results
+from dynroute.infer.curves import CurvePoint, error_at, macs_for_accuracy
 from experiment_results import STATIC, add_policies, policy_analysis, shifted, write_curve
 
 SCALE = "smoke"
@@ -30,10 +29,10 @@ def verdicts(root) -> dict[str, tuple[str, str]]:
 
 def test_interpolation_helpers():
     static = [CurvePoint("s", "a", None, m, a) for a, m in STATIC]
-    assert static_error_at(static, 1.0e6) is None
-    assert abs(static_error_at(static, (5.3e6 + 7.6e6) / 2) - 0.225) < 1e-9
-    assert dynamic_macs_for_accuracy(static, 0.95) is None
-    assert abs(dynamic_macs_for_accuracy(static, 0.85) - (11.4e6 + 13.5e6) / 2) < 1
+    assert error_at(static, 1.0e6) is None
+    assert abs(error_at(static, (5.3e6 + 7.6e6) / 2) - 0.225) < 1e-9
+    assert macs_for_accuracy(static, 0.95) is None
+    assert abs(macs_for_accuracy(static, 0.85) - (11.4e6 + 13.5e6) / 2) < 1
 
 
 def test_static_frontier_ignores_worse_deeper_nets():
@@ -41,10 +40,10 @@ def test_static_frontier_ignores_worse_deeper_nets():
     # so the bar stays at its error (0.14) until static-8's 0.10 lowers it.
     points = STATIC[:5] + [(0.83, 17.1e6), (0.82, 18.3e6), (0.90, 20.6e6)]
     static = [CurvePoint("s", "a", None, m, a) for a, m in points]
-    assert abs(static_error_at(static, 17.1e6) - 0.14) < 1e-9
-    assert abs(static_error_at(static, (13.5e6 + 17.1e6) / 2) - 0.14) < 1e-9
-    assert abs(static_error_at(static, (18.3e6 + 20.6e6) / 2) - 0.12) < 1e-9
-    assert abs(static_error_at(static, 5.3e6) - 0.25) < 1e-9  # monotone part unchanged
+    assert abs(error_at(static, 17.1e6) - 0.14) < 1e-9
+    assert abs(error_at(static, (13.5e6 + 17.1e6) / 2) - 0.14) < 1e-9
+    assert abs(error_at(static, (18.3e6 + 20.6e6) / 2) - 0.12) < 1e-9
+    assert abs(error_at(static, 5.3e6) - 0.25) < 1e-9  # monotone part unchanged
 
 
 def test_claims_supported(tmp_path):

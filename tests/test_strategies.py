@@ -231,7 +231,7 @@ def test_make_strategy_validation():
         make_strategy("greedy")
     with pytest.raises(DynrouteError, match="does not take"):
         make_strategy("static", k_cre=1.0)
-    with pytest.raises(DynrouteError, match="--critic-target must be one of pragmatic"):
+    with pytest.raises(DynrouteError, match="`critic_target` must be one of pragmatic"):
         make_strategy("critic", critic_target="lazy")
     with pytest.raises(DynrouteError, match="does not take"):
         make_strategy("static", k_dec=0.1)  # the static strategy has no routers to push
@@ -255,5 +255,5 @@ def test_multi_exit_loss_is_the_weighted_mean_of_every_exit():
     router = [p for j in tree.junctions for p in tree.nodes[j].router.parameters()]
     grads = torch.autograd.grad(out.loss, router, allow_unused=True)
     assert all(g is None or not g.any() for g in grads)  # routers learn nothing here
-    with pytest.raises(DynrouteError, match="--exit-weights has 2 values"):
+    with pytest.raises(DynrouteError, match="`exit_weights` has 2 values"):
         make_strategy("multi-exit", exit_weights=(1.0, 1.0)).check(tree)

@@ -49,36 +49,36 @@ def tiny_config(**changes) -> TrainConfig:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model": "resnet"}, "--model must be one of chain"),
-        ({"strategy": "greedy"}, "--strategy must be one of static"),
-        ({"k_cpt": -1.0}, "--k-cpt must be a finite number >= 0"),
-        ({"tau": 0.0}, "--tau must be a finite number > 0"),
-        ({"tau": -1.0}, "--tau must be a finite number > 0"),
-        ({"tau": math.inf}, "--tau must be a finite number > 0"),
-        ({"lr": math.inf}, "--lr must be a finite number > 0"),
-        ({"lr": math.nan}, "--lr must be a finite number > 0"),
-        ({"momentum": 10.0}, "--momentum must be a finite number >= 0 and < 1"),
-        ({"epsilon": 2.0}, "--epsilon must be a finite number >= 0 and <= 1"),
-        ({"eval_every": -1}, "--eval-every must be an integer >= 1"),
-        ({"checkpoint_every": -1}, "--checkpoint-every must be an integer >= 1"),
-        ({"width": 100_000}, "--width must be an integer >= 1 and <= 16"),
-        ({"width": 1.5}, "--width must be an integer"),
-        ({"iterations": 0}, "--iterations must be an integer >= 1"),
-        ({"iterations": -5}, "--iterations must be an integer >= 1"),
-        ({"batch_size": 0}, "--batch-size must be"),
-        ({"seed": -1}, "--seed must be"),
-        ({"sampling": "sometimes"}, "--sampling must be one of replacement, epoch"),
-        ({"eval_splits": ("tset",)}, "--eval-splits must be one of train, validation, test"),
-        ({"k_cpt_set": (1e-9, math.inf), "dynamic_k_cpt": True}, "--k-cpt-set must be"),
-        ({"critic_target": "lazy", "strategy": "critic"}, "--critic-target must be one of"),
-        ({"device": "tpu"}, "--device must be cpu, cuda"),
+        ({"model": "resnet"}, "`model` must be one of chain"),
+        ({"strategy": "greedy"}, "`strategy` must be one of static"),
+        ({"k_cpt": -1.0}, "`k_cpt` must be a finite number >= 0"),
+        ({"tau": 0.0}, "`tau` must be a finite number > 0"),
+        ({"tau": -1.0}, "`tau` must be a finite number > 0"),
+        ({"tau": math.inf}, "`tau` must be a finite number > 0"),
+        ({"lr": math.inf}, "`lr` must be a finite number > 0"),
+        ({"lr": math.nan}, "`lr` must be a finite number > 0"),
+        ({"momentum": 10.0}, "`momentum` must be a finite number >= 0 and < 1"),
+        ({"epsilon": 2.0}, "`epsilon` must be a finite number >= 0 and <= 1"),
+        ({"eval_every": -1}, "`eval_every` must be an integer >= 1"),
+        ({"checkpoint_every": -1}, "`checkpoint_every` must be an integer >= 1"),
+        ({"width": 100_000}, "`width` must be an integer >= 1 and <= 16"),
+        ({"width": 1.5}, "`width` must be an integer"),
+        ({"iterations": 0}, "`iterations` must be an integer >= 1"),
+        ({"iterations": -5}, "`iterations` must be an integer >= 1"),
+        ({"batch_size": 0}, "`batch_size` must be"),
+        ({"seed": -1}, "`seed` must be"),
+        ({"sampling": "sometimes"}, "`sampling` must be one of replacement, epoch"),
+        ({"eval_splits": ("tset",)}, "`eval_splits` must be one of train, validation, test"),
+        ({"k_cpt_set": (1e-9, math.inf), "dynamic_k_cpt": True}, "`k_cpt_set` must be"),
+        ({"critic_target": "lazy", "strategy": "critic"}, "`critic_target` must be one of"),
+        ({"device": "tpu"}, "`device` must be cpu, cuda"),
         ({"model": "static-3", "strategy": "static", "k_cpt": 1e-9}, "does not apply to a static"),
         ({"k_cpt_set": (1e-9,)}, "only used with dynamic"),
-        ({"dynamic_k_cpt": True, "k_cpt_set": ()}, "--k-cpt-set needs at least one value"),
+        ({"dynamic_k_cpt": True, "k_cpt_set": ()}, "`k_cpt_set` needs at least one value"),
         ({"model": "static-3", "strategy": "actor"}, "needs the static strategy"),
-        ({"eval_splits": ("validation",)}, "validation-size"),
-        ({"lr_warmup": 7}, "--lr-warmup must be at most the iterations"),
-        ({"lr_warmup": -1}, "--lr-warmup must be an integer >= 0"),
+        ({"eval_splits": ("validation",)}, "validation_size"),
+        ({"lr_warmup": 7}, "`lr_warmup` must be at most the iterations"),
+        ({"lr_warmup": -1}, "`lr_warmup` must be an integer >= 0"),
     ],
 )
 def test_config_validation(changes, message):
@@ -146,9 +146,9 @@ def test_deferred_loss_reads_report_every_loss(tmp_path):
 
 
 def test_compile_mode_needs_compile():
-    with pytest.raises(DynrouteError, match="only with --compile"):
+    with pytest.raises(DynrouteError, match="only with `compile`"):
         tiny_config(compile_mode="reduce-overhead").validate()
-    with pytest.raises(DynrouteError, match="--compile-mode must be one of default"):
+    with pytest.raises(DynrouteError, match="`compile_mode` must be one of default"):
         tiny_config(compile=True, compile_mode="fast").validate()
 
 

@@ -1,21 +1,58 @@
-"""dynroute: dynamically-routed neural networks.
+"""dynroute: dynamically-routed neural networks (McGill & Perona, ICML 2017).
 
-``dynroute.fit`` trains a network from Python, ``dynroute.load`` reads one back
-(``dynroute.train.fit``). They are imported on first use, so that ``import dynroute.nn`` and the
-command line do not load the trainer.
+The names below are what a user builds with (docs/api.md). They resolve on first use, so
+``import dynroute`` loads neither torch nor the networks until a name that needs them is
+touched; ``dynroute.deploy`` runs exported networks without torch at all.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["FitResult", "fit", "load"]
+
+#: Public name -> the module that defines it.
+_PUBLIC = {
+    # training
+    "fit": "dynroute.train.fit",
+    "load": "dynroute.train.fit",
+    "FitResult": "dynroute.train.fit",
+    "TrainConfig": "dynroute.train.config",
+    "Trainer": "dynroute.train.trainer",
+    # models
+    "build_model": "dynroute.nn.models",
+    "model_names": "dynroute.nn.models",
+    "register_model": "dynroute.nn.registry",
+    "routed_chain": "dynroute.nn.chains",
+    "static_truncation": "dynroute.nn.chains",
+    "RoutedTree": "dynroute.nn.tree",
+    "Node": "dynroute.nn.tree",
+    "tree_costs": "dynroute.nn.macs",
+    # data
+    "load_dataset": "dynroute.data.datasets",
+    "BatchLoader": "dynroute.data.loader",
+    # routing policies and inference
+    "Policy": "dynroute.nn.policy",
+    "POLICIES": "dynroute.nn.policy",
+    "EarlyExitEngine": "dynroute.infer.engine",
+    "evaluate": "dynroute.infer.evaluate",
+    "calibrate": "dynroute.infer.calibration",
+    # errors
+    "DynrouteError": "dynroute.errors",
+}
+
+__all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from dynroute.train import fit as api
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dynroute' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'dynroute' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,7 +2,9 @@
 
 Each sub-command lives in ``dynroute.commands.<area>`` and exposes
 ``add_parser(subparsers)``; this module only wires them together and turns
-library errors into clean messages.
+library errors into clean messages. The library names its arguments in backquotes
+(`` `target_macs` ``); the message printed here names the command's flag instead
+(``--target-macs``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from dynroute import __version__
@@ -28,7 +31,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"dynroute.commands.{name}")
         module.add_parser(sub)
+    _record_flags(parser)
     return parser
+
+
+def _record_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)parser a default ``_flags``: its arguments' names -> their flags, so
+    a library message about an argument can name the flag of the command that ran."""
+    flags = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _record_flags(child)
+        elif action.option_strings:
+            flags[action.dest] = max(action.option_strings, key=len)
+            for option in action.option_strings:  # --no-augment for dest augment
+                flags.setdefault(option.lstrip("-").replace("-", "_"), option)
+    parser.set_defaults(_flags=flags)
+
+
+def as_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with each backquoted argument name that is a flag here written as one."""
+    return re.sub(
+        r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DynrouteError as exc:
-        print(f"dynroute: error: {exc}", file=sys.stderr)
+        print(f"dynroute: error: {as_flags(str(exc), args._flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynroute: interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DynrouteError("--device cuda was asked for, but torch sees no CUDA device")
+        raise DynrouteError("`device` cuda was asked for, but torch sees no CUDA device")
     try:
         return torch.device(name)
     except RuntimeError as exc:

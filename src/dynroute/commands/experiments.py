@@ -59,7 +59,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from dynroute.plots import render
+    from dynroute.plots.figures import render
 
     paths = render(args.results, args.scale, args.kind, args.out)
     for path in paths:

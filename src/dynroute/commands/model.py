@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from dynroute.nn.macs import tree_costs
-from dynroute.nn.models import build_model, model_names
-from dynroute.nn.tree import RoutedTree
+if TYPE_CHECKING:
+    from dynroute.nn.tree import RoutedTree
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,12 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from dynroute.nn.models import model_names
+
     for name in model_names():
         print(name)
     return 0
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    from dynroute.nn.models import build_model
+
     tree = build_model(args.name, args.num_classes, args.width, args.dynamic_k_cpt)
     print(summary_text(tree))
     return 0
@@ -42,6 +46,8 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def summary_text(tree: RoutedTree) -> str:
     """The tree indented by depth; exits also show the MACs of their whole path."""
+    from dynroute.nn.macs import tree_costs
+
     costs = tree_costs(tree)
     macs = costs.node_macs
     params = [sum(p.numel() for p in node.own_parameters()) for node in tree.nodes]

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from dynroute.errors import DynrouteError
-from dynroute.nn.routing import POLICIES
+from dynroute.nn.policy import POLICIES
 
 SPLIT_CHOICES = ("validation", "test", "train")
 
@@ -74,74 +73,42 @@ def _m(value: float | None) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import torch
-
-    from dynroute.infer.calibration import candidates, choose
-    from dynroute.infer.evaluate import evaluate
-    from dynroute.nn.prediction import as_tensor
-    from dynroute.nn.routing import Policy
+    from dynroute.infer.calibration import calibrate
     from dynroute.runtime import configure_cpu
-    from dynroute.train.runs import open_run
 
-    policy = Policy(args.policy, 0.5 if args.policy in ("confidence", "entropy") else None)
-    target_macs = None if args.target_macs is None else args.target_macs * 1e6
-    if target_macs is not None and not target_macs > 0:
-        raise DynrouteError("--target-macs must be positive (millions of MACs)")
-    if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
-        raise DynrouteError("--target-accuracy must be in (0, 1]")
-    if (target_macs is None) == (args.target_accuracy is None):
-        raise DynrouteError("give exactly one of --target-macs and --target-accuracy")
-    if args.split != "validation":
-        print(
-            f"dynroute: warning: calibrating on the {args.split} split, as asked; its numbers "
-            "then overstate how well the target is met on new data",
-            file=sys.stderr,
-        )
+    if args.target_macs is not None and not 0 < args.target_macs < float("inf"):
+        raise DynrouteError("--target-macs must be a positive, finite number (millions of MACs)")
     configure_cpu(args.threads)
-    runs = [open_run(path) for path in args.runs]
-    if any(run.directory is None for run in runs):
-        raise DynrouteError("calibrate works on run directories (it saves its choice there)")
-    points, trees = [], []
-    for index, run in enumerate(runs):
-        images, labels, _ = run.split(args.split, args.data_dir, None, args.allow_checksum_mismatch)
-        tree = run.load_tree()
-        trees.append(tree)
-        points += candidates(
-            index,
-            tree,
-            as_tensor(images, torch.float32),
-            as_tensor(labels, torch.long),
-            policy,
-            args.k_cpt,
-        )
-    chosen = choose(points, target_macs, args.target_accuracy)
-    run, tree = runs[chosen.run], trees[chosen.run]
-    images, labels, _ = run.split("test", args.data_dir, None, args.allow_checksum_mismatch)
-    test = evaluate(tree, images, labels, k_cpt=chosen.k_cpt, method="engine", policy=chosen.policy)
-    record = {
-        "policy": chosen.policy.to_dict(),
-        "k_cpt": chosen.k_cpt,
-        "target": {"mean_macs": target_macs, "accuracy": args.target_accuracy},
-        "split": args.split,
-        args.split: {"accuracy": chosen.accuracy, "mean_macs": chosen.mean_macs},
-        "test": {"accuracy": test.accuracy, "mean_macs": test.mean_macs},
-        "candidates_from": [str(r.path) for r in runs],
-    }
-    path = run.save_calibration(record)
-    setting = chosen.policy.label() + (
-        "" if chosen.k_cpt is None else f", k_cpt {chosen.k_cpt:.4g}"
+    record = calibrate(
+        args.runs,
+        target_macs=None if args.target_macs is None else args.target_macs * 1e6,
+        target_accuracy=args.target_accuracy,
+        policy=args.policy,
+        split=args.split,
+        k_cpt=args.k_cpt,
+        data_dir=args.data_dir,
+        allow_checksum_mismatch=args.allow_checksum_mismatch,
     )
-    print(f"chosen: {run.path} with {setting}")
-    for split in dict.fromkeys((args.split, "test")):
+    policy = record["policy"]
+    setting = policy["name"] + ("" if policy["threshold"] is None else f" {policy['threshold']:g}")
+    if record["k_cpt"] is not None:
+        setting += f", k_cpt {record['k_cpt']:.4g}"
+    print(f"chosen: {record['run']} with {setting}")
+    for split in dict.fromkeys((record["split"], "test")):
         row = record[split]
         macs = row["mean_macs"] / 1e6
         print(f"  {split:<10} accuracy {row['accuracy']:.4f}, mean MACs {macs:.3f} M")
+    target_macs = record["target"]["mean_macs"]
     if target_macs is not None:
-        off = test.mean_macs / target_macs - 1
+        off = record["test"]["mean_macs"] / target_macs - 1
         print(f"  test mean MACs are {100 * off:+.1f} % off the target {target_macs / 1e6:.3f} M")
-    print(f"saved: {path} (used by `dynroute evaluate {run.path}` and EarlyExitEngine.from_run)")
+    print(
+        f"saved: {record['saved']} (used by `dynroute evaluate {record['run']}` and "
+        "EarlyExitEngine.from_run)"
+    )
     if args.json:
-        print(json.dumps(record, indent=2))
+        shown = {k: v for k, v in record.items() if k not in ("run", "saved")}
+        print(json.dumps(shown, indent=2))
     return 0
 
 

@@ -13,10 +13,8 @@ from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dynroute.errors import DynrouteError
-from dynroute.nn.routing import POLICIES
+from dynroute.nn.policy import POLICIES
 from dynroute.train.config import TrainConfig
 
 #: More threads than this is a typo, not a machine.
@@ -154,7 +152,7 @@ def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute.infer.evaluate import evaluate, every_exit_accuracy
-    from dynroute.nn.routing import Policy
+    from dynroute.nn.policy import Policy
     from dynroute.runtime import configure_cpu, resolve_device, use_channels_last
     from dynroute.train.runs import open_run
 
@@ -171,6 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     tree = run.load_tree(device)
     if use_channels_last(device):
+        import torch
+
         tree.to(memory_format=torch.channels_last)
     if tree.dynamic_k_cpt and k_cpt is None:
         raise DynrouteError("this network routes on k_cpt: pass --k-cpt (or calibrate it)")

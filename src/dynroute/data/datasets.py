@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from dynroute.data.cache import FORMAT_VERSION, CacheLayout, array_path, cached_build, load_split
 from dynroute.data.readers.common import (
@@ -275,6 +273,9 @@ def digit_colours(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
 
 def recolour_digits(images: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) digits -> float32 (N, 3, 32, 32): x/255, bilinear resize, c0+(c1-c0)x."""
+    import torch  # only when a dataset is built: listing datasets needs no torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
     x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
     x = x.clamp_(0.0, 1.0)

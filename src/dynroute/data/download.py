@@ -87,7 +87,7 @@ def fetch_file(
     except OSError as exc:
         raise DynrouteError(
             f"cannot write to {destination.parent} ({os_error_text(exc)}); "
-            f"choose a writable folder with --data-dir or {DATA_DIR_ENV}"
+            f"choose a writable folder with `data_dir` or {DATA_DIR_ENV}"
         ) from exc
     temp = Path(temp_name)
     failures = []

@@ -82,7 +82,7 @@ CIFAR_BATCH_MD5 = {
 }
 
 LOCAL_COPY_HINT = (
-    f"point dynroute at a folder holding the files with --data-dir DIR or {DATA_DIR_ENV}=DIR "
+    f"point dynroute at a folder holding the files with `data_dir`=DIR or {DATA_DIR_ENV}=DIR "
     f"(MNIST: the four IDX files, optionally .gz, in DIR or DIR/mnist; CIFAR-10: "
     f"{CIFAR_ARCHIVE_NAME}, {CIFAR_BATCHES_DIR}/, or a train/<class>/ test/<class>/ "
     "image folder or .zip)"

@@ -225,7 +225,7 @@ class RayRunner:
         try:
             import ray
         except ImportError:
-            raise DynrouteError("--ray-address needs Ray: pip install 'dynroute[ray]'") from None
+            raise DynrouteError("`ray_address` needs Ray: pip install 'dynroute[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
             # Ray workers start in their own folders: hand them absolute paths.

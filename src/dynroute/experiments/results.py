@@ -9,18 +9,19 @@ revision and the machine.
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynroute.atomic import read_json_object
 from dynroute.errors import DynrouteError
+from dynroute.infer.curves import CurvePoint
 from dynroute.runtime import machine_description
 
 RESULT_FORMAT = 1
+#: experiment -> network -> result document, as ``load_results`` returns them.
+Results = dict[str, dict[str, dict[str, Any]]]
 
 
 def scale_dir(results_dir: str | os.PathLike[str], scale: str) -> Path:
@@ -137,29 +138,6 @@ def result_class_names(result: dict[str, Any]) -> tuple[str, ...]:
     return get_spec(result["config"]["dataset"]).class_names
 
 
-@dataclass
-class CurvePoint:
-    """One (mean MACs, error) point of an accuracy/efficiency curve."""
-
-    experiment: str
-    network: str
-    k_cpt: float | None
-    mean_macs: float
-    accuracy: float
-    num_examples: int = 0
-
-    @property
-    def error(self) -> float:
-        return 1.0 - self.accuracy
-
-    @property
-    def standard_error(self) -> float:
-        """Binomial standard error of the accuracy (nan when the count is unknown)."""
-        if self.num_examples <= 0:
-            return math.nan
-        return math.sqrt(self.accuracy * (1.0 - self.accuracy) / self.num_examples)
-
-
 #: Keys every result document has (``read_result`` checks them).
 REQUIRED_KEYS = ("format", "experiment", "network", "config", "points", "metrics")
 
@@ -215,14 +193,6 @@ def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
     return sorted(points, key=lambda p: p.mean_macs)
 
 
-def frontier_errors(points: list[CurvePoint]) -> list[float]:
-    """Each net's error, or a cheaper net's where that is lower (points in MAC order): under a
-    budget one picks the best net that fits, so a deeper net trained worse than a shallower
-    one (too few iterations for its depth) must not lower the bar a dynamic net has to beat."""
-    errors = [p.error for p in points]
-    return [min(errors[: i + 1]) for i in range(len(errors))]
-
-
 def result_from_run(
     run_dir: str | os.PathLike[str], experiment: str, network: str
 ) -> dict[str, Any]:
@@ -244,3 +214,25 @@ def result_from_run(
     result = build_result(experiment, network, summary, records, None)
     result["imported_from"] = str(run_dir)
     return result
+
+
+def policy_analyses(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
+    """experiment -> network -> the policy analysis its result file carries (sweeps write
+    one for every network with two or more exits)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for experiment, networks in results.items():
+        for network, result in networks.items():
+            analysis = result.get("policies")
+            if not analysis:
+                continue
+            # The analysis is of the result's evaluation split (sweeps analyse the test split).
+            analysis = {"split": result.get("split", "test"), **analysis}
+            if result["config"]["strategy"] == "multi-exit":  # untrained routers: no point
+                analysis["learned"] = []
+            found.setdefault(experiment, {})[network] = analysis
+    return found
+
+
+def learned_macs(analysis: dict[str, Any]) -> float:
+    """A network's place in budget order: the mean MACs of its (first) learned point."""
+    return analysis["learned"][0]["mean_macs"] if analysis["learned"] else 0.0

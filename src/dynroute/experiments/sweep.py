@@ -84,7 +84,7 @@ def run_sweep(
     in-process runs (tests); spawned and Ray workers always load the real dataset.
     """
     if workers < 1:
-        raise DynrouteError("--workers must be at least 1")
+        raise DynrouteError("`workers` must be at least 1")
     execution = dict(execution or {})
     not_execution = sorted(set(execution) - set(EXECUTION_ONLY))
     if not_execution:
@@ -168,7 +168,7 @@ def _finished(path: Path, dataset: str) -> bool:
     if trained_on != dataset:
         raise DynrouteError(
             f"{path} was trained on {trained_on!r}, not {dataset!r}: give this sweep its own "
-            "--results folder"
+            "`results` folder"
         )
     return True
 

@@ -9,6 +9,9 @@ point within it; an accuracy target the cheapest point that reaches it.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +19,13 @@ import numpy as np
 import torch
 
 from dynroute.errors import DynrouteError
+from dynroute.infer.evaluate import evaluate
 from dynroute.infer.operating_points import exit_table, exits_for_k, router_inputs
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.routing import Policy
+from dynroute.nn.policy import THRESHOLD_POLICIES, Policy
+from dynroute.nn.prediction import as_tensor
 from dynroute.nn.tree import RoutedTree
+from dynroute.train.runs import open_run
 
 #: Thresholds tried: the values at this many quantiles of the exits' answers.
 THRESHOLD_QUANTILES = 2001
@@ -50,7 +56,7 @@ def candidates(
     """Every operating point ``policy`` offers on this tree, measured on (images, labels)."""
     if policy.uses_threshold:
         if tree.dynamic_k_cpt and k_cpt is None:
-            raise DynrouteError("a dynamic-k_cpt net needs --k-cpt for its routers' choices")
+            raise DynrouteError("a dynamic-k_cpt net needs `k_cpt` for its routers' choices")
         table = exit_table(tree, images, labels, k_cpt)
         steps = table.steps[policy.name]
         values = table.measure[policy.name].gather(1, steps.clamp_min(0))[steps >= 0].numpy()
@@ -98,7 +104,7 @@ def choose(
     most accurate of those. An accuracy target: the cheapest point that reaches it.
     """
     if (target_macs is None) == (target_accuracy is None):
-        raise DynrouteError("give exactly one of --target-macs and --target-accuracy")
+        raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
     if target_macs is not None:
         feasible = [p for p in points if p.mean_macs <= target_macs]
         if not feasible:
@@ -121,3 +127,66 @@ def choose(
             f"{min(p.accuracy for p in points):.4f} to {best:.4f}"
         )
     return min(feasible, key=lambda p: (p.mean_macs, -p.accuracy))
+
+
+def calibrate(
+    runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    target_macs: float | None = None,
+    target_accuracy: float | None = None,
+    policy: str = "learned",
+    split: str = "validation",
+    k_cpt: float | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    allow_checksum_mismatch: bool = False,
+) -> dict[str, Any]:
+    """Choose the operating point that meets a budget and save it in the chosen run.
+
+    ``target_macs`` (mean MACs per example) or ``target_accuracy`` (in (0, 1]); the point is
+    chosen on ``split`` (the runs' validation split: the test split only reports it) among
+    ``policy``'s operating points on every run given. Returns the record written to the
+    run's ``calibration.json`` (which ``dynroute evaluate`` and ``EarlyExitEngine.from_run``
+    then use): the policy, the k_cpt input, the target, and accuracy and mean MACs on the
+    calibration split and on the test split.
+    """
+    paths = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
+    if not paths:
+        raise DynrouteError("`runs` names no run directory")
+    if target_macs is not None and not (0 < target_macs < float("inf")):
+        raise DynrouteError(f"`target_macs` must be a positive number of MACs, got {target_macs}")
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise DynrouteError(f"`target_accuracy` must be in (0, 1], got {target_accuracy}")
+    if (target_macs is None) == (target_accuracy is None):
+        raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
+    chosen_policy = Policy(policy, 0.5 if policy in THRESHOLD_POLICIES else None)
+    if split != "validation":
+        print(
+            f"dynroute: warning: calibrating on the {split} split, as asked; its numbers "
+            "then overstate how well the target is met on new data",
+            file=sys.stderr,
+        )
+    opened = [open_run(path) for path in paths]
+    if any(run.directory is None for run in opened):
+        raise DynrouteError("calibrate works on run directories (it saves its choice there)")
+    points, trees = [], []
+    for index, run in enumerate(opened):
+        images, labels, _ = run.split(split, data_dir, None, allow_checksum_mismatch)
+        tree = run.load_tree()
+        trees.append(tree)
+        images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
+        points += candidates(index, tree, images_t, labels_t, chosen_policy, k_cpt)
+    chosen = choose(points, target_macs, target_accuracy)
+    run, tree = opened[chosen.run], trees[chosen.run]
+    images, labels, _ = run.split("test", data_dir, None, allow_checksum_mismatch)
+    test = evaluate(tree, images, labels, k_cpt=chosen.k_cpt, method="engine", policy=chosen.policy)
+    record = {
+        "policy": chosen.policy.to_dict(),
+        "k_cpt": chosen.k_cpt,
+        "target": {"mean_macs": target_macs, "accuracy": target_accuracy},
+        "split": split,
+        split: {"accuracy": chosen.accuracy, "mean_macs": chosen.mean_macs},
+        "test": {"accuracy": test.accuracy, "mean_macs": test.mean_macs},
+        "candidates_from": [str(r.path) for r in opened],
+    }
+    path = run.save_calibration(record)
+    return {**record, "run": str(run.path), "saved": str(path)}

@@ -22,8 +22,9 @@ import torch
 from dynroute.errors import DynrouteError
 from dynroute.infer.fold import fold_batchnorm as fold_batchnorm_into
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.prediction import Prediction, check_images
-from dynroute.nn.routing import LEARNED, Policy, junction_choice, needs_router
+from dynroute.nn.routing import junction_choice, needs_router
 from dynroute.nn.tree import RoutedTree
 
 

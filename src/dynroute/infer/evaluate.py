@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dynroute.infer.engine import EarlyExitEngine
-from dynroute.nn.routing import LEARNED, Policy
+from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.tree import RoutedTree
 from dynroute.train import evaluation
 from dynroute.train.evaluation import Evaluation, every_exit_accuracy

@@ -26,9 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynroute.infer.curves import as_points, macs_for_accuracy
+from dynroute.infer.paired import mcnemar, pack_bits
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.policy import Policy
 from dynroute.nn.prediction import as_tensor, predict_dense
-from dynroute.nn.routing import Policy, confidence, exit_certainty, normalised_entropy
+from dynroute.nn.routing import confidence, exit_certainty, normalised_entropy
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 
 #: Thresholds per curve: the certainty values at these many quantiles.
@@ -252,53 +255,6 @@ def oracle_curve(table: ExitTable) -> list[dict[str, Any]]:
     return sorted(points, key=lambda p: p["mean_macs"])
 
 
-def frontier_macs(points: Sequence[dict[str, Any]], accuracy: float) -> float | None:
-    """Fewest mean MACs at which a curve reaches ``accuracy`` (linear between points on its
-    accuracy/MACs frontier); None if it never does."""
-    ordered = sorted(points, key=lambda p: p["mean_macs"])
-    frontier: list[dict[str, Any]] = []
-    for p in ordered:
-        if not frontier or p["accuracy"] > frontier[-1]["accuracy"]:
-            frontier.append(p)
-    for a, b in zip([None, *frontier], frontier, strict=False):
-        if b["accuracy"] >= accuracy:
-            if a is None:
-                return b["mean_macs"]
-            t = (accuracy - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
-            return a["mean_macs"] + t * (b["mean_macs"] - a["mean_macs"])
-    return None
-
-
-def mcnemar_counts(first: torch.Tensor, second: torch.Tensor) -> tuple[int, int]:
-    """How many examples only ``first`` gets right, and only ``second``."""
-    return int((first & ~second).sum()), int((~first & second).sum())
-
-
-def mcnemar_p_value(only_first: int, only_second: int) -> float:
-    """Exact two-sided McNemar p-value: so lopsided a split of the discordant examples
-    under a fair coin."""
-    n = only_first + only_second
-    if n == 0:
-        return 1.0
-    k = min(only_first, only_second)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
-def mcnemar(first: torch.Tensor, second: torch.Tensor) -> dict[str, float]:
-    """Paired comparison of per-example correctness: the exact two-sided McNemar test.
-
-    ``only_first``/``only_second``: examples just one of the two gets right; the p-value
-    is that of so lopsided a split under a fair coin.
-    """
-    b, c = mcnemar_counts(first, second)
-    return {
-        "accuracy_difference": (b - c) / len(first),
-        "only_first": b,
-        "only_second": c,
-        "p_value": mcnemar_p_value(b, c),
-    }
-
-
 def matched_threshold(
     table: ExitTable, name: str, macs: float
 ) -> tuple[Policy, dict[str, float], torch.Tensor]:
@@ -434,11 +390,13 @@ def _routing_quality(
     best threshold policy and of the oracle, and the share of the static-to-oracle gap the
     routers close (None where a curve never reaches that accuracy)."""
     accuracy = point["accuracy"]
-    static = frontier_macs(single, accuracy)
-    thresholds = {name: frontier_macs(curve, accuracy) for name, curve in curves.items()}
+    static = macs_for_accuracy(as_points(single), accuracy)
+    thresholds = {
+        name: macs_for_accuracy(as_points(curve), accuracy) for name, curve in curves.items()
+    }
     reached = [m for m in thresholds.values() if m is not None]
     best = min(reached) if reached else None
-    bound = frontier_macs(oracle, accuracy)
+    bound = macs_for_accuracy(as_points(oracle), accuracy)
     share = None
     if static is not None and bound is not None and static - bound > 0:
         share = (static - point["mean_macs"]) / (static - bound)
@@ -448,13 +406,3 @@ def _routing_quality(
         "oracle_macs": bound,
         "gap_closed": share,
     }
-
-
-def pack_bits(values: torch.Tensor) -> str:
-    """A bool vector as a compact hex string (per-example correctness in result files)."""
-    return np.packbits(values.numpy().astype(np.uint8)).tobytes().hex()
-
-
-def unpack_bits(text: str, count: int) -> torch.Tensor:
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:count]
-    return torch.from_numpy(bits.astype(bool))

@@ -365,7 +365,7 @@ def read_state_dict(path: str | os.PathLike[str], source: str) -> dict[str, torc
 
 def load_pretrained(tree: RoutedTree, path: str | os.PathLike[str]) -> None:
     """Load a local torchvision state dict file into a registered backbone model's stages."""
-    source = f"--pretrained-weights {path}"
+    source = f"`pretrained_weights` {path}"
     backbone = _MODEL_BACKBONES.get(tree.spec.get("name", ""))
     if backbone is None:
         models = ", ".join(_MODEL_BACKBONES)

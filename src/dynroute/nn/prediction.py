@@ -18,7 +18,8 @@ from torch import nn
 
 from dynroute.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
-from dynroute.nn.routing import LEARNED, Policy, junction_choice, oracle_exits
+from dynroute.nn.policy import LEARNED, Policy
+from dynroute.nn.routing import junction_choice, oracle_exits
 from dynroute.nn.tree import RoutedTree
 
 

@@ -111,8 +111,9 @@ def validate_spec(spec: Any, source: str | None = None) -> dict[str, Any]:
         raise DynrouteError(f"{at}the model spec is not a dictionary")
     if spec.get("name") == CUSTOM_MODEL:
         raise DynrouteError(
-            f"{source or 'this spec'} holds a tree you built in Python, which it cannot rebuild: build the "
-            "same tree and load the weights into it with dynroute.load(run, tree)"
+            f"{source or 'this spec'} holds a tree you built in Python, which it cannot "
+            "rebuild: build the same tree and load the weights into it with "
+            "dynroute.load(run, tree)"
         )
     checks = {
         "name": (lambda v: isinstance(v, str), "a registered model name"),

@@ -1,12 +1,4 @@
-"""Routing policies at inference: what decides, at each junction, where an example goes.
-
-- ``learned``: the routers' argmax (the paper's inference policy, the default).
-- ``confidence``: exit at the first exit on the path whose max softmax is >= threshold.
-- ``entropy``: exit at the first exit whose normalised entropy (entropy / log classes) is
-  <= threshold.
-- ``oracle``: the cheapest exit that classifies the example correctly (the cheapest exit of
-  all if none does). It needs labels: an upper bound on any router over these exits, never
-  deployable.
+"""Routing decisions at inference: how each policy (``dynroute.nn.policy``) decides.
 
 The threshold policies are the field's standard early exiting (BranchyNet, MSDNet,
 Shallow-Deep Networks). At a junction they evaluate its exit heads; an example leaves at
@@ -20,56 +12,11 @@ among them. Each policy charges what it runs (``dynroute.nn.macs.TreeCosts.polic
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from dynroute.errors import DynrouteError
+from dynroute.nn.policy import Policy
 from dynroute.nn.tree import RoutedTree
-
-POLICIES = ("learned", "confidence", "entropy", "oracle")
-THRESHOLD_POLICIES = ("confidence", "entropy")
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A routing policy and, for threshold policies, its threshold in [0, 1]."""
-
-    name: str = "learned"
-    threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in POLICIES:
-            raise DynrouteError(f"--policy must be one of {', '.join(POLICIES)}; got {self.name!r}")
-        if self.name in THRESHOLD_POLICIES:
-            if self.threshold is None:
-                raise DynrouteError(f"the {self.name} policy needs --threshold (in [0, 1])")
-            if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
-                raise DynrouteError(f"--threshold must be in [0, 1], got {self.threshold!r}")
-        elif self.threshold is not None:
-            raise DynrouteError(f"the {self.name} policy takes no --threshold")
-
-    @property
-    def uses_threshold(self) -> bool:
-        return self.name in THRESHOLD_POLICIES
-
-    @property
-    def deployable(self) -> bool:
-        return self.name != "oracle"
-
-    @property
-    def cost_model(self) -> str:
-        """Which accounting of ``TreeCosts.policy_path_macs`` applies."""
-        return "threshold" if self.uses_threshold else self.name
-
-    def label(self) -> str:
-        return f"{self.name} {self.threshold:g}" if self.uses_threshold else self.name
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "threshold": self.threshold}
-
-
-LEARNED = Policy()
 
 
 def confidence(logits: torch.Tensor) -> torch.Tensor:

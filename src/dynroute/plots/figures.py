@@ -21,10 +21,12 @@ from matplotlib.patches import Wedge  # noqa: E402
 
 from dynroute.experiments.results import (  # noqa: E402
     curve,
-    frontier_errors,
+    learned_macs,
     load_results,
+    policy_analyses,
     result_class_names,
 )
+from dynroute.infer.curves import frontier_errors  # noqa: E402
 
 Results = dict[str, dict[str, dict[str, Any]]]
 
@@ -72,7 +74,6 @@ ACC_EFF_FIGURES: dict[str, list[tuple[str, str, list[str]]]] = {
 DATAFLOW_FIGURES = {"figure6": "hybrid-actor", "figure7": "hybrid-actor-tree"}
 #: Figure 8 draws training dataflow for these experiments (first one present wins).
 TRAINING_DATAFLOW_EXPERIMENTS = ("hybrid-actor", "cifar10-actor")
-FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "policies", "all")
 #: Dataflow diagrams with more exits than this are drawn taller and for every other k_cpt.
 CHAIN_DIAGRAM_EXITS = 12
 
@@ -327,28 +328,6 @@ def plot_policy_curves(analysis: dict[str, Any], out_dir: Path, name: str) -> li
     fig, (ax,) = _panels(1, width=5.5, height=4.2)
     draw_policy_curves(ax, analysis, f"{name} ({analysis['split']})")
     return save(fig, out_dir, name)
-
-
-def policy_analyses(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
-    """experiment -> network -> the policy analysis its result file carries (sweeps write
-    one for every network with two or more exits)."""
-    found: dict[str, dict[str, dict[str, Any]]] = {}
-    for experiment, networks in results.items():
-        for network, result in networks.items():
-            analysis = result.get("policies")
-            if not analysis:
-                continue
-            # The analysis is of the result's evaluation split (sweeps analyse the test split).
-            analysis = {"split": result.get("split", "test"), **analysis}
-            if result["config"]["strategy"] == "multi-exit":  # untrained routers: no point
-                analysis["learned"] = []
-            found.setdefault(experiment, {})[network] = analysis
-    return found
-
-
-def learned_macs(analysis: dict[str, Any]) -> float:
-    """A network's place in budget order: the mean MACs of its (first) learned point."""
-    return analysis["learned"][0]["mean_macs"] if analysis["learned"] else 0.0
 
 
 def plot_policies(results: Results, out_dir: Path, columns: int = 4) -> list[Path]:

@@ -361,7 +361,7 @@ class TrainConfig:
 
         if not is_dataset_name(self.dataset):
             fail(
-                f"--dataset must be one of {', '.join(dataset_names())}, or folder:PATH or "
+                f"`dataset` must be one of {', '.join(dataset_names())}, or folder:PATH or "
                 f"npz:PATH; got {self.dataset!r}"
             )
         static_model = is_static_model(self.model)
@@ -376,30 +376,30 @@ class TrainConfig:
         if self.strategy == "multi-exit" and (self.k_cpt != 0 or self.dynamic_k_cpt):
             fail("k_cpt does not apply to multi-exit training: its routers do not learn")
         if self.exit_weights is not None and self.strategy != "multi-exit":
-            fail("--exit-weights applies to the multi-exit strategy only")
+            fail("`exit_weights` applies to the multi-exit strategy only")
         if self.exit_weights is not None and not sum(self.exit_weights) > 0:
-            fail("--exit-weights needs at least one positive weight")
+            fail("`exit_weights` needs at least one positive weight")
         if self.k_cpt_set is not None and not self.dynamic_k_cpt:
-            fail("a k_cpt set is only used with dynamic k_cpt (--dynamic-k-cpt)")
+            fail("a k_cpt set is only used with dynamic k_cpt (`dynamic_k_cpt`)")
         if self.dynamic_k_cpt and self.k_cpt != 0:
             fail("with dynamic k_cpt the cost is drawn from the k_cpt set; do not also pass k_cpt")
         if self.dynamic_k_cpt and self.k_cpt_set is not None and len(self.k_cpt_set) == 0:
-            fail("--k-cpt-set needs at least one value")
+            fail("`k_cpt_set` needs at least one value")
         if self.lr_warmup is not None and self.lr_warmup > self.iterations:
             fail(
-                f"--lr-warmup must be at most the iterations ({self.iterations}), "
+                f"`lr_warmup` must be at most the iterations ({self.iterations}), "
                 f"got {self.lr_warmup}"
             )
         if self.compile_mode != "default" and not self.compile:
-            fail("--compile-mode applies only with --compile")
+            fail("`compile_mode` applies only with `compile`")
         if self.device not in ("auto", "cpu", "cuda") and not (
             self.device.startswith("cuda:") and self.device[5:].isdigit()
         ):
-            fail(f"--device must be cpu, cuda, cuda:N or auto, not {self.device!r}")
+            fail(f"`device` must be cpu, cuda, cuda:N or auto, not {self.device!r}")
         if not self.eval_splits:
-            fail("--eval-splits needs at least one split")
+            fail("`eval_splits` needs at least one split")
         if "validation" in self.eval_splits and self.validation_size == 0:
-            fail("evaluating on 'validation' needs --validation-size > 0")
+            fail("evaluating on 'validation' needs `validation_size` > 0")
         make_strategy(self.strategy, **self.strategy_options())  # the strategy's own checks
         return self
 
@@ -439,7 +439,7 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _check_field(f: Field, value: Any) -> None:
     """One option's type, range and choices; the message names the command-line option."""
-    flag = "--" + f.name.replace("_", "-")
+    flag = f"`{f.name}`"
     meta = f.metadata
     if value is None and f.default is None:
         return

@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from dynroute.nn.macs import tree_costs
+from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.prediction import Prediction, as_tensor, predict_dense
-from dynroute.nn.routing import LEARNED, Policy
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 
 #: ``predictor(images, k_cpt, labels) -> Prediction`` for one batch.

@@ -22,7 +22,7 @@ import torch
 from dynroute.atomic import read_json_object, write_json_atomic
 from dynroute.errors import DynrouteError
 from dynroute.nn import checkpoint
-from dynroute.nn.routing import LEARNED, Policy
+from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.tree import RoutedTree
 
 CONFIG_FILE = "config.json"
@@ -56,7 +56,7 @@ class Run:
         name = override or (self.config or {}).get("dataset")
         if name is None:
             raise DynrouteError(
-                f"{self.path} is a checkpoint without a run directory: pass --dataset"
+                f"{self.path} is a checkpoint without a run directory: pass `dataset`"
             )
         return name
 
@@ -85,7 +85,7 @@ class Run:
         if part is None:
             raise DynrouteError(
                 f"{self.path} was trained without a {name} split; retrain it with "
-                "--validation-size N to hold N training examples out for choosing operating "
+                "`validation_size` N to hold N training examples out for choosing operating "
                 "points (the test split is for reporting them)"
             )
         return part.images, part.labels, splits.class_names

@@ -221,12 +221,12 @@ class CriticStrategy(Strategy):
     def __post_init__(self) -> None:
         if self.critic_target not in CRITIC_TARGETS:
             raise DynrouteError(
-                f"--critic-target must be one of {', '.join(CRITIC_TARGETS)}, "
+                f"`critic_target` must be one of {', '.join(CRITIC_TARGETS)}, "
                 f"not {self.critic_target!r}"
             )
         if self.error_measure not in ERROR_MEASURES:
             raise DynrouteError(
-                f"--error-measure must be one of {', '.join(ERROR_MEASURES)}, "
+                f"`error_measure` must be one of {', '.join(ERROR_MEASURES)}, "
                 f"not {self.error_measure!r}"
             )
 
@@ -273,7 +273,7 @@ class MultiExitStrategy(Strategy):
             raise DynrouteError("the multi-exit strategy needs a tree with two or more exits")
         if self.exit_weights is not None and len(self.exit_weights) != len(tree.leaves):
             raise DynrouteError(
-                f"--exit-weights has {len(self.exit_weights)} values but the model has "
+                f"`exit_weights` has {len(self.exit_weights)} values but the model has "
                 f"{len(tree.leaves)} exits"
             )
 

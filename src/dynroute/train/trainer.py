@@ -192,7 +192,7 @@ class RunDirPlan:
 
 
 def _read_stored_config(path: Path) -> dict[str, Any]:
-    return read_json_object(path, "run config", "pass --overwrite to start the run over")
+    return read_json_object(path, "run config", "pass `overwrite` to start the run over")
 
 
 def inspect_run_dir(
@@ -205,38 +205,38 @@ def inspect_run_dir(
     """
     config_path = out_dir / CONFIG_FILE
     if resume and overwrite:
-        raise DynrouteError("--resume and --overwrite exclude each other")
+        raise DynrouteError("`resume` and `overwrite` exclude each other")
     if out_dir.exists() and not out_dir.is_dir():
-        raise DynrouteError(f"--out {out_dir} is a file, not a run directory")
+        raise DynrouteError(f"`out` {out_dir} is a file, not a run directory")
     if config_path.exists() and not overwrite:
         existing = _read_stored_config(config_path)
         if not resume:
             raise DynrouteError(
-                f"{out_dir} already holds a run; pass --resume to continue it "
-                "or --overwrite to replace it"
+                f"{out_dir} already holds a run; pass `resume` to continue it "
+                "or `overwrite` to replace it"
             )
         try:
             differs = stored_config_differences(existing, config)
         except DynrouteError as exc:
             raise DynrouteError(
-                f"{config_path} is not a valid run configuration ({exc}); pass --overwrite "
+                f"{config_path} is not a valid run configuration ({exc}); pass `overwrite` "
                 "to start the run over"
             ) from None
         if differs:
             raise DynrouteError(
                 f"{out_dir} holds a different run (differs in {', '.join(differs)}); "
-                "pass --overwrite to replace it"
+                "pass `overwrite` to replace it"
             )
         has_checkpoint = (out_dir / CHECKPOINT_FILE).exists()
         return RunDirPlan(run_config_for(existing, config), has_checkpoint, False)
     if (out_dir / CHECKPOINT_FILE).exists() and not overwrite:
         raise DynrouteError(
             f"{out_dir} holds a checkpoint but no {CONFIG_FILE}, so it cannot be resumed "
-            "safely; pass --overwrite to replace it"
+            "safely; pass `overwrite` to replace it"
         )
     if resume:
         raise DynrouteError(
-            f"nothing to resume in {out_dir} (no {CONFIG_FILE}); leave out --resume to start "
+            f"nothing to resume in {out_dir} (no {CONFIG_FILE}); leave out `resume` to start "
             "a new run there"
         )
     return RunDirPlan(config.resolved(), False, True)
@@ -434,7 +434,7 @@ class Trainer:
             kept = f"the last good checkpoint, {path} (iteration {self.saved_step}), is kept"
         else:
             kept = "no checkpoint was saved"
-        raise DynrouteError(f"{reason}; stopped: {kept}. Try a lower --lr.")
+        raise DynrouteError(f"{reason}; stopped: {kept}. Try a lower `lr`.")
 
     def save(self) -> None:
         self.verify_finite()  # never checkpoint weights a non-finite loss has touched
@@ -466,7 +466,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise DynrouteError(
                 f"{source} holds a damaged training state ({type(exc).__name__}: {exc}); "
-                "pass --overwrite to start the run over"
+                "pass `overwrite` to start the run over"
             ) from None
         if not 0 <= step <= self.config.iterations:
             raise DynrouteError(f"{source} is at iteration {step}, outside this run")

@@ -135,7 +135,7 @@ def check_checksums(
         raise DynrouteError(
             f"checksum mismatch in {where}: {mismatch_details(checks)}. The file is corrupt, "
             "truncated or not the official release: re-download it (`dynroute data fetch`), or "
-            "pass --allow-checksum-mismatch (allow_checksum_mismatch=True) to use this copy "
+            "pass `allow_checksum_mismatch` to use this copy "
             "deliberately; the mismatch is then recorded in the dataset manifest"
         )
     return checks

@@ -1,0 +1,103 @@
+"""The package's layers: imports only point down, and no two files import each other.
+
+Bottom to top: the base modules (errors, atomic, runtime) → ``nn`` (trees, models, costs)
+→ ``data`` → ``train`` → ``infer`` → ``experiments`` → ``plots`` → ``commands``/``cli``.
+Every import counts, wherever it stands (module level or inside a function).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dynroute"
+LAYERS = ["base", "nn", "data", "train", "infer", "experiments", "plots", "commands"]
+BASE = {"dynroute", "dynroute.errors", "dynroute.atomic", "dynroute.runtime"}
+#: Packages outside the layer order and what they may import (torch-free deployment).
+SIDE = {"deploy": {"base"}}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def layer(module: str) -> str:
+    if module in BASE:
+        return "base"
+    if module == "dynroute.cli":
+        return "commands"
+    return module.split(".")[1]
+
+
+def imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's own modules that ``module`` imports."""
+    is_package = path.name == "__init__.py"
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[: len(base) - node.level + 1]
+                root = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                root = node.module or ""
+            names = [root] + [f"{root}.{alias.name}" for alias in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module and not name.startswith(module + "."):
+                targets.add(name)
+    return targets
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {m: imports(m, p, known) for m, p in known.items()}
+
+
+def test_imports_only_point_down() -> None:
+    upward = []
+    for module, targets in graph().items():
+        if module == "dynroute":  # the facade resolves its public names lazily
+            continue
+        source = layer(module)
+        for target in targets:
+            goal = layer(target)
+            if source in SIDE:
+                allowed = goal in SIDE[source] or goal == source
+            elif goal in SIDE:
+                allowed = False
+            else:
+                allowed = LAYERS.index(goal) <= LAYERS.index(source)
+            if not allowed:
+                upward.append(f"{module} ({source}) imports {target} ({goal})")
+    assert not upward, "imports pointing up:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    seen: dict[str, int] = {}
+    cycles = []
+
+    def visit(module: str, stack: list[str]) -> None:
+        seen[module] = 1
+        for target in sorted(edges[module]):
+            if seen.get(target) == 1:
+                cycles.append(stack[stack.index(target) :] + [target])
+            elif target not in seen:
+                visit(target, [*stack, target])
+        seen[module] = 2
+
+    for module in sorted(edges):
+        if module not in seen:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
