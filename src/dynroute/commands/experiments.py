@@ -61,7 +61,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from dynroute.plots.figures import render
 
-    paths = render(args.results, args.scale, args.kind, args.out)
+    paths = render(args.results, args.scale, args.kind, args.out, tuple(args.formats or ("png",)))
     for path in paths:
         print(path)
     if not paths:
@@ -146,6 +146,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("kind", choices=FIGURE_KINDS)
     _results_arguments(plot)
     plot.add_argument("--out", help="figure folder (default: <results>/<scale>/figures)")
+    plot.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("png", "pdf", "svg"),
+        help="file format; repeat for several (default: png)",
+    )
     plot.set_defaults(func=cmd_plot)
 
     imported = sub.add_parser(

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
+from dynroute.errors import DynrouteError  # noqa: E402
 from dynroute.experiments.results import (  # noqa: E402
     curve,
     learned_macs,
@@ -78,9 +79,15 @@ TRAINING_DATAFLOW_EXPERIMENTS = ("hybrid-actor", "cifar10-actor")
 CHAIN_DIAGRAM_EXITS = 12
 
 
+#: File formats figures are written in: PNG by default (what the report and docs link);
+#: ``render(..., formats=("png", "pdf"))`` adds vector copies on demand.
+FORMATS = ("png", "pdf", "svg")
+_formats: tuple[str, ...] = ("png",)
+
+
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    paths = [out_dir / f"{name}.{suffix}" for suffix in _formats]
     for path in paths:
         # No creation date in the PDF: the same results give byte-identical files.
         metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
@@ -392,9 +399,19 @@ def render(
     scale: str,
     kind: str = "all",
     out_dir: str | os.PathLike[str] | None = None,
+    formats: tuple[str, ...] = ("png",),
 ) -> list[Path]:
-    """Draw ``kind`` (or every figure) for a scale's results; returns the files written."""
+    """Draw ``kind`` (or every figure) for a scale's results in ``formats`` (png, pdf, svg);
+    returns the files written."""
+    global _formats
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise DynrouteError(f"`formats` must be some of {', '.join(FORMATS)}, got {formats!r}")
     results = load_results(results_dir, scale)
     out = Path(out_dir) if out_dir else Path(results_dir) / scale / "figures"
     kinds = list(PLOTTERS) if kind == "all" else [kind]
-    return [path for k in kinds for path in PLOTTERS[k](results, out)]
+    previous, _formats = _formats, tuple(dict.fromkeys(formats))
+    try:
+        return [path for k in kinds for path in PLOTTERS[k](results, out)]
+    finally:
+        _formats = previous
