@@ -42,6 +42,7 @@ def tensors(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+@pytest.mark.slow
 def test_fit_your_own_tree_writes_a_run_directory(tmp_path) -> None:
     out = tmp_path / "run"
     result = dynroute.fit(

@@ -48,6 +48,7 @@ def config(model: str, strategy: str, **changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "strategy", "changes"), CASES)
 def test_every_strategy_trains_and_checkpoints(tmp_path, model, strategy, changes) -> None:
     cfg = config(model, strategy, **changes)
@@ -82,6 +83,7 @@ def test_pretrained_weights_option(tmp_path) -> None:
         Trainer(wrong, data, tmp_path / "wrong", progress=False)
 
 
+@pytest.mark.slow
 def test_command_line_train_and_evaluate(tmp_path, cache_dir, capsys) -> None:
     rng = np.random.default_rng(0)
     arrays = {

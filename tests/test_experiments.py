@@ -120,6 +120,7 @@ def sweep_here(tmp_path: Path, experiments: list[str], **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_sweep_only_trains_the_named_networks_and_refuses_unknown_names(tmp_path):
     report = sweep_here(tmp_path, ["hybrid-static"], only=["static-2", "static-5"])
     assert sorted(report.trained) == ["hybrid-static/static-2", "hybrid-static/static-5"]
@@ -131,6 +132,7 @@ def test_sweep_only_trains_the_named_networks_and_refuses_unknown_names(tmp_path
         sweep_here(tmp_path, ["hybrid-static"], only=["static-9"])
 
 
+@pytest.mark.slow
 def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
     report = sweep_here(tmp_path, ["hybrid-actor-dynkcpt", "hybrid-static"])
     assert len(report.trained) == 9 and not report.failed
@@ -160,6 +162,7 @@ def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
     assert again.trained == ["hybrid-static/static-2"] and len(again.skipped) == 8
 
 
+@pytest.mark.slow
 def test_multi_exit_result_keeps_paired_threshold_points(tmp_path):
     from dynroute.infer.operating_points import RESULT_PAIRED_POINTS
     from dynroute.infer.paired import unpack_bits
@@ -181,6 +184,7 @@ def test_multi_exit_result_keeps_paired_threshold_points(tmp_path):
     assert learned["mean_macs"] == result["points"][0]["mean_macs"] == 1368608
 
 
+@pytest.mark.slow
 def test_sweep_execution_options_reach_every_network(tmp_path):
     report = sweep_here(tmp_path, ["hybrid-static"], execution={"device": "cpu"})
     assert len(report.trained) == 8 and not report.failed
@@ -192,6 +196,7 @@ def test_sweep_execution_options_reach_every_network(tmp_path):
         sweep_here(tmp_path, ["hybrid-actor"], execution={"compile_mode": "reduce-overhead"})
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path, monkeypatch):
     """Also when the code's default schedule changed in between: the run keeps its own."""
     whole = sweep_here(tmp_path / "whole", ["hybrid-actor-dynkcpt"])
@@ -300,6 +305,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_pool_workers_exit_when_the_sweep_is_killed():
     driver = subprocess.Popen(
         [sys.executable, "-c", _ORPHAN_DRIVER], stdout=subprocess.PIPE, text=True
@@ -390,6 +396,7 @@ def _check_ray_retries_a_dead_worker(address: str, run_dir: Path) -> None:
     assert (run_dir / "attempted").exists()
 
 
+@pytest.mark.slow
 def test_sweep_on_another_dataset_keeps_its_state_and_results_apart(tmp_path, cache_dir, capsys):
     # A tiny 3-class npz, loaded for real: the registry's experiments on data they never saw.
     rng = np.random.default_rng(0)

@@ -33,6 +33,7 @@ def test_counts_match_flop_counter(name: str, width: int) -> None:
     assert count_node_macs(tree) == flop_counter_macs(tree)
 
 
+@pytest.mark.slow
 def test_counts_match_flop_counter_every_static_depth() -> None:
     for depth in range(1, 9):
         tree = build_model(f"static-{depth}")

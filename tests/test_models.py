@@ -48,6 +48,7 @@ def test_summary_chain(capsys) -> None:
     assert "FLOP" not in out
 
 
+@pytest.mark.slow
 def test_summary_static_and_tree(capsys) -> None:
     _, out, _ = run(capsys, "model", "summary", "static-8")
     assert path_macs(out) == [20.55]
@@ -68,6 +69,7 @@ def test_summary_errors(capsys, argv: list[str], message: str) -> None:
     assert status == 2 and message in err
 
 
+@pytest.mark.slow
 def test_custom_resnet_example() -> None:
     spec = importlib.util.spec_from_file_location("custom_resnet_tree", EXAMPLE)
     example = importlib.util.module_from_spec(spec)

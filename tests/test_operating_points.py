@@ -17,6 +17,7 @@ from routing_helpers import scramble_routing
 from toy_trees import random_tree
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("name", ["confidence", "entropy"])
 def test_replayed_threshold_exits_equal_the_dense_reference(seed, name):
@@ -92,6 +93,7 @@ def test_analyse_reports_every_policy(tmp_path):
     assert pack_bits(bits) == learned["correct_bits"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_learned_exits_from_router_inputs_equal_dense_passes(dynamic):
     from dynroute.infer.operating_points import learned_exits

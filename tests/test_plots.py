@@ -23,6 +23,7 @@ def results_dir(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_every_figure_renders_png_and_on_demand_pdf(results_dir):
     paths = render(results_dir, SCALE)
     names = {p.name for p in paths}
@@ -37,6 +38,7 @@ def test_every_figure_renders_png_and_on_demand_pdf(results_dir):
     assert all(p.parent == results_dir / SCALE / "figures" for p in paths)
 
 
+@pytest.mark.slow
 def test_figure10_renders_once_width_results_exist(results_dir):
     for suffix, gain in (("", 0.03), ("-width2", 0.04), ("-width3", 0.05)):
         write_curve(results_dir, SCALE, f"cifar10-static{suffix}", STATIC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from dynroute.cli import main
@@ -173,6 +174,7 @@ def test_dynamic_beats_static_reports_mean_and_smallest_margin(tmp_path):
     assert 0 < smallest < average
 
 
+@pytest.mark.slow
 def test_report_command_writes_markdown_and_html(tmp_path):
     write_curve(tmp_path, SCALE, "hybrid-static", STATIC)
     write_curve(tmp_path, SCALE, "hybrid-actor", shifted(STATIC, 0.04, 0.4))
@@ -263,6 +265,7 @@ def test_cifar10_actor_is_paired_with_its_own_multi_exit_net(tmp_path):
     assert verdict == NOT_SUPPORTED and "at 0/5 points (mean -10.00 points)" in evidence
 
 
+@pytest.mark.slow
 def test_report_has_a_routing_policy_section(tmp_path):
     _write_policy_results(tmp_path, learned_right=900, baseline_right=800)
     assert main(["report", "--scale", SCALE, "--results", str(tmp_path)]) == 0

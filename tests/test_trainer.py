@@ -86,6 +86,7 @@ def test_config_validation(changes, message):
         tiny_config(**changes).validate()
 
 
+@pytest.mark.slow
 def test_training_writes_metrics_checkpoints_and_summary(tmp_path):
     trainer = Trainer(tiny_config(), synthetic_data(), tmp_path / "run", progress=False)
     summary = trainer.run()
@@ -99,6 +100,7 @@ def test_training_writes_metrics_checkpoints_and_summary(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] == 6
 
 
+@pytest.mark.slow
 def test_run_directory_is_protected(tmp_path):
     Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False).run()
     with pytest.raises(DynrouteError, match="already holds a run"):
@@ -111,6 +113,7 @@ def test_run_directory_is_protected(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["k_cpt"] == 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("read_every", [1, 3])
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, read_every):
     """Also when the loss is read only every few steps (as on a GPU): the error names the
@@ -135,6 +138,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, read_every):
     )
 
 
+@pytest.mark.slow
 def test_deferred_loss_reads_report_every_loss(tmp_path):
     trainer = Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False)
     trainer.loss_read_every = 4
@@ -152,6 +156,7 @@ def test_compile_mode_needs_compile():
         tiny_config(compile=True, compile_mode="fast").validate()
 
 
+@pytest.mark.slow
 def test_resume_in_process_equals_uninterrupted(tmp_path):
     full = Trainer(tiny_config(), synthetic_data(), tmp_path / "full", progress=False)
     full.run()
@@ -169,6 +174,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
         assert torch.equal(value, actual[key]), key
 
 
+@pytest.mark.slow
 def test_checkpoint_without_config_is_never_overwritten_silently(tmp_path):
     trainer = Trainer(tiny_config(), synthetic_data(), tmp_path, progress=False)
     trainer.save()  # a checkpoint, and no config.json beside it
@@ -187,6 +193,7 @@ def _change_default_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_module, "scaled_half_life", lambda half_life, iterations: 0.5)
 
 
+@pytest.mark.slow
 def test_new_run_directory_stores_the_resolved_schedule(tmp_path):
     config = tiny_config(checkpoint_every=None)
     Trainer(config, synthetic_data(), tmp_path, progress=False).run()
@@ -196,6 +203,7 @@ def test_new_run_directory_stores_the_resolved_schedule(tmp_path):
     assert config.lr is None  # the caller's config still means "use the default"
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_stored_schedule_when_the_defaults_change(tmp_path, monkeypatch):
     """A run begun under one default recipe and resumed under another ends as if it had
     never stopped: its directory holds the schedule, not nulls for today's defaults."""
@@ -216,6 +224,7 @@ def test_resume_keeps_the_stored_schedule_when_the_defaults_change(tmp_path, mon
         assert torch.equal(value, actual[key]), key
 
 
+@pytest.mark.slow
 def test_run_directory_with_nulls_resumes_with_todays_defaults(tmp_path, monkeypatch):
     """Run directories written before schedules were resolved keep resuming as they did."""
     config = tiny_config()
@@ -247,6 +256,7 @@ def test_resolved_run_directory_matches_the_request_that_made_it(tmp_path):
         prepare_run_dir(tmp_path, replace(resolved, k_cpt=1e-9), True, False)
 
 
+@pytest.mark.slow
 def test_dynamic_k_cpt_training_evaluates_every_k(tmp_path):
     config = tiny_config(dynamic_k_cpt=True, k_cpt_set=(0.0, 1e-8), iterations=2, eval_every=2)
     trainer = Trainer(config, synthetic_data(), tmp_path, progress=False)
@@ -262,6 +272,7 @@ def test_dynamic_k_cpt_training_evaluates_every_k(tmp_path):
         {"strategy": "static", "model": "static-2"},
     ],
 )
+@pytest.mark.slow
 def test_critic_and_static_learn_the_synthetic_task(tmp_path, changes):
     """Colour decides the class: 40 steps take every strategy far above chance (1/3)."""
     config = tiny_config(
@@ -275,6 +286,7 @@ def test_critic_and_static_learn_the_synthetic_task(tmp_path, changes):
     assert summary["final"]["test"]["accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_tree_trains_and_reports_every_exit(tmp_path):
     config = tiny_config(model="tree", iterations=2, eval_every=2)
     summary = Trainer(config, synthetic_data(), tmp_path / "tree", progress=False).run()
@@ -308,6 +320,7 @@ def test_compiled_objective_matches_eager(tmp_path, monkeypatch):
     assert losses[False][0] != losses[False][2]  # the weights (and tau) moved
 
 
+@pytest.mark.slow
 def test_run_reports_its_compile_time(tmp_path, monkeypatch):
     monkeypatch.setitem(
         registry._REGISTRY, "test-chain-2", registry.ModelEntry("test-chain-2", _two_column_chain)
@@ -364,6 +377,7 @@ def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, real_cach
     assert [m["iteration"] for m in resumed] == [12, 24, 36]
 
 
+@pytest.mark.slow
 def test_multi_exit_training_leaves_routers_as_built(tmp_path):
     config = tiny_config(strategy="multi-exit", iterations=4, eval_every=4)
     trainer = Trainer(config, synthetic_data(), tmp_path / "run", progress=False)
