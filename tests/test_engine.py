@@ -165,3 +165,62 @@ def test_folded_batchnorm_engine_matches_unfolded_dense(images: torch.Tensor, na
 def test_fold_batchnorm_needs_eval_mode() -> None:
     with pytest.raises(DynrouteError, match="eval mode"):
         fold_batchnorm(build_model("static-1"))
+
+
+def fitted_policies(tree, seed: int) -> list[Policy]:
+    """A budgeted and an ensemble policy with random parameters for ``tree``'s exits."""
+    from dynroute.nn.routing import history_exits
+
+    gen = torch.Generator().manual_seed(seed)
+    leaves = tree.leaves
+    thresholds = (0.5 + 0.45 * torch.rand(len(leaves), generator=gen)).tolist()
+    weights = [
+        (0.2 + torch.rand(len(passed) + 1, generator=gen)).tolist()
+        for passed in history_exits(tree).values()
+    ]
+    biases = [(0.3 * torch.randn(tree.num_classes, generator=gen)).tolist() for _ in leaves]
+    return [
+        Policy("budgeted", thresholds=thresholds),
+        Policy("ensemble", 0.45, weights=weights, biases=biases),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("which", [0, 1], ids=["budgeted", "ensemble"])
+def test_fitted_policies_on_random_trees(seed: int, which: int) -> None:
+    """The budgeted and ensemble policies: the engine runs what the dense reference decides,
+    carrying each example's passed exits along its own path."""
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(seed)) * 3
+    tree = scramble_routing(random_tree(seed, max_depth=4), x)
+    dense = check_tree(tree, x, policy=fitted_policies(tree, seed)[which])
+    assert dense.exits.unique().numel() >= 2
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["budgeted", "ensemble"])
+def test_fitted_policies_on_the_chain_and_the_tree(images: torch.Tensor, which: int) -> None:
+    torch.manual_seed(4)
+    for name, x in (("chain", images), ("tree", images[:32])):
+        tree = scramble_routing(build_model(name), x)
+        check_tree(tree, x, single=2, policy=fitted_policies(tree, 4)[which])
+    conv = scramble_routing(random_conv_tree(1), images[:, :, :4, :4])
+    check_tree(conv, images[:, :, :4, :4], policy=fitted_policies(conv, 1)[which])
+
+
+def test_ensemble_of_one_exit_each_is_the_confidence_policy() -> None:
+    """Weights (0, ..., 0, 1) and no biases: every exit answers alone, as with confidence."""
+    from dynroute.nn.routing import history_exits
+
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(5)) * 3
+    tree = scramble_routing(random_tree(5, max_depth=4), x)
+    weights = [[0.0] * len(passed) + [1.0] for passed in history_exits(tree).values()]
+    biases = [[0.0] * tree.num_classes for _ in tree.leaves]
+    alone = predict_dense(tree, x, policy=Policy("ensemble", 0.45, weights=weights, biases=biases))
+    confident = predict_dense(tree, x, policy=Policy("confidence", 0.45))
+    assert torch.equal(alone.exits, confident.exits)
+    assert torch.equal(alone.predictions, confident.predictions)
+
+
+def test_fitted_policies_refuse_another_trees_parameters() -> None:
+    tree = random_tree(0).eval()
+    with pytest.raises(DynrouteError, match="fitted on another network"):
+        EarlyExitEngine(tree, policy=Policy("budgeted", thresholds=[0.5]))

@@ -29,6 +29,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
     configure_cpu(args.threads)
     runs = [open_run(path) for path in args.runs]  # every path checked before any work
+    if args.into_result and len(runs) != 1:
+        raise DynrouteError("`into_result` takes one run")
     for run in runs:
         images, labels, _ = run.split(
             args.split, args.data_dir, args.dataset, args.allow_checksum_mismatch
@@ -37,13 +39,105 @@ def cmd_policies(args: argparse.Namespace) -> int:
         analysis = {"run": str(run.path), "split": args.split, **analyse(
             tree, images, labels, analysis_k_values(tree, (run.config or {}).get("k_cpt_set"))
         )}  # fmt: skip
+        table = _budget_table(run, tree, images, labels, args)
+        if table is not None:
+            analysis["budgets"] = table
         out = Path(args.out) if args.out else (run.directory or run.path.parent)
         stem = f"policies-{args.split}" if not args.out else f"{run.name}-{args.split}"
         json_path = write_json_atomic(out / f"{stem}.json", analysis)
         figures = plot_policy_curves(analysis, out, stem)
         print(format_analysis(run.name, analysis))
+        if table is not None:
+            print(format_budgets(table))
         print(f"  written: {json_path}, {', '.join(str(f) for f in figures)}")
+        if args.into_result:
+            _into_result(Path(args.into_result), run, analysis, table)
     return 0
+
+
+def _budget_table(run, tree, images, labels, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The policy table on the test split, fitted on the run's validation split (None where
+    the run holds none out, analyses another split, or has no junctions)."""
+    from dynroute.infer.budgets import budget_table
+    from dynroute.infer.operating_points import dense_outputs
+
+    config = run.config or {}
+    if args.split != "test" or not config.get("validation_size") or not tree.junctions:
+        return None
+    if tree.dynamic_k_cpt:
+        return None
+    held_images, held_labels, _ = run.split(
+        "validation", args.data_dir, args.dataset, args.allow_checksum_mismatch
+    )
+    budgets = None if args.budgets is None else [b * 1e6 for b in args.budgets]
+    return budget_table(
+        tree,
+        dense_outputs(tree, held_images, held_labels),
+        dense_outputs(tree, images, labels),
+        budgets,
+    )
+
+
+def _into_result(path: Path, run, analysis: dict[str, Any], table: dict | None) -> None:
+    """Put a run's policy analyses into the sweep result file of the same network."""
+    from dynroute.atomic import write_json_atomic
+    from dynroute.experiments.results import read_result
+
+    result = read_result(path)
+    stored = {k: v for k, v in result["config"].items() if k not in _EXECUTION}
+    trained = {k: v for k, v in (run.config or {}).items() if k not in _EXECUTION}
+    differing = sorted(k for k in set(stored) | set(trained) if stored.get(k) != trained.get(k))
+    if differing:
+        raise DynrouteError(
+            f"{run.path} was not trained as {path} records ({', '.join(differing)} differ)"
+        )
+    if table is None:
+        raise DynrouteError(f"{run.path} has no policy table to record (no validation split)")
+    result["policies"] = {k: v for k, v in analysis.items() if k not in ("run", "split", "budgets")}
+    result["budgets"] = table
+    write_json_atomic(path, result)
+    print(f"  recorded in {path}")
+
+
+#: Config fields that say how a run executed, not what it computed.
+_EXECUTION = (
+    "device",
+    "compile",
+    "compile_mode",
+    "channels_last",
+    "eval_every",
+    "checkpoint_every",
+)
+
+
+def format_budgets(table: dict[str, Any]) -> str:
+    """The policy table: test accuracy and MACs of each policy fitted to each budget."""
+    names = [*table["threshold_policies"], table["learned_policy"]]
+    lines = [
+        f"  policy table ({table['protocol']}; {table['num_validation']} validation, "
+        f"{table['num_test']} test examples):",
+        "  budget   " + "".join(f"{name:>20}" for name in names) + "   learned vs best threshold",
+    ]
+    for row in table["budgets"]:
+        cells = []
+        for name in names:
+            test = row["policies"].get(name, {}).get("test")
+            cells.append(
+                "-"
+                if test is None
+                else f"{100 * test['accuracy']:.2f}% {test['mean_macs'] / 1e6:.2f}M"
+            )
+        line = f"  {row['budget'] / 1e6:6.2f}M " + "".join(f"{c:>20}" for c in cells)
+        if "learned_vs_best_threshold" in row:
+            test = row["learned_vs_best_threshold"]
+            share = row["gap_closed"]["share"]
+            gap = "-" if share is None else f"{100 * share:.0f} %"
+            line += (
+                f"   {100 * test['accuracy_difference']:+.2f} pts vs {row['best_threshold']} "
+                f"(p = {test['p_value']:.2g}); gap closed {gap}"
+            )
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def format_analysis(name: str, analysis: dict[str, Any]) -> str:
@@ -123,6 +217,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     policies.add_argument("--split", default="test", choices=SPLIT_CHOICES)
     policies.add_argument("--dataset", default=None, help="for a bare checkpoint file")
     policies.add_argument("--out", default=None, help="folder for the files (default: each run)")
+    policies.add_argument(
+        "--budgets",
+        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
+        default=None,
+        metavar="M,M,...",
+        help="budgets of the policy table, in millions of MACs (default: 10-73 %% of the "
+        "deepest exit's MACs)",
+    )
+    policies.add_argument(
+        "--into-result",
+        default=None,
+        metavar="FILE",
+        help="also record the analyses in this sweep result file (same network, checked)",
+    )
     add_threads_argument(policies)
     add_data_dir_argument(policies)
     add_checksum_argument(policies)

@@ -23,8 +23,14 @@ import torch
 from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
 from dynroute.errors import DynrouteError
 from dynroute.experiments.results import build_result
+from dynroute.infer.budgets import budget_table
 from dynroute.infer.evaluate import evaluate
-from dynroute.infer.operating_points import RESULT_PAIRED_POINTS, analyse, analysis_k_values
+from dynroute.infer.operating_points import (
+    RESULT_PAIRED_POINTS,
+    analyse,
+    analysis_k_values,
+    dense_outputs,
+)
 from dynroute.runtime import configure_cpu, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.runs import CONFIG_FILE, METRICS_FILE, read_metrics
@@ -122,6 +128,12 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
         result["policies"] = analyse(
             tree, split.images, split.labels, k_values, paired_points=paired
         )
+        if data.held_out is not None and tree.junctions and not tree.dynamic_k_cpt:
+            result["budgets"] = budget_table(
+                tree,
+                dense_outputs(tree, data.held_out.images, data.held_out.labels),
+                dense_outputs(tree, split.images, split.labels),
+            )
     return result
 
 

@@ -1,10 +1,12 @@
 """Budget targeting: the operating point that meets a mean-MAC or accuracy target.
 
 Chosen on a split the network did not train on (the run's validation split), among:
-thresholds of a threshold policy (every value its exits' answers take), the k_cpt input
-of a dynamic-k_cpt net (a fine log-spaced grid, cheap because only the routers run
-again), or, for fixed-k_cpt nets, the runs given. A MAC budget picks the most accurate
-point within it; an accuracy target the cheapest point that reaches it.
+thresholds of a threshold policy (every value its exits' answers take), the budgeted
+policy's exit distributions (q on a log grid), the ensemble policy's thresholds (its
+weights fitted on the same split first), the k_cpt input of a dynamic-k_cpt net (a fine
+log-spaced grid, cheap because only the routers run again), or, for fixed-k_cpt nets,
+the runs given. A MAC budget picks the most accurate point within it; an accuracy target
+the cheapest point that reaches it.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ import torch
 
 from dynroute.errors import DynrouteError
 from dynroute.infer.evaluate import evaluate
-from dynroute.infer.operating_points import exit_table, exits_for_k, router_inputs
+from dynroute.infer.fitted_policies import (
+    budgeted_family,
+    fit_ensemble,
+    threshold_family,
+)
+from dynroute.infer.operating_points import dense_outputs, exit_table, exits_for_k, router_inputs
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.policy import THRESHOLD_POLICIES, Policy
 from dynroute.nn.prediction import as_tensor
 from dynroute.nn.tree import RoutedTree
 from dynroute.train.runs import open_run
 
-#: Thresholds tried: the values at this many quantiles of the exits' answers.
-THRESHOLD_QUANTILES = 2001
 #: k_cpt inputs tried for a dynamic-k_cpt net: 0 and a log grid over this range.
 K_CPT_GRID = (1e-11, 1e-6, 201)
 
@@ -57,16 +62,23 @@ def candidates(
     if policy.uses_threshold:
         if tree.dynamic_k_cpt and k_cpt is None:
             raise DynrouteError("a dynamic-k_cpt net needs `k_cpt` for its routers' choices")
-        table = exit_table(tree, images, labels, k_cpt)
-        steps = table.steps[policy.name]
-        values = table.measure[policy.name].gather(1, steps.clamp_min(0))[steps >= 0].numpy()
-        thresholds = np.unique(
-            np.clip(np.quantile(values, np.linspace(0, 1, THRESHOLD_QUANTILES)), 0, 1)
-        )
+        if not tree.junctions:
+            raise DynrouteError(
+                "a network without junctions has one operating point: nothing to choose"
+            )
+        outputs = dense_outputs(tree, images, labels, k_cpt)
+        table = exit_table(tree, outputs=outputs)
+        if policy.name == "budgeted":
+            family = budgeted_family(table)
+        elif policy.name == "ensemble":  # fitted here, on the calibration split
+            fitted = fit_ensemble(tree, outputs)
+            table = exit_table(tree, outputs=outputs, policy=fitted)
+            family = threshold_family(table, fitted)
+        else:
+            family = threshold_family(table, Policy(policy.name, 0.5))
         out = []
-        for threshold in (0.0, *thresholds.tolist(), 1.0):
-            chosen = Policy(policy.name, float(threshold))
-            point = table.point(table.exits(chosen), "threshold")
+        for chosen, exits in family:
+            point = table.point(exits, chosen.cost_model)
             out.append(Candidate(run, chosen, k_cpt, point["accuracy"], point["mean_macs"]))
         return out
     if policy.name != "learned":
@@ -129,6 +141,15 @@ def choose(
     return min(feasible, key=lambda p: (p.mean_macs, -p.accuracy))
 
 
+def _template(name: str) -> Policy:
+    """A policy of that name to calibrate (its parameters are chosen or fitted later)."""
+    if name == "budgeted":
+        return Policy("budgeted", thresholds=(0.5,))
+    if name == "ensemble":
+        return Policy("ensemble", 0.5, weights=((1.0,),), biases=((0.0,),))
+    return Policy(name, 0.5 if name in THRESHOLD_POLICIES else None)
+
+
 def calibrate(
     runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
@@ -158,7 +179,7 @@ def calibrate(
         raise DynrouteError(f"`target_accuracy` must be in (0, 1], got {target_accuracy}")
     if (target_macs is None) == (target_accuracy is None):
         raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
-    chosen_policy = Policy(policy, 0.5 if policy in THRESHOLD_POLICIES else None)
+    chosen_policy = _template(policy)
     if split != "validation":
         print(
             f"dynroute: warning: calibrating on the {split} split, as asked; its numbers "

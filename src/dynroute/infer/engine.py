@@ -24,7 +24,7 @@ from dynroute.infer.fold import fold_batchnorm as fold_batchnorm_into
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.prediction import Prediction, check_images
-from dynroute.nn.routing import junction_choice, needs_router
+from dynroute.nn.routing import combine, junction_choice, needs_router
 from dynroute.nn.tree import RoutedTree
 
 
@@ -57,8 +57,9 @@ def _whole(signal: Any) -> Any:
 
 
 # A node's pending work: its input, the original rows it holds (None while it still
-# holds the whole batch in order) and their k_cpt feature.
-_Work = tuple[Any, torch.Tensor | None, torch.Tensor | None]
+# holds the whole batch in order), their k_cpt feature and, for the ensemble policy, the
+# log-softmaxes of the exits they passed ((rows, m, classes), path order; else None).
+_Work = tuple[Any, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 class EarlyExitEngine:
@@ -98,6 +99,10 @@ class EarlyExitEngine:
             else []
             for i in range(len(tree.nodes))
         ]
+        if policy.name in ("budgeted", "ensemble"):
+            policy.check_tree(len(tree.leaves), tree.num_classes)
+        self._ensemble = policy.name == "ensemble"
+        self._position = {leaf: k for k, leaf in enumerate(tree.leaves)}
         if fold_batchnorm:
             fold_batchnorm_into(tree)
         if channels_last is None:
@@ -173,10 +178,12 @@ class EarlyExitEngine:
 
         def visit(index: int, work: _Work) -> list[tuple[int, _Work]]:
             nonlocal logits
-            signal, rows, k = work
+            signal, rows, k, history = work
             out = tree.nodes[index].transform(signal)
             children = children_of[index]
             if not children:
+                if self._ensemble:
+                    out = combine(self.policy, self._position[index], history, out)
                 if logits is None:
                     logits = out.new_empty((n, out.shape[1]))
                 if rows is None:
@@ -187,17 +194,32 @@ class EarlyExitEngine:
                     exits.index_fill_(0, rows, index)
                 return []
             if len(children) == 1:
-                return [(children[0], (out, rows, k))]
+                return [(children[0], (out, rows, k, history))]
             scores = tree.router_scores(index, out, k) if self._runs_router[index] else None
             heads = {
                 c: tree.nodes[c].transform(self._reads[c](out)) for c in self._exit_sinks[index]
             }
-            decision = junction_choice(tree, index, self.policy, scores, heads)
+            # The ensemble carries the exits passed here on to the deeper nodes (an exit
+            # taken here combines only the ones before it).
+            deeper = history
+            if self._ensemble and heads:
+                answers = {
+                    c: combine(self.policy, self._position[c], history, heads[c]) for c in heads
+                }
+                passed = torch.stack(
+                    [torch.log_softmax(z.float(), dim=1) for z in heads.values()], 1
+                )
+                deeper = passed if history is None else torch.cat([history, passed], dim=1)
+            else:
+                answers = heads
+            carried = [history if tree.nodes[c].is_leaf else deeper for c in children]
+            decision = junction_choice(tree, index, self.policy, scores, answers)
             # The one host sync per junction: how many examples go to each sink.
             counts = torch.bincount(decision, minlength=len(children)).tolist()
             size = int(decision.shape[0])
             if size in counts:  # everyone agrees: pass the sub-batch on untouched
-                return [(children[counts.index(size)], (out, rows, k))]
+                chosen = counts.index(size)
+                return [(children[chosen], (out, rows, k, carried[chosen]))]
             order = torch.argsort(decision, stable=True)
             return [
                 (
@@ -206,12 +228,15 @@ class EarlyExitEngine:
                         select_rows(self._reads[child](out), part),
                         part if rows is None else rows.index_select(0, part),
                         None if k is None else k.index_select(0, part),
+                        None if past is None else past.index_select(0, part),
                     ),
                 )
-                for child, part, count in zip(children, order.split(counts), counts, strict=True)
+                for child, part, count, past in zip(
+                    children, order.split(counts), counts, carried, strict=True
+                )
                 if count
             ]
 
-        tree.walk((x, None, k_feature), visit)
+        tree.walk((x, None, k_feature, None), visit)
         assert logits is not None  # every example ends at a leaf
         return logits

@@ -31,8 +31,8 @@ from dynroute.infer.paired import mcnemar, pack_bits
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.policy import Policy
 from dynroute.nn.prediction import as_tensor, predict_dense
-from dynroute.nn.routing import confidence, exit_certainty, normalised_entropy
-from dynroute.nn.tree import RoutedTree, evaluation_mode
+from dynroute.nn.routing import combined_logits, confidence, exit_certainty, normalised_entropy
+from dynroute.nn.tree import DenseOutput, RoutedTree, evaluation_mode
 
 #: Thresholds per curve: the certainty values at these many quantiles.
 CURVE_POINTS = 201
@@ -73,14 +73,19 @@ class ExitTable:
     leaf_macs: dict[str, torch.Tensor]
 
     def exits(self, policy: Policy) -> torch.Tensor:
-        """Position (in ``leaves``) of each example's exit under a threshold policy."""
-        steps = self.steps[policy.name]
-        measure = self.measure[policy.name].gather(1, steps.clamp_min(0))
-        # The same float32 comparison as ``policies.passes``.
-        if policy.name == "confidence":
-            passing = measure >= policy.threshold
-        else:
+        """Position (in ``leaves``) of each example's exit under a threshold policy (for the
+        ensemble policy, on a table of its combined answers: ``exit_table(policy=...)``)."""
+        kind = "confidence" if policy.name == "budgeted" else policy.name
+        steps = self.steps[kind]
+        measure = self.measure[kind].gather(1, steps.clamp_min(0))
+        # The same float32 comparisons as ``routing.passes``.
+        if policy.name == "entropy":
             passing = measure <= policy.threshold
+        elif policy.name == "budgeted":
+            thresholds = torch.tensor(policy.thresholds, dtype=torch.float32)
+            passing = measure >= thresholds[steps.clamp_min(0)]
+        else:
+            passing = measure >= policy.threshold
         passing &= steps >= 0
         first = passing.to(torch.uint8).argmax(dim=1)
         chosen = steps.gather(1, first[:, None])[:, 0]
@@ -97,49 +102,96 @@ class ExitTable:
         return self.correct[torch.arange(len(self.labels)), positions]
 
 
-def exit_table(
+@dataclass
+class DenseOutputs:
+    """One dense pass over a split: every exit's logits (N, leaves, classes) and every
+    junction's router scores, on the CPU; tables for every policy are built from it."""
+
+    logits: torch.Tensor
+    scores: dict[int, torch.Tensor]
+    labels: torch.Tensor
+
+
+def dense_outputs(
     tree: RoutedTree,
     images: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,
     k_cpt: float | None = None,
     batch_size: int = 500,
-) -> ExitTable:
-    """One dense pass over a split: every exit's answer and the routers' path."""
+) -> DenseOutputs:
+    """Every exit's answer and every router's scores for a split (one dense pass)."""
     images = as_tensor(images, torch.float32)
     labels = as_tensor(labels, torch.long)
-    leaves = tree.leaves
-    position = {leaf: k for k, leaf in enumerate(leaves)}
     device = next(tree.parameters()).device
-    parts: dict[str, list[torch.Tensor]] = {"correct": [], "terminal": []}
-    kinds = ("confidence", "entropy")
-    for kind in kinds:
-        parts[f"measure/{kind}"], parts[f"steps/{kind}"] = [], []
+    logits: list[torch.Tensor] = []
+    scores: dict[int, list[torch.Tensor]] = {j: [] for j in tree.junctions}
     with evaluation_mode(tree), torch.inference_mode():
         for start in range(0, len(labels), batch_size):
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
-            out = tree.forward_dense(x, k_cpt)
-            logits = [out.logits[leaf] for leaf in leaves]
-            parts["correct"].append(torch.stack([z.argmax(1) == y for z in logits], 1).cpu())
-            for kind, measure in (("confidence", confidence), ("entropy", normalised_entropy)):
-                certainty = torch.stack([exit_certainty(Policy(kind, 0.5), z) for z in logits], 1)
-                steps, terminal = _router_path(tree, out, certainty, position)
-                parts[f"measure/{kind}"].append(torch.stack([measure(z) for z in logits], 1).cpu())
-                parts[f"steps/{kind}"].append(steps.cpu())
-            parts["terminal"].append(terminal.cpu())
+            out = tree.forward_dense(images[start : start + batch_size].to(device), k_cpt)
+            logits.append(torch.stack([out.logits[leaf].float() for leaf in tree.leaves], 1).cpu())
+            for j in tree.junctions:
+                scores[j].append(out.scores[j].float().cpu())
+    empty = torch.zeros(0, len(tree.leaves), tree.num_classes)
+    return DenseOutputs(
+        torch.cat(logits) if logits else empty,
+        {j: torch.cat(parts) for j, parts in scores.items() if parts},
+        labels,
+    )
+
+
+def exit_table(
+    tree: RoutedTree,
+    images: torch.Tensor | np.ndarray | None = None,
+    labels: torch.Tensor | np.ndarray | None = None,
+    k_cpt: float | None = None,
+    batch_size: int = 500,
+    *,
+    outputs: DenseOutputs | None = None,
+    policy: Policy | None = None,
+) -> ExitTable:
+    """Every exit's answer and the routers' path for a split (its dense pass, or
+    ``outputs`` of one). With an ensemble ``policy``, the answers are its combinations of
+    the exits passed (the table's measure is ``"ensemble"``); else the exits' own
+    (``"confidence"`` and ``"entropy"``, which the budgeted policy reads too)."""
+    if outputs is None:
+        outputs = dense_outputs(tree, images, labels, k_cpt, batch_size)
+    leaves = tree.leaves
+    position = {leaf: k for k, leaf in enumerate(leaves)}
+    raw = {leaf: outputs.logits[:, k] for k, leaf in enumerate(leaves)}
+    if policy is not None and policy.name == "ensemble":
+        policy.check_tree(len(leaves), tree.num_classes)
+        with torch.inference_mode():
+            answers = combined_logits(tree, policy, raw)
+        kinds = {"ensemble": confidence}
+    else:
+        answers = raw
+        kinds = {"confidence": confidence, "entropy": normalised_entropy}
+    logits = [answers[leaf] for leaf in leaves]
+    y = outputs.labels
+    measure, steps = {}, {}
+    dense = DenseOutput(scores=outputs.scores)
+    for kind, function in kinds.items():
+        certainty = torch.stack([exit_certainty(_probe(kind), z) for z in logits], 1)
+        steps[kind], terminal = _router_path(tree, dense, certainty, position)
+        measure[kind] = torch.stack([function(z) for z in logits], 1)
     costs = tree_costs(tree)
     return ExitTable(
         leaves=list(leaves),
-        labels=labels,
-        correct=torch.cat(parts["correct"]),
-        measure={kind: torch.cat(parts[f"measure/{kind}"]) for kind in kinds},
-        steps={kind: torch.cat(parts[f"steps/{kind}"]) for kind in kinds},
-        terminal=torch.cat(parts["terminal"]),
+        labels=y,
+        correct=torch.stack([z.argmax(1) == y for z in logits], 1),
+        measure=measure,
+        steps=steps,
+        terminal=terminal,
         leaf_macs={
             model: torch.tensor([costs.policy_path_macs(model)[leaf] for leaf in leaves])
-            for model in ("learned", "threshold", "oracle")
+            for model in ("learned", "threshold", "oracle", "ensemble")
         },
     )
+
+
+def _probe(kind: str) -> Policy:
+    """A policy of ``kind`` whose certainty measure ``exit_certainty`` computes."""
+    return Policy("entropy" if kind == "entropy" else "confidence", 0.5)
 
 
 def _router_path(

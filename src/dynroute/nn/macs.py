@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dynroute.nn.routing import history_exits
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 
 
@@ -117,6 +118,7 @@ class TreeCosts:
     path_macs: tuple[int, ...]
     threshold_path_macs: tuple[int, ...]
     oracle_path_macs: tuple[int, ...]
+    ensemble_path_macs: tuple[int, ...]
 
     def policy_path_macs(self, cost_model: str) -> tuple[int, ...]:
         """Per node, the MACs an example classified there has cost under a policy.
@@ -125,11 +127,14 @@ class TreeCosts:
         transforms, every exit head at each junction passed (they are how the policy
         decides), and a router only where it chooses among several non-exit sinks.
         ``oracle``: the transforms and the exit taken, nothing spent on deciding.
+        ``ensemble``: ``threshold``'s, plus combining each exit evaluated with the exits
+        passed before it (one multiply-add per class and combined exit).
         """
         table = {
             "learned": self.path_macs,
             "threshold": self.threshold_path_macs,
             "oracle": self.oracle_path_macs,
+            "ensemble": self.ensemble_path_macs,
         }
         return table[cost_model]
 
@@ -171,6 +176,26 @@ def _threshold_path_macs(tree: RoutedTree, transform: list[int], router: list[in
     return costs
 
 
+def _ensemble_path_macs(tree: RoutedTree, threshold_macs: list[int]) -> list[int]:
+    """``threshold_macs`` plus what combining each exit evaluated on the path costs."""
+    combine = {
+        leaf: (len(passed) + 1) * tree.num_classes for leaf, passed in history_exits(tree).items()
+    }
+    at_junction = [0] * len(tree.nodes)
+    for j in tree.junctions:
+        at_junction[j] = sum(combine[c] for c in tree.children_of[j] if tree.nodes[c].is_leaf)
+    costs = []
+    for i, node in enumerate(tree.nodes):
+        path = tree.path_to(i)
+        total = threshold_macs[i] + sum(at_junction[n] for n in path if n != i)
+        parent = tree.parent[i]
+        decided_here = parent >= 0 and tree.nodes[parent].is_junction and node.is_leaf
+        if node.is_leaf and not decided_here:
+            total += combine[i]
+        costs.append(total)
+    return costs
+
+
 def tree_costs(tree: RoutedTree) -> TreeCosts:
     """The tree's cost table, counted on first use (a traced pass) and kept with the tree."""
     costs = tree.__dict__.get(_CACHE_ATTRIBUTE)
@@ -178,13 +203,15 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
         transform, router = count_macs(tree)
         macs = [t + r for t, r in zip(transform, router, strict=True)]
         paths = tuple(tuple(tree.path_to(i)) for i in range(len(tree.nodes)))
+        threshold = _threshold_path_macs(tree, transform, router)
         costs = TreeCosts(
             node_macs=tuple(macs),
             router_macs=tuple(router),
             paths=paths,
             path_macs=tuple(sum(macs[j] for j in path) for path in paths),
-            threshold_path_macs=tuple(_threshold_path_macs(tree, transform, router)),
+            threshold_path_macs=tuple(threshold),
             oracle_path_macs=tuple(sum(transform[j] for j in path) for path in paths),
+            ensemble_path_macs=tuple(_ensemble_path_macs(tree, threshold)),
         )
         tree.__dict__[_CACHE_ATTRIBUTE] = costs
     return costs

@@ -19,7 +19,7 @@ from torch import nn
 from dynroute.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.policy import LEARNED, Policy
-from dynroute.nn.routing import junction_choice, oracle_exits
+from dynroute.nn.routing import combined_logits, junction_choice, oracle_exits
 from dynroute.nn.tree import RoutedTree
 
 
@@ -113,6 +113,12 @@ def predict_dense(
                 torch.arange(n, device=x.device), _positions(leaves, exits)
             ]
             return Prediction(logits, exits, path_macs[exits])
+        answers = out.logits
+        if policy.name == "ensemble":  # every exit answers with its combination
+            policy.check_tree(len(leaves), tree.num_classes)
+            answers = combined_logits(tree, policy, out.logits)
+        elif policy.name == "budgeted":
+            policy.check_tree(len(leaves), tree.num_classes)
         branches = {
             j: nn.functional.one_hot(
                 junction_choice(
@@ -120,7 +126,7 @@ def predict_dense(
                     j,
                     policy,
                     out.scores.get(j),
-                    {c: out.logits[c] for c in tree.children_of[j] if c in out.logits},
+                    {c: answers[c] for c in tree.children_of[j] if c in answers},
                 ),
                 len(tree.children_of[j]),
             ).to(x.dtype)
@@ -128,7 +134,7 @@ def predict_dense(
         }
         arrival = tree.arrival_probabilities(branches, n, x)
         reached = torch.stack(arrival, dim=1) > 0.5
-        leaf_logits = torch.stack([out.logits[i] for i in leaves], dim=1)
+        leaf_logits = torch.stack([answers[i] for i in leaves], dim=1)
         leaf_position = reached[:, leaves].to(torch.uint8).argmax(dim=1)
         logits = leaf_logits[torch.arange(n, device=x.device), leaf_position]
         exits = torch.tensor(leaves, device=x.device)[leaf_position]

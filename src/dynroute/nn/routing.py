@@ -31,17 +31,68 @@ def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def exit_certainty(policy: Policy, logits: torch.Tensor) -> torch.Tensor:
-    """Higher is more certain: confidence, or 1 - normalised entropy."""
-    if policy.name == "confidence":
-        return confidence(logits)
-    return 1.0 - normalised_entropy(logits)
+    """Higher is more certain: 1 - normalised entropy for the entropy policy, else the
+    confidence (of the combined answer, for the ensemble policy: pass those logits)."""
+    if policy.name == "entropy":
+        return 1.0 - normalised_entropy(logits)
+    return confidence(logits)
 
 
-def passes(policy: Policy, logits: torch.Tensor) -> torch.Tensor:
-    """Whether an exit's prediction is certain enough to stop there."""
-    if policy.name == "confidence":
-        return confidence(logits) >= policy.threshold
-    return normalised_entropy(logits) <= policy.threshold
+def passes(policy: Policy, logits: torch.Tensor, position: int | None = None) -> torch.Tensor:
+    """Whether an exit's prediction is certain enough to stop there; ``position`` is the
+    exit's place in ``tree.leaves`` (the budgeted policy has a threshold per exit)."""
+    if policy.name == "entropy":
+        return normalised_entropy(logits) <= policy.threshold
+    if policy.name == "budgeted":
+        assert policy.thresholds is not None and position is not None
+        return confidence(logits) >= policy.thresholds[position]
+    return confidence(logits) >= policy.threshold
+
+
+def history_exits(tree: RoutedTree) -> dict[int, list[int]]:
+    """Per leaf, the exits an example has passed before reaching it, in path order: the
+    leaf sinks of every junction above it (its own junction's excluded). The ensemble
+    policy combines their answers with the leaf's own."""
+    out = {}
+    for leaf in tree.leaves:
+        parent = tree.parent[leaf]
+        above = tree.path_to(parent) if parent >= 0 else []
+        out[leaf] = [
+            c
+            for n in above
+            if tree.nodes[n].is_junction and leaf not in tree.children_of[n]
+            for c in tree.children_of[n]
+            if tree.nodes[c].is_leaf
+        ]
+    return out
+
+
+def combine(
+    policy: Policy, position: int, history: torch.Tensor | None, logits: torch.Tensor
+) -> torch.Tensor:
+    """The ensemble policy's answer at the exit ``position`` (in ``tree.leaves``): log-probs
+    of the weighted geometric mean of the exits passed (``history``: (N, m, classes)
+    log-softmaxes, path order) and this exit's own ``logits`` (N, classes)."""
+    assert policy.weights is not None and policy.biases is not None
+    own = torch.log_softmax(logits.float(), dim=1)
+    weights = own.new_tensor(policy.weights[position])
+    bias = own.new_tensor(policy.biases[position])
+    mixed = own * weights[-1] + bias
+    if history is not None and history.shape[1]:
+        mixed = mixed + (history * weights[:-1, None]).sum(dim=1)
+    return torch.log_softmax(mixed, dim=1)
+
+
+def combined_logits(
+    tree: RoutedTree, policy: Policy, logits: dict[int, torch.Tensor]
+) -> dict[int, torch.Tensor]:
+    """Every leaf's ensemble answer from every leaf's raw logits (a dense pass's)."""
+    own = {leaf: torch.log_softmax(logits[leaf].float(), dim=1) for leaf in tree.leaves}
+    out = {}
+    for position, (leaf, passed) in enumerate(history_exits(tree).items()):
+        history = torch.stack([own[c] for c in passed], dim=1) if passed else None
+        out[leaf] = combine(policy, position, history, logits[leaf])
+    return out
 
 
 def needs_router(tree: RoutedTree, junction: int, policy: Policy) -> bool:
@@ -63,7 +114,8 @@ def junction_choice(
     """Position (among the junction's sinks) each example goes to, shape (N,).
 
     ``scores``: the router's output (needed when ``needs_router``); ``exit_logits``: the
-    logits of the junction's leaf sinks by node index (needed by threshold policies).
+    logits of the junction's leaf sinks by node index (needed by threshold policies; the
+    combined answers, ``combine``, for the ensemble policy).
     """
     children = tree.children_of[junction]
     if not policy.uses_threshold:
@@ -87,7 +139,10 @@ def junction_choice(
         assert scores is not None
         fallback = scores.argmax(dim=1)
     certainty = torch.stack([exit_certainty(policy, exit_logits[children[k]]) for k in leaves], 1)
-    passing = torch.stack([passes(policy, exit_logits[children[k]]) for k in leaves], 1)
+    where = {leaf: position for position, leaf in enumerate(tree.leaves)}
+    passing = torch.stack(
+        [passes(policy, exit_logits[children[k]], where[children[k]]) for k in leaves], 1
+    )
     best = certainty.masked_fill(~passing, -1.0).argmax(dim=1)
     leaf_positions = torch.tensor(leaves, device=best.device)[best]
     return torch.where(passing.any(dim=1), leaf_positions, fallback)

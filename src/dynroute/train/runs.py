@@ -98,7 +98,7 @@ class Run:
             return None
         try:
             data = json.loads(path.read_text())
-            Policy(**data["policy"])
+            Policy.from_dict(data["policy"])
             if data.get("format") != CALIBRATION_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}")
         except (OSError, ValueError, KeyError, TypeError, DynrouteError) as exc:
@@ -121,7 +121,7 @@ class Run:
         data = self.calibration()
         if data is None:
             return LEARNED, None
-        return Policy(**data["policy"]), data.get("k_cpt")
+        return Policy.from_dict(data["policy"]), data.get("k_cpt")
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:

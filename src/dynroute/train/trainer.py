@@ -79,6 +79,8 @@ class TrainingData:
     evaluation: dict[str, Split]
     num_classes: int
     class_names: tuple[str, ...] = ()
+    #: The validation split (never trained on), for fitting policies after training.
+    held_out: Split | None = None
 
 
 def load_training_data(
@@ -123,7 +125,14 @@ def training_data(
             raise DynrouteError(f"no {name} split to evaluate on")
         images = torch.from_numpy(np.array(part.images))
         evaluation[name] = Split(images, torch.from_numpy(np.asarray(part.labels)))
-    return TrainingData(loader, evaluation, len(train.class_names), tuple(train.class_names))
+    held_out = parts.get("validation")
+    if held_out is not None:
+        held_out = Split(
+            torch.from_numpy(np.array(held_out.images)),
+            torch.from_numpy(np.asarray(held_out.labels)),
+        )
+    names = tuple(train.class_names)
+    return TrainingData(loader, evaluation, len(names), names, held_out)
 
 
 #: Registered models of each kind (static or routed) that a custom tree's config is checked
