@@ -696,6 +696,129 @@ class ClaimChecker:
             f"{only_second}, McNemar p = {p_value:.2g}",
         )
 
+    # ------------------------------------------------- dynroute's fitted policies
+    def policy_tables(self) -> dict[str, list[tuple[str, str, dict]]]:
+        """Networks whose result files carry a policy table, by group (dataset, model and
+        width): group title -> (experiment, network, table) triples."""
+        groups: dict[str, list[tuple[str, str, dict]]] = {}
+        for experiment, networks in sorted(self.results.items()):
+            for network, result in sorted(networks.items()):
+                table = result.get("budgets")
+                if table and table.get("budgets"):
+                    groups.setdefault(policy_group(result["config"]), []).append(
+                        (experiment, network, table)
+                    )
+        return groups
+
+    def learned_policy_beats_thresholds(self, group: str) -> Claim:
+        claim = (
+            "dynroute's learned policy (ensemble) beats the best threshold policy on the same "
+            f"exits at every budget ({group}; validation-fitted, test-scored)"
+        )
+        tables = self.policy_tables().get(group)
+        if not tables:
+            return Claim(claim, NOT_RUN, "no policy tables")
+        ahead = behind = total = 0
+        differences = []
+        for _, _, table in tables:
+            for row in table["budgets"]:
+                test = row.get("learned_vs_best_threshold")
+                if test is None:
+                    continue
+                total += 1
+                differences.append(test["accuracy_difference"])
+                significant = test["p_value"] < SIGNIFICANCE
+                ahead += significant and test["accuracy_difference"] > 0
+                behind += significant and test["accuracy_difference"] < 0
+        if not total:
+            return Claim(claim, NOT_RUN, "no budget both policies reach")
+        supported = behind == 0 and 2 * ahead >= total
+        names = ", ".join(f"{e}/{n}" for e, n, _ in tables)
+        return Claim(
+            claim,
+            SUPPORTED if supported else NOT_SUPPORTED,
+            f"{names}: significantly ahead (McNemar p < {SIGNIFICANCE}) at {ahead} of {total} "
+            f"(network, budget) pairs, significantly behind at {behind}; accuracy differences "
+            f"{100 * min(differences):+.2f} to {100 * max(differences):+.2f} points (mean "
+            f"{100 * float(np.mean(differences)):+.2f}); needs never behind and ahead at half",
+        )
+
+    def gap_closed(self, group: str) -> Claim:
+        claim = (
+            "dynroute's learned policy closes at least a quarter of the threshold-to-oracle "
+            f"MAC gap at the best threshold policy's accuracy ({group})"
+        )
+        tables = self.policy_tables().get(group)
+        shares = [
+            row["gap_closed"]["share"]
+            for _, _, table in tables or []
+            for row in table["budgets"]
+            if row.get("gap_closed", {}).get("share") is not None
+        ]
+        if not shares:
+            return Claim(claim, NOT_RUN, "no policy tables" if not tables else "no gap measured")
+        mean = float(np.mean(shares))
+        return Claim(
+            claim,
+            SUPPORTED if mean >= 0.25 else NOT_SUPPORTED,
+            f"mean share {100 * mean:.0f} % over {len(shares)} (network, budget) pairs "
+            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs 25 %",
+        )
+
+    def recipe_beats_multi_exit(self, dataset: str) -> Claim:
+        """Per budget, dynroute's recipe chosen on validation (any trained net of the
+        dataset's chain experiments with the ensemble policy) against the multi-exit net's
+        best threshold policy on test, paired per example."""
+        title = {"cifar10": "CIFAR-10"}.get(dataset, dataset)
+        claim = (
+            "dynroute's best recipe (any training + its learned policy, chosen on validation) "
+            f"beats multi-exit training + the best threshold policy at every budget ({title})"
+        )
+        baseline = self.results.get(f"{dataset}-multi-exit", {}).get("multi-exit", {})
+        base_table = baseline.get("budgets")
+        if not base_table:
+            return Claim(claim, NOT_RUN, f"no policy table for {dataset}-multi-exit")
+        candidates = [
+            (experiment, network, result["budgets"])
+            for experiment in (f"{dataset}-multi-exit", f"{dataset}-actor")
+            for network, result in sorted(self.results.get(experiment, {}).items())
+            if result.get("budgets")
+        ]
+        n = base_table["num_test"]
+        ahead = behind = 0
+        lines = []
+        for row in base_table["budgets"]:
+            best = row.get("best_threshold")
+            if best is None:
+                continue
+            budget = row["budget"]
+            options = [
+                (other["policies"]["ensemble"], f"{e}/{net}")
+                for e, net, table in candidates
+                for other in table["budgets"]
+                if abs(other["budget"] - budget) <= 1e-6 * budget
+                and "ensemble" in other["policies"]
+            ]
+            if not options:
+                continue
+            chosen, name = max(options, key=lambda o: o[0]["validation"]["accuracy"])
+            threshold = row["policies"][best]
+            b, c = mcnemar_counts(
+                unpack_bits(chosen["correct_bits"], n), unpack_bits(threshold["correct_bits"], n)
+            )
+            p_value = mcnemar_p_value(b, c)
+            difference = chosen["test"]["accuracy"] - threshold["test"]["accuracy"]
+            ahead += difference > 0
+            behind += difference < 0 and p_value < SIGNIFICANCE
+            lines.append(
+                f"{mmacs(budget)}: {name} {100 * difference:+.2f} points vs {best} "
+                f"(p = {p_value:.2g})"
+            )
+        if not lines:
+            return Claim(claim, NOT_RUN, "no budget both reach")
+        supported = ahead == len(lines) and behind == 0
+        return Claim(claim, SUPPORTED if supported else NOT_SUPPORTED, "; ".join(lines))
+
     def all(self) -> list[Claim]:
         checks: list[Callable[[], Claim]] = [
             self.dynamic_beats_static,
@@ -715,8 +838,37 @@ class ClaimChecker:
             self.actor_beats_multi_exit,
             lambda: self.actor_beats_multi_exit("cifar10"),
             self.resnet,
+            lambda: self.recipe_beats_multi_exit("hybrid"),
+            lambda: self.recipe_beats_multi_exit("cifar10"),
         ]
+        for group in self.policy_tables():
+            checks.append(lambda group=group: self.learned_policy_beats_thresholds(group))
+            checks.append(lambda group=group: self.gap_closed(group))
         return [check() for check in checks]
+
+
+#: Significance level of the paired (McNemar) comparisons of policies.
+SIGNIFICANCE = 0.05
+_DATASET_TITLES = {
+    "hybrid": "hybrid",
+    "cifar10": "CIFAR-10",
+    "cifar5": "CIFAR-5",
+    "cifar2": "CIFAR-2",
+}
+
+
+def policy_group(config: dict) -> str:
+    """The title under which a network's policy table is judged: its dataset, and its
+    model and width where they are not the paper's chain."""
+    title = _DATASET_TITLES.get(config["dataset"], config["dataset"])
+    model = config.get("model", "chain")
+    if model == "tree":
+        title += " tree"
+    elif model not in ("chain",) and not model.startswith("static-"):
+        title += f" {model}"
+    if config.get("width", 1) > 1:
+        title += f" width x{config['width']}"
+    return title
 
 
 def check_claims(results: Results) -> list[Claim]:

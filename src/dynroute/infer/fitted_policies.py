@@ -111,14 +111,17 @@ def budgeted_thresholds(table: ExitTable, q: float) -> Policy:
     steps = table.steps["confidence"]
     n, depth_count = steps.shape
     measure = table.measure["confidence"].gather(1, steps.clamp_min(0))
-    shares = q ** np.arange(depth_count + 1, dtype=np.float64)
+    # Depths with an exit to leave at, and the last exit (where everyone else ends).
+    levels = [d for d in range(depth_count) if bool((steps[:, d] >= 0).any())]
+    shares = q ** np.arange(len(levels) + 1, dtype=np.float64)
     shares /= shares.sum()
+    share_of = dict(zip(levels, shares, strict=False))
     remaining = torch.ones(n, dtype=torch.bool)
     by_depth = []
     for d in range(depth_count):
         here = remaining & (steps[:, d] >= 0)
         values = measure[here, d]
-        take = int(round(shares[d] * n))
+        take = int(round(share_of.get(d, 0.0) * n))
         if take <= 0 or len(values) == 0:
             threshold = 2.0  # nobody leaves here
         elif take >= len(values):
