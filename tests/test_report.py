@@ -475,3 +475,51 @@ def test_ablations_thinned_at_a_scale_compare_on_the_shared_k_cpt(tmp_path):
         verdict, evidence = found[key]
         assert verdict == NOT_SUPPORTED, key
         assert "+0.00 points" in evidence and "on the 4 k_cpt values" in evidence, evidence
+
+
+def _table_for(seed: int, shift: float = 0.0) -> dict:
+    """A policy table fitted on synthetic exits (``test_fitted_policies``); ``shift`` makes the
+    test split's exits more informative than validation's."""
+    from dynroute.infer.budgets import budget_table
+    from dynroute.nn.models import build_model
+    from test_fitted_policies import synthetic_outputs
+
+    chain = build_model("chain", num_classes=4).eval()
+    return budget_table(
+        chain, synthetic_outputs(2000, seed), synthetic_outputs(2000, seed + 1), [15e6, 20e6]
+    )
+
+
+def test_fitted_policy_claims_read_the_policy_tables(tmp_path) -> None:
+    import json
+
+    from dynroute.experiments.results import result_path
+
+    root = tmp_path / "results"
+    write_curve(root, SCALE, "hybrid-multi-exit", STATIC[-1:])
+
+    def find(claims, start):
+        (claim,) = [c for c in claims if c.claim.startswith(start)]
+        return claim
+
+    before = check_claims(load_results(root, SCALE))
+    assert not any(c.claim.startswith("dynroute's learned policy") for c in before)
+    recipe = "dynroute's best recipe (any training + its learned policy, chosen on validation) "
+    recipe += "beats multi-exit training + the best threshold policy at every budget (hybrid)"
+    assert find(before, recipe).verdict == NOT_RUN  # no table yet
+    path = result_path(root, SCALE, "hybrid-multi-exit", "multi-exit")
+    result = json.loads(path.read_text())
+    result["budgets"] = _table_for(10)
+    path.write_text(json.dumps(result))
+    claims = check_claims(load_results(root, SCALE))
+    beats = find(claims, "dynroute's learned policy (ensemble) beats the best threshold policy")
+    assert beats.verdict == SUPPORTED, beats.evidence  # combining exits wins at 15 and 20 M
+    assert "hybrid-multi-exit/multi-exit" in beats.evidence and "(hybrid;" in beats.claim
+    assert find(claims, recipe).verdict == SUPPORTED, find(claims, recipe).evidence
+    gap = find(claims, "dynroute's learned policy closes at least a quarter")
+    assert gap.verdict in (SUPPORTED, NOT_SUPPORTED) and "mean share" in gap.evidence
+    # The report renders the table.
+    assert main(["report", "--scale", SCALE, "--results", str(root)]) == 0
+    text = (root / SCALE / "report.md").read_text()
+    assert "Policy table (validation-fitted, test-scored)" in text
+    assert "**hybrid-multi-exit/multi-exit**" in text
