@@ -139,7 +139,7 @@ def junction_choice(
         assert scores is not None
         fallback = scores.argmax(dim=1)
     certainty = torch.stack([exit_certainty(policy, exit_logits[children[k]]) for k in leaves], 1)
-    where = {leaf: position for position, leaf in enumerate(tree.leaves)}
+    where = tree.leaf_position
     passing = torch.stack(
         [passes(policy, exit_logits[children[k]], where[children[k]]) for k in leaves], 1
     )

@@ -147,6 +147,8 @@ class RoutedTree(nn.Module):
         if len(set(names)) != len(names):
             raise ValueError("node names must be unique")
         self.leaves = [i for i, n in enumerate(nodes) if n.is_leaf]
+        #: Each leaf's place in ``leaves`` (where per-exit parameters are stored).
+        self.leaf_position = {leaf: k for k, leaf in enumerate(self.leaves)}
         self.junctions = [i for i, n in enumerate(nodes) if n.is_junction]
         self.leaves_below = self._count_leaves_below()
         # Floors live with the parameters (non-persistent buffers: not in checkpoints), so
