@@ -182,11 +182,12 @@ def fitted_policies(tree, seed: int) -> list[Policy]:
     return [
         Policy("budgeted", thresholds=thresholds),
         Policy("ensemble", 0.45, weights=weights, biases=biases),
+        Policy("ensemble", thresholds=thresholds, weights=weights, biases=biases),
     ]
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("which", [0, 1], ids=["budgeted", "ensemble"])
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["budgeted", "ensemble", "ensemble-per-exit"])
 def test_fitted_policies_on_random_trees(seed: int, which: int) -> None:
     """The budgeted and ensemble policies: the engine runs what the dense reference decides,
     carrying each example's passed exits along its own path."""
@@ -196,7 +197,7 @@ def test_fitted_policies_on_random_trees(seed: int, which: int) -> None:
     assert dense.exits.unique().numel() >= 2
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["budgeted", "ensemble"])
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["budgeted", "ensemble", "ensemble-per-exit"])
 def test_fitted_policies_on_the_chain_and_the_tree(images: torch.Tensor, which: int) -> None:
     torch.manual_seed(4)
     for name, x in (("chain", images), ("tree", images[:32])):

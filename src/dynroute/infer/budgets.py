@@ -103,14 +103,19 @@ def budget_table(
         for name in ("confidence", "entropy")
     }
     families["budgeted"] = budgeted_family(raw["validation"])
-    families[LEARNED_NAME] = threshold_family(combined["validation"], ensemble)
+    # The ensemble's exit rule: one threshold, or the budgeted scheme on its combined
+    # answers; at each budget the one more accurate on validation.
+    ensemble_rules = [
+        threshold_family(combined["validation"], ensemble),
+        budgeted_family(combined["validation"], like=ensemble),
+    ]
     tables = {name: raw for name in THRESHOLD_NAMES} | {LEARNED_NAME: combined}
     oracle = as_points(oracle_curve(raw["test"]))
-    test_curves = {
-        LEARNED_NAME: _curve(
-            combined["test"], threshold_family(combined["test"], ensemble), "ensemble"
-        ),
-    }
+    # The ensemble's test curve, both exit rules: what it reaches at each cost.
+    rules_on_test = threshold_family(combined["test"], ensemble) + budgeted_family(
+        combined["test"], like=ensemble
+    )
+    test_curves = {LEARNED_NAME: _curve(combined["test"], rules_on_test, "ensemble")}
     rows = []
     for budget in budgets:
         row: dict[str, Any] = {"budget": budget, "policies": {}}
@@ -122,6 +127,16 @@ def budget_table(
                     chosen = fit_budgeted(validation_table, budget)
                 except DynrouteError:
                     chosen = None
+            elif name == LEARNED_NAME:
+                rules = [
+                    _within(rule, validation_table, cost_model, budget) for rule in ensemble_rules
+                ]
+                fitted_rules = [r for r in rules if r is not None]
+                chosen = max(
+                    fitted_rules,
+                    key=lambda r: _score(validation_table, r)[0]["accuracy"],
+                    default=None,
+                )
             else:
                 chosen = _within(families[name], validation_table, cost_model, budget)
             if chosen is None:
@@ -129,9 +144,11 @@ def budget_table(
             fitted, _ = _score(validation_table, chosen)
             scored, correct = _score(test_table, chosen)
             row["policies"][name] = {
-                "parameters": {k: v for k, v in chosen.to_dict().items() if k != "name"}
-                if name != LEARNED_NAME
-                else {"threshold": chosen.threshold},
+                "parameters": {
+                    k: v
+                    for k, v in chosen.to_dict().items()
+                    if k not in ("name", "weights", "biases")
+                },
                 "validation": fitted,
                 "test": scored,
                 "correct_bits": pack_bits(correct),

@@ -73,13 +73,18 @@ def candidates(
         elif policy.name == "ensemble":  # fitted here, on the calibration split
             fitted = fit_ensemble(tree, outputs)
             table = exit_table(tree, outputs=outputs, policy=fitted)
+            # Two exit rules: one threshold, or the budgeted scheme on combined answers.
             family = threshold_family(table, fitted)
+            family += budgeted_family(table, like=fitted)
         else:
             family = threshold_family(table, Policy(policy.name, 0.5))
         out = []
         for chosen, exits in family:
             point = table.point(exits, chosen.cost_model)
-            out.append(Candidate(run, chosen, k_cpt, point["accuracy"], point["mean_macs"]))
+            rule = "per exit" if chosen.thresholds is not None else "one threshold"
+            out.append(
+                Candidate(run, chosen, k_cpt, point["accuracy"], point["mean_macs"], {"rule": rule})
+            )
         return out
     if policy.name != "learned":
         raise DynrouteError(f"the {policy.name} policy cannot be calibrated: it is not deployable")
@@ -111,9 +116,10 @@ def choose(
     """The operating point that meets the target; an unreachable one is refused with the
     range the points do reach.
 
-    A MAC budget: within each run, the point that spends most of it (thresholds and k_cpt
-    inputs form a near-continuous family, so this lands on the budget); across runs, the
-    most accurate of those. An accuracy target: the cheapest point that reaches it.
+    A MAC budget: within each run and exit rule, the point that spends most of it
+    (thresholds and k_cpt inputs form a near-continuous family, so this lands on the
+    budget); across runs and rules, the most accurate of those. An accuracy target: the
+    cheapest point that reaches it.
     """
     if (target_macs is None) == (target_accuracy is None):
         raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
@@ -125,12 +131,13 @@ def choose(
                 f"no operating point stays within {target_macs / 1e6:.3f} M MACs; reachable: "
                 f"{cheapest / 1e6:.3f} to {max(p.mean_macs for p in points) / 1e6:.3f} M"
             )
-        per_run = {}
+        per_family = {}  # a run's points of one exit rule form a near-continuous family
         for p in feasible:
-            best = per_run.get(p.run)
+            key = (p.run, p.extra.get("rule"))
+            best = per_family.get(key)
             if best is None or (p.mean_macs, p.accuracy) > (best.mean_macs, best.accuracy):
-                per_run[p.run] = p
-        return max(per_run.values(), key=lambda p: (p.accuracy, p.mean_macs))
+                per_family[key] = p
+        return max(per_family.values(), key=lambda p: (p.accuracy, p.mean_macs))
     feasible = [p for p in points if p.accuracy >= target_accuracy]
     if not feasible:
         best = max(p.accuracy for p in points)

@@ -96,21 +96,24 @@ def threshold_family(table: ExitTable, policy: Policy) -> list[tuple[Policy, tor
     return family
 
 
-def _depths(table: ExitTable) -> list[int]:
+def _depths(table: ExitTable, kind: str) -> list[int]:
     """Each exit's depth on the paths (its step column); -1 for exits only ever terminal."""
     depth = [-1] * len(table.leaves)
-    for d in range(table.steps["confidence"].shape[1]):
-        for position in table.steps["confidence"][:, d].unique().tolist():
+    for d in range(table.steps[kind].shape[1]):
+        for position in table.steps[kind][:, d].unique().tolist():
             if position >= 0 and depth[position] < 0:
                 depth[position] = d
     return depth
 
 
-def budgeted_thresholds(table: ExitTable, q: float) -> Policy:
-    """The budgeted policy whose exit shares follow q^depth on ``table`` (MSDNet)."""
-    steps = table.steps["confidence"]
+def budgeted_thresholds(table: ExitTable, q: float, like: Policy | None = None) -> Policy:
+    """The budgeted policy whose exit shares follow q^depth on ``table`` (MSDNet); with an
+    ensemble policy ``like``, that policy with these thresholds on its combined answers
+    (``table`` being its table)."""
+    kind = "ensemble" if like is not None else "confidence"
+    steps = table.steps[kind]
     n, depth_count = steps.shape
-    measure = table.measure["confidence"].gather(1, steps.clamp_min(0))
+    measure = table.measure[kind].gather(1, steps.clamp_min(0))
     # Depths with an exit to leave at, and the last exit (where everyone else ends).
     levels = [d for d in range(depth_count) if bool((steps[:, d] >= 0).any())]
     shares = q ** np.arange(len(levels) + 1, dtype=np.float64)
@@ -130,15 +133,20 @@ def budgeted_thresholds(table: ExitTable, q: float) -> Policy:
             threshold = float(values.sort(descending=True).values[take - 1])
         by_depth.append(threshold)
         remaining &= ~(here & (measure[:, d] >= threshold))
-    thresholds = [by_depth[d] if d >= 0 else 2.0 for d in _depths(table)]
+    thresholds = [by_depth[d] if d >= 0 else 2.0 for d in _depths(table, kind)]
+    if like is not None:
+        return Policy(**{**like.to_dict(), "threshold": None, "thresholds": thresholds})
     return Policy("budgeted", thresholds=thresholds)
 
 
-def budgeted_family(table: ExitTable, count: int = 401) -> list[tuple[Policy, torch.Tensor]]:
-    """The budgeted policy for q on a log grid: (policy, exit positions) pairs."""
+def budgeted_family(
+    table: ExitTable, count: int = 401, like: Policy | None = None
+) -> list[tuple[Policy, torch.Tensor]]:
+    """The budgeted policy for q on a log grid (on an ensemble's table with ``like``):
+    (policy, exit positions) pairs."""
     family = []
     for q in np.logspace(-math.log10(Q_RANGE), math.log10(Q_RANGE), count):
-        policy = budgeted_thresholds(table, float(q))
+        policy = budgeted_thresholds(table, float(q), like)
         family.append((policy, table.exits(policy)))
     return family
 

@@ -81,7 +81,7 @@ class ExitTable:
         # The same float32 comparisons as ``routing.passes``.
         if policy.name == "entropy":
             passing = measure <= policy.threshold
-        elif policy.name == "budgeted":
+        elif policy.thresholds is not None:  # budgeted, or ensemble per exit
             thresholds = torch.tensor(policy.thresholds, dtype=torch.float32)
             passing = measure >= thresholds[steps.clamp_min(0)]
         else:

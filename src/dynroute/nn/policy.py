@@ -10,7 +10,8 @@
 - ``ensemble``: each exit's answer is a learned combination of the exits the example has
   already passed and its own (a weighted geometric mean: ``weights`` over the path's exits
   and ``biases`` per class, one set per leaf, fitted on held-out data; Zero Time Waste);
-  an example leaves at the first exit whose combined confidence is >= ``threshold``.
+  an example leaves at the first exit whose combined confidence is >= ``threshold``, or
+  >= that exit's own entry of ``thresholds`` (the budgeted scheme on combined answers).
 - ``oracle``: the cheapest exit that classifies the example correctly (the cheapest exit of
   all if none does). It needs labels: an upper bound on any router over these exits, never
   deployable.
@@ -68,7 +69,10 @@ class Policy:
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
             raise DynrouteError(f"`policy` must be one of {', '.join(POLICIES)}; got {self.name!r}")
-        if self.name in SINGLE_THRESHOLD:
+        per_exit = self.name == "budgeted" or (
+            self.name == "ensemble" and self.thresholds is not None
+        )
+        if self.name in SINGLE_THRESHOLD and not per_exit:
             if self.threshold is None:
                 raise DynrouteError(f"the {self.name} policy needs a `threshold` (in [0, 1])")
             if isinstance(self.threshold, bool) or not (
@@ -76,8 +80,9 @@ class Policy:
             ):
                 raise DynrouteError(f"`threshold` must be in [0, 1], got {self.threshold!r}")
         elif self.threshold is not None:
-            raise DynrouteError(f"the {self.name} policy takes no `threshold`")
-        if self.name == "budgeted":
+            what = "`thresholds` per exit" if per_exit else "no `threshold`"
+            raise DynrouteError(f"the {self.name} policy takes {what}, not a `threshold`")
+        if per_exit:
             if self.thresholds is None:
                 raise DynrouteError(
                     "the budgeted policy needs `thresholds` (one per exit): fit them with "

@@ -43,8 +43,8 @@ def passes(policy: Policy, logits: torch.Tensor, position: int | None = None) ->
     exit's place in ``tree.leaves`` (the budgeted policy has a threshold per exit)."""
     if policy.name == "entropy":
         return normalised_entropy(logits) <= policy.threshold
-    if policy.name == "budgeted":
-        assert policy.thresholds is not None and position is not None
+    if policy.thresholds is not None:  # budgeted, or ensemble with a threshold per exit
+        assert position is not None
         return confidence(logits) >= policy.thresholds[position]
     return confidence(logits) >= policy.threshold
 
