@@ -51,7 +51,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
             print(format_budgets(table))
         print(f"  written: {json_path}, {', '.join(str(f) for f in figures)}")
         if args.into_result:
-            _into_result(Path(args.into_result), run, analysis, table)
+            _into_result(Path(args.into_result), run, table)
     return 0
 
 
@@ -78,8 +78,8 @@ def _budget_table(run, tree, images, labels, args: argparse.Namespace) -> dict[s
     )
 
 
-def _into_result(path: Path, run, analysis: dict[str, Any], table: dict | None) -> None:
-    """Put a run's policy analyses into the sweep result file of the same network."""
+def _into_result(path: Path, run, table: dict | None) -> None:
+    """Put a run's policy table into the sweep result file of the same network."""
     from dynroute.atomic import write_json_atomic
     from dynroute.experiments.results import read_result
 
@@ -93,8 +93,7 @@ def _into_result(path: Path, run, analysis: dict[str, Any], table: dict | None) 
         )
     if table is None:
         raise DynrouteError(f"{run.path} has no policy table to record (no validation split)")
-    result["policies"] = {k: v for k, v in analysis.items() if k not in ("run", "split", "budgets")}
-    result["budgets"] = table
+    result["budgets"] = table  # the sweep's own analyses (with paired bits) stay as they are
     write_json_atomic(path, result)
     print(f"  recorded in {path}")
 
@@ -229,7 +228,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--into-result",
         default=None,
         metavar="FILE",
-        help="also record the analyses in this sweep result file (same network, checked)",
+        help="also record the policy table in this sweep result file (same network, checked)",
     )
     add_threads_argument(policies)
     add_data_dir_argument(policies)
