@@ -140,7 +140,7 @@ def budgeted_thresholds(table: ExitTable, q: float, like: Policy | None = None) 
 
 
 def budgeted_family(
-    table: ExitTable, count: int = 401, like: Policy | None = None
+    table: ExitTable, count: int = 1001, like: Policy | None = None
 ) -> list[tuple[Policy, torch.Tensor]]:
     """The budgeted policy for q on a log grid (on an ensemble's table with ``like``):
     (policy, exit positions) pairs."""
