@@ -234,7 +234,8 @@ def check_run_matches(
 ) -> None:
     """Refuse a run that is not the registry's ``expected`` network: recorded as another
     experiment, network or scale, or trained with other options (execution options and
-    schedule defaults left open by the registry aside)."""
+    schedule defaults left open by the registry aside). A sweep's run recorded as this very
+    network may have another dataset (``sweep --dataset``)."""
     from dynroute.train.trainer import stored_config_differences
 
     label = f"{expected.experiment}/{expected.name}" + (f" at scale {scale}" if scale else "")
@@ -254,6 +255,8 @@ def check_run_matches(
         differs = stored_config_differences(config, expected.config)
     except DynrouteError as exc:
         raise DynrouteError(f"{run_dir} holds an invalid run configuration ({exc})") from None
+    if all(origin.get(key) == value for key, value in wanted.items() if value is not None):
+        differs = [name for name in differs if name != "dataset"]
     if differs:
         registry = expected.config.to_dict()
         shown = [
