@@ -199,9 +199,19 @@ STOP_GRACE_SECONDS = 5.0
 _in_task = False
 
 
+def _exit_worker(status: int) -> None:
+    """End this pool worker now, releasing what it registered (tqdm's lock is a named
+    semaphore that would otherwise be reported as leaked when the sweep exits)."""
+    with contextlib.suppress(Exception):
+        from multiprocessing import util
+
+        util._run_finalizers(0)
+    os._exit(status)
+
+
 def _stop_worker(signum: int, frame: object) -> None:
     if not _in_task:
-        os._exit(128 + signum)
+        _exit_worker(128 + signum)
     raise Interrupted(signum)
 
 
@@ -222,7 +232,7 @@ def _train_in_worker(task: Task) -> dict[str, Any]:
     try:
         return train_network(task)
     except KeyboardInterrupt:
-        os._exit(128 + signal.SIGTERM)
+        _exit_worker(128 + signal.SIGTERM)
     finally:
         _in_task = False
 
@@ -255,10 +265,11 @@ class ProcessPoolRunner:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Start nothing more, ask every worker to stop (SIGTERM), kill those still running
-        after ``grace`` seconds; returns without waiting for anything else."""
-        for future in self.pending:
-            future.cancel()
+        after ``grace`` seconds; returns once they are gone, without waiting for any network."""
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        # The pool cancels what has not started (it must do so itself: a future cancelled
+        # behind its back breaks its bookkeeping once its workers are gone).
+        self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
                 process.terminate()
@@ -269,7 +280,9 @@ class ProcessPoolRunner:
             if process.is_alive():
                 process.kill()
                 process.join(1.0)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        manager = getattr(self.pool, "_executor_manager_thread", None)
+        if manager is not None:  # it notices the workers are gone and closes its queues
+            manager.join(grace)
 
 
 PATH_VARIABLES = (DATA_DIR_ENV, CACHE_DIR_ENV)

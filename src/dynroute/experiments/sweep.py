@@ -39,6 +39,7 @@ from dynroute.experiments.executors import (
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
 from dynroute.experiments.results import git_revision, read_result, result_path, scale_dir
 from dynroute.train.config import TrainConfig
+from dynroute.train.runs import CONFIG_FILE
 from dynroute.train.trainer import EXECUTION_ONLY, load_training_data
 
 
@@ -188,7 +189,8 @@ def _train(
             bar.write(_describe(task.label, result))
             bar.update(1)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
-        running = [task.label for task in runner.running()]
+        # Begun, not finished (a task queued for a worker that never took it has no run).
+        running = [t.label for t in runner.running() if Path(t.run_dir, CONFIG_FILE).exists()]
         with _signals_ignored():
             runner.stop()
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
