@@ -118,12 +118,18 @@ def fail_writes_to(monkeypatch, fragment: str, error: int = errno.ENOSPC, after:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def dataset_cache(tmp_path_factory) -> Path:
+    """This module's dataset cache (never the user's)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, dataset_cache) -> Path:
     """Two runs trained once on a tiny npz: a routed chain (with a validation split) and a
     static network; tests copy them before changing anything."""
     root = tmp_path_factory.mktemp("reliability")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DYNROUTE_CACHE", str(root / "cache"))
+        patch.setenv("DYNROUTE_CACHE", str(dataset_cache))
         data = write_npz(root / "a.npz")
         routed = ["--out", root / "routed", "--validation-size", "6"]
         static = ["--out", root / "static", "--model", "static-1", "--strategy", "static"]
@@ -133,8 +139,8 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _cache(workspace, monkeypatch):
-    monkeypatch.setenv("DYNROUTE_CACHE", str(workspace / "cache"))
+def _cache(dataset_cache, monkeypatch):
+    monkeypatch.setenv("DYNROUTE_CACHE", str(dataset_cache))
 
 
 @pytest.fixture
@@ -566,8 +572,9 @@ def test_sigkill_mid_training_resumes_to_the_same_weights(workspace, tmp_path):
 
 
 # ------------------------------------------------------------------ whole or not at all
-def test_a_full_disk_during_training_keeps_the_last_checkpoint(workspace, tmp_path, capsys,
-                                                               monkeypatch):  # fmt: skip
+def test_a_full_disk_during_training_keeps_the_last_checkpoint(
+    workspace, dataset_cache, tmp_path, capsys, monkeypatch
+):
     run = tmp_path / "run"
     train = ["train", "--dataset", f"npz:{workspace / 'a.npz'}", "--out", run, *TRAIN]
     train += ["--iterations", "4", "--checkpoint-every", "2", "--eval-every", "2"]
@@ -582,7 +589,7 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint(workspace, tmp_pa
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [2, 4]
     monkeypatch.undo()
-    monkeypatch.setenv("DYNROUTE_CACHE", str(workspace / "cache"))
+    monkeypatch.setenv("DYNROUTE_CACHE", str(dataset_cache))
     code, _, err = cli(capsys, *train, "--resume")  # the disk has room again
     assert code == 0, err
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -760,3 +767,13 @@ def test_bad_values_are_refused_by_the_parser(workspace, capsys, argv):
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("dynroute ")
     assert "Traceback" not in err
+
+
+def test_an_official_copy_is_the_same_data_in_any_layout(tmp_path, make_mnist):
+    from dynroute.data import load_dataset
+
+    make_mnist(tmp_path / "gz", gz=True)
+    make_mnist(tmp_path / "plain", gz=False)
+    a = load_dataset("mnist", tmp_path / "gz", cache_dir=tmp_path / "cache-a")
+    b = load_dataset("mnist", tmp_path / "plain", cache_dir=tmp_path / "cache-b")
+    assert a.fingerprint == b.fingerprint and a.content_fingerprint == b.content_fingerprint

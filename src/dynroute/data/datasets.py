@@ -261,11 +261,15 @@ class DatasetSplits:
         """What the data was built from, as a short hash: each source's checksum (an official
         copy of MNIST or CIFAR-10 counts as the official data, whichever layout it came in;
         a folder by its files' names, sizes and times, an archive or arrays by their bytes).
-        A run records it, so that it is never resumed or evaluated on other data."""
+        A built-in dataset's name is part of it (cifar2 and cifar5 share their source); a
+        user's path is not (the same file moved is the same data). A run records it, so that
+        it is never resumed or evaluated on other data."""
         sources = self.manifest.get("sources")
         if not isinstance(sources, list) or not sources:
             return None
         tokens = sorted(_source_token(source) for source in sources)
+        if self.name in DATASETS:
+            tokens.insert(0, self.name)
         return _short_hash(";".join(tokens))
 
     @property

@@ -194,7 +194,13 @@ def _train(
         with _signals_ignored():
             runner.stop()
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        raise Interrupted(signum, _stopped_message(signum, report, running, tasks)) from None
+        kept = [
+            t.label
+            for t in tasks
+            if result_path(results_dir, scale, t.experiment, t.network).exists()
+        ]  # on disk, also one written just as the signal came
+        message = _stopped_message(signum, len(kept), len(tasks) - len(kept), running)
+        raise Interrupted(signum, message) from None
     except BaseException:
         with _signals_ignored():
             runner.stop()
@@ -205,18 +211,15 @@ def _train(
         bar.close()
 
 
-def _stopped_message(
-    signum: int, report: SweepReport, running: list[str], tasks: list[Task]
-) -> str:
+def _stopped_message(signum: int, kept: int, left: int, running: list[str]) -> str:
     name = Interrupted(signum).signal_name
-    left = len(tasks) - len(report.trained) - len(report.failed)
     stopped = (
         f"; stopped {', '.join(running)} (resumed from the last checkpoint next time)"
         if running
         else ""
     )
     return (
-        f"sweep stopped by {name}: {len(report.trained)} network(s) finished and kept, "
+        f"sweep stopped by {name}: {kept} network(s) finished and kept, "
         f"{left} not finished{stopped}; run the same sweep again to continue"
     )
 

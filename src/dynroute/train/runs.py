@@ -112,7 +112,7 @@ class DataRecord:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def describe(self) -> str:
-        """ "npz:/data/x.npz (3 classes: a, b, c; data 1a2b3c4d5e6f7a8b)"."""
+        """Like ``npz:/data/x.npz (3 classes: a, b, c; data 1a2b3c4d5e6f7a8b)``."""
         parts = []
         if self.class_names:
             shown = ", ".join(self.class_names[:SHOWN_CLASSES])
