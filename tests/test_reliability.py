@@ -321,6 +321,9 @@ def test_evaluate_and_policies_refuse_other_data_naming_both(workspace, tmp_path
         assert f"the data given is {other} (3 classes" in line and "differ in the data" in line
     line = refused(capsys, "evaluate", run, "--dataset", more)
     assert "(4 classes: 0, 1, 2, 3" in line and "the number of classes" in line
+    # A bare checkpoint records nothing, but its class count is checked all the same.
+    line = refused(capsys, "evaluate", run / "checkpoint.pt", "--dataset", more)
+    assert f"{run / 'checkpoint.pt'} is a network for 3 classes, but {more} has 4" in line
 
 
 def test_calibrate_refuses_data_changed_since_training(workspace, tmp_path, capsys):

@@ -190,14 +190,19 @@ def data_mismatch(
 _warned: set[str] = set()
 
 
-def warn_unrecorded(where: Path | str) -> None:
+def warn_unrecorded(where: Path | str, classes_known: bool = False) -> None:
     """Say once per run that its data cannot be checked (it predates data records)."""
     if str(where) in _warned:
         return
     _warned.add(str(where))
+    checked = (
+        "only the data's classes can be checked against it"
+        if classes_known
+        else "the data given cannot be checked against it"
+    )
     print(
         f"dynroute: warning: {where} has no record of the data it was trained on (trained "
-        "before runs recorded it); the data given cannot be checked against it",
+        f"before runs recorded it); {checked}",
         file=sys.stderr,
     )
 
@@ -285,7 +290,7 @@ class Run:
             return  # a bare checkpoint: only its class count can be checked (``check_classes``)
         recorded = self.data_record()
         if recorded is None or recorded.fingerprint is None:
-            warn_unrecorded(self.path)
+            warn_unrecorded(self.path, recorded is not None and bool(recorded.class_names))
         if recorded is None:
             return
         refusal = data_mismatch(
