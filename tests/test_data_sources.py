@@ -258,11 +258,12 @@ def deny_reading(monkeypatch):
     """Make reading a file or listing a folder fail with EACCES.
 
     By its mode where that works; root ignores modes, so there the refusal is simulated
-    at ``io.open`` and ``os.listdir``, which pathlib and zipfile go through.
+    at ``io.open``, ``os.open`` and ``os.listdir``, which pathlib, zipfile and dynroute's
+    own file opening go through.
     """
     restore: list[tuple[Path, int]] = []
     denied: set[Path] = set()
-    real_open, real_listdir = io.open, os.listdir
+    real_open, real_os_open, real_listdir = io.open, os.open, os.listdir
 
     def refuse(path):
         if isinstance(path, str | os.PathLike) and Path(path) in denied:
@@ -271,6 +272,10 @@ def deny_reading(monkeypatch):
     def guarded_open(file, *args, **kwargs):
         refuse(file)
         return real_open(file, *args, **kwargs)
+
+    def guarded_os_open(file, *args, **kwargs):
+        refuse(file)
+        return real_os_open(file, *args, **kwargs)
 
     def guarded_listdir(path="."):
         refuse(path)
@@ -283,6 +288,7 @@ def deny_reading(monkeypatch):
             return
         denied.add(path)
         monkeypatch.setattr(io, "open", guarded_open)
+        monkeypatch.setattr(os, "open", guarded_os_open)
         monkeypatch.setattr(os, "listdir", guarded_listdir)
 
     yield deny

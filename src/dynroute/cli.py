@@ -4,19 +4,26 @@ Each sub-command lives in ``dynroute.commands.<area>`` and exposes
 ``add_parser(subparsers)``; this module only wires them together and turns
 library errors into clean messages. The library names its arguments in backquotes
 (`` `target_macs` ``); the message printed here names the command's flag instead
-(``--target-macs``).
+(``--target-macs``). SIGTERM stops a command the way Ctrl-C does (cleanly, exit status
+143 against Ctrl-C's 130), and a failure the library did not foresee (a file operation,
+memory) still ends in one line, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dynroute import __version__
-from dynroute.errors import DynrouteError
+from dynroute.atomic import os_reason
+from dynroute.errors import DynrouteError, Interrupted
 
 COMMAND_MODULES = ["data", "model", "train", "policies", "experiments"]
 
@@ -57,23 +64,67 @@ def as_flags(message: str, flags: dict[str, str]) -> str:
     )
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _signals_stop_the_command() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread while a command runs, so
+    it unwinds (temporary files removed, locks released) and exits with 128 + the signal."""
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _tolerant_output() -> None:
+    """Print names that are not valid UTF-8 (a folder's raw bytes) escaped, never crash on them."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    _tolerant_output()
     try:
-        return int(args.func(args) or 0)
+        with _signals_stop_the_command():
+            return int(args.func(args) or 0)
     except DynrouteError as exc:
         print(f"dynroute: error: {as_flags(str(exc), args._flags)}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"dynroute: {as_flags(str(exc), args._flags)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("dynroute: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `dynroute ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except MemoryError as exc:
+        print(
+            f"dynroute: error: out of memory{f' ({exc})' if str(exc) else ''}: the data or the "
+            "network needs more memory than this process may use",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as exc:  # a file operation the library did not foresee failing
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dynroute: error: {where}{os_reason(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -85,13 +85,15 @@ def cmd_import_run(args: argparse.Namespace) -> int:
     from dynroute.experiments.results import result_from_run, result_path
 
     experiment = get_experiment(args.experiment)
-    names = [n.name for n in expand(experiment, args.scale)]
-    if args.network not in names:
+    networks = {n.name: n for n in expand(experiment, args.scale)}
+    if args.network not in networks:
         raise DynrouteError(
             f"{args.experiment} has no network {args.network!r} at scale {args.scale}; "
-            f"its networks: {', '.join(names)}"
+            f"its networks: {', '.join(networks)}"
         )
-    result = result_from_run(args.run, experiment.name, args.network)
+    result = result_from_run(
+        args.run, experiment.name, args.network, networks[args.network], args.scale
+    )
     result["scale"] = args.scale
     path = result_path(args.results, args.scale, experiment.name, args.network)
     if path.exists() and not args.overwrite:

@@ -10,7 +10,9 @@ the run, where ``evaluate`` and ``EarlyExitEngine.from_run`` pick it up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +27,19 @@ def cmd_policies(args: argparse.Namespace) -> int:
     from dynroute.infer.operating_points import analyse, analysis_k_values
     from dynroute.plots.figures import plot_policy_curves
     from dynroute.runtime import configure_cpu
-    from dynroute.train.runs import open_run
+    from dynroute.train.runs import open_run, run_lock
 
     configure_cpu(args.threads)
     runs = [open_run(path) for path in args.runs]  # every path checked before any work
     if args.into_result and len(runs) != 1:
         raise DynrouteError("`into_result` takes one run")
     for run in runs:
-        images, labels, _ = run.split(
+        tree = run.load_tree()
+        run.check_routed(tree, "`dynroute policies`")
+        images, labels, class_names = run.split(
             args.split, args.data_dir, args.dataset, args.allow_checksum_mismatch
         )
-        tree = run.load_tree()
+        run.check_classes(tree, class_names, run.dataset_name(args.dataset))
         analysis = {"run": str(run.path), "split": args.split, **analyse(
             tree, images, labels, analysis_k_values(tree, (run.config or {}).get("k_cpt_set"))
         )}  # fmt: skip
@@ -43,9 +47,15 @@ def cmd_policies(args: argparse.Namespace) -> int:
         if table is not None:
             analysis["budgets"] = table
         out = Path(args.out) if args.out else (run.directory or run.path.parent)
-        stem = f"policies-{args.split}" if not args.out else f"{run.name}-{args.split}"
-        json_path = write_json_atomic(out / f"{stem}.json", analysis)
-        figures = plot_policy_curves(analysis, out, stem)
+        stem = f"{run.name}-{args.split}" if args.out else f"policies-{args.split}"
+        if args.dataset is not None and not args.out:
+            # Never over the run's own analysis: this one is of the data named.
+            stem += f"-on-{_slug(args.dataset)}"
+        with contextlib.ExitStack() as stack:
+            if out == run.directory:  # not while a trainer writes the run
+                stack.enter_context(run_lock(out, "writing policies"))
+            json_path = write_json_atomic(out / f"{stem}.json", analysis)
+            figures = plot_policy_curves(analysis, out, stem)
         print(format_analysis(run.name, analysis))
         if table is not None:
             print(format_budgets(table))
@@ -139,6 +149,11 @@ def format_budgets(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _slug(dataset: str) -> str:
+    """A file-name part for a dataset name (``npz:/data/x.npz`` -> ``npz-data-x.npz``)."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", dataset).strip("-")[:60]
+
+
 def format_analysis(name: str, analysis: dict[str, Any]) -> str:
     """The learned points, what thresholds do at the same MACs, and the routing quality."""
     lines = [f"{name} ({analysis['split']}, {analysis['num_examples']} examples):"]
@@ -170,7 +185,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dynroute.runtime import configure_cpu
 
     if args.target_macs is not None and not 0 < args.target_macs < float("inf"):
-        raise DynrouteError("--target-macs must be a positive, finite number (millions of MACs)")
+        raise DynrouteError(
+            f"--target-macs must be a positive, finite number (millions of MACs), got "
+            f"{args.target_macs:g}"
+        )
     configure_cpu(args.threads)
     record = calibrate(
         args.runs,
@@ -207,7 +225,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from dynroute.commands.data import add_checksum_argument, add_data_dir_argument
-    from dynroute.commands.train import add_threads_argument
+    from dynroute.commands.train import add_threads_argument, k_cpt_value
 
     policies = sub.add_parser(
         "policies", help="accuracy/MAC curves of every routing policy on a run's exits"
@@ -247,7 +265,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--target-accuracy", type=float, default=None, metavar="A")
     calibrate.add_argument(
-        "--k-cpt", type=float, default=None, help="threshold policies on a dynamic-k_cpt net"
+        "--k-cpt", type=k_cpt_value, default=None, help="threshold policies on a dynamic-k_cpt net"
     )
     calibrate.add_argument(
         "--split",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -91,19 +93,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dynroute.runtime import configure_cpu, resolve_device
+    from dynroute.train.runs import CONFIG_FILE, run_lock
     from dynroute.train.trainer import Trainer, inspect_run_dir, load_training_data
 
     config = config_from_args(args).validate()
     out_dir = Path(args.out)
     # Everything that can refuse the run is checked before the dataset is loaded.
     inspect_run_dir(out_dir, config, args.resume, args.overwrite)
-    configure_cpu(args.threads)
-    device = resolve_device(config.device)
-    data = load_training_data(
-        config, args.data_dir, device, allow_checksum_mismatch=args.allow_checksum_mismatch
-    )
-    trainer = Trainer(config, data, out_dir, progress=not args.no_progress)
-    summary = trainer.run(resume=args.resume, overwrite=args.overwrite)
+    created, locked = not out_dir.exists(), False
+    try:
+        with run_lock(out_dir):  # one writer: a second `train` into --out is refused
+            locked = True
+            inspect_run_dir(out_dir, config, args.resume, args.overwrite)  # locked: again
+            configure_cpu(args.threads)
+            device = resolve_device(config.device)
+            data = load_training_data(
+                config, args.data_dir, device, allow_checksum_mismatch=args.allow_checksum_mismatch
+            )
+            trainer = Trainer(config, data, out_dir, progress=not args.no_progress)
+            summary = trainer.run(resume=args.resume, overwrite=args.overwrite)
+    except BaseException as exc:
+        if created and locked:  # leave no empty run directory behind a run that never began
+            _remove_if_empty(out_dir)
+        if isinstance(exc, KeyboardInterrupt) and (out_dir / CONFIG_FILE).exists():
+            from dynroute.errors import Interrupted
+
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            raise Interrupted(
+                signum,
+                f"training stopped by {Interrupted(signum).signal_name}; {out_dir} keeps its "
+                "last checkpoint: continue the run with `resume`",
+            ) from None
+        raise
     final = summary["final"]
     compiled = summary["compile_seconds"]
     print(
@@ -125,6 +146,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     print(f"run directory: {out_dir}")
     return 0
+
+
+def _remove_if_empty(folder: Path) -> None:
+    from dynroute.atomic import LOCK_FILE
+
+    try:
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (the run began) or not ours to remove
 
 
 def format_exit_table(stats: dict[str, Any]) -> str:
@@ -180,6 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.split, args.data_dir, args.dataset, args.allow_checksum_mismatch
     )
     dataset = run.dataset_name(args.dataset)
+    run.check_classes(tree, class_names, dataset)
     if args.every_exit:
         every = every_exit_accuracy(tree, images, labels, k_cpt=k_cpt)
         if args.json:
@@ -203,6 +235,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"mean MACs  {stats['mean_macs'] / 1e6:.3f} M")
     print(format_exit_table(stats))
     return 0
+
+
+def k_cpt_value(text: str) -> float:
+    """A ``--k-cpt`` value: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _threads(text: str) -> int:
@@ -241,7 +284,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run or checkpoint with hard routing")
     evaluate.add_argument("run", help="run directory or checkpoint file")
-    evaluate.add_argument("--k-cpt", type=float, default=None, help="for dynamic-k_cpt networks")
+    evaluate.add_argument(
+        "--k-cpt", type=k_cpt_value, default=None, help="for dynamic-k_cpt networks"
+    )
     evaluate.add_argument(
         "--policy",
         default=None,

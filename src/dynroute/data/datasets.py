@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from dynroute.data.cache import FORMAT_VERSION, CacheLayout, array_path, cached_build, load_split
+from dynroute.data.cache import (
+    FORMAT_VERSION,
+    HASH_ALGORITHM,
+    CacheLayout,
+    array_path,
+    cached_build,
+    load_split,
+)
 from dynroute.data.readers.common import (
     PROVENANCE_SCHEMA,
     SPLITS,
@@ -248,6 +255,45 @@ class DatasetSplits:
     @property
     def mirror_symmetric(self) -> tuple[bool, ...]:
         return self.train.mirror_symmetric
+
+    @property
+    def fingerprint(self) -> str | None:
+        """What the data was built from, as a short hash: each source's checksum (an official
+        copy of MNIST or CIFAR-10 counts as the official data, whichever layout it came in;
+        a folder by its files' names, sizes and times, an archive or arrays by their bytes).
+        A built-in dataset's name is part of it (cifar2 and cifar5 share their source); a
+        user's path is not (the same file moved is the same data). A run records it, so that
+        it is never resumed or evaluated on other data."""
+        sources = self.manifest.get("sources")
+        if not isinstance(sources, list) or not sources:
+            return None
+        tokens = sorted(_source_token(source) for source in sources)
+        if self.name in DATASETS:
+            tokens.insert(0, self.name)
+        return _short_hash(";".join(tokens))
+
+    @property
+    def content_fingerprint(self) -> str | None:
+        """The built arrays themselves, as a short hash (of the SHA-256 the cache verified):
+        the same data in another folder, or with new modification times, has the same one."""
+        hashes = self.manifest.get(HASH_ALGORITHM)
+        if not isinstance(hashes, dict) or not hashes:
+            return None
+        return _short_hash(";".join(f"{name}:{digest}" for name, digest in sorted(hashes.items())))
+
+
+def _source_token(source: dict[str, Any]) -> str:
+    files = source.get("files") or []
+    official = bool(files) and all(
+        f.get("expected_md5") is not None and f.get("md5") == f.get("expected_md5") for f in files
+    )
+    if official:
+        return f"{source.get('dataset')}:official"
+    return f"{source.get('dataset')}:{source.get('kind')}:{source.get('checksum')}"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ transforms

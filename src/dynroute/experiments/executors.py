@@ -2,13 +2,17 @@
 
 Every executor runs the same ``train_network`` on a ``Task`` and hands back the result
 document; only the sweep driver writes result files, so the layout never depends on
-the executor.
+the executor. ``stop`` ends a sweep within seconds (Ctrl-C, SIGTERM, a failure): networks
+not yet begun never start, running ones are asked to stop (SIGTERM: they unwind, leaving
+their last checkpoint, from which the next sweep resumes) and killed if they do not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
-from dynroute.errors import DynrouteError
+from dynroute.errors import DynrouteError, Interrupted
 from dynroute.experiments.results import build_result
 from dynroute.infer.budgets import budget_table
 from dynroute.infer.evaluate import evaluate
@@ -55,6 +59,13 @@ class Task:
     eval_subset: int | None
     threads: int
     allow_checksum_mismatch: bool = False
+    scale: str | None = None  # recorded in the run's data record
+
+    @property
+    def origin(self) -> dict[str, str]:
+        """The sweep entry this task trains (the run directory records it)."""
+        origin = {"experiment": self.experiment, "network": self.network}
+        return origin if self.scale is None else {**origin, "scale": self.scale}
 
     @property
     def label(self) -> str:
@@ -115,7 +126,7 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
     device = resolve_device(config.device)
     data = load_data(config, task.data_dir, device, task.allow_checksum_mismatch)
     data = subset_evaluation(data, task.eval_subset)
-    trainer = Trainer(config, data, run_dir, progress=False)
+    trainer = Trainer(config, data, run_dir, progress=False, origin=task.origin)
     summary = trainer.run(resume=(run_dir / CONFIG_FILE).exists())
     records = read_metrics(run_dir / METRICS_FILE)
     result = build_result(task.experiment, task.network, summary, records, task.eval_subset)
@@ -145,16 +156,26 @@ class SerialExecutor:
 
     def __init__(self, load_data: DataLoaderFn = load_training_data) -> None:
         self.load_data = load_data
+        self.current: Task | None = None
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
         for task in tasks:
+            self.current = task
             try:
-                yield task, train_network(task, self.load_data), None
+                outcome = task, train_network(task, self.load_data), None
             except DynrouteError as exc:
-                yield task, None, exc
+                outcome = task, None, exc
+            self.current = None
+            yield outcome
+
+    def running(self) -> list[Task]:
+        return [] if self.current is None else [self.current]
 
     def close(self) -> None:
         pass
+
+    def stop(self) -> None:
+        """Nothing runs beside this process: an interrupted network has already unwound."""
 
 
 #: Seconds between a pool worker's checks that the sweep that spawned it is alive.
@@ -181,9 +202,51 @@ def watch_parent(poll: float = PARENT_POLL_SECONDS) -> None:
     thread.start()
 
 
+#: Seconds a stopped worker has to unwind (remove temporary files, drop its run's lock)
+#: before it is killed; it loses at most what it trained since its last checkpoint.
+STOP_GRACE_SECONDS = 5.0
+
+
+#: Whether this pool worker is training a network (else a stop request just ends it).
+_in_task = False
+
+
+def _exit_worker(status: int) -> None:
+    """End this pool worker now, releasing what it registered (tqdm's lock is a named
+    semaphore that would otherwise be reported as leaked when the sweep exits)."""
+    with contextlib.suppress(Exception):
+        from multiprocessing import util
+
+        util._run_finalizers(0)
+    os._exit(status)
+
+
+def _stop_worker(signum: int, frame: object) -> None:
+    if not _in_task:
+        _exit_worker(128 + signum)
+    raise Interrupted(signum)
+
+
 def _init_worker(threads: int) -> None:
     configure_cpu(threads)
     watch_parent()
+    # Ctrl-C reaches every process of the terminal's group; the sweep driver decides what
+    # stops, and tells its workers with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
+
+
+def _train_in_worker(task: Task) -> dict[str, Any]:
+    """``train_network`` in a pool worker; asked to stop, the worker ends once the network
+    has unwound, so it never takes up another one."""
+    global _in_task
+    _in_task = True
+    try:
+        return train_network(task)
+    except KeyboardInterrupt:
+        _exit_worker(128 + signal.SIGTERM)
+    finally:
+        _in_task = False
 
 
 class ProcessPoolRunner:
@@ -194,18 +257,44 @@ class ProcessPoolRunner:
         self.pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
         )
+        self.pending: dict[Future, Task] = {}
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
-        pending: dict[Future, Task] = {self.pool.submit(train_network, t): t for t in tasks}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        self.pending = {self.pool.submit(_train_in_worker, t): t for t in tasks}
+        while self.pending:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
             for future in done:
-                task = pending.pop(future)
+                task = self.pending.pop(future)
                 error = future.exception()
                 yield task, None if error else future.result(), error
 
+    def running(self) -> list[Task]:
+        """The tasks a worker has begun and not finished."""
+        return [task for future, task in self.pending.items() if future.running()]
+
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Start nothing more, ask every worker to stop (SIGTERM), kill those still running
+        after ``grace`` seconds; returns once they are gone, without waiting for any network."""
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        # The pool cancels what has not started (it must do so itself: a future cancelled
+        # behind its back breaks its bookkeeping once its workers are gone).
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+        manager = getattr(self.pool, "_executor_manager_thread", None)
+        if manager is not None:  # it notices the workers are gone and closes its queues
+            manager.join(grace)
 
 
 PATH_VARIABLES = (DATA_DIR_ENV, CACHE_DIR_ENV)
@@ -253,17 +342,28 @@ class RayRunner:
                 options["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env}, **options)
         self.remote = ray.remote(max_retries=max_retries, num_cpus=threads, num_gpus=gpus)(work)
+        self.pending: dict[Any, Task] = {}
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
-        pending = {self.remote.remote(t): t for t in tasks}
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
+        self.pending = {self.remote.remote(t): t for t in tasks}
+        while self.pending:
+            done, _ = self.ray.wait(list(self.pending), num_returns=1)
             for ref in done:
-                task = pending.pop(ref)
+                task = self.pending.pop(ref)
                 try:
                     yield task, self.ray.get(ref), None
                 except Exception as exc:  # a task error or a worker lost for good
                     yield task, None, exc
 
+    def running(self) -> list[Task]:
+        return list(self.pending.values())
+
     def close(self) -> None:
+        self.ray.shutdown()
+
+    def stop(self) -> None:
+        """Cancel every task not finished (force: its worker is killed), then disconnect."""
+        for ref in self.pending:
+            with contextlib.suppress(Exception):  # already finished, or the cluster is gone
+                self.ray.cancel(ref, force=True)
         self.ray.shutdown()

@@ -194,12 +194,20 @@ def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
 
 
 def result_from_run(
-    run_dir: str | os.PathLike[str], experiment: str, network: str
+    run_dir: str | os.PathLike[str],
+    experiment: str,
+    network: str,
+    expected: Any = None,
+    scale: str | None = None,
 ) -> dict[str, Any]:
     """The result document of a finished run directory trained outside a sweep (by hand, on
     another machine), so the report reads it like a sweep's; no policy analysis or train
-    points are added (they need the weights and the data)."""
-    from dynroute.train.runs import METRICS_FILE, SUMMARY_FILE, read_metrics
+    points are added (they need the weights and the data).
+
+    ``expected``: the registry's ``Network`` it is filed under (at ``scale``); a run trained
+    with other options, or recorded as another experiment, network or scale, is refused.
+    """
+    from dynroute.train.runs import METRICS_FILE, SUMMARY_FILE, read_data_record, read_metrics
 
     run_dir = Path(run_dir)
     summary_path = run_dir / SUMMARY_FILE
@@ -209,11 +217,58 @@ def result_from_run(
     missing = [k for k in ("config", "final", "iterations", "train_seconds") if k not in summary]
     if missing:
         raise DynrouteError(f"{summary_path} lacks {', '.join(missing)}")
+    if not isinstance(summary["config"], dict):
+        raise DynrouteError(f"{summary_path}: its config is not a JSON object")
+    if expected is not None:
+        record = read_data_record(run_dir)
+        check_run_matches(run_dir, summary["config"], record, expected, scale)
     summary.setdefault("device", "unknown")
     records = read_metrics(run_dir / METRICS_FILE)
     result = build_result(experiment, network, summary, records, None)
     result["imported_from"] = str(run_dir)
     return result
+
+
+def check_run_matches(
+    run_dir: Path, config: dict[str, Any], record: Any, expected: Any, scale: str | None
+) -> None:
+    """Refuse a run that is not the registry's ``expected`` network: recorded as another
+    experiment, network or scale, or trained with other options (execution options and
+    schedule defaults left open by the registry aside). A sweep's run recorded as this very
+    network may have another dataset (``sweep --dataset``)."""
+    from dynroute.train.trainer import stored_config_differences
+
+    label = f"{expected.experiment}/{expected.name}" + (f" at scale {scale}" if scale else "")
+    wanted = {"experiment": expected.experiment, "network": expected.name, "scale": scale}
+    origin = record.origin if record is not None else {}
+    other = [
+        f"{key} {value} (filed under: {wanted[key]})"
+        for key, value in origin.items()
+        if wanted.get(key) is not None and value != wanted[key]
+    ]
+    if other:
+        raise DynrouteError(
+            f"{run_dir} was trained for {', '.join(other)}; file it under what it was "
+            f"trained for (`experiment`, `network`, `scale`), not {label}"
+        )
+    try:
+        differs = stored_config_differences(config, expected.config)
+    except DynrouteError as exc:
+        raise DynrouteError(f"{run_dir} holds an invalid run configuration ({exc})") from None
+    if all(origin.get(key) == value for key, value in wanted.items() if value is not None):
+        differs = [name for name in differs if name != "dataset"]
+    if differs:
+        registry = expected.config.to_dict()
+        shown = [
+            f"{name} {config.get(name)!r} (registry: {registry.get(name)!r})"
+            for name in differs[:6]
+        ]
+        more = f" and {len(differs) - 6} more" if len(differs) > 6 else ""
+        raise DynrouteError(
+            f"{run_dir} is not the registry's {label}: it differs in {'; '.join(shown)}{more}. "
+            "Import a run trained with that network's options, or file it under the "
+            "`experiment`, `network` and `scale` it was trained as"
+        )
 
 
 def policy_analyses(results: Results) -> dict[str, dict[str, dict[str, Any]]]:

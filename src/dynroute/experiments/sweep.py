@@ -3,16 +3,22 @@
 A network whose result file exists is done and skipped; one with a run directory but no
 result resumes from its checkpoint. Results are written by this driver as networks
 finish, so a sweep can be killed at any time and result files committed as they come.
+Ctrl-C or SIGTERM stops a sweep within seconds: no network starts after it, running ones
+stop at once (they resume from their last checkpoint next time). One sweep at a time uses
+a training state folder (a lock in it refuses a second one).
 ``dataset`` trains every experiment on another dataset (your own, say), so the paper's
 curves and claims can be checked on data they were never tuned on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +26,9 @@ from typing import Any
 from tqdm import tqdm
 
 from dynroute import runtime
-from dynroute.atomic import write_json_atomic
+from dynroute.atomic import FolderLock, check_writable, write_json_atomic
 from dynroute.data.datasets import absolute_dataset_name, load_dataset
-from dynroute.errors import DynrouteError
+from dynroute.errors import DynrouteError, Interrupted
 from dynroute.experiments.executors import (
     DataLoaderFn,
     ProcessPoolRunner,
@@ -31,8 +37,9 @@ from dynroute.experiments.executors import (
     Task,
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
-from dynroute.experiments.results import git_revision, read_result, result_path
+from dynroute.experiments.results import git_revision, read_result, result_path, scale_dir
 from dynroute.train.config import TrainConfig
+from dynroute.train.runs import CONFIG_FILE
 from dynroute.train.trainer import EXECUTION_ONLY, load_training_data
 
 
@@ -105,7 +112,6 @@ def run_sweep(
             names = ", ".join(sorted({n.name for n in networks}))
             raise DynrouteError(f"no network {', '.join(unknown)} in these experiments: {names}")
         networks = [n for n in networks if n.name in only]
-    revision = git_revision()
     state_dir = Path(runs_dir, scale)
     if dataset is not None:
         dataset = absolute_dataset_name(dataset)  # a bad name is an error naming the choices
@@ -119,39 +125,119 @@ def run_sweep(
             continue
         config = replace(network.config, **execution).validate()
         task = _task(network, config, state_dir, data_dir, workers, ray_address)
-        tasks.append(replace(task, allow_checksum_mismatch=allow_checksum_mismatch))
+        tasks.append(replace(task, allow_checksum_mismatch=allow_checksum_mismatch, scale=scale))
+    if not tasks:
+        report.seconds = time.perf_counter() - started
+        return report
+    check_writable(scale_dir(results_dir, scale), "results folder")  # before any training
+    with FolderLock(state_dir, "training state folder", f"sweep {scale}"):
+        _train(
+            tasks,
+            report,
+            scale,
+            results_dir,
+            workers,
+            ray_address,
+            execution,
+            load_data,
+            progress,
+            len(networks),
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _train(
+    tasks: list[Task],
+    report: SweepReport,
+    scale: str,
+    results_dir: str | os.PathLike[str],
+    workers: int,
+    ray_address: str | None,
+    execution: dict[str, Any],
+    load_data: DataLoaderFn,
+    progress: bool,
+    total: int,
+) -> None:
+    """Run ``tasks`` and write each result as it comes; on Ctrl-C, SIGTERM or any failure,
+    stop every worker at once (``runner.stop``) instead of waiting for them."""
+    revision = git_revision()
     bar = tqdm(
-        total=len(networks),
+        total=total,
         initial=len(report.skipped),
         desc=f"sweep {scale}",
         unit="net",
         disable=not progress,
         dynamic_ncols=True,
     )
-    if tasks:
-        if workers > 1 and not ray_address:
-            prepare_datasets(tasks)
-        gpus = 1 if execution.get("device", "auto").startswith("cuda") else 0
-        runner = _runner(workers, ray_address, tasks[0].threads, gpus, load_data)
-        try:
-            for task, result, error in runner.run(tasks):
-                if error is not None:
-                    report.failed[task.label] = f"{type(error).__name__}: {error}"
-                    bar.write(f"FAILED {task.label}: {error}")
-                    continue
-                assert result is not None
-                result.update(scale=scale, git_revision=revision)
-                write_json_atomic(
-                    result_path(results_dir, scale, task.experiment, task.network), result
-                )
-                report.trained.append(task.label)
-                bar.write(_describe(task.label, result))
-                bar.update(1)
-        finally:
-            runner.close()
-            bar.close()
-    report.seconds = time.perf_counter() - started
-    return report
+    if workers > 1 and not ray_address:
+        prepare_datasets(tasks)
+    gpus = 1 if execution.get("device", "auto").startswith("cuda") else 0
+    runner = _runner(workers, ray_address, tasks[0].threads, gpus, load_data)
+    try:
+        for task, result, error in runner.run(tasks):
+            if error is not None:
+                report.failed[task.label] = f"{type(error).__name__}: {error}"
+                bar.write(f"FAILED {task.label}: {error}")
+                continue
+            assert result is not None
+            result.update(scale=scale, git_revision=revision)
+            write_json_atomic(
+                result_path(results_dir, scale, task.experiment, task.network), result
+            )
+            report.trained.append(task.label)
+            bar.write(_describe(task.label, result))
+            bar.update(1)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
+        # Begun, not finished (a task queued for a worker that never took it has no run).
+        running = [t.label for t in runner.running() if Path(t.run_dir, CONFIG_FILE).exists()]
+        with _signals_ignored():
+            runner.stop()
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        kept = [
+            t.label
+            for t in tasks
+            if result_path(results_dir, scale, t.experiment, t.network).exists()
+        ]  # on disk, also one written just as the signal came
+        message = _stopped_message(signum, len(kept), len(tasks) - len(kept), running)
+        raise Interrupted(signum, message) from None
+    except BaseException:
+        with _signals_ignored():
+            runner.stop()
+        raise
+    else:
+        runner.close()
+    finally:
+        bar.close()
+
+
+def _stopped_message(signum: int, kept: int, left: int, running: list[str]) -> str:
+    name = Interrupted(signum).signal_name
+    stopped = (
+        f"; stopped {', '.join(running)} (resumed from the last checkpoint next time)"
+        if running
+        else ""
+    )
+    return (
+        f"sweep stopped by {name}: {kept} network(s) finished and kept, "
+        f"{left} not finished{stopped}; run the same sweep again to continue"
+    )
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Let a second Ctrl-C not cut short the few seconds it takes to stop the workers."""
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _finished(path: Path, dataset: str) -> bool:

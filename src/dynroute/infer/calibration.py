@@ -11,6 +11,7 @@ the cheapest point that reaches it.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from dynroute.nn.macs import tree_costs
 from dynroute.nn.policy import THRESHOLD_POLICIES, Policy
 from dynroute.nn.prediction import as_tensor
 from dynroute.nn.tree import RoutedTree
-from dynroute.train.runs import open_run
+from dynroute.train.runs import Run, open_run
 
 #: k_cpt inputs tried for a dynamic-k_cpt net: 0 and a log grid over this range.
 K_CPT_GRID = (1e-11, 1e-6, 201)
@@ -157,6 +158,26 @@ def _template(name: str) -> Policy:
     return Policy(name, 0.5 if name in THRESHOLD_POLICIES else None)
 
 
+def _check_one_dataset(runs: list[Run]) -> None:
+    """Refuse runs of different datasets: their operating points are not comparable."""
+    first = runs[0]
+    first_record = first.data_record()
+    for run in runs[1:]:
+        record = run.data_record()
+        if first_record is None or record is None:
+            continue
+        differs = first_record.data_differences(record)
+        unknown = first_record.fingerprint is None or record.fingerprint is None
+        if not differs and unknown and first_record.dataset != record.dataset:
+            differs = ["the dataset"]  # runs from before data records: by name
+        if differs:
+            raise DynrouteError(
+                f"calibrate chooses among runs of one dataset, but {first.path} was trained on "
+                f"{first_record.describe()} and {run.path} on {record.describe()} (they differ "
+                f"in {' and '.join(differs)}); calibrate each dataset's runs separately"
+            )
+
+
 def calibrate(
     runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
@@ -186,6 +207,10 @@ def calibrate(
         raise DynrouteError(f"`target_accuracy` must be in (0, 1], got {target_accuracy}")
     if (target_macs is None) == (target_accuracy is None):
         raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
+    if k_cpt is not None and not (isinstance(k_cpt, (int, float)) and math.isfinite(k_cpt)):
+        raise DynrouteError(f"`k_cpt` must be a finite number >= 0, got {k_cpt}")
+    if k_cpt is not None and k_cpt < 0:
+        raise DynrouteError(f"`k_cpt` must be a finite number >= 0, got {k_cpt}")
     chosen_policy = _template(policy)
     if split != "validation":
         print(
@@ -196,10 +221,13 @@ def calibrate(
     opened = [open_run(path) for path in paths]
     if any(run.directory is None for run in opened):
         raise DynrouteError("calibrate works on run directories (it saves its choice there)")
+    _check_one_dataset(opened)
     points, trees = [], []
     for index, run in enumerate(opened):
-        images, labels, _ = run.split(split, data_dir, None, allow_checksum_mismatch)
         tree = run.load_tree()
+        run.check_routed(tree, "`dynroute calibrate`")
+        images, labels, class_names = run.split(split, data_dir, None, allow_checksum_mismatch)
+        run.check_classes(tree, class_names, run.dataset_name())
         trees.append(tree)
         images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
         points += candidates(index, tree, images_t, labels_t, chosen_policy, k_cpt)

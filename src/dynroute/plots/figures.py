@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
+from dynroute.atomic import make_folder, write_atomic  # noqa: E402
 from dynroute.errors import DynrouteError  # noqa: E402
 from dynroute.experiments.results import (  # noqa: E402
     curve,
@@ -86,13 +87,21 @@ _formats: tuple[str, ...] = ("png",)
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.{suffix}" for suffix in _formats]
-    for path in paths:
-        # No creation date in the PDF: the same results give byte-identical files.
-        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
-        fig.savefig(path, dpi=120, bbox_inches="tight", metadata=metadata)
-    plt.close(fig)
+    """Write ``fig`` in every format asked for, each file whole or not at all."""
+    try:
+        make_folder(out_dir, "figure folder")
+        paths = [out_dir / f"{name}.{suffix}" for suffix in _formats]
+        for path in paths:
+            # No creation date in the PDF: the same results give byte-identical files.
+            metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+            write_atomic(
+                path,
+                lambda f, path=path, metadata=metadata: fig.savefig(
+                    f, format=path.suffix[1:], dpi=120, bbox_inches="tight", metadata=metadata
+                ),
+            )
+    finally:
+        plt.close(fig)
     return paths
 
 

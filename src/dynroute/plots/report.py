@@ -11,6 +11,7 @@ import html
 import os
 from pathlib import Path
 
+from dynroute.atomic import write_text_atomic
 from dynroute.experiments.claims import Claim, ClaimChecker, Results, check_claims, mmacs, peak
 from dynroute.experiments.results import learned_macs, load_results
 
@@ -241,7 +242,7 @@ def write_report(results_dir: str | os.PathLike[str], scale: str) -> tuple[Path,
     figures = render(results_dir, scale)
     markdown = _markdown(scale, results, check_claims(results), figures)
     out = Path(results_dir) / scale
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(_html(markdown))
+    # Each written whole or not at all: a full disk leaves the previous report as it was.
+    write_text_atomic(out / "report.md", markdown)
+    write_text_atomic(out / "report.html", _html(markdown))
     return out / "report.md", out / "report.html"

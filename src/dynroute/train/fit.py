@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dynroute.data.datasets import DatasetSplit
+from dynroute.data.readers.common import check_label_count
 from dynroute.data.readers.npz_arrays import _labels as checked_labels
 from dynroute.errors import DynrouteError
 from dynroute.nn import checkpoint
@@ -49,7 +50,7 @@ from dynroute.nn.registry import (
 from dynroute.nn.tree import RoutedTree
 from dynroute.runtime import resolve_device
 from dynroute.train.config import TrainConfig
-from dynroute.train.runs import open_run
+from dynroute.train.runs import DataRecord, arrays_fingerprint, open_run
 from dynroute.train.trainer import Trainer, inspect_run_dir, training_data, validate_config
 
 #: ``config.dataset`` of a run on in-memory data: a dataset name that loads nothing, so
@@ -160,7 +161,9 @@ def fit(
     if test is not None:
         parts["test"] = _arrays(test, "test")
     if class_names is None:
-        num_classes = max(int(labels.max()) for _, labels in parts.values()) + 1
+        top = max(int(labels.max()) for _, labels in parts.values())
+        check_label_count(top, "the labels")
+        num_classes = top + 1
         class_names = [str(c) for c in range(num_classes)]
     names = tuple(class_names)
     splits = {
@@ -185,7 +188,9 @@ def fit(
     validate_config(config)
     out_dir = Path(out)
     inspect_run_dir(out_dir, config, resume, overwrite)  # refuses before any work
-    data = training_data(config, splits, resolve_device(config.device))
+    arrays = [array for pair in parts.values() for array in pair]
+    record = DataRecord(config.dataset, names, arrays_fingerprint(arrays))
+    data = training_data(config, splits, resolve_device(config.device), record)
     trainer = Trainer(config, data, out_dir, progress=progress, tree=model if custom else None)
     summary = trainer.run(resume=resume, overwrite=overwrite)
     return FitResult(trainer.tree, out_dir, summary)

@@ -1,16 +1,16 @@
 """The training loop: the engineering around a strategy's loss.
 
 Iteration-based, seeded, resumable. A run directory holds ``config.json``,
-``metrics.jsonl`` (one line per evaluation, with per-node statistics),
-``checkpoint.pt`` (atomic, every N iterations and at the end) and
-``summary.json`` once finished. Resuming a killed run replays nothing: the
-checkpoint carries model, optimiser and random-generator state, so the final
-weights equal those of an uninterrupted run (CPU, deterministic mode).
+``data.json`` (what the run trains on), ``metrics.jsonl`` (one line per evaluation, with
+per-node statistics, each appended whole), ``checkpoint.pt`` (atomic, every N iterations
+and at the end) and ``summary.json`` once finished. Resuming a killed run replays nothing:
+the checkpoint carries model, optimiser and random-generator state, so the final weights
+equal those of an uninterrupted run (CPU, deterministic mode); resuming it on other data
+is refused. One process at a time trains in a run directory (``runs.run_lock``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dynroute.atomic import read_json_object, write_json_atomic, write_text_atomic
+from dynroute.atomic import append_line, read_json_object, write_json_atomic, write_text_atomic
 from dynroute.data.datasets import DatasetSplit, load_dataset
 from dynroute.data.loader import BatchLoader
 from dynroute.errors import DynrouteError
@@ -40,8 +40,15 @@ from dynroute.train.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
+    RUN_FILES,
     SUMMARY_FILE,
+    DataRecord,
+    metrics_line,
+    read_data_record,
     read_metrics,
+    run_lock,
+    warn_unrecorded,
+    write_data_record,
 )
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy
@@ -79,6 +86,7 @@ class TrainingData:
     evaluation: dict[str, Split]
     num_classes: int
     class_names: tuple[str, ...] = ()
+    record: DataRecord | None = None  # what the data is, for the run's data.json
     #: The validation split (never trained on), for fitting policies after training.
     held_out: Split | None = None
 
@@ -100,14 +108,18 @@ def load_training_data(
         test_fraction=config.test_fraction,
     )
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
-    return training_data(config, parts, device)
+    return training_data(config, parts, device, DataRecord.of(splits))
 
 
 def training_data(
-    config: TrainConfig, parts: dict[str, DatasetSplit | None], device: torch.device
+    config: TrainConfig,
+    parts: dict[str, DatasetSplit | None],
+    device: torch.device,
+    record: DataRecord | None = None,
 ) -> TrainingData:
     """Loaded splits as the trainer sees them: a batch stream over ``parts["train"]`` and the
-    splits ``config.eval_splits`` names (``dynroute.fit`` brings its own arrays here)."""
+    splits ``config.eval_splits`` names (``dynroute.fit`` brings its own arrays here);
+    ``record`` says what the data is (it is written into the run directory)."""
     train = parts["train"]
     assert train is not None
     loader = BatchLoader(
@@ -132,7 +144,7 @@ def training_data(
             torch.from_numpy(np.asarray(held_out.labels)),
         )
     names = tuple(train.class_names)
-    return TrainingData(loader, evaluation, len(names), names, held_out)
+    return TrainingData(loader, evaluation, len(names), names, record, held_out)
 
 
 #: Registered models of each kind (static or routed) that a custom tree's config is checked
@@ -252,32 +264,68 @@ def inspect_run_dir(
 
 
 def prepare_run_dir(
-    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
+    out_dir: Path,
+    config: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+    record: DataRecord | None = None,
 ) -> tuple[TrainConfig, bool]:
     """Check (``inspect_run_dir``), then create the run directory or clear it on overwrite.
 
+    ``record``: the data the run trains on; a new run writes it, a resumed one must have
+    been trained on the same data (and, for a sweep's run, for the same network).
     Returns the config the run goes on with and whether there is a checkpoint to resume.
     """
     plan = inspect_run_dir(out_dir, config, resume, overwrite)
     if not plan.fresh:
+        if record is not None:
+            _check_resumed_data(out_dir, record)
         return plan.config, plan.resume
     try:
         if overwrite and out_dir.is_dir():
-            for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
+            for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        # Explicit values, not the defaults' nulls: a resume must not pick up changed defaults.
-        write_json_atomic(out_dir / CONFIG_FILE, plan.config.to_dict(), indent=2)
     except OSError as exc:
         raise DynrouteError(f"cannot write the run directory {out_dir}: {exc}") from None
+    # Explicit values, not the defaults' nulls: a resume must not pick up changed defaults.
+    write_json_atomic(out_dir / CONFIG_FILE, plan.config.to_dict(), indent=2)
+    if record is not None:
+        write_data_record(out_dir, record)
     return plan.config, False
+
+
+def _check_resumed_data(out_dir: Path, record: DataRecord) -> None:
+    """Refuse to resume a run on other data than it began on, or for another sweep entry."""
+    stored = read_data_record(out_dir)
+    if stored is None:  # a run from before data records: bind it from now on
+        warn_unrecorded(out_dir)
+        write_data_record(out_dir, record)
+        return
+    differs = stored.data_differences(record)
+    if differs:
+        raise DynrouteError(
+            f"cannot resume {out_dir}: it was trained on {stored.describe()}, but the data "
+            f"given now is {record.describe()}: they differ in {' and '.join(differs)}; give "
+            "it the data it began on, or pass `overwrite` to start the run over"
+        )
+    mine, theirs = stored.origin, record.origin
+    if mine and theirs and mine != theirs:
+        raise DynrouteError(
+            f"cannot resume {out_dir}: it holds the run of {_origin(mine)}, not of "
+            f"{_origin(theirs)}; pass `overwrite` to start the run over"
+        )
+
+
+def _origin(origin: dict[str, str]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in origin.items())
 
 
 def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
     """Keep the metric records up to the checkpoint we resume from; returns them."""
     keep = [record for record in read_metrics(path) if record["iteration"] <= last_step]
     if path.exists():
-        write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in keep))
+        write_text_atomic(path, "".join(metrics_line(record, path) + "\n" for record in keep))
     return keep
 
 
@@ -296,9 +344,12 @@ class Trainer:
         out_dir: str | os.PathLike[str],
         progress: bool = True,
         tree: RoutedTree | None = None,
+        origin: dict[str, str] | None = None,
     ) -> None:
         self.config = validate_config(config)
         self.data = data
+        #: What the run trains on (written to data.json), with its sweep entry (``origin``).
+        self.record = self._record(origin or {})
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -345,6 +396,14 @@ class Trainer:
             if config.compile
             else self.objective
         )
+
+    def _record(self, origin: dict[str, str]) -> DataRecord | None:
+        record = self.data.record
+        if record is None and not origin:
+            return None  # arrays that say nothing about themselves (tests)
+        if record is None:
+            record = DataRecord(self.config.dataset, tuple(self.data.class_names))
+        return replace(record, **origin)
 
     def _network(self, tree: RoutedTree | None) -> RoutedTree:
         """The registered model the config names (with its pretrained weights), or the
@@ -571,10 +630,8 @@ class Trainer:
         return record
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.out_dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        path = self.out_dir / METRICS_FILE
+        append_line(path, metrics_line(record, path))  # whole, or not at all
         self.last_eval = record
 
     def headline(self) -> dict[str, float]:
@@ -587,8 +644,17 @@ class Trainer:
         return {"accuracy": stats["accuracy"], "mean_macs": stats["mean_macs"]}
 
     def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-        """Train to the configured number of iterations; returns the summary."""
-        run_config, has_checkpoint = prepare_run_dir(self.out_dir, self.config, resume, overwrite)
+        """Train to the configured number of iterations; returns the summary.
+
+        The run directory is locked while this runs: a second process is refused.
+        """
+        with run_lock(self.out_dir):
+            return self._run(resume, overwrite)
+
+    def _run(self, resume: bool, overwrite: bool) -> dict[str, Any]:
+        run_config, has_checkpoint = prepare_run_dir(
+            self.out_dir, self.config, resume, overwrite, self.record
+        )
         self.use_config(run_config)
         cfg = self.config
         if has_checkpoint:
@@ -639,5 +705,7 @@ class Trainer:
             "spec": self.tree.spec,
             "class_names": list(self.data.class_names),
         }
+        if self.record is not None:
+            summary["data"] = self.record.to_dict()
         write_json_atomic(self.out_dir / SUMMARY_FILE, summary, indent=2)
         return summary

@@ -26,6 +26,7 @@ from dynroute.data.readers.common import (
     check_checksums,
     combined_checksum,
     existing_folders,
+    expansion_problem,
     md5_bytes,
     md5_file,
     mismatch_details,
@@ -130,7 +131,13 @@ class CifarTarReader(_CifarPythonReader):
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
                 for name in self.batch_md5:
-                    member = archive.extractfile(f"{BATCHES_DIR}/{name}")
+                    info = archive.getmember(f"{BATCHES_DIR}/{name}")
+                    problem = expansion_problem(info.size, len(data))
+                    if problem:
+                        raise DynrouteError(
+                            f"{source.path}: {info.name} expands to {problem}: refused"
+                        )
+                    member = archive.extractfile(info)
                     if member is None:
                         raise KeyError(name)
                     batches[name] = member.read()

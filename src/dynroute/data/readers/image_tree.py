@@ -6,21 +6,28 @@ follow their order (CIFAR-10's ten classes for re-encoded copies), or, when none
 are given, they are discovered from the folder names, sorted (a user's own tree,
 ``folder:PATH``). Built-in copies must already be ``image_size`` square; a user's
 images are resized instead. Hidden folders (``.git``, ``__MACOSX``) are ignored;
-other files that are not images are skipped and reported, never decoded.
+other files that are not images are skipped and reported, never decoded. Files that are
+not regular files (named pipes, devices, sockets) are skipped by name, never opened; names
+that are not valid UTF-8 are refused. Every image file's size is checked before it is read
+(``MAX_IMAGE_FILE_BYTES``; sparse files and zip members that expand more than
+``MAX_EXPANSION_RATIO`` times are refused), and every image's pixel count before it is
+decoded (``MAX_IMAGE_PIXELS``).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing
 import os
+import stat
 import sys
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import ClassVar, Self
@@ -29,18 +36,27 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dynroute.data.readers.common import (
+    MAX_IMAGE_FILE_BYTES,
+    MAX_IMAGE_PIXELS,
     SPLITS,
     FileCheck,
     Provenance,
     RawData,
     Source,
     cannot_read,
+    check_regular,
     existing_folders,
+    expansion_problem,
+    file_kind,
     md5_bytes,
     md5_file,
+    open_regular,
+    utf8_name,
 )
 from dynroute.errors import DynrouteError
 from dynroute.nn.registry import MIN_IMAGE_SIZE
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # Smaller images carry too little to resize from; a user's file this small is a mistake.
@@ -82,6 +98,7 @@ class TreeListing:
     classes: tuple[str, ...]
     images: dict[str, dict[str, list[str]]]
     skipped: tuple[str, ...]
+    irregular: tuple[str, ...] = ()  # not regular files (FIFOs, devices): skipped, never opened
 
     def files(self, split: str) -> list[str]:
         found = self.images.get(split, {})
@@ -195,6 +212,12 @@ def _decode_one(blob: bytes, name: str, size: int, resize: bool) -> bytes:
                 "save the image with 8 bits per channel"
             )
         image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DynrouteError(
+                f"{name}: image is {width}x{height} = {width * height} pixels, more than the "
+                f"limit of {MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS); shrink it"
+            )
         upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
         rgb = upright.convert("RGB")
         return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
@@ -245,9 +268,14 @@ class _Tree(ABC):
 
     def __init__(self, root: Path):
         self.root = root
+        self.irregular: list[str] = []  # entries that are not regular files: never opened
 
     @abstractmethod
     def entries(self) -> list[str]: ...
+
+    @abstractmethod
+    def check_images(self, images: list[str]) -> None:
+        """Refuse, before anything is read, an image that is too large to read whole."""
 
     @abstractmethod
     def read(self, entry: str) -> bytes: ...
@@ -270,10 +298,7 @@ class _ZipTree(_Tree):
     def __init__(self, root: Path):
         super().__init__(root)
         self.prefix = ""
-        try:
-            self.handle = root.open("rb")
-        except OSError as exc:
-            raise cannot_read(root, exc) from exc
+        self.handle = open_regular(root)
         try:
             self.zip = zipfile.ZipFile(self.handle)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -291,6 +316,22 @@ class _ZipTree(_Tree):
                 self.prefix = prefix
                 names = [name[len(prefix) :] for name in names if name.startswith(prefix)]
         return names
+
+    def check_images(self, images: list[str]) -> None:
+        for entry in images:
+            info = self.zip.getinfo(self.prefix + entry)
+            where = f"{self.root}:{entry}"
+            if info.file_size > MAX_IMAGE_FILE_BYTES:
+                raise DynrouteError(
+                    f"{where} expands to {info.file_size} bytes, more than the limit of "
+                    f"{MAX_IMAGE_FILE_BYTES} for one image file (MAX_IMAGE_FILE_BYTES); "
+                    "refused before expanding it"
+                )
+            problem = expansion_problem(info.file_size, info.compress_size)
+            if problem:
+                raise DynrouteError(
+                    f"{where} expands to {problem}: refused before expanding it (a zip bomb?)"
+                )
 
     def read(self, entry: str) -> bytes:
         try:
@@ -312,8 +353,16 @@ class _ZipTree(_Tree):
 
 
 class _FolderTree(_Tree):
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.status: dict[str, os.stat_result] = {}
+
     def entries(self) -> list[str]:
-        """Every folder and file below the root; symlinked folders are followed once."""
+        """Every folder and file below the root; symlinked folders are followed once.
+
+        Files that are not regular files (FIFOs, devices, sockets; checked with ``stat``,
+        never opened) are left out and listed in ``irregular``.
+        """
         names: list[str] = []
         seen: set[str] = set()
 
@@ -329,25 +378,63 @@ class _FolderTree(_Tree):
             relative = Path(folder).relative_to(self.root).as_posix()
             prefix = "" if relative == "." else f"{relative}/"
             names += [f"{prefix}{name}/" for name in subfolders]
-            names += [f"{prefix}{name}" for name in files]
+            for name in files:
+                entry = f"{prefix}{name}"
+                try:
+                    status = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:  # a dangling symlink: not an image
+                    names.append(entry)
+                    continue
+                except OSError as exc:
+                    raise cannot_read(Path(folder, name), exc) from exc
+                if not stat.S_ISREG(status.st_mode):
+                    self.irregular.append(f"{entry} ({file_kind(status.st_mode)})")
+                    continue
+                self.status[entry] = status
+                names.append(entry)
         return names
 
+    def _status(self, entry: str) -> os.stat_result:
+        status = self.status.get(entry)
+        if status is None:
+            try:
+                status = self.status[entry] = (self.root / entry).stat()
+            except OSError as exc:
+                raise cannot_read(self.root / entry, exc) from exc
+        return status
+
+    def check_images(self, images: list[str]) -> None:
+        for entry in images:
+            status = self._status(entry)
+            check_regular(self.root / entry, status)
+            if status.st_size > MAX_IMAGE_FILE_BYTES:
+                raise DynrouteError(
+                    f"{self.root / entry} holds {status.st_size} bytes, more than the limit of "
+                    f"{MAX_IMAGE_FILE_BYTES} for one image file (MAX_IMAGE_FILE_BYTES); "
+                    "refused before reading it"
+                )
+
     def read(self, entry: str) -> bytes:
-        try:
-            return (self.root / entry).read_bytes()
-        except OSError as exc:
-            raise cannot_read(self.root / entry, exc) from exc
+        path = self.root / entry
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_IMAGE_FILE_BYTES:  # grew since it was listed
+                raise DynrouteError(
+                    f"{path} holds {size} bytes, more than the limit of {MAX_IMAGE_FILE_BYTES} "
+                    "for one image file (MAX_IMAGE_FILE_BYTES)"
+                )
+            try:
+                return handle.read(MAX_IMAGE_FILE_BYTES + 1)
+            except OSError as exc:
+                raise cannot_read(path, exc) from exc
 
     def fingerprint(self, images: list[str]) -> FileCheck:
         """MD5 over names, sizes and modification times: cheap, and changes with any edit
         short of rewriting a file with the same size and a restored modification time."""
         listing = []
         for entry in sorted(images):
-            try:
-                stat = (self.root / entry).stat()
-            except OSError as exc:
-                raise cannot_read(self.root / entry, exc) from exc
-            listing.append(f"{entry}:{stat.st_size}:{stat.st_mtime_ns}")
+            status = self._status(entry)
+            listing.append(f"{entry}:{status.st_size}:{status.st_mtime_ns}")
         return FileCheck(LISTING_FINGERPRINT, md5_bytes("\n".join(listing).encode()), None)
 
 
@@ -405,7 +492,13 @@ class ImageTreeReader(ABC):
     def _list(self, tree: _Tree, where: Path) -> TreeListing:
         entries = tree.entries()
         split = has_split_folders(entries) if self.split_folders is None else self.split_folders
-        return list_tree(entries, where, self.classes, split)
+        listing = list_tree(entries, where, self.classes, split)
+        for name in (*listing.classes, *listing.all_images()):  # class names, manifest, messages
+            utf8_name(name, where)
+        tree.check_images(listing.all_images())
+        if tree.irregular:
+            _warn_irregular(where, tree.irregular)
+        return replace(listing, irregular=tuple(sorted(tree.irregular)))
 
     def scan(self, source: Source) -> tuple[TreeListing, Provenance]:
         """The layout (checked) and the fingerprint that keys the cache, without decoding."""
@@ -466,6 +559,23 @@ class ImageFolderReader(ImageTreeReader):
 
     def _open(self, path: Path) -> _Tree:
         return _FolderTree(path)
+
+
+_warned_irregular: set[str] = set()
+
+
+def _warn_irregular(where: Path, irregular: list[str]) -> None:
+    """Name the files left out because they are not regular files (once per folder)."""
+    if str(where) in _warned_irregular:
+        return
+    _warned_irregular.add(str(where))
+    shown = ", ".join(sorted(irregular)[:5]) + (", ..." if len(irregular) > 5 else "")
+    logger.warning(
+        "%s: skipped %d file(s) that are not regular files, never opened: %s",
+        where,
+        len(irregular),
+        shown,
+    )
 
 
 def _looks_like_image_tree(path: Path) -> bool:

@@ -7,6 +7,7 @@ count as official.
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from typing import ClassVar
 import numpy as np
 
 from dynroute.data.readers.common import (
+    EXPANSION_FREE_BYTES,
+    MAX_EXPANSION_RATIO,
     FileCheck,
     Provenance,
     RawData,
@@ -25,6 +28,7 @@ from dynroute.data.readers.common import (
     check_labels,
     combined_checksum,
     existing_folders,
+    expansion_problem,
     md5_bytes,
     read_bytes,
 )
@@ -37,13 +41,20 @@ IDX_LABELS_MAGIC = 2049
 
 
 def gunzip(data: bytes, path: Path) -> bytes:
-    """Decompress gzip data, turning every flavour of corruption into one clear error."""
+    """Decompress gzip data, turning every flavour of corruption into one clear error; data
+    that expands more than ``MAX_EXPANSION_RATIO`` times (a gzip bomb) is stopped there."""
+    allowed = max(EXPANSION_FREE_BYTES, MAX_EXPANSION_RATIO * len(data))
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            out = stream.read(allowed + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DynrouteError(
             f"{path} is not a valid gzip file or is truncated ({exc}); re-download it"
         ) from exc
+    problem = expansion_problem(len(out), len(data))
+    if problem:
+        raise DynrouteError(f"{path} expands to more than {problem}: refused (a gzip bomb?)")
+    return out
 
 
 def read_maybe_gzip(path: Path) -> bytes:

@@ -28,9 +28,13 @@ from dynroute.data.readers.common import (
     RawData,
     Source,
     cannot_read,
+    check_label_count,
     check_labels,
+    check_regular,
     combined_checksum,
+    expansion_problem,
     md5_file,
+    open_regular,
 )
 from dynroute.data.readers.image_tree import resize_square
 from dynroute.errors import DynrouteError
@@ -44,24 +48,34 @@ CHANNELS = (1, 3)
 
 
 class _ArrayFile:
-    """Named arrays of an .npz file or of a folder of .npy files, never unpickled."""
+    """Named arrays of an .npz file or of a folder of .npy files, never unpickled.
+
+    Each array's header (shape, dtype) is checked against the bytes that hold it before
+    the array is read, so a file that declares more than it holds, or a compressed member
+    that expands far beyond its size (a zip bomb), is refused before anything is allocated.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.npz: np.lib.npyio.NpzFile | None = None
+        self.handle = None
         if path.is_dir():
             try:
                 self.names = {p.stem for p in path.glob("*.npy")}
             except OSError as exc:
                 raise cannot_read(path, exc) from exc
             return
+        self.handle = open_regular(path)
         try:
-            self.npz = np.load(path, allow_pickle=False)
+            self.npz = np.load(self.handle, allow_pickle=False)
         except OSError as exc:
+            self.handle.close()
             raise cannot_read(path, exc) from exc
         except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+            self.handle.close()
             raise DynrouteError(f"{path} is not a readable .npz file ({exc})") from exc
         if not isinstance(self.npz, np.lib.npyio.NpzFile):
+            self.handle.close()
             raise DynrouteError(f"{path} holds a single array; save the dataset with np.savez")
         self.names = set(self.npz.files)
 
@@ -87,16 +101,47 @@ class _ArrayFile:
         self.require(name)
         try:
             if self.npz is not None:
+                self._check_member(name)
                 return self.npz[name]
-            return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            path = self.path / f"{name}.npy"
+            check_regular(path, path.stat())  # never opens a FIFO; refuses a sparse file
+            return np.load(path, mmap_mode="r", allow_pickle=False)
         except OSError as exc:
             raise cannot_read(self.where(name), exc) from exc
         except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise DynrouteError(f"{self.where(name)}: cannot read the array ({exc})") from exc
 
+    def _check_member(self, name: str) -> None:
+        """The member's declared expansion and its header's shape, before numpy allocates."""
+        assert self.npz is not None
+        member = name if name in self.npz.zip.namelist() else f"{name}.npy"
+        info = self.npz.zip.getinfo(member)
+        problem = expansion_problem(info.file_size, info.compress_size)
+        if problem:
+            raise DynrouteError(
+                f"{self.where(name)} expands to {problem}: refused before expanding it "
+                "(a zip bomb?); save the arrays with np.savez"
+            )
+        with self.npz.zip.open(info) as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle, max_header_size=10_000)
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if declared > info.file_size:
+            raise DynrouteError(
+                f"{self.where(name)} declares shape {shape} of {dtype} ({declared} bytes) but "
+                f"holds only {info.file_size} bytes; the file is damaged or forged"
+            )
+
     def close(self) -> None:
         if self.npz is not None:
             self.npz.close()
+        if self.handle is not None:
+            self.handle.close()
 
     def __enter__(self) -> Self:
         return self
@@ -265,6 +310,7 @@ class NpzReader:
             class_names = _strings(arrays.get("class_names"), where)
         else:
             top = max(int(train.max()), int(test.max()))
+            check_label_count(top, arrays.where("y_train" if top == int(train.max()) else "y_test"))
             class_names = tuple(str(label) for label in range(max(top, 0) + 1))
         count = len(class_names)
         for split, labels in (("y_train", train), ("y_test", test)):
