@@ -182,3 +182,36 @@ def test_checkpoint_specs_rebuild(name: str) -> None:
     rebuilt = build_from_spec(spec)
     assert rebuilt.spec == tree.spec and rebuilt.input_shape == (3, 24, 24)
     assert list(rebuilt.state_dict()) == list(tree.state_dict())
+
+
+@pytest.mark.parametrize("name", ROUTED)
+def test_fitted_policies_run_on_backbone_exits(name: str) -> None:
+    """The budgeted and ensemble policies on ResNet-18 and MobileNetV3 exits: the engine
+    runs what the dense reference decides."""
+    from dynroute.nn.policy import Policy
+    from dynroute.nn.routing import history_exits
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 3, 32, 32, generator=gen) * torch.rand(24, 1, 1, 1, generator=gen)
+    torch.manual_seed(1)
+    tree = scramble_routing(build_model(name, 4), x)
+    # Untrained exits are unsure: each exit's threshold at a quantile of its confidences.
+    with torch.no_grad():
+        out = tree.eval().forward_dense(x)
+    thresholds = [
+        float(torch.softmax(out.logits[leaf], 1).max(1).values.quantile(0.7))
+        for leaf in tree.leaves
+    ]
+    weights = [
+        (0.5 + torch.rand(len(p) + 1, generator=gen)).tolist() for p in history_exits(tree).values()
+    ]
+    biases = [[0.0] * 4 for _ in tree.leaves]
+    for policy in (
+        Policy("budgeted", thresholds=thresholds),
+        Policy("ensemble", thresholds=thresholds, weights=weights, biases=biases),
+    ):
+        dense = predict_dense(tree, x, policy=policy)
+        engine = EarlyExitEngine(tree, policy=policy)(x)
+        assert torch.equal(engine.exits, dense.exits) and torch.equal(engine.macs, dense.macs)
+        torch.testing.assert_close(engine.logits, dense.logits, rtol=1e-4, atol=1e-4)
+        assert dense.exits.unique().numel() >= 2  # the batch splits
