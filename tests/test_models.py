@@ -86,3 +86,14 @@ def test_custom_resnet_example() -> None:
     result, dense = EarlyExitEngine(tree)(x), predict_dense(tree, x)
     assert torch.equal(result.exits, dense.exits) and torch.equal(result.macs, dense.macs)
     torch.testing.assert_close(result.logits, dense.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_the_registry_refuses_a_second_builder_under_a_name() -> None:
+    import dynroute
+    from dynroute.errors import DynrouteError
+
+    register_model = dynroute.register_model  # the public one: built-ins registered first
+    with pytest.raises(DynrouteError, match="already registered"):
+        register_model("chain")(lambda num_classes, width=1, dynamic_k_cpt=False: None)
+    with pytest.raises(DynrouteError, match="other than 'custom'"):
+        register_model("custom")

@@ -23,7 +23,7 @@ _PUBLIC = {
     # models
     "build_model": "dynroute.nn.models",
     "model_names": "dynroute.nn.models",
-    "register_model": "dynroute.nn.registry",
+    "register_model": "dynroute.nn.models",  # with the built-in models registered first
     "routed_chain": "dynroute.nn.chains",
     "static_truncation": "dynroute.nn.chains",
     "RoutedTree": "dynroute.nn.tree",
