@@ -70,9 +70,8 @@ def _score(table: ExitTable, policy: Policy) -> tuple[dict[str, float], torch.Te
 
 
 def _curve(table: ExitTable, family: Sequence[tuple[Policy, torch.Tensor]], cost_model: str):
-    return as_points(
-        [table.point(exits, cost_model) for _, exits in family], label=family[0][0].name
-    )
+    """The family's (accuracy, mean MACs) points on ``table``, as a curve."""
+    return as_points([table.point(exits, cost_model) for _, exits in family])
 
 
 def budget_table(
@@ -83,7 +82,8 @@ def budget_table(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Every deployable policy's fitted operating point at each budget, scored on test
-    (JSON-ready; see the module's docstring)."""
+    (JSON-ready; see the module's docstring). The best threshold policy a budget's ensemble
+    is paired with is the one most accurate on test: the comparison's harder side."""
     if len(validation.labels) == 0:
         raise DynrouteError("the policy table needs a validation split to fit the policies on")
     if not tree.junctions:
@@ -102,7 +102,6 @@ def budget_table(
         name: threshold_family(raw["validation"], Policy(name, 0.5))
         for name in ("confidence", "entropy")
     }
-    families["budgeted"] = budgeted_family(raw["validation"])
     # The ensemble's exit rule: one threshold, or the budgeted scheme on its combined
     # answers; at each budget the one more accurate on validation.
     ensemble_rules = [
