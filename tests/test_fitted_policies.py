@@ -119,3 +119,31 @@ def test_fitted_policies_survive_json() -> None:
         Policy("ensemble", 0.5)
     with pytest.raises(DynrouteError, match="unknown policy fields"):
         Policy.from_dict({"name": "confidence", "threshold": 0.5, "extra": 1})
+
+
+@pytest.mark.slow
+def test_policy_table_on_the_branching_tree() -> None:
+    """Three-way junctions: the routers choose the branch, the policies when to leave."""
+    from dynroute.nn.routing import history_exits
+
+    tree = build_model("tree", num_classes=CLASSES).eval()
+    depth = [len(passed) for passed in history_exits(tree).values()]
+
+    def outputs(n: int, seed: int) -> DenseOutputs:
+        gen = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, CLASSES, (n,), generator=gen)
+        hot = torch.nn.functional.one_hot(labels, CLASSES)
+        logits = torch.stack(
+            [(0.6 + 0.3 * d) * hot + torch.randn(n, CLASSES, generator=gen) for d in depth], 1
+        )
+        scores = {
+            j: torch.randn(n, len(tree.children_of[j]), generator=gen) for j in tree.junctions
+        }
+        return DenseOutputs(logits, scores, labels)
+
+    table = budget_table(tree, outputs(1500, 8), outputs(1500, 9), [4e6, 12e6])
+    for row in table["budgets"]:
+        assert set(row["policies"]) == {"confidence", "entropy", "budgeted", "ensemble"}
+        for entry in row["policies"].values():
+            assert entry["validation"]["mean_macs"] <= row["budget"]
+            assert entry["test"]["mean_macs"] == pytest.approx(row["budget"], rel=0.15)
