@@ -2,9 +2,12 @@
 
 ``policies`` draws, per run, the accuracy/mean-MAC curve of every routing policy on the
 same exits (learned routers, confidence and entropy thresholds, the oracle, each exit
-alone) and says how much of the static-to-oracle gap the routers close. ``calibrate``
-turns a budget into an operating point chosen on the validation split and stores it in
-the run, where ``evaluate`` and ``EarlyExitEngine.from_run`` pick it up.
+alone), says how much of the static-to-oracle gap the routers close, and, for a run with a
+validation split, prints the policy table (every deployable policy fitted to each budget
+on validation, scored on test: ``dynroute.infer.budgets``). ``calibrate`` turns a budget
+into an operating point chosen (and, for the budgeted and ensemble policies, fitted) on
+the validation split and stores it in the run, where ``evaluate`` and
+``EarlyExitEngine.from_run`` pick it up.
 """
 
 from __future__ import annotations
