@@ -18,7 +18,7 @@ import sys
 from dynroute import __version__
 from dynroute.errors import DynrouteError
 
-COMMAND_MODULES = ["data", "model", "train", "policies", "experiments"]
+COMMAND_MODULES = ["data", "model", "train", "policies", "deploy", "experiments"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -148,7 +148,7 @@ def choose(
     return min(feasible, key=lambda p: (p.mean_macs, -p.accuracy))
 
 
-def _template(name: str) -> Policy:
+def policy_template(name: str) -> Policy:
     """A policy of that name to calibrate (its parameters are chosen or fitted later)."""
     if name == "budgeted":
         return Policy("budgeted", thresholds=(0.5,))
@@ -186,7 +186,7 @@ def calibrate(
         raise DynrouteError(f"`target_accuracy` must be in (0, 1], got {target_accuracy}")
     if (target_macs is None) == (target_accuracy is None):
         raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
-    chosen_policy = _template(policy)
+    chosen_policy = policy_template(policy)
     if split != "validation":
         print(
             f"dynroute: warning: calibrating on the {split} split, as asked; its numbers "
