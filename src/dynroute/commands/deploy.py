@@ -83,7 +83,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fmt = _format(args)
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
-        writer = csv.DictWriter(out, ROW_FIELDS) if fmt == "csv" else None
+        writer = csv.DictWriter(out, ROW_FIELDS, lineterminator="\n") if fmt == "csv" else None
         if writer is not None:
             writer.writeheader()
         from tqdm import tqdm

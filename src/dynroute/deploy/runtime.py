@@ -231,7 +231,7 @@ class ExportedModel:
                 f"inputs of dtype {x.dtype} given; pass floating-point intensities in [0, 1]"
             )
         x = np.ascontiguousarray(x, dtype=np.float32)
-        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.ones(0, bool)
         if not finite.all():
             bad = np.flatnonzero(~finite)
             raise DynrouteError(
@@ -303,7 +303,7 @@ class ExportedModel:
                 raw = {
                     s: self._heads[c](parts)[0] for s, c in enumerate(children) if self.is_leaf[c]
                 }
-                if ensemble is not None:
+                if ensemble is not None and raw:
                     answers = {
                         s: ensemble.combine(position[children[s]], history, z)
                         for s, z in raw.items()
