@@ -8,10 +8,11 @@ import csv
 import io
 import json
 import os
+import queue
 import re
-import select
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -210,18 +211,22 @@ class Server:
         self.url = self._wait_for_url()
 
     def _wait_for_url(self) -> str:
+        lines: queue.Queue = queue.Queue()
+        stdout = self.process.stdout
+        threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
         deadline = time.monotonic() + 60
         seen = []
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 1.0)
-            if ready:
-                line = self.process.stdout.readline()
-                seen.append(line)
-                found = re.search(r"serving on (http://\S+) ", line)
-                if found:
-                    return found.group(1)
-            if self.process.poll() is not None:
-                break
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            seen.append(line)
+            found = re.search(r"serving on (http://\S+) ", line)
+            if found:
+                return found.group(1)
         self.stop()
         raise AssertionError("the server did not start:\n" + "".join(seen))
 

@@ -19,7 +19,9 @@ An export folder holds:
   ``sha256sum -c``.
 
 A signal between models is a list of float32 arrays with the batch on axis 0 (a node's
-output is one tensor, or several for the multi-scale columns' fine-to-coarse maps). A
+output is one tensor, or several for the multi-scale columns' fine-to-coarse maps); maps
+cross between models channels-last, (N, H, W, C), while the network's input stays as the
+caller gives it, (N, C, H, W). A
 model's inputs are named ``in0``, ``in1``, ... after the parts of the signal it reads
 (``reads`` lists their positions; parts it does not read are not inputs), plus
 ``k_feature`` ((N, 1): k_cpt x ``k_cpt_input_scale``) for the routers of a dynamic-k_cpt

@@ -59,46 +59,61 @@ def _parts(signal: Any, where: str) -> list[torch.Tensor]:
     )
 
 
-def _signal(parts: Sequence[torch.Tensor], is_list: bool) -> Any:
-    return list(parts) if is_list else parts[0]
+def to_boundary(tensor: torch.Tensor) -> torch.Tensor:
+    """A signal part as it crosses between models: maps channels-last (N, H, W, C), since
+    onnxruntime converts its blocked layout to and from that faster than to NCHW."""
+    return tensor.permute(0, 2, 3, 1) if tensor.dim() == 4 else tensor
+
+
+def from_boundary(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.permute(0, 3, 1, 2) if tensor.dim() == 4 else tensor
+
+
+def _signal(parts: Sequence[torch.Tensor], is_list: bool, boundary: bool) -> Any:
+    """The signal a module takes, from the parts a model receives (``boundary``: parts come
+    from another model, maps channels-last; else from the caller, NCHW)."""
+    parts = [from_boundary(part) for part in parts] if boundary else list(parts)
+    return parts if is_list else parts[0]
 
 
 class _Segment(nn.Module):
     """Transforms applied in sequence, on and to signals given as separate tensors."""
 
-    def __init__(self, transforms: Sequence[nn.Module], input_is_list: bool) -> None:
+    def __init__(self, transforms: Sequence[nn.Module], is_list: bool, boundary: bool) -> None:
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
-        self.input_is_list = input_is_list
+        self.is_list = is_list
+        self.boundary = boundary
 
     def forward(self, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        signal = _signal(parts, self.input_is_list)
+        signal = _signal(parts, self.is_list, self.boundary)
         for transform in self.transforms:
             signal = transform(signal)
-        return tuple(_parts(signal, "a segment"))
+        return tuple(to_boundary(part) for part in _parts(signal, "a segment"))
 
 
 class _Head(nn.Module):
-    def __init__(self, head: nn.Module, input_is_list: bool) -> None:
+    def __init__(self, head: nn.Module, is_list: bool, boundary: bool) -> None:
         super().__init__()
         self.head = head
-        self.input_is_list = input_is_list
+        self.is_list = is_list
+        self.boundary = boundary
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
-        return self.head(_signal(parts, self.input_is_list))
+        return self.head(_signal(parts, self.is_list, self.boundary))
 
 
 class _Router(nn.Module):
-    def __init__(self, router: nn.Module, input_is_list: bool, k_input: bool) -> None:
+    def __init__(self, router: nn.Module, is_list: bool, k_input: bool) -> None:
         super().__init__()
         self.router = router
-        self.input_is_list = input_is_list
+        self.is_list = is_list
         self.k_input = k_input
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.k_input:
-            return self.router(_signal(inputs[:-1], self.input_is_list), inputs[-1])
-        return self.router(_signal(inputs, self.input_is_list))
+            return self.router(_signal(inputs[:-1], self.is_list, True), inputs[-1])
+        return self.router(_signal(inputs, self.is_list, True))
 
 
 class _Dense(nn.Module):
@@ -125,6 +140,20 @@ class _Dense(nn.Module):
 
         tree.walk(x, visit)
         return (*(logits[i] for i in tree.leaves), *(scores[j] for j in tree.junctions))
+
+
+def use_export_forms(module: nn.Module) -> int:
+    """Swap, in place, every submodule with an ``export_form()`` (the multi-scale column's
+    ``SplitColumn``) for that form; returns how many."""
+    swapped = 0
+    for name, child in list(module.named_children()):
+        form = getattr(child, "export_form", None)
+        if callable(form):
+            setattr(module, name, form())
+            swapped += 1
+        else:
+            swapped += use_export_forms(child)
+    return swapped
 
 
 def _onnx() -> Any:
@@ -230,6 +259,7 @@ def export_tree(
     folded = copy.deepcopy(tree).float().cpu().eval()
     folded.to(memory_format=torch.contiguous_format)
     fold_batchnorm(folded)
+    use_export_forms(folded)
 
     # One traced pass records what each node receives and emits.
     generator = torch.Generator().manual_seed(0)
@@ -269,9 +299,10 @@ def export_tree(
     segment_entries = []
     for chain in segments(folded):
         first, last = chain[0], chain[-1]
-        module = _Segment([folded.nodes[i].transform for i in chain], is_list[first])
+        boundary = first != 0  # the root segment reads the caller's NCHW images
+        module = _Segment([folded.nodes[i].transform for i in chain], is_list[first], boundary)
         n_out = len(_parts(emitted[last], "segment"))
-        inputs = received[first]
+        inputs = [to_boundary(p) for p in received[first]] if boundary else received[first]
         file, reads, _ = add("segment", first, module, inputs, part_names(len(inputs)), n_out)
         segment_entries.append(
             {
@@ -284,8 +315,9 @@ def export_tree(
         )
     head_entries = []
     for leaf in folded.leaves:
-        inputs = received[leaf]
-        module = _Head(folded.nodes[leaf].transform, is_list[leaf])
+        boundary = leaf != 0
+        inputs = [to_boundary(p) for p in received[leaf]] if boundary else received[leaf]
+        module = _Head(folded.nodes[leaf].transform, is_list[leaf], boundary)
         file, reads, _ = add("exit", leaf, module, inputs, part_names(len(inputs)), 1)
         head_entries.append(
             {
@@ -298,7 +330,7 @@ def export_tree(
         )
     router_entries = []
     for junction in folded.junctions:
-        parts = _parts(emitted[junction], "router input")
+        parts = [to_boundary(p) for p in _parts(emitted[junction], "router input")]
         router = folded.nodes[junction].router
         assert router is not None
         k_input = k_feature is not None
@@ -369,6 +401,7 @@ def export_tree(
             "opset": fmt.OPSET,
             "batch_axis": 0,
             "batchnorm_folded": True,
+            "signal_layout": "maps channels-last (N, H, W, C) between models; input as given",
             "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}",
         },
         "nodes": nodes,
