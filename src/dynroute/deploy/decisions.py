@@ -37,8 +37,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def confidence(logits: np.ndarray) -> np.ndarray:
-    """Max softmax probability per example."""
-    return softmax(logits).max(axis=1)
+    """Max softmax probability per example: 1 / sum(exp(z - max z)), the softmax of the
+    largest logit, with two array operations fewer than taking the softmax first."""
+    z = logits.astype(np.float32, copy=False)
+    return np.float32(1.0) / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
 
 
 def normalised_entropy(logits: np.ndarray) -> np.ndarray:
@@ -47,19 +49,19 @@ def normalised_entropy(logits: np.ndarray) -> np.ndarray:
     return -(np.exp(log_p) * log_p).sum(axis=1) / np.float32(math.log(logits.shape[1]))
 
 
-def certainty(policy: dict[str, Any], logits: np.ndarray) -> np.ndarray:
+def certain(
+    policy: dict[str, Any], logits: np.ndarray, position: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """How certain the exit at ``position`` (in leaf order) is (higher is more: 1 - the
+    normalised entropy for the entropy policy, else the max softmax), and whether that is
+    enough to stop there."""
     if policy["name"] == "entropy":
-        return np.float32(1.0) - normalised_entropy(logits)
-    return confidence(logits)
-
-
-def passes(policy: dict[str, Any], logits: np.ndarray, position: int) -> np.ndarray:
-    """Whether the exit at ``position`` (in leaf order) is certain enough to stop."""
-    if policy["name"] == "entropy":
-        return normalised_entropy(logits) <= np.float32(policy["threshold"])
-    if policy.get("thresholds") is not None:
-        return confidence(logits) >= np.float32(policy["thresholds"][position])
-    return confidence(logits) >= np.float32(policy["threshold"])
+        entropy = normalised_entropy(logits)
+        return np.float32(1.0) - entropy, entropy <= np.float32(policy["threshold"])
+    sure = confidence(logits)
+    per_exit = policy.get("thresholds")
+    threshold = policy["threshold"] if per_exit is None else per_exit[position]
+    return sure, sure >= np.float32(threshold)
 
 
 class Ensemble:
@@ -69,11 +71,19 @@ class Ensemble:
         self.weights = [np.asarray(w, dtype=np.float32) for w in policy["weights"]]
         self.biases = [np.asarray(b, dtype=np.float32) for b in policy["biases"]]
 
-    def combine(self, position: int, history: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
+    def combine(
+        self,
+        position: int,
+        history: np.ndarray | None,
+        logits: np.ndarray,
+        own: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Log-probs of the exit at ``position``: its own ``logits`` (N, classes) combined
-        with the log-softmaxes of the exits passed (``history``: (N, m, classes))."""
+        with the log-softmaxes of the exits passed (``history``: (N, m, classes)); ``own``:
+        ``log_softmax(logits)`` where the caller has it already."""
         weights = self.weights[position]
-        mixed = log_softmax(logits) * weights[-1] + self.biases[position]
+        own = log_softmax(logits) if own is None else own
+        mixed = own * weights[-1] + self.biases[position]
         if history is not None and history.shape[1]:
             mixed = mixed + (history * weights[:-1, None]).sum(axis=1)
         return log_softmax(mixed)
@@ -112,6 +122,9 @@ def junction_choice(
     if not leaves:
         assert scores is not None
         return scores.argmax(axis=1)
+    if len(leaves) == 1 and len(inner) == 1:  # a chain's junction: exit here or go on
+        passing = certain(policy, answers[leaves[0]], sink_positions[leaves[0]])[1]
+        return np.where(passing, np.int64(leaves[0]), np.int64(inner[0]))
     size = answers[leaves[0]].shape[0]
     if inner:
         if len(inner) == 1:
@@ -122,8 +135,9 @@ def junction_choice(
     else:
         assert scores is not None
         fallback = scores.argmax(axis=1)
-    sure = np.stack([certainty(policy, answers[k]) for k in leaves], axis=1)
-    passing = np.stack([passes(policy, answers[k], sink_positions[k]) for k in leaves], axis=1)
+    judged = [certain(policy, answers[k], sink_positions[k]) for k in leaves]
+    sure = np.stack([j[0] for j in judged], axis=1)
+    passing = np.stack([j[1] for j in judged], axis=1)
     best = np.where(passing, sure, np.float32(-1.0)).argmax(axis=1)
     chosen = np.asarray(leaves, dtype=np.int64)[best]
     return np.where(passing.any(axis=1), chosen, fallback)

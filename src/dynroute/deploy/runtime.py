@@ -304,11 +304,12 @@ class ExportedModel:
                     s: self._heads[c](parts)[0] for s, c in enumerate(children) if self.is_leaf[c]
                 }
                 if ensemble is not None and raw:
+                    own = {s: decisions.log_softmax(z) for s, z in raw.items()}
                     answers = {
-                        s: ensemble.combine(position[children[s]], history, z)
+                        s: ensemble.combine(position[children[s]], history, z, own[s])
                         for s, z in raw.items()
                     }
-                    passed = np.stack([decisions.log_softmax(z) for z in raw.values()], axis=1)
+                    passed = np.stack(list(own.values()), axis=1)
                     deeper = passed if history is None else np.concatenate([history, passed], 1)
                 else:
                     answers = raw
