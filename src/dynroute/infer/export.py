@@ -14,6 +14,9 @@ torch's TorchScript-based ONNX exporter (no extra dependency beyond ``onnx``), w
 deprecated from torch 2.9 on but present in every torch this project allows (< 2.14).
 A model's inputs are the parts of the signal it actually reads: the exporter drops unused
 inputs, and the manifest records which parts remain, so a split batch compacts only those.
+Maps cross between models channels-last (``to_boundary``), and modules with an
+``export_form()`` are swapped for it first (the multi-scale column's split convolutions):
+both make onnxruntime faster, neither changes what the network computes.
 """
 
 from __future__ import annotations
