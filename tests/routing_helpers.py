@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from dynroute.nn.heads import Classifier, Router
+from dynroute.nn.policy import Policy
+from dynroute.nn.routing import history_exits
 from dynroute.nn.tree import Node, RoutedTree
 
 
@@ -60,3 +62,20 @@ def random_conv_tree(
     root = Node(ConvBlock(3, channels), [build(1, channels), build(1, channels)],
                 Router(features, 2, k_cpt_input=dynamic), name="root")  # fmt: skip
     return RoutedTree(root, (3, 4, 4), num_classes, dynamic_k_cpt=dynamic)
+
+
+def fitted_policies(tree, seed: int) -> list[Policy]:
+    """A budgeted and an ensemble policy with random parameters for ``tree``'s exits."""
+    gen = torch.Generator().manual_seed(seed)
+    leaves = tree.leaves
+    thresholds = (0.5 + 0.45 * torch.rand(len(leaves), generator=gen)).tolist()
+    weights = [
+        (0.2 + torch.rand(len(passed) + 1, generator=gen)).tolist()
+        for passed in history_exits(tree).values()
+    ]
+    biases = [(0.3 * torch.randn(tree.num_classes, generator=gen)).tolist() for _ in leaves]
+    return [
+        Policy("budgeted", thresholds=thresholds),
+        Policy("ensemble", 0.45, weights=weights, biases=biases),
+        Policy("ensemble", thresholds=thresholds, weights=weights, biases=biases),
+    ]

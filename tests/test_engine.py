@@ -12,7 +12,7 @@ from dynroute.infer.fold import fold_batchnorm
 from dynroute.nn.models import build_model
 from dynroute.nn.policy import LEARNED, Policy
 from dynroute.nn.prediction import Prediction, predict_dense
-from routing_helpers import random_conv_tree, scramble_routing
+from routing_helpers import fitted_policies, random_conv_tree, scramble_routing
 from toy_trees import random_tree
 
 K_CPT_SET = torch.tensor([0, 1e-9, 2e-9, 4e-9, 8e-9, 1.6e-8, 3.2e-8, 6.4e-8])
@@ -165,25 +165,6 @@ def test_folded_batchnorm_engine_matches_unfolded_dense(images: torch.Tensor, na
 def test_fold_batchnorm_needs_eval_mode() -> None:
     with pytest.raises(DynrouteError, match="eval mode"):
         fold_batchnorm(build_model("static-1"))
-
-
-def fitted_policies(tree, seed: int) -> list[Policy]:
-    """A budgeted and an ensemble policy with random parameters for ``tree``'s exits."""
-    from dynroute.nn.routing import history_exits
-
-    gen = torch.Generator().manual_seed(seed)
-    leaves = tree.leaves
-    thresholds = (0.5 + 0.45 * torch.rand(len(leaves), generator=gen)).tolist()
-    weights = [
-        (0.2 + torch.rand(len(passed) + 1, generator=gen)).tolist()
-        for passed in history_exits(tree).values()
-    ]
-    biases = [(0.3 * torch.randn(tree.num_classes, generator=gen)).tolist() for _ in leaves]
-    return [
-        Policy("budgeted", thresholds=thresholds),
-        Policy("ensemble", 0.45, weights=weights, biases=biases),
-        Policy("ensemble", thresholds=thresholds, weights=weights, biases=biases),
-    ]
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -3,6 +3,10 @@
 Bottom to top: the base modules (errors, atomic, runtime) → ``nn`` (trees, models, costs)
 → ``data`` → ``train`` → ``infer`` → ``experiments`` → ``plots`` → ``commands``/``cli``.
 Every import counts, wherever it stands (module level or inside a function).
+
+``deploy`` stands beside the order: it runs exports without torch, so it imports only
+the torch-free base modules, and any layer above base may use it (the exporter writes its
+manifest format, ``predict`` and ``serve`` run it).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dynroute"
 LAYERS = ["base", "nn", "data", "train", "infer", "experiments", "plots", "commands"]
 BASE = {"dynroute", "dynroute.errors", "dynroute.atomic", "dynroute.runtime"}
-#: Packages outside the layer order and what they may import (torch-free deployment).
-SIDE = {"deploy": {"base"}}
+#: Packages outside the layer order: what they may import, and which layers may import them.
+SIDE = {"deploy": {"imports": {"base"}, "imported_by": set(LAYERS[1:])}}
+#: Base modules that import torch, which a side package must not use.
+TORCH_BASE = {"dynroute.runtime"}
 
 
 def modules() -> dict[str, Path]:
@@ -73,9 +79,11 @@ def test_imports_only_point_down() -> None:
         for target in targets:
             goal = layer(target)
             if source in SIDE:
-                allowed = goal in SIDE[source] or goal == source
+                allowed = goal == source or (
+                    goal in SIDE[source]["imports"] and target not in TORCH_BASE
+                )
             elif goal in SIDE:
-                allowed = False
+                allowed = source in SIDE[goal]["imported_by"]
             else:
                 allowed = LAYERS.index(goal) <= LAYERS.index(source)
             if not allowed:
@@ -101,3 +109,24 @@ def test_no_import_cycles() -> None:
         if module not in seen:
             visit(module, [module])
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_side_packages_never_import_torch() -> None:
+    """Not even inside a function: an export runs where torch is not installed."""
+    for module, path in modules().items():
+        if layer(module) not in SIDE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            assert not any(n == "torch" or n.startswith("torch.") for n in names), module
+
+
+def test_the_rules_are_enforced() -> None:
+    """The side rule refuses what it should (so the tests above are not vacuous)."""
+    assert layer("dynroute.deploy.runtime") == "deploy"
+    assert "base" not in SIDE["deploy"]["imported_by"]
+    assert any(layer(m) == "deploy" for m in modules())

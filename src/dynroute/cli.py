@@ -25,7 +25,7 @@ from dynroute import __version__
 from dynroute.atomic import os_reason
 from dynroute.errors import DynrouteError, Interrupted
 
-COMMAND_MODULES = ["data", "model", "train", "policies", "experiments"]
+COMMAND_MODULES = ["data", "model", "train", "policies", "deploy", "experiments"]
 
 
 def build_parser() -> argparse.ArgumentParser:

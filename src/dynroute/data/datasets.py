@@ -306,6 +306,14 @@ def gamma_decode(images: np.ndarray) -> np.ndarray:
     return _GAMMA_TABLE[images]
 
 
+def to_linear(images: np.ndarray) -> np.ndarray:
+    """Network input from decoded pixels: uint8 gamma-decoded (``gamma_decode``), float
+    pixels (already intensities in [0, 1]) kept as float32."""
+    if images.dtype == np.uint8:
+        return gamma_decode(images)
+    return np.asarray(images, dtype=np.float32)
+
+
 def digit_colours(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per-image colour pairs c0, c1 in [0,1]^3 with ||c1 - c0|| >= 0.3 (c1 redrawn)."""
     c0 = rng.random((count, 3))

@@ -39,9 +39,9 @@ from dynroute.data.datasets import (
     DatasetSplit,
     DatasetSplits,
     cache_key,
-    gamma_decode,
     new_image_array,
     stratified_positions,
+    to_linear,
     validation_positions,
 )
 from dynroute.data.readers.common import SPLITS, Provenance, RawData, Source, cannot_read
@@ -177,7 +177,7 @@ def _write(folder: Path, split: str, part: _Part, image_size: int) -> None:
     out = new_image_array(folder, split, len(part.positions), image_size)
     for start in range(0, len(part.positions), CHUNK):
         chunk = part.images[part.positions[start : start + CHUNK]]
-        out[start : start + len(chunk)] = gamma_decode(chunk) if chunk.dtype == np.uint8 else chunk
+        out[start : start + len(chunk)] = to_linear(chunk)
     out.flush()
     del out
     np.save(array_path(folder, split, "labels"), part.labels[part.positions].astype(np.int64))

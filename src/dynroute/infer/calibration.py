@@ -149,7 +149,7 @@ def choose(
     return min(feasible, key=lambda p: (p.mean_macs, -p.accuracy))
 
 
-def _template(name: str) -> Policy:
+def policy_template(name: str) -> Policy:
     """A policy of that name to calibrate (its parameters are chosen or fitted later)."""
     if name == "budgeted":
         return Policy("budgeted", thresholds=(0.5,))
@@ -211,7 +211,7 @@ def calibrate(
         raise DynrouteError(f"`k_cpt` must be a finite number >= 0, got {k_cpt}")
     if k_cpt is not None and k_cpt < 0:
         raise DynrouteError(f"`k_cpt` must be a finite number >= 0, got {k_cpt}")
-    chosen_policy = _template(policy)
+    chosen_policy = policy_template(policy)
     if split != "validation":
         print(
             f"dynroute: warning: calibrating on the {split} split, as asked; its numbers "

@@ -318,6 +318,25 @@ class Run:
                 "use `dynroute evaluate` for its accuracy and cost"
             )
 
+    def class_names(self, count: int) -> tuple[str, ...]:
+        """The names of the run's ``count`` classes: from its summary, else from its built-in
+        dataset, else "0", "1", ... (nothing is loaded or built)."""
+        from dynroute.data.datasets import DATASETS
+
+        names: Any = None
+        summary = self.directory / SUMMARY_FILE if self.directory else None
+        if summary is not None and summary.exists():
+            try:
+                names = json.loads(summary.read_text()).get("class_names")
+            except (OSError, ValueError, AttributeError):
+                names = None
+        dataset = (self.config or {}).get("dataset")
+        if not names and dataset in DATASETS:
+            names = DATASETS[dataset].class_names
+        if not names or len(names) != count or not all(isinstance(n, str) for n in names):
+            names = [str(label) for label in range(count)]
+        return tuple(names)
+
     # ------------------------------------------------------------ calibration
     def calibration(self) -> dict[str, Any] | None:
         """The operating point ``dynroute calibrate`` chose for this run, if any."""

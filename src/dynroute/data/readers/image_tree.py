@@ -193,34 +193,86 @@ def _discovered_classes(found: dict[str, dict[str, list[str]]], where: Path) -> 
     return tuple(names)
 
 
-def _decode_one(blob: bytes, name: str, size: int, resize: bool) -> bytes:
-    """RGB bytes of one size x size image; built-in copies must already have that size."""
+def _check_pixels(name: str, width: int, height: int) -> None:
+    """Refuse an image too large to decode safely (the pixel count, before decoding)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DynrouteError(
+            f"{name}: image is {width}x{height} = {width * height} pixels, more than the "
+            f"limit of {MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS); shrink it"
+        )
+
+
+def _decode_one(
+    blob: bytes,
+    name: str,
+    size: int,
+    resize: bool,
+    min_size: int = MIN_IMAGE_SIZE,
+    wide: bool = False,
+) -> bytes:
+    """RGB bytes of one size x size image; built-in copies must already have that size.
+
+    ``wide``: read 16-bit integer pixels too, rounded to 8 bits first (as saving the image
+    with 8 bits per channel would); otherwise they are refused.
+    """
     with Image.open(io.BytesIO(blob)) as image:
         width, height = image.size
         if not resize:
             if image.size != (size, size):
                 raise DynrouteError(f"{name}: image is {width}x{height}, expected {size}x{size}")
             return image.convert("RGB").tobytes()
-        if min(width, height) < MIN_IMAGE_SIZE:
+        if min(width, height) < min_size:
             raise DynrouteError(
                 f"{name}: image is {width}x{height} pixels, too small "
-                f"(at least {MIN_IMAGE_SIZE} on a side)"
+                f"(at least {min_size} on a side)"
             )
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
-            raise DynrouteError(
-                f"{name}: {image.mode} pixels (16-bit or floating point) are not supported; "
-                "save the image with 8 bits per channel"
-            )
-        image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
-        width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise DynrouteError(
-                f"{name}: image is {width}x{height} = {width * height} pixels, more than the "
-                f"limit of {MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS); shrink it"
-            )
-        upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
+            if not wide or image.mode == "F":
+                raise DynrouteError(
+                    f"{name}: {image.mode} pixels (16-bit or floating point) are not supported; "
+                    "save the image with 8 bits per channel"
+                )
+            _check_pixels(name, *image.size)
+            upright = _eight_bit(ImageOps.exif_transpose(image))
+        else:
+            image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
+            _check_pixels(name, *image.size)
+            upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
         rgb = upright.convert("RGB")
         return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit grayscale (x / 257, rounded)."""
+    pixels = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.round(pixels / 257.0), 0, 255).astype(np.uint8), "L")
+
+
+#: What decoding a file can raise besides a ``DynrouteError``: the file is not an image,
+#: is truncated, or too large to decode safely.
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+)
+
+
+def decode_image(
+    blob: bytes, name: str, size: int, min_size: int = MIN_IMAGE_SIZE, wide: bool = False
+) -> np.ndarray:
+    """One image file's bytes as (3, size, size) uint8 RGB, decoded and resized exactly as a
+    user's image tree is for training (upright, RGB, Pillow bilinear, stretched to square);
+    any failure is a ``DynrouteError`` naming ``name``. ``min_size`` and ``wide`` as in
+    ``_decode_one``."""
+    try:
+        pixels = _decode_one(blob, name, size, True, min_size, wide)
+    except UnidentifiedImageError:
+        raise DynrouteError(f"{name}: not an image file (Pillow cannot identify it)") from None
+    except DECODE_ERRORS as exc:
+        raise DynrouteError(f"{name}: cannot decode image ({exc})") from exc
+    return np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3).transpose(2, 0, 1).copy()
 
 
 def _decode_chunk(blobs: list[bytes], names: list[str], size: int, resize: bool) -> np.ndarray:
@@ -229,13 +281,7 @@ def _decode_chunk(blobs: list[bytes], names: list[str], size: int, resize: bool)
     for index, (blob, name) in enumerate(zip(blobs, names, strict=True)):
         try:
             pixels = _decode_one(blob, name, size, resize)
-        except (
-            UnidentifiedImageError,
-            Image.DecompressionBombError,
-            OSError,
-            SyntaxError,
-            ValueError,
-        ) as exc:
+        except DECODE_ERRORS as exc:
             raise DynrouteError(f"{name}: cannot decode image ({exc})") from exc
         out[index] = np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
     return out.transpose(0, 3, 1, 2).copy()

@@ -273,6 +273,12 @@ def _images(array: np.ndarray, where: str, size: int) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(resized.transpose(0, 3, 1, 2)), layout
 
 
+def array_images(array: np.ndarray, where: str, size: int) -> np.ndarray:
+    """A user's image array (NHWC, NCHW or NHW; uint8 or float in [0, 1]) as (N, 3, size,
+    size), read exactly as an npz dataset's images are; ``where`` names it in errors."""
+    return _images(array, where, size)[0]
+
+
 @dataclass(frozen=True, kw_only=True)
 class NpzReader:
     """``x_train, y_train, x_test, y_test`` from one .npz file or a folder of .npy files."""

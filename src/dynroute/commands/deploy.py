@@ -1,0 +1,282 @@
+"""``dynroute predict``, ``dynroute export`` and ``dynroute serve``: use a trained network.
+
+``predict`` classifies files (images, .npz/.npy arrays) with a run or an export and writes
+one row per example; ``export`` writes a run as ONNX segments plus a manifest that
+``dynroute.deploy`` runs without torch; ``serve`` answers HTTP requests with dynamic
+batching. Given an export, ``predict`` and ``serve`` never import torch. See docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dynroute.errors import DynrouteError
+
+POLICY_CHOICES = ("learned", "confidence", "entropy", "budgeted", "ensemble")
+FORMATS = ("csv", "jsonl")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+    if not 0 < value <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in (0, 4096] MB, got {text}")
+    return int(value * (1 << 20))
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from dynroute.infer.predict import open_predictor
+
+    target = None if args.target_macs is None else args.target_macs * 1e6
+    return open_predictor(
+        args.model,
+        policy=args.policy,
+        threshold=args.threshold,
+        target_macs=target,
+        k_cpt=args.k_cpt,
+        threads=args.threads,
+        data_dir=args.data_dir,
+    )
+
+
+def _format(args: argparse.Namespace) -> str:
+    if args.format:
+        return args.format
+    if args.out and Path(args.out).suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    return "csv"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dynroute.data.files import batches, expand
+    from dynroute.infer.predict import ROW_FIELDS, Totals
+
+    predictor = _open(args)
+    size = predictor.image_size
+    if size is None:
+        raise DynrouteError(
+            f"{args.model} reads inputs of shape {predictor.input_shape}, not RGB images; "
+            "classify arrays with dynroute.deploy or the engine from Python"
+        )
+    files, missing = expand(args.inputs)
+    print(f"dynroute: {predictor.describe()}", file=sys.stderr)
+    totals = Totals(predictor.exit_names)
+    totals.failures.extend(missing)
+    fmt = _format(args)
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.DictWriter(out, ROW_FIELDS, lineterminator="\n") if fmt == "csv" else None
+        if writer is not None:
+            writer.writeheader()
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=len(files),
+            unit="file",
+            disable=True if args.no_progress else None,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        try:
+            for batch in batches(files, size, args.batch_size, workers=args.readers):
+                totals.failures.extend(batch.failures)
+                if len(batch.names):
+                    started = time.perf_counter()
+                    prediction = predictor.predict(batch.images)
+                    totals.add(prediction, time.perf_counter() - started)
+                    for row in predictor.rows(batch.names, prediction):
+                        if writer is not None:
+                            writer.writerow(row)
+                        else:
+                            out.write(json.dumps(row) + "\n")
+                    out.flush()
+                bar.update(batch.files)
+        finally:
+            bar.close()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(totals.format(), file=sys.stderr)
+    if args.totals:
+        from dynroute.atomic import write_json_atomic
+
+        write_json_atomic(args.totals, {"model": predictor.describe(), **totals.summary()})
+    return 0 if totals.count or not (files or missing) else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dynroute.infer.export import export_run
+
+    target = None if args.target_macs is None else args.target_macs * 1e6
+    manifest, how, check = export_run(
+        args.run,
+        args.out,
+        policy=args.policy,
+        threshold=args.threshold,
+        target_macs=target,
+        k_cpt=args.k_cpt,
+        dense=args.dense,
+        force=args.force,
+        data_dir=args.data_dir,
+        check=args.check,
+    )
+    policy = manifest["policy"]
+    setting = policy["name"] + ("" if policy["threshold"] is None else f" {policy['threshold']:g}")
+    count = len(manifest["segments"]) + len(manifest["heads"]) + len(manifest["routers"])
+    print(
+        f"exported {args.run} to {args.out}: {len(manifest['segments'])} segments, "
+        f"{len(manifest['heads'])} exits, {len(manifest['routers'])} routers ({count} ONNX "
+        f"models{', plus dense.onnx' if manifest['dense'] else ''}), opset "
+        f"{manifest['onnx']['opset']}, batch norm folded"
+    )
+    print(f"  policy: {setting} ({how})")
+    macs = manifest["costs"]["path_macs"]
+    from dynroute.deploy.manifest import cost_model
+
+    table = macs[cost_model(policy)]
+    exits = ", ".join(f"{h['name']} {table[h['leaf']] / 1e6:.2f}M" for h in manifest["heads"])
+    print(f"  MACs per exit: {exits}")
+    if check is not None:
+        print(
+            f"  checked with onnxruntime on {check['examples']} random inputs: "
+            f"{check['same_exits']}/{check['examples']} exits as PyTorch's dense reference, "
+            f"largest logit difference {check['max_logit_difference']:.2g}"
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dynroute.infer.serve import create_app, serve
+
+    predictor = _open(args)
+    app = create_app(
+        predictor,
+        batch_size=args.batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_bytes=args.max_bytes,
+        max_pixels=args.max_pixels,
+    )
+
+    def ready(host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"dynroute: {predictor.describe()}", flush=True)
+        print(
+            f"dynroute: serving on http://{shown}:{port} (POST /predict with an image as the "
+            "body, GET /health); Ctrl-C stops",
+            flush=True,
+        )
+
+    serve(app, args.host, args.port, on_ready=ready)
+    return 0
+
+
+def _add_operating_point(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--policy",
+        default=None,
+        choices=POLICY_CHOICES,
+        help=f"routing policy (default: {what})",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="the policy's threshold, in [0, 1]"
+    )
+    parser.add_argument(
+        "--target-macs",
+        type=float,
+        default=None,
+        metavar="M",
+        help="choose the policy's operating point for this mean budget, in millions of MACs, "
+        "on the run's validation split (runs only)",
+    )
+    parser.add_argument("--k-cpt", type=float, default=None, help="k_cpt input of a dynamic net")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dynroute.commands.data import add_data_dir_argument
+    from dynroute.commands.train import add_threads_argument
+
+    predict = sub.add_parser(
+        "predict", help="classify image files and .npz arrays with a run or an export"
+    )
+    predict.add_argument("model", metavar="RUN_OR_EXPORT", help="run directory or export folder")
+    predict.add_argument(
+        "inputs", nargs="+", metavar="FILE_OR_FOLDER", help="images, .npz/.npy files, folders"
+    )
+    _add_operating_point(predict, "the run's calibration, or the export's")
+    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    predict.add_argument("--format", choices=FORMATS, default=None, help="default: csv, or "
+                         "jsonl when --out ends in .jsonl")  # fmt: skip
+    predict.add_argument("--out", default=None, metavar="FILE", help="rows here, not stdout")
+    predict.add_argument(
+        "--totals", default=None, metavar="FILE", help="also write the totals as JSON here"
+    )
+    predict.add_argument(
+        "--readers", type=_positive_int, default=2, help="threads decoding files ahead"
+    )
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(predict)
+    add_data_dir_argument(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="write a run as ONNX segments for dynroute.deploy")
+    export.add_argument("run", metavar="RUN", help="run directory")
+    export.add_argument("--out", required=True, metavar="DIR", help="export folder to write")
+    _add_operating_point(export, "the run's calibration, else the learned routers")
+    export.add_argument(
+        "--dense", action="store_true", help="also write dense.onnx (every exit, for timing)"
+    )
+    export.add_argument("--force", action="store_true", help="replace an export at --out")
+    export.add_argument(
+        "--check",
+        type=int,
+        default=64,
+        metavar="N",
+        help="compare the export with PyTorch on N random inputs (0: skip)",
+    )
+    add_data_dir_argument(export)
+    export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="an HTTP endpoint classifying images, batched")
+    serve.add_argument("model", metavar="EXPORT_OR_RUN", help="export folder or run directory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--batch-size", type=_positive_int, default=32, help="largest batch")
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to batch with",
+    )
+    serve.add_argument(
+        "--max-mb",
+        dest="max_bytes",
+        type=_megabytes,
+        default=10 << 20,
+        metavar="MB",
+        help="largest request body (default 10)",
+    )
+    serve.add_argument(
+        "--max-pixels", type=_positive_int, default=40_000_000, help="largest image accepted"
+    )
+    _add_operating_point(serve, "the run's calibration, or the export's")
+    add_threads_argument(serve)
+    add_data_dir_argument(serve)
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,424 @@
+"""Real early exit on an export, with NumPy and onnxruntime only.
+
+``ExportedModel.predict`` walks the tree with sub-batches, like the PyTorch engine
+(``dynroute.infer.engine``): it runs a segment's ONNX model on the examples that reached it;
+at a junction it runs what the policy decides with (the router, or the exit heads of the
+junction's exits), splits the sub-batch by the decision (a stable argsort, so every part
+keeps its examples in input order), and carries each part on only through the models on
+its own path, compacting only the parts of the signal the next model reads. Exits write
+their logits into the examples' rows of the output, so results come back in input order.
+Examples that leave early never touch the deeper models: that is where the saving is.
+
+``ExportedModel.predict_dense`` runs ``dense.onnx`` (when exported) instead: every exit on
+every example, then the same decisions; the reference the routed run is timed against.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynroute.deploy import decisions
+from dynroute.deploy.manifest import (
+    K_FEATURE,
+    check_policy,
+    cost_model,
+    input_name,
+    read_manifest,
+)
+from dynroute.errors import DynrouteError
+
+_MANIFEST_K_CPT = object()  # "use the manifest's k_cpt"
+
+
+@dataclass
+class Prediction:
+    """Per-example outcome: ``logits`` (N, classes) of the exit taken (the ensemble policy's
+    combined log-probabilities), ``exits`` (N,) its node index, ``macs`` (N,) the
+    multiply-accumulates spent on the example under the policy."""
+
+    logits: np.ndarray
+    exits: np.ndarray
+    macs: np.ndarray
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def confidences(self) -> np.ndarray:
+        """Max softmax probability of each answer."""
+        return decisions.confidence(self.logits)
+
+    def __len__(self) -> int:
+        return int(self.exits.shape[0])
+
+
+@dataclass
+class _Model:
+    """One ONNX model: its session, the signal parts it reads, whether it takes k_cpt."""
+
+    file: str
+    session: Any
+    reads: tuple[int, ...]
+    k_input: bool = False
+
+    def __call__(self, parts: Sequence[np.ndarray | None], k: np.ndarray | None = None):
+        feed = {input_name(i): parts[i] for i in self.reads}
+        if self.k_input:
+            feed[K_FEATURE] = k
+        return self.session.run(None, feed)
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DynrouteError(
+            "running an export needs onnxruntime: pip install 'dynroute[deploy]' "
+            "(or pip install onnxruntime)"
+        ) from None
+    return onnxruntime
+
+
+def session_options(threads: int | None = None) -> Any:
+    """onnxruntime options: ``threads`` intra-op threads (default: every available core),
+    one model at a time (the runtime calls them in sequence), full graph optimisation."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    # Dozens of small models run one after another: idle worker threads must not spin
+    # on a core the next model needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class ExportedModel:
+    """An export folder (``dynroute export``), loaded and checked, ready to classify.
+
+    ``policy``: a deployable policy as plain data (``{"name": "confidence", "threshold":
+    0.8}``, the format of ``dynroute.nn.policy.Policy.to_dict``) instead of the export's own;
+    ``k_cpt``: the routers' k_cpt input of a dynamic-k_cpt net instead of the export's;
+    ``threads``: onnxruntime's intra-op threads (default: every available core);
+    ``verify``: check every file's SHA-256 first (``SHA256SUMS``).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        policy: dict[str, Any] | None = None,
+        k_cpt: Any = _MANIFEST_K_CPT,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder, verify=verify)
+        self.threads = threads or available_cores()
+        m = self.manifest
+        self.nodes: list[dict[str, Any]] = m["nodes"]
+        self.children: list[list[int]] = [list(node["children"]) for node in self.nodes]
+        self.is_leaf = [not kids for kids in self.children]
+        self.leaves = [i for i, leaf in enumerate(self.is_leaf) if leaf]
+        self.leaf_position = {leaf: k for k, leaf in enumerate(self.leaves)}
+        self.junctions = [i for i, kids in enumerate(self.children) if len(kids) >= 2]
+        self.input_shape = tuple(m["model"]["input_shape"])
+        self.num_classes = int(m["model"]["num_classes"])
+        self.dynamic_k_cpt = bool(m["model"]["dynamic_k_cpt"])
+        self.k_cpt_scale = np.float32(m["model"].get("k_cpt_input_scale", 1e7))
+        self.class_names: tuple[str, ...] = tuple(m["class_names"])
+        self.exit_names = {leaf: self.nodes[leaf]["name"] for leaf in self.leaves}
+        self.preprocessing: dict[str, Any] | None = m.get("preprocessing")
+        self._load_sessions()
+        self._set_policy(m["policy"] if policy is None else policy)
+        self.k_cpt = m.get("k_cpt") if k_cpt is _MANIFEST_K_CPT else k_cpt
+
+    # ------------------------------------------------------------------ loading
+    def _load_sessions(self) -> None:
+        ort = _onnxruntime()
+        options = session_options(self.threads)
+        cache: dict[str, Any] = {}
+
+        def model(entry: dict[str, Any]) -> _Model:
+            file = entry["file"]
+            if file not in cache:
+                try:
+                    cache[file] = ort.InferenceSession(
+                        str(self.folder / file), options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:  # onnxruntime raises its own exception types
+                    message = f"export {self.folder}: cannot load {file}: {exc}"
+                    raise DynrouteError(message) from None
+            return _Model(
+                file, cache[file], tuple(entry["reads"]), bool(entry.get("k_cpt_input", False))
+            )
+
+        m = self.manifest
+        self._segments = {seg["nodes"][0]: (model(seg), seg["nodes"][-1]) for seg in m["segments"]}
+        self._heads = {head["leaf"]: model(head) for head in m["heads"]}
+        self._routers = {router["junction"]: model(router) for router in m["routers"]}
+        dense = m.get("dense")
+        self._dense = None if not dense else (model(dense), dense)
+        # What the first model of each node's subtree reads of its input: only those parts
+        # are compacted when a batch splits.
+        self._reads_at = {
+            index: (self._heads[index] if self.is_leaf[index] else self._segments[index][0]).reads
+            for index in range(len(self.nodes))
+            if self.is_leaf[index] or index in self._segments
+        }
+
+    def _set_policy(self, policy: dict[str, Any]) -> None:
+        self.policy = check_policy(dict(policy), len(self.leaves), self.num_classes)
+        self._ensemble = decisions.Ensemble(policy) if policy["name"] == "ensemble" else None
+        self._uses_threshold = decisions.uses_threshold(policy)
+        self._path_macs = np.asarray(
+            self.manifest["costs"]["path_macs"][cost_model(policy)], dtype=np.int64
+        )
+        self._sink_is_leaf = {
+            j: [self.is_leaf[c] for c in self.children[j]] for j in self.junctions
+        }
+        self._sink_positions = {
+            j: [self.leaf_position.get(c) for c in self.children[j]] for j in self.junctions
+        }
+        self._runs_router = {
+            j: decisions.needs_router(policy, self._sink_is_leaf[j]) for j in self.junctions
+        }
+
+    def with_policy(self, policy: dict[str, Any] | None = None, k_cpt: Any = _MANIFEST_K_CPT):
+        """The same loaded models under another policy or k_cpt input (no reloading)."""
+        other = object.__new__(ExportedModel)
+        other.__dict__.update(self.__dict__)
+        other._set_policy(self.policy if policy is None else policy)
+        if k_cpt is not _MANIFEST_K_CPT:
+            other.k_cpt = k_cpt
+        return other
+
+    @property
+    def has_dense(self) -> bool:
+        return self._dense is not None
+
+    def path_macs(self) -> dict[str, int]:
+        """MACs of the path to each exit under the current policy, by exit name."""
+        return {self.exit_names[leaf]: int(self._path_macs[leaf]) for leaf in self.leaves}
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(self, x: Any) -> np.ndarray:
+        """``x`` as a C-contiguous float32 (N, *input_shape) batch, or a ``DynrouteError``."""
+        x = np.asarray(x)
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            expected = "(N, " + ", ".join(map(str, self.input_shape)) + ")"
+            raise DynrouteError(
+                f"inputs of shape {tuple(x.shape)} given; this network reads batches of {expected}"
+            )
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DynrouteError(
+                f"inputs of dtype {x.dtype} given; pass floating-point intensities in [0, 1]"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if len(x) else np.ones(0, bool)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise DynrouteError(
+                f"{len(bad)} input(s) hold NaN or infinite values (first: index {int(bad[0])}); "
+                "they cannot be routed"
+            )
+        return x
+
+    def _k_feature(self, k_cpt: Any, n: int) -> np.ndarray | None:
+        if not self.dynamic_k_cpt:
+            return None
+        if k_cpt is None:
+            raise DynrouteError("this network routes on k_cpt: pass `k_cpt` (none was exported)")
+        k = np.asarray(k_cpt, dtype=np.float32)
+        k = np.broadcast_to(k, (n,)) if k.ndim == 0 else k.reshape(n)
+        return np.ascontiguousarray((k * self.k_cpt_scale).reshape(n, 1), dtype=np.float32)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, x: Any, k_cpt: Any = None) -> Prediction:
+        """Route ``x`` (N examples) and run each one's path only."""
+        x = self.check_inputs(x)
+        n = x.shape[0]
+        exits = np.empty(n, dtype=np.int64)
+        if n == 0:
+            return Prediction(np.empty((0, self.num_classes), np.float32), exits, exits.copy())
+        k_feature = self._k_feature(self.k_cpt if k_cpt is None else k_cpt, n)
+        logits = self._route(x, k_feature, exits)
+        return Prediction(logits, exits, self._path_macs[exits])
+
+    __call__ = predict
+
+    def _route(self, x: np.ndarray, k_feature: np.ndarray | None, exits: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        logits = np.empty((n, self.num_classes), dtype=np.float32)
+        ensemble = self._ensemble
+        position = self.leaf_position
+
+        def finish(index: int, rows: np.ndarray | None, out: np.ndarray) -> None:
+            if rows is None:
+                logits[:] = out
+                exits[:] = index
+            else:
+                logits[rows] = out
+                exits[rows] = index
+
+        # Work: (node, signal parts, original rows or None for the whole batch in order,
+        # k_cpt feature, log-softmaxes of the exits passed (ensemble), (rows, m, classes)).
+        stack: list[tuple[int, list, np.ndarray | None, Any, Any]] = [
+            (0, [x], None, k_feature, None)
+        ]
+        while stack:
+            index, parts, rows, k, history = stack.pop()
+            if self.is_leaf[index]:
+                out = self._heads[index](parts)[0]
+                if ensemble is not None:
+                    out = ensemble.combine(position[index], history, out)
+                finish(index, rows, out)
+                continue
+            segment, end = self._segments[index]
+            parts = segment(parts)
+            children = self.children[end]
+            if len(children) == 1:  # the segment ends above an exit
+                stack.append((children[0], parts, rows, k, history))
+                continue
+            scores = self._routers[end](parts, k)[0] if self._runs_router[end] else None
+            answers: dict[int, np.ndarray] = {}
+            deeper = history
+            if self._uses_threshold:
+                raw = {
+                    s: self._heads[c](parts)[0] for s, c in enumerate(children) if self.is_leaf[c]
+                }
+                if ensemble is not None and raw:
+                    own = {s: decisions.log_softmax(z) for s, z in raw.items()}
+                    answers = {
+                        s: ensemble.combine(position[children[s]], history, z, own[s])
+                        for s, z in raw.items()
+                    }
+                    passed = np.stack(list(own.values()), axis=1)
+                    deeper = passed if history is None else np.concatenate([history, passed], 1)
+                else:
+                    answers = raw
+            decision = decisions.junction_choice(
+                self.policy, self._sink_is_leaf[end], self._sink_positions[end], scores, answers
+            )
+            size = decision.shape[0]
+            counts = np.bincount(decision, minlength=len(children))
+            if counts.max() == size:  # everyone agrees: pass the sub-batch on untouched
+                s = int(counts.argmax())
+                child = children[s]
+                if s in answers:
+                    finish(child, rows, answers[s])
+                else:
+                    carried = history if self.is_leaf[child] else deeper
+                    stack.append((child, parts, rows, k, carried))
+                continue
+            order = np.argsort(decision, kind="stable")
+            for s, part in enumerate(np.split(order, np.cumsum(counts)[:-1])):
+                if not len(part):
+                    continue
+                child = children[s]
+                sub_rows = part if rows is None else rows[part]
+                if s in answers:  # an exit the policy already evaluated: its answer stands
+                    finish(child, sub_rows, answers[s][part])
+                    continue
+                reads = self._reads_at[child]
+                sub_parts = [p[part] if i in reads else None for i, p in enumerate(parts)]
+                carried = history if self.is_leaf[child] else deeper
+                stack.append(
+                    (
+                        child,
+                        sub_parts,
+                        sub_rows,
+                        None if k is None else k[part],
+                        None if carried is None else carried[part],
+                    )
+                )
+        return logits
+
+    def predict_dense(self, x: Any, k_cpt: Any = None) -> Prediction:
+        """Every exit on every example (``dense.onnx``), then the same decisions."""
+        if self._dense is None:
+            raise DynrouteError(
+                f"export {self.folder} has no dense graph; export it with `dense` to get one"
+            )
+        model, entry = self._dense
+        x = self.check_inputs(x)
+        n = x.shape[0]
+        if n == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return Prediction(np.empty((0, self.num_classes), np.float32), empty, empty.copy())
+        k_feature = self._k_feature(self.k_cpt if k_cpt is None else k_cpt, n)
+        outputs = model([x], k_feature)
+        leaf_logits = dict(zip(self.leaves, outputs[: len(self.leaves)], strict=True))
+        scores = dict(zip(self.junctions, outputs[len(self.leaves) :], strict=True))
+        answers = leaf_logits
+        if self._ensemble is not None:
+            answers = {}
+            for leaf, passed in self.history_exits().items():
+                history = None
+                if passed:
+                    history = np.stack([decisions.log_softmax(leaf_logits[c]) for c in passed], 1)
+                answers[leaf] = self._ensemble.combine(
+                    self.leaf_position[leaf], history, leaf_logits[leaf]
+                )
+        reached = np.zeros((len(self.nodes), n), dtype=bool)
+        reached[0] = True
+        for index in range(len(self.nodes)):
+            children = self.children[index]
+            if len(children) == 1:
+                reached[children[0]] = reached[index]
+            elif len(children) >= 2:
+                sink_answers = {s: answers[c] for s, c in enumerate(children) if self.is_leaf[c]}
+                decision = decisions.junction_choice(
+                    self.policy,
+                    self._sink_is_leaf[index],
+                    self._sink_positions[index],
+                    scores[index],
+                    sink_answers,
+                )
+                for s, child in enumerate(children):
+                    reached[child] = reached[index] & (decision == s)
+        at_leaf = reached[self.leaves].argmax(axis=0)
+        exits = np.asarray(self.leaves, dtype=np.int64)[at_leaf]
+        stacked = np.stack([answers[leaf] for leaf in self.leaves], axis=0)
+        logits = stacked[at_leaf, np.arange(n)]
+        return Prediction(logits, exits, self._path_macs[exits])
+
+    def history_exits(self) -> dict[int, list[int]]:
+        """Per exit, the exits an example passed before reaching it, in path order
+        (``dynroute.nn.routing.history_exits``)."""
+        parent = [node["parent"] for node in self.nodes]
+        out = {}
+        for leaf in self.leaves:
+            above, node = [], parent[leaf]
+            while node >= 0:
+                above.append(node)
+                node = parent[node]
+            out[leaf] = [
+                c
+                for j in reversed(above)
+                if len(self.children[j]) >= 2 and leaf not in self.children[j]
+                for c in self.children[j]
+                if self.is_leaf[c]
+            ]
+        return out
+
+
+def load(folder: str | os.PathLike[str], **options: Any) -> ExportedModel:
+    """Load an export folder (see ``ExportedModel`` for the options)."""
+    return ExportedModel(folder, **options)
