@@ -7,7 +7,10 @@ then applied unchanged to new data (``docs/policies.md``):
   those of the exits an example passed before it, plus a bias per class, fitted by
   cross-entropy (L-BFGS, a little L2). Deep exits then answer with what the shallow ones
   already computed (Zero Time Waste, Wołczyk et al. 2021), at a few multiply-adds per class;
-  the exit rule is a confidence threshold on the combined answer.
+  the exit rule is a confidence threshold on the combined answer. An exit keeps its own
+  answer unless the combination, cross-fitted on two halves of the split, answers clearly
+  more held-out examples right (by more than two standard deviations of the paired
+  difference), so that a net whose exits gain nothing from each other loses nothing.
 - ``fit_budgeted``: MSDNet's budgeted scheme (Huang et al. 2018): the share of examples
   leaving at the exit of depth d follows q^d (normalised), q chosen so that the mean MACs
   meet a budget, and each depth's confidence threshold is the quantile that lets that
@@ -46,13 +49,39 @@ def fit_ensemble(tree: RoutedTree, outputs: DenseOutputs, l2: float = ENSEMBLE_L
     log_probs = torch.log_softmax(outputs.logits.float(), dim=2)
     labels = outputs.labels.long()
     position = {leaf: k for k, leaf in enumerate(tree.leaves)}
+    folds = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)) % 2 == 0
     weights, biases = [], []
     for leaf, passed in history_exits(tree).items():
         inputs = log_probs[:, [position[c] for c in passed] + [position[leaf]]]
-        w, b = _fit_combination(inputs, labels, l2)
+        if _combining_helps(inputs, labels, folds, l2):
+            w, b = _fit_combination(inputs, labels, l2)
+        else:  # the exit answers alone
+            w, b = [0.0] * len(passed) + [1.0], [0.0] * inputs.shape[2]
         weights.append(w)
         biases.append(b)
     return Policy("ensemble", 0.5, weights=weights, biases=biases)
+
+
+def _combining_helps(
+    inputs: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor, l2: float
+) -> bool:
+    """Whether the combination, fitted on one half of the split and scored on the other
+    (both ways), answers clearly more held-out examples right than the exit alone: only it
+    gets right more than two standard deviations (sqrt of the examples only one of the two
+    gets right) above the reverse. Where it does not (an exit the earlier ones cannot
+    improve, too few examples), the exit keeps its own answer."""
+    only_combined = only_alone = 0
+    for fit in (folds, ~folds):
+        if fit.sum() == 0 or (~fit).sum() == 0:
+            return True
+        w, b = _fit_combination(inputs[fit], labels[fit], l2)
+        held, held_labels = inputs[~fit], labels[~fit]
+        mixed = (held * torch.tensor(w)[None, :, None]).sum(dim=1) + torch.tensor(b)
+        right = mixed.argmax(dim=1) == held_labels
+        right_alone = held[:, -1].argmax(dim=1) == held_labels
+        only_combined += int((right & ~right_alone).sum())
+        only_alone += int((~right & right_alone).sum())
+    return only_combined - only_alone > 2 * math.sqrt(only_combined + only_alone)
 
 
 def _fit_combination(
