@@ -363,3 +363,49 @@ def test_a_trained_run_and_its_export_agree_under_every_policy(
             (r["class"], r["exit"], r["macs"]) for r in by_export
         ]
     assert max(exits_seen) >= 2  # some operating points split the batch
+
+
+@pytest.mark.slow
+def test_an_export_chooses_a_budget_as_its_run_does(
+    trained: dict[str, Path], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The export carries its policy's operating points measured on the validation split,
+    so ``predict EXPORT --target-macs`` picks the point the run itself would pick (every
+    point kept here; ``test_selection`` checks the thinning that keeps manifests small)."""
+    monkeypatch.setattr("dynroute.infer.export.MANIFEST_POINTS", 10**6)
+    folder = image_folder(tmp_path)
+    for which, policy in (("plain", "confidence"), ("ensemble", "ensemble"), ("budgeted", None)):
+        out = tmp_path / f"export-{which}"
+        options = ["--policy", policy] if policy else []
+        if policy == "confidence":
+            options += ["--threshold", "0.5"]
+        command = ["export", str(trained[which]), "--out", str(out), "--check", "0"]
+        assert main([*command, *options]) == 0
+        assert "operating points measured on the validation split" in capsys.readouterr().out
+        points = load(out).manifest["operating_points"]
+        assert points["examples"] == 60 and len(points["points"]) >= 2
+        lowest = min(p["mean_macs"] for p in points["points"]) / 1e6
+        highest = max(p["mean_macs"] for p in points["points"]) / 1e6
+        for target in (lowest * 1.01, (lowest + highest) / 2, highest):
+            budget = ["--target-macs", f"{target:.6f}", "--no-progress"]
+            rows = {}
+            for source in (trained[which], out):
+                by_name = ["--policy", policy or which] if source != out else []
+                assert main(["predict", str(source), str(folder), *budget, *by_name]) == 0
+                rows[source] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+            by_run, by_export = rows.values()
+            assert [(r["class"], r["exit"], r["macs"]) for r in by_run] == [
+                (r["class"], r["exit"], r["macs"]) for r in by_export
+            ]
+        too_low = ["--target-macs", f"{lowest / 2:.6f}", "--no-progress"]
+        assert main(["predict", str(out), str(folder), *too_low]) == 2
+        assert "no operating point stays within" in capsys.readouterr().err
+    # without the run's data, the export says why it carries no points, and still works
+    out = tmp_path / "no-points"
+    options = ["--policy", "confidence", "--threshold", "0.5", "--check", "0"]
+    assert main(["export", str(trained["plain"]), "--out", str(out), "--no-operating-points",
+                 *options]) == 0  # fmt: skip
+    assert load(out).manifest["operating_points"] is None
+    capsys.readouterr()
+    assert main(["predict", str(out), str(folder), "--target-macs", "1", "--no-progress"]) == 2
+    assert "carries no operating points" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """The package's layers: imports only point down, and no two files import each other.
 
-Bottom to top: the base modules (errors, atomic, runtime) → ``nn`` (trees, models, costs)
-→ ``data`` → ``train`` → ``infer`` → ``experiments`` → ``plots`` → ``commands``/``cli``.
+Bottom to top: the base modules (errors, atomic, runtime, selection) → ``nn`` (trees,
+models, costs) → ``data`` → ``train`` → ``infer`` → ``experiments`` → ``plots`` →
+``commands``/``cli``.
 Every import counts, wherever it stands (module level or inside a function).
 
 ``deploy`` stands beside the order: it runs exports without torch, so it imports only
@@ -16,7 +17,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dynroute"
 LAYERS = ["base", "nn", "data", "train", "infer", "experiments", "plots", "commands"]
-BASE = {"dynroute", "dynroute.errors", "dynroute.atomic", "dynroute.runtime"}
+BASE = {"dynroute", "dynroute.errors", "dynroute.atomic", "dynroute.runtime", "dynroute.selection"}
 #: Packages outside the layer order: what they may import, and which layers may import them.
 SIDE = {"deploy": {"imports": {"base"}, "imported_by": set(LAYERS[1:])}}
 #: Base modules that import torch, which a side package must not use.

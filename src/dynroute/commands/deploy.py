@@ -137,6 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         force=args.force,
         data_dir=args.data_dir,
         check=args.check,
+        operating_points=not args.no_operating_points,
     )
     policy = manifest["policy"]
     setting = policy["name"] + ("" if policy["threshold"] is None else f" {policy['threshold']:g}")
@@ -154,6 +155,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     table = macs[cost_model(policy)]
     exits = ", ".join(f"{h['name']} {table[h['leaf']] / 1e6:.2f}M" for h in manifest["heads"])
     print(f"  MACs per exit: {exits}")
+    if manifest.get("operating_points"):
+        points = manifest["operating_points"]["points"]
+        print(
+            f"  {len(points)} operating points measured on the validation split "
+            f"({min(p['mean_macs'] for p in points) / 1e6:.2f} to "
+            f"{max(p['mean_macs'] for p in points) / 1e6:.2f} M): predict and serve take "
+            "--target-macs"
+        )
     if check is not None:
         print(
             f"  checked with onnxruntime on {check['examples']} random inputs: "
@@ -204,7 +213,7 @@ def _add_operating_point(parser: argparse.ArgumentParser, what: str) -> None:
         default=None,
         metavar="M",
         help="choose the policy's operating point for this mean budget, in millions of MACs, "
-        "on the run's validation split (runs only)",
+        "on the run's validation split (an export: among the points it carries)",
     )
     parser.add_argument("--k-cpt", type=float, default=None, help="k_cpt input of a dynamic net")
 
@@ -250,6 +259,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=64,
         metavar="N",
         help="compare the export with PyTorch on N random inputs (0: skip)",
+    )
+    export.add_argument(
+        "--no-operating-points",
+        action="store_true",
+        help="do not measure the policy's operating points on the validation split (then "
+        "an export takes no --target-macs)",
     )
     add_data_dir_argument(export)
     export.set_defaults(func=cmd_export)

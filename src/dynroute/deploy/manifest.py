@@ -208,6 +208,38 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
     if any(len(path_macs.get(model, ())) != count for model in COST_MODELS):
         raise _fail(folder, "needs the path MACs of every node under every cost model")
     check_policy(manifest["policy"], len(leaves), classes)
+    if manifest.get("operating_points") is not None:
+        try:
+            for point in operating_points(manifest):
+                check_policy(point["policy"], len(leaves), classes)
+        except DynrouteError as exc:
+            raise _fail(folder, f"its operating points: {exc}") from None
+
+
+def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The operating points the export was measured at on held-out data (``dynroute export``
+    stores them when it can read the run's validation split), each with its whole policy:
+    an ensemble's points share the exported policy's weights, stored once. Empty if none."""
+    table = manifest.get("operating_points")
+    if table is None:
+        return []
+    if not isinstance(table, dict) or not isinstance(table.get("points"), list):
+        raise DynrouteError("`operating_points` must hold a list of `points`")
+    exported = manifest["policy"]
+    out = []
+    for point in table["points"]:
+        if not isinstance(point, dict) or not isinstance(point.get("policy"), dict):
+            raise DynrouteError("an operating point needs a `policy` object")
+        macs, accuracy = point.get("mean_macs"), point.get("accuracy")
+        if not (_number(macs) and macs > 0 and _in_unit(accuracy)):
+            raise DynrouteError("an operating point needs `mean_macs` > 0 and `accuracy` in [0, 1]")
+        policy = dict(point["policy"])
+        if policy.get("name") != exported["name"]:
+            raise DynrouteError("operating points must be of the exported policy")
+        if policy["name"] == "ensemble":
+            policy["weights"], policy["biases"] = exported["weights"], exported["biases"]
+        out.append({**point, "policy": policy})
+    return out
 
 
 def check_policy(policy: Any, leaves: int, classes: int) -> dict[str, Any]:
@@ -248,3 +280,7 @@ def check_policy(policy: Any, leaves: int, classes: int) -> dict[str, Any]:
 
 def _in_unit(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

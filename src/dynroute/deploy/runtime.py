@@ -29,9 +29,11 @@ from dynroute.deploy.manifest import (
     check_policy,
     cost_model,
     input_name,
+    operating_points,
     read_manifest,
 )
 from dynroute.errors import DynrouteError
+from dynroute.selection import choose
 
 _MANIFEST_K_CPT = object()  # "use the manifest's k_cpt"
 
@@ -107,6 +109,14 @@ def session_options(threads: int | None = None) -> Any:
     # on a core the next model needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+@dataclass
+class _Point:
+    mean_macs: float
+    accuracy: float
+    rule: Any
+    entry: dict[str, Any]
 
 
 class ExportedModel:
@@ -208,6 +218,24 @@ class ExportedModel:
         if k_cpt is not _MANIFEST_K_CPT:
             other.k_cpt = k_cpt
         return other
+
+    def for_budget(self, target_macs: float) -> tuple[ExportedModel, dict[str, Any]]:
+        """The same models at the operating point that spends at most ``target_macs`` mean
+        MACs per example on the export's held-out points (chosen as ``dynroute calibrate``
+        chooses), and that point (its policy, k_cpt input, accuracy and mean MACs there)."""
+        if not 0 < target_macs < float("inf"):
+            raise DynrouteError("`target_macs` must be a positive, finite number")
+        points = operating_points(self.manifest)
+        if not points:
+            raise DynrouteError(
+                f"export {self.folder} carries no operating points to choose a budget from "
+                "(it was exported without its run's validation data, or its policy has one "
+                "operating point): export again with the data, or with `target_macs`"
+            )
+        views = [_Point(p["mean_macs"], p["accuracy"], p.get("rule"), p) for p in points]
+        chosen = choose(views, target_macs, None, family=lambda view: view.rule).entry
+        k_cpt = chosen.get("k_cpt") if self.dynamic_k_cpt else self.k_cpt
+        return self.with_policy(chosen["policy"], k_cpt), chosen
 
     @property
     def has_dense(self) -> bool:

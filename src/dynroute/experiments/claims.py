@@ -761,7 +761,7 @@ class ClaimChecker:
         return Claim(
             claim,
             SUPPORTED if mean >= 0.25 else NOT_SUPPORTED,
-            f"mean share {100 * mean:.0f} % over {len(shares)} (network, budget) pairs "
+            f"mean share {100 * mean:.1f} % over {len(shares)} (network, budget) pairs "
             f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs 25 %",
         )
 

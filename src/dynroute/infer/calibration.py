@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynroute import selection
 from dynroute.errors import DynrouteError
 from dynroute.infer.evaluate import evaluate
 from dynroute.infer.fitted_policies import (
@@ -58,8 +59,11 @@ def candidates(
     labels: torch.Tensor,
     policy: Policy,
     k_cpt: float | None = None,
+    fitted: bool = False,
 ) -> list[Candidate]:
-    """Every operating point ``policy`` offers on this tree, measured on (images, labels)."""
+    """Every operating point ``policy`` offers on this tree, measured on (images, labels).
+    An ensemble's weights are fitted on (images, labels) first, unless ``fitted`` says
+    ``policy`` carries weights to keep (an exported operating point's)."""
     if policy.uses_threshold:
         if tree.dynamic_k_cpt and k_cpt is None:
             raise DynrouteError("a dynamic-k_cpt net needs `k_cpt` for its routers' choices")
@@ -72,11 +76,11 @@ def candidates(
         if policy.name == "budgeted":
             family = budgeted_family(table)
         elif policy.name == "ensemble":  # fitted here, on the calibration split
-            fitted = fit_ensemble(tree, outputs)
-            table = exit_table(tree, outputs=outputs, policy=fitted)
+            ensemble = policy if fitted else fit_ensemble(tree, outputs)
+            table = exit_table(tree, outputs=outputs, policy=ensemble)
             # Two exit rules: one threshold, or the budgeted scheme on combined answers.
-            family = threshold_family(table, fitted)
-            family += budgeted_family(table, like=fitted)
+            family = threshold_family(table, ensemble)
+            family += budgeted_family(table, like=ensemble)
         else:
             family = threshold_family(table, Policy(policy.name, 0.5))
         out = []
@@ -114,39 +118,13 @@ def candidates(
 def choose(
     points: list[Candidate], target_macs: float | None, target_accuracy: float | None
 ) -> Candidate:
-    """The operating point that meets the target; an unreachable one is refused with the
-    range the points do reach.
+    """The operating point that meets the target (``dynroute.selection.choose``); a run's
+    points of one exit rule form a near-continuous family."""
+    return selection.choose(points, target_macs, target_accuracy, family=candidate_family)
 
-    A MAC budget: within each run and exit rule, the point that spends most of it
-    (thresholds and k_cpt inputs form a near-continuous family, so this lands on the
-    budget); across runs and rules, the most accurate of those. An accuracy target: the
-    cheapest point that reaches it.
-    """
-    if (target_macs is None) == (target_accuracy is None):
-        raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
-    if target_macs is not None:
-        feasible = [p for p in points if p.mean_macs <= target_macs]
-        if not feasible:
-            cheapest = min(p.mean_macs for p in points)
-            raise DynrouteError(
-                f"no operating point stays within {target_macs / 1e6:.3f} M MACs; reachable: "
-                f"{cheapest / 1e6:.3f} to {max(p.mean_macs for p in points) / 1e6:.3f} M"
-            )
-        per_family = {}  # a run's points of one exit rule form a near-continuous family
-        for p in feasible:
-            key = (p.run, p.extra.get("rule"))
-            best = per_family.get(key)
-            if best is None or (p.mean_macs, p.accuracy) > (best.mean_macs, best.accuracy):
-                per_family[key] = p
-        return max(per_family.values(), key=lambda p: (p.accuracy, p.mean_macs))
-    feasible = [p for p in points if p.accuracy >= target_accuracy]
-    if not feasible:
-        best = max(p.accuracy for p in points)
-        raise DynrouteError(
-            f"no operating point reaches accuracy {target_accuracy:.4f}; reachable: "
-            f"{min(p.accuracy for p in points):.4f} to {best:.4f}"
-        )
-    return min(feasible, key=lambda p: (p.mean_macs, -p.accuracy))
+
+def candidate_family(point: Candidate) -> tuple[int, Any]:
+    return point.run, point.extra.get("rule")
 
 
 def policy_template(name: str) -> Policy:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynroute import __version__
+from dynroute import __version__, selection
 from dynroute.atomic import fsync_folder, write_atomic, write_json_atomic, write_text_atomic
 from dynroute.deploy import manifest as fmt
 from dynroute.errors import DynrouteError
@@ -233,6 +233,7 @@ def export_tree(
     source: dict[str, Any] | None = None,
     dense: bool = False,
     force: bool = False,
+    operating_points: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``tree`` as an export folder ``out`` (see ``dynroute.deploy.manifest``) and
     return its manifest. The tree itself is left as it is (a copy is folded and traced).
@@ -240,7 +241,9 @@ def export_tree(
     ``policy`` and ``k_cpt`` are the operating point the export runs by default;
     ``class_names`` and ``preprocessing`` go to the manifest for ``dynroute predict`` and
     ``serve``; ``dense`` also writes ``dense.onnx`` (every exit on every example);
-    ``force`` replaces an existing export at ``out``. The folder appears whole or not at all.
+    ``force`` replaces an existing export at ``out``; ``operating_points`` (from
+    ``held_out_points``) lets a runtime choose another budget. The folder appears whole or
+    not at all.
     """
     if not policy.deployable:
         raise DynrouteError(f"the {policy.name} policy is a bound to compare with; it cannot run")
@@ -400,6 +403,7 @@ def export_tree(
         "preprocessing": preprocessing,
         "policy": policy.to_dict(),
         "k_cpt": k_cpt,
+        "operating_points": operating_points,
         "onnx": {
             "opset": fmt.OPSET,
             "batch_axis": 0,
@@ -496,12 +500,16 @@ def export_run(
     force: bool = False,
     data_dir: str | os.PathLike[str] | None = None,
     check: int = 64,
+    operating_points: bool = True,
 ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
     """Export a run directory at its operating point (its calibration, or the one
     ``policy``/``threshold``/``target_macs`` give: ``dynroute.infer.predict``), then, if
     onnxruntime is installed and ``check`` > 0, compare the export with the PyTorch dense
-    reference on ``check`` random inputs. Returns the manifest, how the operating point was
-    chosen, and the check (None if skipped)."""
+    reference on ``check`` random inputs. With ``operating_points``, the export also carries
+    its policy's operating points measured on the run's validation split (when that split can
+    be read), so that ``dynroute predict EXPORT --target-macs`` can choose a budget without
+    data. Returns the manifest, how the operating point was chosen, and the check (None if
+    skipped)."""
     from dynroute.data.files import preprocessing
     from dynroute.infer.predict import run_operating_point
     from dynroute.train.runs import open_run
@@ -514,6 +522,7 @@ def export_run(
     shape = tree.input_shape
     config = run.config or {}
     images = len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]
+    points = _held_out_points(run, tree, chosen, k, data_dir) if operating_points else None
     manifest = export_tree(
         tree,
         out,
@@ -530,6 +539,7 @@ def export_run(
         },
         dense=dense,
         force=force,
+        operating_points=points,
     )
     result = None
     if check > 0:
@@ -543,3 +553,53 @@ def export_run(
             x *= torch.rand((check, *[1] * len(shape)), generator=generator)  # mixed brightness
             result = check_export(tree, out, x, chosen, k)
     return manifest, how, result
+
+
+#: Operating points kept per exit rule in a manifest (spread over its MAC range).
+MANIFEST_POINTS = 200
+
+
+def _held_out_points(
+    run: Any,
+    tree: RoutedTree,
+    policy: Policy,
+    k_cpt: float | None,
+    data_dir: str | os.PathLike[str] | None,
+) -> dict[str, Any] | None:
+    """``policy``'s operating points on the run's validation split, as manifest data
+    (``dynroute.deploy.manifest.operating_points``), or None where it has only one or the
+    split cannot be read (said on stdout)."""
+    from dynroute.infer.calibration import candidate_family, candidates, policy_template
+    from dynroute.nn.prediction import as_tensor
+
+    if not tree.junctions or not (policy.uses_threshold or tree.dynamic_k_cpt):
+        return None
+    try:
+        images, labels, _ = run.split("validation", data_dir, None, False)
+    except DynrouteError as exc:
+        print(f"dynroute: note: no operating points stored (no validation data: {exc})")
+        return None
+    fitted = policy.name == "ensemble"
+    points = candidates(
+        0,
+        tree,
+        as_tensor(images, torch.float32),
+        as_tensor(labels, torch.long),
+        policy if fitted else policy_template(policy.name),
+        k_cpt,
+        fitted=fitted,
+    )
+    rows = []
+    for point in selection.thin(points, MANIFEST_POINTS, candidate_family):
+        stored = point.policy.to_dict()
+        stored.pop("weights", None), stored.pop("biases", None)  # the exported policy's
+        rows.append(
+            {
+                "policy": stored,
+                "k_cpt": point.k_cpt,
+                "accuracy": point.accuracy,
+                "mean_macs": point.mean_macs,
+                "rule": point.extra.get("rule"),
+            }
+        )
+    return {"split": "validation", "examples": len(labels), "points": rows}

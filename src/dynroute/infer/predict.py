@@ -200,20 +200,33 @@ def _open_export(
 ) -> Predictor:
     from dynroute.deploy import load
 
-    if target_macs is not None:
-        raise DynrouteError(
-            "an export runs the operating point it was exported with; choose another with "
-            "`dynroute export RUN --target-macs M` (the run's validation data is needed)"
-        )
     model = load(path, threads=threads)
     current = Policy.from_dict(model.policy)
+    if target_macs is not None:
+        if threshold is not None:
+            raise DynrouteError("give `threshold` or `target_macs`, not both")
+        if policy is not None and policy != current.name:
+            raise DynrouteError(
+                f"export {path} carries operating points of the {current.name} policy, not "
+                f"{policy}: export the run again with that policy"
+            )
+        model, point = model.for_budget(target_macs)
+        if k_cpt is not None:
+            model = model.with_policy(None, k_cpt)
+        how = (
+            f"chosen for {target_macs / 1e6:g} M MACs on the run's validation split "
+            f"(accuracy {point['accuracy']:.4f} at {point['mean_macs'] / 1e6:.3f} M there)"
+        )
+        return _export_predictor(path, model, how)
     chosen = override_policy(current, policy, threshold)
     if chosen is not current:
         model = model.with_policy(chosen.to_dict())
     if k_cpt is not None:
         model = model.with_policy(None, k_cpt)
-    how = "exported" if chosen is current else "given"
+    return _export_predictor(path, model, "exported" if chosen is current else "given")
 
+
+def _export_predictor(path: Path, model: Any, how: str) -> Predictor:
     def backend(x: np.ndarray) -> Prediction:
         return model.predict(x)
 
