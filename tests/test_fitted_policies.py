@@ -14,6 +14,7 @@ from dynroute.infer.fitted_policies import (
     threshold_family,
 )
 from dynroute.infer.operating_points import DenseOutputs, exit_table
+from dynroute.nn.macs import tree_costs
 from dynroute.nn.models import build_model
 from dynroute.nn.policy import Policy
 
@@ -106,6 +107,21 @@ def test_default_budgets_span_the_papers_band(chain) -> None:
     budgets = default_budgets(chain)
     assert budgets[0] == pytest.approx(2.06e6, rel=0.01)
     assert budgets[-1] == pytest.approx(15.0e6, rel=0.01)
+
+
+def test_default_budgets_start_above_a_heavy_first_exit() -> None:
+    tree = build_model("resnet18-exits", num_classes=CLASSES).eval()
+    macs = tree_costs(tree).policy_path_macs("threshold")
+    cheapest, deepest = (
+        min(macs[leaf] for leaf in tree.leaves),
+        max(macs[leaf] for leaf in tree.leaves),
+    )
+    assert cheapest > 0.1 * deepest  # the case: a first stage heavier than the lowest share
+    budgets = default_budgets(tree)
+    assert len(budgets) == 9 and budgets == sorted(budgets)
+    assert budgets[0] == pytest.approx(1.05 * cheapest) and budgets[-1] == pytest.approx(
+        0.73 * deepest
+    )
 
 
 def test_fitted_policies_survive_json() -> None:

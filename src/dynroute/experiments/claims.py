@@ -761,8 +761,8 @@ class ClaimChecker:
         return Claim(
             claim,
             SUPPORTED if mean >= 0.25 else NOT_SUPPORTED,
-            f"mean share {100 * mean:.1f} % over {len(shares)} (network, budget) pairs "
-            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs 25 %",
+            f"mean share {100 * mean:.2f} % over {len(shares)} (network, budget) pairs "
+            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs at least 25 %",
         )
 
     def recipe_beats_multi_exit(self, dataset: str) -> Claim:

@@ -33,6 +33,8 @@ from dynroute.nn.tree import RoutedTree
 #: Default budgets as shares of the deepest exit's path MACs: on the paper's chain
 #: (20.6 M MACs) 2.1, 3.1, 4.1, 5.2, 6.2, 8.2, 10.3, 12.4 and 15.0 M, its 2-15 M band.
 BUDGET_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.73)
+#: The lowest default budget is at least this multiple of the cheapest exit's MACs.
+CHEAPEST_MARGIN = 1.05
 THRESHOLD_NAMES = ("confidence", "entropy", "budgeted")
 LEARNED_NAME = "ensemble"
 PROTOCOL = (
@@ -42,10 +44,19 @@ PROTOCOL = (
 
 
 def default_budgets(tree: RoutedTree) -> list[float]:
-    """``BUDGET_SHARES`` of the deepest exit's path MACs under the threshold policies."""
+    """``BUDGET_SHARES`` of the deepest exit's path MACs under the threshold policies; where
+    the cheapest exit costs more than the lowest share (a backbone whose first stage is
+    heavy), the same spacing moved up to start just above that exit, so that every budget
+    leaves the policies a choice."""
     macs = tree_costs(tree).policy_path_macs("threshold")
     deepest = max(macs[leaf] for leaf in tree.leaves)
-    return [share * deepest for share in BUDGET_SHARES]
+    cheapest = min(macs[leaf] for leaf in tree.leaves)
+    low, high = BUDGET_SHARES[0], BUDGET_SHARES[-1]
+    start = max(low * deepest, CHEAPEST_MARGIN * cheapest)
+    if start >= high * deepest:
+        return [high * deepest]
+    scale = (high * deepest - start) / ((high - low) * deepest)
+    return [start + (share - low) * deepest * scale for share in BUDGET_SHARES]
 
 
 def _within(
