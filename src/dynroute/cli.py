@@ -16,14 +16,11 @@ import contextlib
 import importlib
 import os
 import re
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from dynroute import __version__
 from dynroute.atomic import os_reason
-from dynroute.errors import DynrouteError, Interrupted
+from dynroute.errors import DynrouteError, Interrupted, stop_signals
 
 COMMAND_MODULES = ["data", "model", "train", "policies", "deploy", "experiments"]
 
@@ -64,27 +61,6 @@ def as_flags(message: str, flags: dict[str, str]) -> str:
     )
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
-@contextmanager
-def _signals_stop_the_command() -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread while a command runs, so
-    it unwinds (temporary files removed, locks released) and exits with 128 + the signal."""
-    previous = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, _raise_interrupted)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _tolerant_output() -> None:
     """Print names that are not valid UTF-8 (a folder's raw bytes) escaped, never crash on them."""
     for stream in (sys.stdout, sys.stderr):
@@ -100,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _tolerant_output()
     try:
-        with _signals_stop_the_command():
+        with stop_signals():  # SIGINT/SIGTERM unwind the command: exit 128 + signal
             return int(args.func(args) or 0)
     except DynrouteError as exc:
         print(f"dynroute: error: {as_flags(str(exc), args._flags)}", file=sys.stderr)

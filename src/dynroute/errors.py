@@ -6,6 +6,9 @@ into its message and status 128 + the signal's number (130 for Ctrl-C).
 """
 
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 class DynrouteError(Exception):
@@ -36,3 +39,26 @@ class Interrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return self.message or f"interrupted ({self.signal_name})"
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def stop_signals(handler: Callable[[int, Any], Any] | int = _raise_interrupted) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` while the block runs, then back to what they were.
+    The default raises ``Interrupted``, so a command unwinds (temporary files removed, locks
+    released); ``signal.SIG_IGN`` lets a second Ctrl-C not cut short a clean stop. Outside
+    the main thread signals cannot be handled and are left alone."""
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)

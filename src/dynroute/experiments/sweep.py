@@ -12,13 +12,11 @@ curves and claims can be checked on data they were never tuned on.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from tqdm import tqdm
 from dynroute import runtime
 from dynroute.atomic import FolderLock, check_writable, write_json_atomic
 from dynroute.data.datasets import absolute_dataset_name, load_dataset
-from dynroute.errors import DynrouteError, Interrupted
+from dynroute.errors import DynrouteError, Interrupted, stop_signals
 from dynroute.experiments.executors import (
     DataLoaderFn,
     ProcessPoolRunner,
@@ -191,7 +189,7 @@ def _train(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM through the CLI
         # Begun, not finished (a task queued for a worker that never took it has no run).
         running = [t.label for t in runner.running() if Path(t.run_dir, CONFIG_FILE).exists()]
-        with _signals_ignored():
+        with stop_signals(signal.SIG_IGN):
             runner.stop()
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         kept = [
@@ -202,7 +200,7 @@ def _train(
         message = _stopped_message(signum, len(kept), len(tasks) - len(kept), running)
         raise Interrupted(signum, message) from None
     except BaseException:
-        with _signals_ignored():
+        with stop_signals(signal.SIG_IGN):
             runner.stop()
         raise
     else:
@@ -222,22 +220,6 @@ def _stopped_message(signum: int, kept: int, left: int, running: list[str]) -> s
         f"sweep stopped by {name}: {kept} network(s) finished and kept, "
         f"{left} not finished{stopped}; run the same sweep again to continue"
     )
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Let a second Ctrl-C not cut short the few seconds it takes to stop the workers."""
-    previous = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _finished(path: Path, dataset: str) -> bool:
