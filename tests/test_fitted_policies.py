@@ -83,6 +83,7 @@ def test_threshold_family_spans_cheapest_to_dearest(chain) -> None:
     assert macs[-1] > 0.9 * float(table.leaf_macs["threshold"][-1])  # threshold 1
 
 
+@pytest.mark.slow
 def test_policy_table_is_fitted_on_validation_only(chain) -> None:
     """The fitted parameters do not change when the test split's labels do, and each
     policy spends what the budget allows on the validation split."""

@@ -359,6 +359,7 @@ def test_static_runs_are_refused_by_policies_and_calibrate(workspace, capsys):
         assert "is a static network (one exit, no routing)" in line
 
 
+@pytest.mark.slow
 def test_policies_on_a_named_dataset_never_overwrite_the_runs_own(workspace, tmp_path, capsys):
     run = copy_run(workspace, "routed", tmp_path)
     assert cli(capsys, "policies", run, "--threads", "1")[0] == 0
