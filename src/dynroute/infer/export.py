@@ -592,7 +592,8 @@ def _held_out_points(
     rows = []
     for point in selection.thin(points, MANIFEST_POINTS, candidate_family):
         stored = point.policy.to_dict()
-        stored.pop("weights", None), stored.pop("biases", None)  # the exported policy's
+        for shared in ("weights", "biases"):  # the exported policy's, stored once
+            stored.pop(shared, None)
         rows.append(
             {
                 "policy": stored,
