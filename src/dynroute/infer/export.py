@@ -241,8 +241,8 @@ def export_tree(
     ``policy`` and ``k_cpt`` are the operating point the export runs by default;
     ``class_names`` and ``preprocessing`` go to the manifest for ``dynroute predict`` and
     ``serve``; ``dense`` also writes ``dense.onnx`` (every exit on every example);
-    ``force`` replaces an existing export at ``out``; ``operating_points`` (from
-    ``held_out_points``) lets a runtime choose another budget. The folder appears whole or
+    ``force`` replaces an existing export at ``out``; ``operating_points`` (measured on
+    held-out data: ``export_run``) lets a runtime choose another budget. The folder appears whole or
     not at all.
     """
     if not policy.deployable:
