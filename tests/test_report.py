@@ -518,6 +518,14 @@ def test_fitted_policy_claims_read_the_policy_tables(tmp_path) -> None:
     assert find(claims, recipe).verdict == SUPPORTED, find(claims, recipe).evidence
     gap = find(claims, "dynroute's learned policy closes at least a quarter")
     assert gap.verdict in (SUPPORTED, NOT_SUPPORTED) and "mean share" in gap.evidence
+    landing = find(claims, "every policy fitted to a MAC budget on validation")
+    assert landing.verdict == SUPPORTED and "8 of 8" in landing.evidence, landing.evidence
+    # A policy that overspends its budget on test by 6 % fails the claim, named.
+    result["budgets"]["budgets"][0]["policies"]["entropy"]["test"]["mean_macs"] = 1.06 * 15e6
+    path.write_text(json.dumps(result))
+    landing = find(check_claims(load_results(root, SCALE)), "every policy fitted to a MAC")
+    assert landing.verdict == NOT_SUPPORTED, landing.evidence
+    assert "7 of 8" in landing.evidence and "+6.0 % (entropy" in landing.evidence
     # The report renders the table.
     assert main(["report", "--scale", SCALE, "--results", str(root)]) == 0
     text = (root / SCALE / "report.md").read_text()

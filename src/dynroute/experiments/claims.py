@@ -765,6 +765,34 @@ class ClaimChecker:
             f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs at least 25 %",
         )
 
+    def budgets_met(self) -> Claim:
+        """Whether a policy fitted to a budget on validation spends that budget on test:
+        every cell of every policy table, as its test mean MACs' deviation from the budget."""
+        claim = (
+            "every policy fitted to a MAC budget on validation spends it within "
+            f"±{100 * BUDGET_TOLERANCE:.0f} % on test (every network with a policy table)"
+        )
+        cells = [
+            (cell["test"]["mean_macs"] / row["budget"] - 1, f"{e}/{n}", name, row["budget"])
+            for tables in self.policy_tables().values()
+            for e, n, table in tables
+            for row in table["budgets"]
+            for name, cell in row["policies"].items()
+            if cell.get("test") is not None
+        ]
+        if not cells:
+            return Claim(claim, NOT_RUN, "no policy tables")
+        low, high = min(cells), max(cells)
+        outside = sum(abs(deviation) > BUDGET_TOLERANCE for deviation, *_ in cells)
+        return Claim(
+            claim,
+            NOT_SUPPORTED if outside else SUPPORTED,
+            f"{len(cells) - outside} of {len(cells)} (network, budget, policy) cells within; "
+            f"test MACs from {100 * low[0]:+.1f} % ({low[2]} on {low[1]} at "
+            f"{low[3] / 1e6:.2f} M) to {100 * high[0]:+.1f} % ({high[2]} on {high[1]} at "
+            f"{high[3] / 1e6:.2f} M) of the budget",
+        )
+
     def recipe_beats_multi_exit(self, dataset: str) -> Claim:
         """Per budget, dynroute's recipe chosen on validation (any trained net of the
         dataset's chain experiments with the ensemble policy) against the multi-exit net's
@@ -844,11 +872,15 @@ class ClaimChecker:
         for group in self.policy_tables():
             checks.append(lambda group=group: self.learned_policy_beats_thresholds(group))
             checks.append(lambda group=group: self.gap_closed(group))
+        if self.policy_tables():
+            checks.append(self.budgets_met)
         return [check() for check in checks]
 
 
 #: Significance level of the paired (McNemar) comparisons of policies.
 SIGNIFICANCE = 0.05
+#: How far a validation-fitted policy's test MACs may stray from its budget.
+BUDGET_TOLERANCE = 0.05
 _DATASET_TITLES = {
     "hybrid": "hybrid",
     "cifar10": "CIFAR-10",
