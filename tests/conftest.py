@@ -112,6 +112,14 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every real-data test is also slow (it reads and decodes the real datasets), so the
+    fast tier (`-m "not slow"`) takes the same time with or without DYNROUTE_DATA."""
+    for item in items:
+        if item.get_closest_marker("realdata") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The offline copies named by DYNROUTE_DATA; realdata tests skip without them."""
