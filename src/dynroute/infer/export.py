@@ -242,8 +242,8 @@ def export_tree(
     ``class_names`` and ``preprocessing`` go to the manifest for ``dynroute predict`` and
     ``serve``; ``dense`` also writes ``dense.onnx`` (every exit on every example);
     ``force`` replaces an existing export at ``out``; ``operating_points`` (measured on
-    held-out data: ``export_run``) lets a runtime choose another budget. The folder appears whole or
-    not at all.
+    held-out data: ``export_run``) lets a runtime choose another budget. The folder appears
+    whole or not at all.
     """
     if not policy.deployable:
         raise DynrouteError(f"the {policy.name} policy is a bound to compare with; it cannot run")
