@@ -28,7 +28,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dynroute.experiments.sweep import run_sweep
+    from dynroute.experiments.sweep import run_sweep, variant_name
 
     report = run_sweep(
         args.experiments,
@@ -47,11 +47,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "compile_mode": args.compile_mode,
         },
         dataset=args.dataset,
+        seed=args.seed,
+        validation_size=args.validation_size,
     )
     print(
         f"sweep {args.scale}: {len(report.trained)} trained, {len(report.skipped)} already "
         f"done, {len(report.failed)} failed, {report.seconds:.0f} s; results in "
-        f"{args.results}/{args.scale}/"
+        f"{args.results}/{variant_name(args.scale, args.seed, args.validation_size)}/"
     )
     for label, message in report.failed.items():
         print(f"  failed {label}: {message}")
@@ -139,6 +141,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dataset",
         help="train every experiment on this dataset instead of its own: a built-in name, "
         "folder:PATH or npz:PATH (give it its own --results folder)",
+    )
+    sweep.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="train every network with this seed instead of 0: a fresh validation split, "
+        "initialisation and batch order; results go to RESULTS/SCALE-seedN",
+    )
+    sweep.add_argument(
+        "--validation-size",
+        type=int,
+        default=None,
+        help="hold this many training images out instead of the scale's own; results go "
+        "to RESULTS/SCALE-valN",
     )
     add_data_dir_argument(sweep)
     add_checksum_argument(sweep)

@@ -74,6 +74,8 @@ def run_sweep(
     only: list[str] | None = None,
     execution: dict[str, Any] | None = None,
     dataset: str | None = None,
+    seed: int | None = None,
+    validation_size: int | None = None,
     load_data: DataLoaderFn = load_training_data,
 ) -> SweepReport:
     """Train the missing networks and write their result files; returns what happened.
@@ -85,7 +87,11 @@ def run_sweep(
     ``dataset`` replaces every experiment's own dataset (a built-in name, ``folder:PATH``
     or ``npz:PATH``); its training state goes to ``<runs>/<scale>-<dataset>/``, and a
     result file in ``results_dir`` trained on another dataset stops the sweep, so two
-    datasets' curves never mix in one folder. ``load_data`` replaces dataset loading for
+    datasets' curves never mix in one folder. ``seed`` trains every network again with that
+    seed instead of the registry's 0 (a fresh validation split, initialisation and batch
+    order: how much a result owes to one draw), ``validation_size`` with that many training
+    images held out instead of the scale's; such a variant's results and training state go
+    to their own folders (``variant_name``). ``load_data`` replaces dataset loading for
     in-process runs (tests); spawned and Ray workers always load the real dataset.
     """
     if workers < 1:
@@ -111,13 +117,19 @@ def run_sweep(
             raise DynrouteError(f"no network {', '.join(unknown)} in these experiments: {names}")
         networks = [n for n in networks if n.name in only]
     state_dir = Path(runs_dir, scale)
+    results_scale = variant_name(scale, seed, validation_size)
+    if results_scale != scale:
+        state_dir = Path(runs_dir, results_scale)
+        changes = {"seed": seed, "validation_size": validation_size}
+        changes = {k: v for k, v in changes.items() if v is not None}
+        networks = [replace(n, config=replace(n.config, **changes).validate()) for n in networks]
     if dataset is not None:
         dataset = absolute_dataset_name(dataset)  # a bad name is an error naming the choices
         state_dir = Path(runs_dir, f"{scale}-{_slug(dataset)}")
         networks = [replace(n, config=replace(n.config, dataset=dataset)) for n in networks]
     tasks = []
     for network in networks:
-        path = result_path(results_dir, scale, network.experiment, network.name)
+        path = result_path(results_dir, results_scale, network.experiment, network.name)
         if _finished(path, network.config.dataset):
             report.skipped.append(network.label)
             continue
@@ -127,13 +139,14 @@ def run_sweep(
     if not tasks:
         report.seconds = time.perf_counter() - started
         return report
-    check_writable(scale_dir(results_dir, scale), "results folder")  # before any training
-    with FolderLock(state_dir, "training state folder", f"sweep {scale}"):
+    check_writable(scale_dir(results_dir, results_scale), "results folder")  # before training
+    with FolderLock(state_dir, "training state folder", f"sweep {results_scale}"):
         _train(
             tasks,
             report,
             scale,
-            results_dir,
+            Path(results_dir),
+            results_scale,
             workers,
             ray_address,
             execution,
@@ -145,11 +158,27 @@ def run_sweep(
     return report
 
 
+def variant_name(scale: str, seed: int | None, validation_size: int | None) -> str:
+    """The results folder of a scale trained with another seed or validation size
+    (``cpu-seed1``, ``cpu-val10000``), so the registry's own results are never mixed in."""
+    name = scale
+    if seed is not None:
+        if seed < 0:
+            raise DynrouteError(f"`seed` must be >= 0, got {seed}")
+        name += f"-seed{seed}"
+    if validation_size is not None:
+        if validation_size < 0:
+            raise DynrouteError(f"`validation_size` must be >= 0, got {validation_size}")
+        name += f"-val{validation_size}"
+    return name
+
+
 def _train(
     tasks: list[Task],
     report: SweepReport,
     scale: str,
-    results_dir: str | os.PathLike[str],
+    results_dir: Path,
+    results_scale: str,
     workers: int,
     ray_address: str | None,
     execution: dict[str, Any],
@@ -181,7 +210,7 @@ def _train(
             assert result is not None
             result.update(scale=scale, git_revision=revision)
             write_json_atomic(
-                result_path(results_dir, scale, task.experiment, task.network), result
+                result_path(results_dir, results_scale, task.experiment, task.network), result
             )
             report.trained.append(task.label)
             bar.write(_describe(task.label, result))
@@ -195,7 +224,7 @@ def _train(
         kept = [
             t.label
             for t in tasks
-            if result_path(results_dir, scale, t.experiment, t.network).exists()
+            if result_path(results_dir, results_scale, t.experiment, t.network).exists()
         ]  # on disk, also one written just as the signal came
         message = _stopped_message(signum, len(kept), len(tasks) - len(kept), running)
         raise Interrupted(signum, message) from None
