@@ -49,12 +49,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dynroute.delivery.export import export_run, export_tree
 from dynroute.deploy import load
-from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.export import export_run, export_tree
+from dynroute.devices import configure_cpu, machine_description
+from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.nn.models import build_model
-from dynroute.runtime import configure_cpu, machine_description
-from dynroute.train.runs import open_run
+from dynroute.runs import open_run
 from timing import save_results
 
 SAMPLE = 2048

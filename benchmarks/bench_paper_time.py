@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from dynroute.runtime import configure_cpu, machine_description, resolve_device
+from dynroute.devices import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import TrainConfig
-from dynroute.train.trainer import Trainer, load_training_data
+from dynroute.train.data import load_training_data
+from dynroute.train.trainer import Trainer
 from timing import save_results, seconds
 
 MODES = {

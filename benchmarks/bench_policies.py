@@ -16,13 +16,13 @@ import argparse
 import statistics
 
 import torch
+from dynroute.policies.operating_points import dense_outputs
 
-from dynroute.infer.budgets import budget_table
-from dynroute.infer.engine import EarlyExitEngine
-from dynroute.infer.operating_points import dense_outputs
-from dynroute.nn.policy import Policy
-from dynroute.runtime import configure_cpu, machine_description
-from dynroute.train.runs import open_run
+from dynroute.devices import configure_cpu, machine_description
+from dynroute.engine.early_exit import EarlyExitEngine
+from dynroute.policies.table import budget_table
+from dynroute.policy import Policy
+from dynroute.runs import open_run
 from timing import interleaved_seconds, median_speedup, save_results
 
 POLICIES = ("confidence", "budgeted", "ensemble")

@@ -24,9 +24,10 @@ import torch
 
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
-from dynroute.runtime import configure_cpu, machine_description, resolve_device
+from dynroute.devices import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import COMPILE_MODES, TrainConfig
-from dynroute.train.trainer import Split, Trainer, TrainingData
+from dynroute.train.data import Split, TrainingData
+from dynroute.train.trainer import Trainer
 from timing import median_speedup, peak_memory_mb, save_results
 
 

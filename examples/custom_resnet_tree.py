@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynroute.infer.engine import EarlyExitEngine
+from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.nn.chains import routed_chain
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import RoutedTree

@@ -33,11 +33,11 @@ _PUBLIC = {
     "load_dataset": "dynroute.data.datasets",
     "BatchLoader": "dynroute.data.loader",
     # routing policies and inference
-    "Policy": "dynroute.nn.policy",
-    "POLICIES": "dynroute.nn.policy",
-    "EarlyExitEngine": "dynroute.infer.engine",
-    "evaluate": "dynroute.infer.evaluate",
-    "calibrate": "dynroute.infer.calibration",
+    "Policy": "dynroute.policy",
+    "POLICIES": "dynroute.policy",
+    "EarlyExitEngine": "dynroute.engine.early_exit",
+    "evaluate": "dynroute.engine.evaluate",
+    "calibrate": "dynroute.policies.calibration",
     # errors
     "DynrouteError": "dynroute.errors",
 }

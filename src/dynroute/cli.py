@@ -22,7 +22,7 @@ from dynroute import __version__
 from dynroute.atomic import os_reason
 from dynroute.errors import DynrouteError, Interrupted, stop_signals
 
-COMMAND_MODULES = ["data", "model", "train", "policies", "deploy", "experiments"]
+COMMAND_MODULES = ["data", "model", "train", "evaluate", "policies", "deploy", "experiments"]
 
 
 def build_parser() -> argparse.ArgumentParser:

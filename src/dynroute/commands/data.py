@@ -15,7 +15,6 @@ from dynroute.data.download import FETCHABLE, fetch_dataset
 from dynroute.data.readers.image_tree import LISTING_FINGERPRINT
 from dynroute.data.sources import (
     CACHE_DIR_ENV,
-    DATA_DIR_ENV,
     find_cifar10,
     find_mnist,
     resolve_cache_dir,
@@ -29,28 +28,6 @@ def _user_kinds() -> list[str]:
     from dynroute.data.registry import source_kinds
 
     return [kind.prefix for kind in source_kinds()]
-
-
-def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir``, shared by every command that reads the raw datasets."""
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"folder with the raw MNIST/CIFAR-10 files (default: ${DATA_DIR_ENV}, "
-        "else ~/.cache/dynroute); may be read-only",
-    )
-
-
-def add_checksum_argument(parser: argparse.ArgumentParser) -> None:
-    """``--allow-checksum-mismatch``, for deliberately using a non-official copy."""
-    parser.add_argument(
-        "--allow-checksum-mismatch",
-        action="store_true",
-        help="use raw files whose MD5 differs from the official release "
-        "(recorded in the dataset manifest)",
-    )
 
 
 def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +51,8 @@ def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from dynroute.commands.common import add_checksum_argument, add_data_dir_argument
+
     data = subparsers.add_parser("data", help="download and inspect datasets")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda _args: data.print_help() or 2)

@@ -18,32 +18,11 @@ from typing import Any
 
 from dynroute.errors import DynrouteError
 
-POLICY_CHOICES = ("learned", "confidence", "entropy", "budgeted", "ensemble")
 FORMATS = ("csv", "jsonl")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _megabytes(text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
-    if not 0 < value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be in (0, 4096] MB, got {text}")
-    return int(value * (1 << 20))
-
-
 def _open(args: argparse.Namespace) -> Any:
-    from dynroute.infer.predict import open_predictor
+    from dynroute.delivery.predict import open_predictor
 
     target = None if args.target_macs is None else args.target_macs * 1e6
     return open_predictor(
@@ -54,6 +33,8 @@ def _open(args: argparse.Namespace) -> Any:
         k_cpt=args.k_cpt,
         threads=args.threads,
         data_dir=args.data_dir,
+        allow_checksum_mismatch=args.allow_checksum_mismatch,
+        answers=args.answers,
     )
 
 
@@ -67,7 +48,7 @@ def _format(args: argparse.Namespace) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dynroute.data.files import batches, expand
-    from dynroute.infer.predict import ROW_FIELDS, Totals
+    from dynroute.delivery.predict import ROW_FIELDS, Totals
 
     predictor = _open(args)
     size = predictor.image_size
@@ -123,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dynroute.infer.export import export_run
+    from dynroute.delivery.export import export_run
 
     target = None if args.target_macs is None else args.target_macs * 1e6
     manifest, how, check = export_run(
@@ -133,14 +114,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         target_macs=target,
         k_cpt=args.k_cpt,
+        answers=args.answers,
         dense=args.dense,
         force=args.force,
         data_dir=args.data_dir,
+        allow_checksum_mismatch=args.allow_checksum_mismatch,
         check=args.check,
         operating_points=not args.no_operating_points,
     )
-    policy = manifest["policy"]
-    setting = policy["name"] + ("" if policy["threshold"] is None else f" {policy['threshold']:g}")
+    from dynroute.decisions import path_macs
+    from dynroute.deploy.manifest import shape
+    from dynroute.policy import Policy
+
+    policy = Policy.from_dict(manifest["policy"])
+    setting = policy.label()
     count = len(manifest["segments"]) + len(manifest["heads"]) + len(manifest["routers"])
     print(
         f"exported {args.run} to {args.out}: {len(manifest['segments'])} segments, "
@@ -149,19 +136,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{manifest['onnx']['opset']}, batch norm folded"
     )
     print(f"  policy: {setting} ({how})")
-    macs = manifest["costs"]["path_macs"]
-    from dynroute.deploy.manifest import cost_model
-
-    table = macs[cost_model(policy)]
+    classes = manifest["model"]["num_classes"]
+    table = path_macs(policy, shape(manifest), classes, manifest["costs"]["path_macs"])
     exits = ", ".join(f"{h['name']} {table[h['leaf']] / 1e6:.2f}M" for h in manifest["heads"])
     print(f"  MACs per exit: {exits}")
-    if manifest.get("operating_points"):
-        points = manifest["operating_points"]["points"]
+    points = (manifest.get("operating_points") or {}).get("points") or []
+    if len(points) > 1:
         print(
             f"  {len(points)} operating points measured on the validation split "
             f"({min(p['mean_macs'] for p in points) / 1e6:.2f} to "
             f"{max(p['mean_macs'] for p in points) / 1e6:.2f} M): predict and serve take "
             "--target-macs"
+        )
+    elif manifest.get("operating_points") is not None:
+        print(
+            f"  one operating point only ({policy.describe()}): predict and serve cannot "
+            "choose another budget; export with --policy and --target-macs for one that can"
         )
     if check is not None:
         print(
@@ -173,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dynroute.infer.serve import create_app, serve
+    from dynroute.delivery.serve import create_app, serve
 
     predictor = _open(args)
     app = create_app(
@@ -197,30 +187,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_operating_point(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--policy",
-        default=None,
-        choices=POLICY_CHOICES,
-        help=f"routing policy (default: {what})",
-    )
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="the policy's threshold, in [0, 1]"
-    )
-    parser.add_argument(
-        "--target-macs",
-        type=float,
-        default=None,
-        metavar="M",
-        help="choose the policy's operating point for this mean budget, in millions of MACs, "
-        "on the run's validation split (an export: among the points it carries)",
-    )
-    parser.add_argument("--k-cpt", type=float, default=None, help="k_cpt input of a dynamic net")
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.data import add_data_dir_argument
-    from dynroute.commands.train import add_threads_argument
+    from dynroute.commands.common import (
+        add_checksum_argument,
+        add_data_dir_argument,
+        add_operating_point_arguments,
+        add_threads_argument,
+        megabytes,
+        positive_int,
+    )
 
     predict = sub.add_parser(
         "predict", help="classify image files and .npz arrays with a run or an export"
@@ -229,8 +204,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "inputs", nargs="+", metavar="FILE_OR_FOLDER", help="images, .npz/.npy files, folders"
     )
-    _add_operating_point(predict, "the run's calibration, or the export's")
-    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    add_operating_point_arguments(predict, "the run's calibration, or the export's")
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument("--format", choices=FORMATS, default=None, help="default: csv, or "
                          "jsonl when --out ends in .jsonl")  # fmt: skip
     predict.add_argument("--out", default=None, metavar="FILE", help="rows here, not stdout")
@@ -238,17 +213,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--totals", default=None, metavar="FILE", help="also write the totals as JSON here"
     )
     predict.add_argument(
-        "--readers", type=_positive_int, default=2, help="threads decoding files ahead"
+        "--readers", type=positive_int, default=2, help="threads decoding files ahead"
     )
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(predict)
     add_data_dir_argument(predict)
+    add_checksum_argument(predict)
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="write a run as ONNX segments for dynroute.deploy")
     export.add_argument("run", metavar="RUN", help="run directory")
     export.add_argument("--out", required=True, metavar="DIR", help="export folder to write")
-    _add_operating_point(export, "the run's calibration, else the learned routers")
+    add_operating_point_arguments(export, "the run's calibration, else the learned routers")
     export.add_argument(
         "--dense", action="store_true", help="also write dense.onnx (every exit, for timing)"
     )
@@ -267,13 +243,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "an export takes no --target-macs)",
     )
     add_data_dir_argument(export)
+    add_checksum_argument(export)
     export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="an HTTP endpoint classifying images, batched")
     serve.add_argument("model", metavar="EXPORT_OR_RUN", help="export folder or run directory")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    serve.add_argument("--batch-size", type=_positive_int, default=32, help="largest batch")
+    serve.add_argument("--batch-size", type=positive_int, default=32, help="largest batch")
     serve.add_argument(
         "--max-wait-ms",
         type=float,
@@ -283,15 +260,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-mb",
         dest="max_bytes",
-        type=_megabytes,
+        type=megabytes,
         default=10 << 20,
         metavar="MB",
         help="largest request body (default 10)",
     )
     serve.add_argument(
-        "--max-pixels", type=_positive_int, default=40_000_000, help="largest image accepted"
+        "--max-pixels", type=positive_int, default=40_000_000, help="largest image accepted"
     )
-    _add_operating_point(serve, "the run's calibration, or the export's")
+    add_operating_point_arguments(serve, "the run's calibration, or the export's")
     add_threads_argument(serve)
     add_data_dir_argument(serve)
+    add_checksum_argument(serve)
     serve.set_defaults(func=cmd_serve)

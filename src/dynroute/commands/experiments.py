@@ -111,7 +111,7 @@ def _results_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.data import add_checksum_argument, add_data_dir_argument
+    from dynroute.commands.common import add_checksum_argument, add_data_dir_argument
 
     listing = sub.add_parser("experiments", help="list the named experiments and scales")
     listing.set_defaults(func=cmd_experiments)

@@ -4,7 +4,7 @@
 same exits (learned routers, confidence and entropy thresholds, the oracle, each exit
 alone), says how much of the static-to-oracle gap the routers close, and, for a run with a
 validation split, prints the policy table (every deployable policy fitted to each budget
-on validation, scored on test: ``dynroute.infer.budgets``). ``calibrate`` turns a budget
+on validation, scored on test: ``dynroute.policies.table``). ``calibrate`` turns a budget
 into an operating point chosen (and, for the budgeted and ensemble policies, fitted) on
 the validation split and stores it in the run, where ``evaluate`` and
 ``EarlyExitEngine.from_run`` pick it up.
@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from dynroute.errors import DynrouteError
-from dynroute.nn.policy import POLICIES
 
 SPLIT_CHOICES = ("validation", "test", "train")
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
     from dynroute.atomic import write_json_atomic
-    from dynroute.infer.operating_points import analyse, analysis_k_values
+    from dynroute.devices import configure_cpu
     from dynroute.plots.figures import plot_policy_curves
-    from dynroute.runtime import configure_cpu
-    from dynroute.train.runs import open_run, run_lock
+    from dynroute.policies.analysis import analyse, analysis_k_values
+    from dynroute.runs import open_run, run_lock
 
     configure_cpu(args.threads)
     runs = [open_run(path) for path in args.runs]  # every path checked before any work
@@ -61,7 +60,9 @@ def cmd_policies(args: argparse.Namespace) -> int:
             figures = plot_policy_curves(analysis, out, stem)
         print(format_analysis(run.name, analysis))
         if table is not None:
-            print(format_budgets(table))
+            from dynroute.plots.tables import policy_table_text
+
+            print(policy_table_text(table))
         print(f"  written: {json_path}, {', '.join(str(f) for f in figures)}")
         if args.into_result:
             _into_result(Path(args.into_result), run, table)
@@ -71,8 +72,9 @@ def cmd_policies(args: argparse.Namespace) -> int:
 def _budget_table(run, tree, images, labels, args: argparse.Namespace) -> dict[str, Any] | None:
     """The policy table on the test split, fitted on the run's validation split (None where
     the run holds none out, analyses another split, or has no junctions)."""
-    from dynroute.infer.budgets import budget_table
-    from dynroute.infer.operating_points import dense_outputs
+    from dynroute.policies.exit_table import dense_outputs
+    from dynroute.policies.table import budget_table
+    from dynroute.train.strategies import trains_routers
 
     config = run.config or {}
     if args.split != "test" or not config.get("validation_size") or not tree.junctions:
@@ -88,6 +90,8 @@ def _budget_table(run, tree, images, labels, args: argparse.Namespace) -> dict[s
         dense_outputs(tree, held_images, held_labels),
         dense_outputs(tree, images, labels),
         budgets,
+        progress=lambda message: print(f"  policy table: {message}", flush=True),
+        routers=trains_routers(config.get("strategy", "actor")),
     )
 
 
@@ -97,8 +101,10 @@ def _into_result(path: Path, run, table: dict | None) -> None:
     from dynroute.experiments.results import read_result
 
     result = read_result(path)
-    stored = {k: v for k, v in result["config"].items() if k not in _EXECUTION}
-    trained = {k: v for k, v in (run.config or {}).items() if k not in _EXECUTION}
+    from dynroute.train.config import EXECUTION_ONLY
+
+    stored = {k: v for k, v in result["config"].items() if k not in EXECUTION_ONLY}
+    trained = {k: v for k, v in (run.config or {}).items() if k not in EXECUTION_ONLY}
     differing = sorted(k for k in set(stored) | set(trained) if stored.get(k) != trained.get(k))
     if differing:
         raise DynrouteError(
@@ -109,47 +115,6 @@ def _into_result(path: Path, run, table: dict | None) -> None:
     result["budgets"] = table  # the sweep's own analyses (with paired bits) stay as they are
     write_json_atomic(path, result)
     print(f"  recorded in {path}")
-
-
-#: Config fields that say how a run executed, not what it computed.
-_EXECUTION = (
-    "device",
-    "compile",
-    "compile_mode",
-    "channels_last",
-    "eval_every",
-    "checkpoint_every",
-)
-
-
-def format_budgets(table: dict[str, Any]) -> str:
-    """The policy table: test accuracy and MACs of each policy fitted to each budget."""
-    names = [*table["threshold_policies"], table["learned_policy"]]
-    lines = [
-        f"  policy table ({table['protocol']}; {table['num_validation']} validation, "
-        f"{table['num_test']} test examples):",
-        "  budget   " + "".join(f"{name:>20}" for name in names) + "   learned vs best threshold",
-    ]
-    for row in table["budgets"]:
-        cells = []
-        for name in names:
-            test = row["policies"].get(name, {}).get("test")
-            cells.append(
-                "-"
-                if test is None
-                else f"{100 * test['accuracy']:.2f}% {test['mean_macs'] / 1e6:.2f}M"
-            )
-        line = f"  {row['budget'] / 1e6:6.2f}M " + "".join(f"{c:>20}" for c in cells)
-        if "learned_vs_best_threshold" in row:
-            test = row["learned_vs_best_threshold"]
-            share = row["gap_closed"]["share"]
-            gap = "-" if share is None else f"{100 * share:.0f} %"
-            line += (
-                f"   {100 * test['accuracy_difference']:+.2f} pts vs {row['best_threshold']} "
-                f"(p = {test['p_value']:.2g}); gap closed {gap}"
-            )
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def _slug(dataset: str) -> str:
@@ -184,27 +149,27 @@ def _m(value: float | None) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from dynroute.infer.calibration import calibrate
-    from dynroute.runtime import configure_cpu
+    from dynroute.devices import configure_cpu
+    from dynroute.policies.calibration import calibrate
 
-    if args.target_macs is not None and not 0 < args.target_macs < float("inf"):
-        raise DynrouteError(
-            f"--target-macs must be a positive, finite number (millions of MACs), got "
-            f"{args.target_macs:g}"
-        )
     configure_cpu(args.threads)
     record = calibrate(
         args.runs,
         target_macs=None if args.target_macs is None else args.target_macs * 1e6,
         target_accuracy=args.target_accuracy,
         policy=args.policy,
+        answers=args.answers,
         split=args.split,
         k_cpt=args.k_cpt,
         data_dir=args.data_dir,
         allow_checksum_mismatch=args.allow_checksum_mismatch,
     )
-    policy = record["policy"]
-    setting = policy["name"] + ("" if policy["threshold"] is None else f" {policy['threshold']:g}")
+    from dynroute.policy import Policy
+
+    policy = Policy.from_dict(record["policy"])
+    setting = policy.label()
+    if policy.thresholds is not None:
+        setting += " (a threshold per exit)"
     if record["k_cpt"] is not None:
         setting += f", k_cpt {record['k_cpt']:.4g}"
     print(f"chosen: {record['run']} with {setting}")
@@ -217,8 +182,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         off = record["test"]["mean_macs"] / target_macs - 1
         print(f"  test mean MACs are {100 * off:+.1f} % off the target {target_macs / 1e6:.3f} M")
     print(
-        f"saved: {record['saved']} (used by `dynroute evaluate {record['run']}` and "
-        "EarlyExitEngine.from_run)"
+        f"saved: {record['saved']} (used by `dynroute evaluate {record['run']}`, export, "
+        "predict, serve and EarlyExitEngine.from_run)"
     )
     if args.json:
         shown = {k: v for k, v in record.items() if k not in ("run", "saved")}
@@ -227,8 +192,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.data import add_checksum_argument, add_data_dir_argument
-    from dynroute.commands.train import add_threads_argument, k_cpt_value
+    from dynroute.commands.common import (
+        ANSWER_CHOICES,
+        OPERATING_POLICIES,
+        add_checksum_argument,
+        add_data_dir_argument,
+        add_threads_argument,
+        k_cpt_value,
+        millions_of_macs,
+        unit_interval,
+    )
 
     policies = sub.add_parser(
         "policies", help="accuracy/MAC curves of every routing policy on a run's exits"
@@ -261,12 +234,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     calibrate.add_argument(
-        "--policy", default="learned", choices=[p for p in POLICIES if p != "oracle"]
+        "--policy",
+        default="learned",
+        choices=OPERATING_POLICIES,
+        help="policy to choose among (default: learned, the routers; best: every policy on "
+        "every kind of answer; ensemble: confidence or budgeted on combined answers)",
     )
     calibrate.add_argument(
-        "--target-macs", type=float, default=None, metavar="M", help="mean MACs, in millions"
+        "--answers",
+        default=None,
+        choices=ANSWER_CHOICES,
+        help="what the exits answer with (default: raw; the scheduler: any)",
     )
-    calibrate.add_argument("--target-accuracy", type=float, default=None, metavar="A")
+    calibrate.add_argument(
+        "--target-macs", type=millions_of_macs, default=None, metavar="M",
+        help="mean MACs, in millions",
+    )  # fmt: skip
+    calibrate.add_argument("--target-accuracy", type=unit_interval, default=None, metavar="A")
     calibrate.add_argument(
         "--k-cpt", type=k_cpt_value, default=None, help="threshold policies on a dynamic-k_cpt net"
     )

@@ -1,4 +1,4 @@
-"""``dynroute train`` and ``dynroute evaluate``.
+"""``dynroute train``.
 
 Every ``TrainConfig`` field is an option of ``train`` (``k_cpt`` is
 ``--k-cpt``; a field that defaults to true is switched off with ``--no-...``),
@@ -8,19 +8,11 @@ so the command line and the library never disagree about what can be set.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import signal
 from dataclasses import Field, fields, replace
 from pathlib import Path
-from typing import Any
 
-from dynroute.errors import DynrouteError
-from dynroute.nn.policy import POLICIES
 from dynroute.train.config import TrainConfig
-
-#: More threads than this is a typo, not a machine.
-MAX_THREADS = 4096
 
 
 def _parse_list(kind: type):
@@ -92,9 +84,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dynroute.runtime import configure_cpu, resolve_device
-    from dynroute.train.runs import CONFIG_FILE, run_lock
-    from dynroute.train.trainer import Trainer, inspect_run_dir, load_training_data
+    from dynroute.devices import configure_cpu, resolve_device
+    from dynroute.runs import CONFIG_FILE, run_lock
+    from dynroute.train.data import load_training_data
+    from dynroute.train.resume import inspect_run_dir
+    from dynroute.train.trainer import Trainer
 
     config = config_from_args(args).validate()
     out_dir = Path(args.out)
@@ -158,118 +152,12 @@ def _remove_if_empty(folder: Path) -> None:
         pass  # not empty (the run began) or not ours to remove
 
 
-def format_exit_table(stats: dict[str, Any]) -> str:
-    """One row per exit: share classified there, its accuracy, its path MACs."""
-    lines = [f"{'exit':<14}{'classified':>11}{'accuracy':>10}{'path MACs':>13}"]
-    for node in stats["nodes"]:
-        if not node["is_leaf"]:
-            continue
-        acc = "-" if node["accuracy"] is None else f"{node['accuracy']:.4f}"
-        lines.append(
-            f"{node['name']:<14}{node['classified']:>11.4f}{acc:>10}"
-            f"{node['path_macs'] / 1e6:>11.2f} M"
-        )
-    return "\n".join(lines)
-
-
-def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]) -> str:
-    """Exits as rows; overall and per-class accuracy as columns (class names shortened)."""
-    lines = [f"{'exit':<14}{'all':>7}" + "".join(f"{c[:7]:>8}" for c in class_names)]
-    for name, row in every.items():
-        cells = "".join("       -" if a is None else f"{a:>8.3f}" for a in row["class_accuracy"])
-        lines.append(f"{name:<14}{row['accuracy']:>7.3f}{cells}")
-    return "\n".join(lines)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dynroute.infer.evaluate import evaluate, every_exit_accuracy
-    from dynroute.nn.policy import Policy
-    from dynroute.runtime import configure_cpu, resolve_device, use_channels_last
-    from dynroute.train.runs import open_run
-
-    run = open_run(args.run)
-    explicit = args.policy is not None
-    policy, k_cpt = run.operating_point()  # calibrated, or the routers' own
-    if explicit:
-        policy, k_cpt = Policy(args.policy, args.threshold), None
-    elif args.threshold is not None:
-        raise DynrouteError("--threshold goes with --policy confidence or --policy entropy")
-    if args.k_cpt is not None:
-        k_cpt = args.k_cpt
-    configure_cpu(args.threads)
-    device = resolve_device(args.device)
-    tree = run.load_tree(device)
-    if use_channels_last(device):
-        import torch
-
-        tree.to(memory_format=torch.channels_last)
-    if tree.dynamic_k_cpt and k_cpt is None:
-        raise DynrouteError("this network routes on k_cpt: pass --k-cpt (or calibrate it)")
-    if not tree.dynamic_k_cpt and k_cpt is not None:
-        raise DynrouteError("this network was trained for one k_cpt; --k-cpt does not apply")
-    images, labels, class_names = run.split(
-        args.split, args.data_dir, args.dataset, args.allow_checksum_mismatch
-    )
-    dataset = run.dataset_name(args.dataset)
-    run.check_classes(tree, class_names, dataset)
-    if args.every_exit:
-        every = every_exit_accuracy(tree, images, labels, k_cpt=k_cpt)
-        if args.json:
-            print(json.dumps(every, indent=2))
-        else:
-            print(f"{dataset} {args.split}: accuracy if every example left at one exit")
-            print(format_every_exit_table(every, class_names))
-        return 0
-    stats = evaluate(
-        tree, images, labels, k_cpt=k_cpt, method="engine", progress=True, policy=policy
-    ).to_dict()
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    source = (
-        "" if explicit or run.calibration() is None else f" (calibrated: {run.calibration_path})"
-    )
-    setting = policy.label() + ("" if k_cpt is None else f", k_cpt {k_cpt:g}")
-    print(f"{dataset} {args.split}: {stats['num_examples']} examples, routing: {setting}{source}")
-    print(f"accuracy   {stats['accuracy']:.4f}")
-    print(f"mean MACs  {stats['mean_macs'] / 1e6:.3f} M")
-    print(format_exit_table(stats))
-    return 0
-
-
-def k_cpt_value(text: str) -> float:
-    """A ``--k-cpt`` value: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_THREADS}, got {value}")
-    return value
-
-
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--threads",
-        type=_threads,
-        default=None,
-        help="CPU threads for torch (default: every available core; use 1 per process "
-        "when several jobs share the machine)",
-    )
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.data import add_checksum_argument, add_data_dir_argument
+    from dynroute.commands.common import (
+        add_checksum_argument,
+        add_data_dir_argument,
+        add_threads_argument,
+    )
 
     train = sub.add_parser("train", help="train one network")
     add_config_arguments(train)
@@ -281,31 +169,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir_argument(train)
     add_checksum_argument(train)
     train.set_defaults(func=cmd_train)
-
-    evaluate = sub.add_parser("evaluate", help="evaluate a run or checkpoint with hard routing")
-    evaluate.add_argument("run", help="run directory or checkpoint file")
-    evaluate.add_argument(
-        "--k-cpt", type=k_cpt_value, default=None, help="for dynamic-k_cpt networks"
-    )
-    evaluate.add_argument(
-        "--policy",
-        default=None,
-        choices=POLICIES,
-        help="routing policy (default: the run's calibration, else the learned routers)",
-    )
-    evaluate.add_argument(
-        "--threshold", type=float, default=None, help="for --policy confidence or entropy"
-    )
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    evaluate.add_argument("--dataset", default=None, help="defaults to the run's dataset")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    evaluate.add_argument(
-        "--every-exit",
-        action="store_true",
-        help="ignore routing: accuracy (overall, per class) if every example left at each exit",
-    )
-    add_threads_argument(evaluate)
-    add_data_dir_argument(evaluate)
-    add_checksum_argument(evaluate)
-    evaluate.set_defaults(func=cmd_evaluate)

@@ -16,8 +16,8 @@ import torch
 
 from dynroute.data.augment import DEFAULT_MAX_SHIFT, AugmentParams, draw_params, shift_and_flip
 from dynroute.data.datasets import DatasetSplit
+from dynroute.devices import to_device
 from dynroute.errors import DynrouteError
-from dynroute.runtime import to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

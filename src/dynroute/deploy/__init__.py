@@ -10,19 +10,13 @@ the folder); this package loads it and runs real early exit::
     prediction.predictions, prediction.exits, prediction.macs
 
 Nothing here imports torch (``pip install 'dynroute[deploy]'`` is enough to run an
-export); onnxruntime is imported when a model is loaded. See docs/deploy.md.
+export); onnxruntime is imported when a model is loaded. The policy's decisions are
+``dynroute.decisions``, the same code the PyTorch engine decides with. See docs/deploy.md.
 """
 
 from __future__ import annotations
 
-from dynroute.deploy.manifest import DEPLOYABLE_POLICIES, MANIFEST_FILE, read_manifest
-from dynroute.deploy.runtime import ExportedModel, Prediction, load
+from dynroute.deploy.manifest import MANIFEST_FILE, read_manifest
+from dynroute.deploy.runtime import ExportedModel, ExportPrediction, load
 
-__all__ = [
-    "DEPLOYABLE_POLICIES",
-    "MANIFEST_FILE",
-    "ExportedModel",
-    "Prediction",
-    "load",
-    "read_manifest",
-]
+__all__ = ["MANIFEST_FILE", "ExportPrediction", "ExportedModel", "load", "read_manifest"]

@@ -1,6 +1,6 @@
 """The export format: a folder of ONNX files, ``manifest.json`` and ``SHA256SUMS``.
 
-``dynroute export`` (``dynroute.infer.export``) writes it; ``dynroute.deploy`` reads it
+``dynroute export`` (``dynroute.delivery.export``) writes it; ``dynroute.deploy`` reads it
 without torch. This module is the one place that knows the file names, the manifest's
 fields and how the files are checked, so the writer and the reader cannot drift apart.
 
@@ -37,10 +37,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dynroute.decisions import Decider, Shape
 from dynroute.errors import DynrouteError
+from dynroute.policy import Policy
 
 FORMAT = "dynroute-export"
-FORMAT_VERSION = 1
+#: 2: policies as a rule on raw, calibrated or combined answers (``dynroute.policy``).
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 CHECKSUM_FILE = "SHA256SUMS"
 DENSE_FILE = "dense.onnx"
@@ -58,22 +61,17 @@ def output_name(part: int) -> str:
     return f"out{part}"
 
 
-#: Policies an export can run (the oracle needs labels: it is a bound, never deployed).
-DEPLOYABLE_POLICIES = ("learned", "confidence", "entropy", "budgeted", "ensemble")
-#: Policies that decide by how certain the exits are, and their cost model.
-THRESHOLD_POLICIES = ("confidence", "entropy", "budgeted", "ensemble")
-#: Cost models of ``costs.path_macs`` (``dynroute.nn.macs.TreeCosts.policy_path_macs``).
-COST_MODELS = ("learned", "threshold", "ensemble")
+#: Base cost models of ``costs.path_macs`` (``dynroute.nn.macs.TreeCosts.base_path_macs``);
+#: a policy's own paths add what deciding costs (``dynroute.decisions.path_macs``).
+COST_MODELS = ("learned", "threshold", "oracle")
 
 NODE_KINDS = ("node", "junction", "leaf")
 
 
-def cost_model(policy: dict[str, Any]) -> str:
-    """Which of ``COST_MODELS`` a policy pays by (as ``dynroute.nn.policy.Policy.cost_model``)."""
-    name = policy["name"]
-    if name == "ensemble":
-        return "ensemble"
-    return "threshold" if name in THRESHOLD_POLICIES else "learned"
+def shape(manifest: dict[str, Any]) -> Shape:
+    """The exported tree's structure."""
+    nodes = manifest["nodes"]
+    return Shape(tuple(n["parent"] for n in nodes), tuple(tuple(n["children"]) for n in nodes))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -129,6 +127,16 @@ def verify_files(folder: Path) -> dict[str, str]:
                 "(changed or damaged since the export); export the run again"
             )
     return sums
+
+
+def is_export_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a dynroute export (its manifest names the format), so that
+    replacing it can never delete someone else's files."""
+    try:
+        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
@@ -207,11 +215,14 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
     path_macs = manifest["costs"].get("path_macs", {})
     if any(len(path_macs.get(model, ())) != count for model in COST_MODELS):
         raise _fail(folder, "needs the path MACs of every node under every cost model")
-    check_policy(manifest["policy"], len(leaves), classes)
+    try:
+        check_policy(manifest["policy"], shape(manifest), classes)
+    except DynrouteError as exc:
+        raise _fail(folder, f"its policy: {exc}") from None
     if manifest.get("operating_points") is not None:
         try:
             for point in operating_points(manifest):
-                check_policy(point["policy"], len(leaves), classes)
+                check_policy(point["policy"], shape(manifest), classes)
         except DynrouteError as exc:
             raise _fail(folder, f"its operating points: {exc}") from None
 
@@ -219,13 +230,16 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
 def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The operating points the export was measured at on held-out data (``dynroute export``
     stores them when it can read the run's validation split), each with its whole policy:
-    an ensemble's points share the exported policy's weights, stored once. Empty if none."""
+    fitted answers and scheduler models are shared by the points of one policy, stored once
+    (``shared``). Empty if none."""
     table = manifest.get("operating_points")
     if table is None:
         return []
     if not isinstance(table, dict) or not isinstance(table.get("points"), list):
         raise DynrouteError("`operating_points` must hold a list of `points`")
-    exported = manifest["policy"]
+    shared = table.get("shared", {})
+    if not isinstance(shared, dict):
+        raise DynrouteError("`operating_points.shared` must be an object")
     out = []
     for point in table["points"]:
         if not isinstance(point, dict) or not isinstance(point.get("policy"), dict):
@@ -234,48 +248,23 @@ def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         if not (_number(macs) and macs > 0 and _in_unit(accuracy)):
             raise DynrouteError("an operating point needs `mean_macs` > 0 and `accuracy` in [0, 1]")
         policy = dict(point["policy"])
-        if policy.get("name") != exported["name"]:
-            raise DynrouteError("operating points must be of the exported policy")
-        if policy["name"] == "ensemble":
-            policy["weights"], policy["biases"] = exported["weights"], exported["biases"]
+        refers = policy.pop("shared", None)
+        if refers is not None:
+            if refers not in shared or not isinstance(shared[refers], dict):
+                raise DynrouteError(f"an operating point refers to unknown shared data {refers!r}")
+            policy.update(shared[refers])
         out.append({**point, "policy": policy})
     return out
 
 
-def check_policy(policy: Any, leaves: int, classes: int) -> dict[str, Any]:
-    """A deployable policy as plain data (``dynroute.nn.policy.Policy.to_dict``), checked
-    against a tree of ``leaves`` exits and ``classes`` classes; returns it."""
-    if not isinstance(policy, dict) or policy.get("name") not in DEPLOYABLE_POLICIES:
-        name = policy.get("name") if isinstance(policy, dict) else policy
-        raise DynrouteError(
-            f"`policy` {name!r} cannot run an export; choose from {', '.join(DEPLOYABLE_POLICIES)}"
-        )
-    name = policy["name"]
-    threshold, thresholds = policy.get("threshold"), policy.get("thresholds")
-    if name in ("confidence", "entropy") and not _in_unit(threshold):
-        raise DynrouteError(f"the {name} policy needs a `threshold` in [0, 1]")
-    if name == "budgeted" and thresholds is None:
-        raise DynrouteError("the budgeted policy needs `thresholds` (one per exit)")
-    if name == "ensemble":
-        if thresholds is None and not _in_unit(threshold):
-            raise DynrouteError("the ensemble policy needs a `threshold` in [0, 1] or `thresholds`")
-        weights, biases = policy.get("weights"), policy.get("biases")
-        if not isinstance(weights, list) or not isinstance(biases, list):
-            raise DynrouteError("the ensemble policy needs its fitted `weights` and `biases`")
-        if len(weights) != leaves or len(biases) != leaves:
-            raise DynrouteError(
-                f"the ensemble policy has {len(weights)} `weights` for a tree of {leaves} exits"
-            )
-        if any(len(b) != classes for b in biases):
-            raise DynrouteError(f"the ensemble policy's `biases` are not for {classes} classes")
-    if thresholds is not None:
-        if len(thresholds) != leaves:
-            raise DynrouteError(
-                f"the {name} policy has {len(thresholds)} `thresholds` for a tree of {leaves} exits"
-            )
-        if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in thresholds):
-            raise DynrouteError("`thresholds` must hold finite numbers")
-    return policy
+def check_policy(policy: Any, tree: Shape, classes: int) -> Policy:
+    """A deployable policy from plain data (``dynroute.policy.Policy.to_dict``), checked
+    against the exported tree's exits and classes; returns it."""
+    chosen = Policy.from_dict(policy)
+    if not chosen.deployable:
+        raise DynrouteError(f"the {chosen.name} policy is a bound to compare with; it cannot run")
+    Decider(chosen, tree, classes)  # checks every parameter against the tree
+    return chosen
 
 
 def _in_unit(value: Any) -> bool:

@@ -1,7 +1,7 @@
 """Real early exit on an export, with NumPy and onnxruntime only.
 
 ``ExportedModel.predict`` walks the tree with sub-batches, like the PyTorch engine
-(``dynroute.infer.engine``): it runs a segment's ONNX model on the examples that reached it;
+(``dynroute.engine.early_exit``): it runs a segment's ONNX model on the examples that reached it;
 at a junction it runs what the policy decides with (the router, or the exit heads of the
 junction's exits), splits the sub-batch by the decision (a stable argsort, so every part
 keeps its examples in input order), and carries each part on only through the models on
@@ -23,26 +23,27 @@ from typing import Any
 
 import numpy as np
 
-from dynroute.deploy import decisions
+from dynroute import decisions
 from dynroute.deploy.manifest import (
     K_FEATURE,
     check_policy,
-    cost_model,
     input_name,
     operating_points,
     read_manifest,
+    shape,
 )
 from dynroute.errors import DynrouteError
+from dynroute.machine import available_cores
 from dynroute.selection import choose
 
 _MANIFEST_K_CPT = object()  # "use the manifest's k_cpt"
 
 
 @dataclass
-class Prediction:
-    """Per-example outcome: ``logits`` (N, classes) of the exit taken (the ensemble policy's
-    combined log-probabilities), ``exits`` (N,) its node index, ``macs`` (N,) the
-    multiply-accumulates spent on the example under the policy."""
+class ExportPrediction:
+    """Per-example outcome: ``logits`` (N, classes) of the exit taken (log-probabilities
+    where the policy's answers are calibrated or combined), ``exits`` (N,) its node index,
+    ``macs`` (N,) the multiply-accumulates spent on the example under the policy."""
 
     logits: np.ndarray
     exits: np.ndarray
@@ -77,13 +78,6 @@ class _Model:
         return self.session.run(None, feed)
 
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -115,7 +109,6 @@ def session_options(threads: int | None = None) -> Any:
 class _Point:
     mean_macs: float
     accuracy: float
-    rule: Any
     entry: dict[str, Any]
 
 
@@ -123,7 +116,7 @@ class ExportedModel:
     """An export folder (``dynroute export``), loaded and checked, ready to classify.
 
     ``policy``: a deployable policy as plain data (``{"name": "confidence", "threshold":
-    0.8}``, the format of ``dynroute.nn.policy.Policy.to_dict``) instead of the export's own;
+    0.8}``, the format of ``dynroute.policy.Policy.to_dict``) instead of the export's own;
     ``k_cpt``: the routers' k_cpt input of a dynamic-k_cpt net instead of the export's;
     ``threads``: onnxruntime's intra-op threads (default: every available core);
     ``verify``: check every file's SHA-256 first (``SHA256SUMS``).
@@ -194,21 +187,15 @@ class ExportedModel:
         }
 
     def _set_policy(self, policy: dict[str, Any]) -> None:
-        self.policy = check_policy(dict(policy), len(self.leaves), self.num_classes)
-        self._ensemble = decisions.Ensemble(policy) if policy["name"] == "ensemble" else None
-        self._uses_threshold = decisions.uses_threshold(policy)
+        self.shape = shape(self.manifest)
+        chosen = check_policy(dict(policy), self.shape, self.num_classes)
+        self.policy = chosen.to_dict()
+        self.decider = decisions.Decider(chosen, self.shape, self.num_classes)
+        base = self.manifest["costs"]["path_macs"]
         self._path_macs = np.asarray(
-            self.manifest["costs"]["path_macs"][cost_model(policy)], dtype=np.int64
+            decisions.path_macs(chosen, self.shape, self.num_classes, base), dtype=np.int64
         )
-        self._sink_is_leaf = {
-            j: [self.is_leaf[c] for c in self.children[j]] for j in self.junctions
-        }
-        self._sink_positions = {
-            j: [self.leaf_position.get(c) for c in self.children[j]] for j in self.junctions
-        }
-        self._runs_router = {
-            j: decisions.needs_router(policy, self._sink_is_leaf[j]) for j in self.junctions
-        }
+        self._runs_router = {j: self.decider.runs_router(j) for j in self.junctions}
 
     def with_policy(self, policy: dict[str, Any] | None = None, k_cpt: Any = _MANIFEST_K_CPT):
         """The same loaded models under another policy or k_cpt input (no reloading)."""
@@ -232,8 +219,8 @@ class ExportedModel:
                 "(it was exported without its run's validation data, or its policy has one "
                 "operating point): export again with the data, or with `target_macs`"
             )
-        views = [_Point(p["mean_macs"], p["accuracy"], p.get("rule"), p) for p in points]
-        chosen = choose(views, target_macs, None, family=lambda view: view.rule).entry
+        views = [_Point(p["mean_macs"], p["accuracy"], p) for p in points]
+        chosen = choose(views, target_macs, None).entry
         k_cpt = chosen.get("k_cpt") if self.dynamic_k_cpt else self.k_cpt
         return self.with_policy(chosen["policy"], k_cpt), chosen
 
@@ -278,23 +265,25 @@ class ExportedModel:
         return np.ascontiguousarray((k * self.k_cpt_scale).reshape(n, 1), dtype=np.float32)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, x: Any, k_cpt: Any = None) -> Prediction:
+    def predict(self, x: Any, k_cpt: Any = None) -> ExportPrediction:
         """Route ``x`` (N examples) and run each one's path only."""
         x = self.check_inputs(x)
         n = x.shape[0]
         exits = np.empty(n, dtype=np.int64)
         if n == 0:
-            return Prediction(np.empty((0, self.num_classes), np.float32), exits, exits.copy())
+            return ExportPrediction(
+                np.empty((0, self.num_classes), np.float32), exits, exits.copy()
+            )
         k_feature = self._k_feature(self.k_cpt if k_cpt is None else k_cpt, n)
         logits = self._route(x, k_feature, exits)
-        return Prediction(logits, exits, self._path_macs[exits])
+        return ExportPrediction(logits, exits, self._path_macs[exits])
 
     __call__ = predict
 
     def _route(self, x: np.ndarray, k_feature: np.ndarray | None, exits: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         logits = np.empty((n, self.num_classes), dtype=np.float32)
-        ensemble = self._ensemble
+        rule = self.decider
         position = self.leaf_position
 
         def finish(index: int, rows: np.ndarray | None, out: np.ndarray) -> None:
@@ -306,7 +295,7 @@ class ExportedModel:
                 exits[rows] = index
 
         # Work: (node, signal parts, original rows or None for the whole batch in order,
-        # k_cpt feature, log-softmaxes of the exits passed (ensemble), (rows, m, classes)).
+        # k_cpt feature, raw log-softmaxes of the exits passed where the policy reads them).
         stack: list[tuple[int, list, np.ndarray | None, Any, Any]] = [
             (0, [x], None, k_feature, None)
         ]
@@ -314,8 +303,8 @@ class ExportedModel:
             index, parts, rows, k, history = stack.pop()
             if self.is_leaf[index]:
                 out = self._heads[index](parts)[0]
-                if ensemble is not None:
-                    out = ensemble.combine(position[index], history, out)
+                if rule.reads_exits:
+                    out = rule.answer(position[index], history, out)
                 finish(index, rows, out)
                 continue
             segment, end = self._segments[index]
@@ -326,24 +315,19 @@ class ExportedModel:
                 continue
             scores = self._routers[end](parts, k)[0] if self._runs_router[end] else None
             answers: dict[int, np.ndarray] = {}
+            measures: dict[int, np.ndarray] = {}
             deeper = history
-            if self._uses_threshold:
+            if rule.reads_exits:
                 raw = {
                     s: self._heads[c](parts)[0] for s, c in enumerate(children) if self.is_leaf[c]
                 }
-                if ensemble is not None and raw:
-                    own = {s: decisions.log_softmax(z) for s, z in raw.items()}
-                    answers = {
-                        s: ensemble.combine(position[children[s]], history, z, own[s])
-                        for s, z in raw.items()
-                    }
-                    passed = np.stack(list(own.values()), axis=1)
+                for s, z in raw.items():
+                    answers[s] = rule.answer(position[children[s]], history, z)
+                    measures[s] = rule.measure(position[children[s]], history, answers[s])
+                if rule.needs_history and raw:
+                    passed = np.stack([decisions.log_softmax(z) for z in raw.values()], axis=1)
                     deeper = passed if history is None else np.concatenate([history, passed], 1)
-                else:
-                    answers = raw
-            decision = decisions.junction_choice(
-                self.policy, self._sink_is_leaf[end], self._sink_positions[end], scores, answers
-            )
+            decision = rule.choose(end, scores, measures)
             size = decision.shape[0]
             counts = np.bincount(decision, minlength=len(children))
             if counts.max() == size:  # everyone agrees: pass the sub-batch on untouched
@@ -378,7 +362,7 @@ class ExportedModel:
                 )
         return logits
 
-    def predict_dense(self, x: Any, k_cpt: Any = None) -> Prediction:
+    def predict_dense(self, x: Any, k_cpt: Any = None) -> ExportPrediction:
         """Every exit on every example (``dense.onnx``), then the same decisions."""
         if self._dense is None:
             raise DynrouteError(
@@ -389,62 +373,21 @@ class ExportedModel:
         n = x.shape[0]
         if n == 0:
             empty = np.empty(0, dtype=np.int64)
-            return Prediction(np.empty((0, self.num_classes), np.float32), empty, empty.copy())
+            return ExportPrediction(
+                np.empty((0, self.num_classes), np.float32), empty, empty.copy()
+            )
         k_feature = self._k_feature(self.k_cpt if k_cpt is None else k_cpt, n)
         outputs = model([x], k_feature)
         leaf_logits = dict(zip(self.leaves, outputs[: len(self.leaves)], strict=True))
         scores = dict(zip(self.junctions, outputs[len(self.leaves) :], strict=True))
-        answers = leaf_logits
-        if self._ensemble is not None:
-            answers = {}
-            for leaf, passed in self.history_exits().items():
-                history = None
-                if passed:
-                    history = np.stack([decisions.log_softmax(leaf_logits[c]) for c in passed], 1)
-                answers[leaf] = self._ensemble.combine(
-                    self.leaf_position[leaf], history, leaf_logits[leaf]
-                )
-        reached = np.zeros((len(self.nodes), n), dtype=bool)
-        reached[0] = True
-        for index in range(len(self.nodes)):
-            children = self.children[index]
-            if len(children) == 1:
-                reached[children[0]] = reached[index]
-            elif len(children) >= 2:
-                sink_answers = {s: answers[c] for s, c in enumerate(children) if self.is_leaf[c]}
-                decision = decisions.junction_choice(
-                    self.policy,
-                    self._sink_is_leaf[index],
-                    self._sink_positions[index],
-                    scores[index],
-                    sink_answers,
-                )
-                for s, child in enumerate(children):
-                    reached[child] = reached[index] & (decision == s)
-        at_leaf = reached[self.leaves].argmax(axis=0)
-        exits = np.asarray(self.leaves, dtype=np.int64)[at_leaf]
+        rule = self.decider
+        answers, measures = rule.every_exit(leaf_logits)
+        needed = {j: s for j, s in scores.items() if self._runs_router[j]}
+        exits = rule.reached_exits(rule.dense_choices(measures, needed), n)
         stacked = np.stack([answers[leaf] for leaf in self.leaves], axis=0)
+        at_leaf = np.asarray([self.leaf_position[int(e)] for e in exits], dtype=np.int64)
         logits = stacked[at_leaf, np.arange(n)]
-        return Prediction(logits, exits, self._path_macs[exits])
-
-    def history_exits(self) -> dict[int, list[int]]:
-        """Per exit, the exits an example passed before reaching it, in path order
-        (``dynroute.nn.routing.history_exits``)."""
-        parent = [node["parent"] for node in self.nodes]
-        out = {}
-        for leaf in self.leaves:
-            above, node = [], parent[leaf]
-            while node >= 0:
-                above.append(node)
-                node = parent[node]
-            out[leaf] = [
-                c
-                for j in reversed(above)
-                if len(self.children[j]) >= 2 and leaf not in self.children[j]
-                for c in self.children[j]
-                if self.is_leaf[c]
-            ]
-        return out
+        return ExportPrediction(logits, exits, self._path_macs[exits])
 
 
 def load(folder: str | os.PathLike[str], **options: Any) -> ExportedModel:

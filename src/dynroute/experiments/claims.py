@@ -2,8 +2,8 @@
 
 Each claim of the paper (docs/method.md §7) gets a verdict (supported / not supported /
 not run) and the numbers behind it. Curves are compared through their frontier
-(``dynroute.infer.curves``) and paired per example with McNemar
-(``dynroute.infer.paired``); ``dynroute.plots.report`` only renders what this module finds.
+(``dynroute.policies.curves``) and paired per example with McNemar
+(``dynroute.policies.statistics``); ``dynroute.plots.report`` only renders what this module finds.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynroute.experiments import policy_claims
 from dynroute.experiments.results import Results, curve, policy_analyses
-from dynroute.infer.curves import CurvePoint, error_at, macs_for_accuracy
-from dynroute.infer.paired import mcnemar_counts, mcnemar_p_value, unpack_bits
+from dynroute.policies.curves import CurvePoint, error_at, macs_for_accuracy
+from dynroute.policies.statistics import mcnemar_counts, mcnemar_p_value, unpack_bits
 
 SUPPORTED, NOT_SUPPORTED, NOT_RUN = "supported", "not supported", "not run"
 #: The paper's comparison band (the actor must beat static at every budget in it), in MACs,
@@ -121,8 +122,9 @@ def on_shared_k_cpt(*curves: list[CurvePoint]) -> tuple[list[list[CurvePoint]], 
 class ClaimChecker:
     """Computes every claim from the curves of one scale's results."""
 
-    def __init__(self, results: Results) -> None:
+    def __init__(self, results: Results, variants: dict[str, Results] | None = None) -> None:
         self.results = results
+        self.variants = variants or {}
         self.curves = {name: curve(networks) for name, networks in results.items()}
         self.policies = policy_analyses(results)
         self.band = band_for(self.curves.get("hybrid-static", []))
@@ -696,156 +698,138 @@ class ClaimChecker:
             f"{only_second}, McNemar p = {p_value:.2g}",
         )
 
-    # ------------------------------------------------- dynroute's fitted policies
-    def policy_tables(self) -> dict[str, list[tuple[str, str, dict]]]:
-        """Networks whose result files carry a policy table, by group (dataset, model and
-        width): group title -> (experiment, network, table) triples."""
-        groups: dict[str, list[tuple[str, str, dict]]] = {}
-        for experiment, networks in sorted(self.results.items()):
-            for network, result in sorted(networks.items()):
-                table = result.get("budgets")
-                if table and table.get("budgets"):
-                    groups.setdefault(policy_group(result["config"]), []).append(
-                        (experiment, network, table)
-                    )
-        return groups
+    # ------------------------------------------------- policies on equal footing
+    def _tables(self) -> list[tuple[str, dict]]:
+        return policy_claims.equal_footing_tables(self.results)[0]
 
-    def learned_policy_beats_thresholds(self, group: str) -> Claim:
-        claim = (
-            "dynroute's learned policy (ensemble) beats the best threshold policy on the same "
-            f"exits at every budget ({group}; validation-fitted, test-scored)"
-        )
-        tables = self.policy_tables().get(group)
-        if not tables:
-            return Claim(claim, NOT_RUN, "no policy tables")
-        ahead = behind = total = 0
-        differences = []
-        for _, _, table in tables:
-            for row in table["budgets"]:
-                test = row.get("learned_vs_best_threshold")
-                if test is None:
-                    continue
-                total += 1
-                differences.append(test["accuracy_difference"])
-                significant = test["p_value"] < SIGNIFICANCE
-                ahead += significant and test["accuracy_difference"] > 0
-                behind += significant and test["accuracy_difference"] < 0
-        if not total:
-            return Claim(claim, NOT_RUN, "no budget both policies reach")
-        supported = behind == 0 and 2 * ahead >= total
-        names = ", ".join(f"{e}/{n}" for e, n, _ in tables)
+    def _step_claim(self, step: str, claim: str, first: str, second: str) -> Claim:
+        tables = self._tables()
+        cells = policy_claims.step_cells(tables, step)
+        if not cells:
+            return Claim(claim, NOT_RUN, "no equal-footing policy table")
+        verdict = policy_claims.judge(cells)
         return Claim(
             claim,
-            SUPPORTED if supported else NOT_SUPPORTED,
-            f"{names}: significantly ahead (McNemar p < {SIGNIFICANCE}) at {ahead} of {total} "
-            f"(network, budget) pairs, significantly behind at {behind}; accuracy differences "
-            f"{100 * min(differences):+.2f} to {100 * max(differences):+.2f} points (mean "
-            f"{100 * float(np.mean(differences)):+.2f}); needs never behind and ahead at half",
+            SUPPORTED if verdict.supported else NOT_SUPPORTED,
+            verdict.describe(first, second),
         )
 
-    def gap_closed(self, group: str) -> Claim:
-        claim = (
-            "dynroute's learned policy closes at least a quarter of the threshold-to-oracle "
-            f"MAC gap at the best threshold policy's accuracy ({group})"
+    def recalibration_helps(self) -> Claim:
+        return self._step_claim(
+            "+ recalibration",
+            "recalibrating each exit (a temperature and a bias per class, fitted on validation) "
+            "beats the best rule on raw exits at the same budget",
+            "the best rule on raw or recalibrated exits",
+            "the best rule on raw exits",
         )
-        tables = self.policy_tables().get(group)
-        shares = [
-            row["gap_closed"]["share"]
-            for _, _, table in tables or []
-            for row in table["budgets"]
-            if row.get("gap_closed", {}).get("share") is not None
-        ]
+
+    def combination_helps(self) -> Claim:
+        return self._step_claim(
+            "+ combination",
+            "combining the answers already computed (a running ensemble, fitted on validation) "
+            "beats the best rule on recalibrated exits at the same budget",
+            "the best rule on any answers",
+            "the best rule on raw or recalibrated exits",
+        )
+
+    def learned_decisions_help(self) -> Claim:
+        claim = (
+            "a learned per-example exit decision (the paper's routers or the scheduler, the "
+            "one most accurate on validation) beats the best equal-footing baseline at the "
+            "same budget"
+        )
+        cells = policy_claims.learned_cells(self._tables())
+        if not cells:
+            return Claim(claim, NOT_RUN, "no equal-footing policy table with a learned decision")
+        verdict = policy_claims.judge(cells)
+        return Claim(
+            claim,
+            SUPPORTED if verdict.supported else NOT_SUPPORTED,
+            verdict.describe("the learned decision", "the best baseline (chosen on validation)"),
+        )
+
+    def gap_closed(self) -> Claim:
+        claim = (
+            "the learned decision closes at least a quarter of the baseline-to-oracle MAC gap "
+            "(test envelopes of both and of the oracle on the same answers)"
+        )
+        shares = policy_claims.gap_shares(self._tables())
         if not shares:
-            return Claim(claim, NOT_RUN, "no policy tables" if not tables else "no gap measured")
+            return Claim(claim, NOT_RUN, "no gap measured")
         mean = float(np.mean(shares))
         return Claim(
             claim,
-            SUPPORTED if mean >= 0.25 else NOT_SUPPORTED,
-            f"mean share {100 * mean:.2f} % over {len(shares)} (network, budget) pairs "
-            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs at least 25 %",
+            SUPPORTED if mean >= policy_claims.GAP_GOAL else NOT_SUPPORTED,
+            f"mean share {100 * mean:.1f} % over {len(shares)} distinct cells "
+            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs a mean of 25 % or more",
         )
 
     def budgets_met(self) -> Claim:
-        """Whether a policy fitted to a budget on validation spends that budget on test:
-        every cell of every policy table, as its test mean MACs' deviation from the budget."""
+        """Whether a policy fitted to a budget on validation stays within it on test."""
+        tolerance = policy_claims.BUDGET_TOLERANCE
         claim = (
-            "every policy fitted to a MAC budget on validation spends it within "
-            f"±{100 * BUDGET_TOLERANCE:.0f} % on test (every network with a policy table)"
+            "every policy fitted to a MAC budget on validation spends at most the budget "
+            f"+{100 * tolerance:.0f} % on test (every equal-footing policy table)"
         )
-        cells = [
-            (cell["test"]["mean_macs"] / row["budget"] - 1, f"{e}/{n}", name, row["budget"])
-            for tables in self.policy_tables().values()
-            for e, n, table in tables
-            for row in table["budgets"]
-            for name, cell in row["policies"].items()
-            if cell.get("test") is not None
-        ]
+        cells = policy_claims.budget_cells(self._tables())
         if not cells:
-            return Claim(claim, NOT_RUN, "no policy tables")
+            return Claim(claim, NOT_RUN, "no equal-footing policy table")
         low, high = min(cells), max(cells)
-        outside = sum(abs(deviation) > BUDGET_TOLERANCE for deviation, *_ in cells)
+        over = sum(deviation > tolerance for deviation, *_ in cells)
         return Claim(
             claim,
-            NOT_SUPPORTED if outside else SUPPORTED,
-            f"{len(cells) - outside} of {len(cells)} (network, budget, policy) cells within; "
-            f"test MACs from {100 * low[0]:+.1f} % ({low[2]} on {low[1]} at "
-            f"{low[3] / 1e6:.2f} M) to {100 * high[0]:+.1f} % ({high[2]} on {high[1]} at "
-            f"{high[3] / 1e6:.2f} M) of the budget",
+            NOT_SUPPORTED if over else SUPPORTED,
+            f"{len(cells) - over} of {len(cells)} (network, budget, policy) cells within; test "
+            f"MACs from {100 * low[0]:+.1f} % ({low[2]} on {low[1]} at {low[3] / 1e6:.2f} M) to "
+            f"{100 * high[0]:+.1f} % ({high[2]} on {high[1]} at {high[3] / 1e6:.2f} M) of the "
+            "budget (a policy may spend less: it takes its most accurate member within budget)",
         )
 
+    def learned_across_splits(self) -> Claim:
+        claim = (
+            "the learned decision is ahead of the best baseline (mean over the distinct "
+            "budgets) on at least 2 of 3 validation splits, for every network trained on 3"
+        )
+        networks = sorted({label for label, _ in self._tables()})
+        spread = policy_claims.split_spread({"0": self.results, **self.variants}, networks)
+        rows = {
+            label: steps["learned vs best baseline"]
+            for label, steps in spread.items()
+            if len(steps.get("learned vs best baseline", [])) >= 3
+        }
+        if not rows:
+            return Claim(claim, NOT_RUN, "no network has equal-footing tables on 3 splits")
+        parts, ok = [], True
+        for label, gains in rows.items():
+            ahead = sum(g > 0 for g in gains)
+            ok &= ahead >= 2
+            shown = ", ".join(f"{100 * g:+.2f}" for g in gains)
+            parts.append(f"{label}: ahead on {ahead} of {len(gains)} ({shown} points)")
+        return Claim(claim, SUPPORTED if ok else NOT_SUPPORTED, "; ".join(parts))
+
     def recipe_beats_multi_exit(self, dataset: str) -> Claim:
-        """Per budget, dynroute's recipe chosen on validation (any trained net of the
-        dataset's chain experiments with the ensemble policy) against the multi-exit net's
-        best threshold policy on test, paired per example."""
+        """Per budget, dynroute's recipe chosen on validation (any network of the dataset's
+        chain experiments, any policy) against the multi-exit net's best baseline."""
         title = {"cifar10": "CIFAR-10"}.get(dataset, dataset)
         claim = (
-            "dynroute's best recipe (any training + its learned policy, chosen on validation) "
-            f"beats multi-exit training + the best threshold policy at every budget ({title})"
+            "dynroute's best recipe (any training, any policy, chosen on validation) beats "
+            f"multi-exit training + the best equal-footing baseline ({title})"
         )
-        baseline = self.results.get(f"{dataset}-multi-exit", {}).get("multi-exit", {})
-        base_table = baseline.get("budgets")
-        if not base_table:
-            return Claim(claim, NOT_RUN, f"no policy table for {dataset}-multi-exit")
-        candidates = [
-            (experiment, network, result["budgets"])
-            for experiment in (f"{dataset}-multi-exit", f"{dataset}-actor")
-            for network, result in sorted(self.results.get(experiment, {}).items())
-            if result.get("budgets")
+        chains = (f"{dataset}-multi-exit", f"{dataset}-actor")
+        tables = [
+            (label, table) for label, table in self._tables() if label.split("/")[0] in chains
         ]
-        n = base_table["num_test"]
-        ahead = behind = 0
-        lines = []
-        for row in base_table["budgets"]:
-            best = row.get("best_threshold")
-            if best is None:
-                continue
-            budget = row["budget"]
-            options = [
-                (other["policies"]["ensemble"], f"{e}/{net}")
-                for e, net, table in candidates
-                for other in table["budgets"]
-                if abs(other["budget"] - budget) <= 1e-6 * budget
-                and "ensemble" in other["policies"]
-            ]
-            if not options:
-                continue
-            chosen, name = max(options, key=lambda o: o[0]["validation"]["accuracy"])
-            threshold = row["policies"][best]
-            b, c = mcnemar_counts(
-                unpack_bits(chosen["correct_bits"], n), unpack_bits(threshold["correct_bits"], n)
-            )
-            p_value = mcnemar_p_value(b, c)
-            difference = chosen["test"]["accuracy"] - threshold["test"]["accuracy"]
-            ahead += difference > 0
-            behind += difference < 0 and p_value < SIGNIFICANCE
-            lines.append(
-                f"{mmacs(budget)}: {name} {100 * difference:+.2f} points vs {best} "
-                f"(p = {p_value:.2g})"
-            )
-        if not lines:
-            return Claim(claim, NOT_RUN, "no budget both reach")
-        supported = ahead == len(lines) and behind == 0
-        return Claim(claim, SUPPORTED if supported else NOT_SUPPORTED, "; ".join(lines))
+        pairs = policy_claims.recipe_cells(tables, f"{dataset}-multi-exit/multi-exit")
+        if not pairs:
+            return Claim(claim, NOT_RUN, f"no equal-footing policy table for {dataset}-multi-exit")
+        verdict = policy_claims.judge(cell for cell, _ in pairs)
+        chosen = ", ".join(sorted({label for _, label in pairs}))
+        return Claim(
+            claim,
+            SUPPORTED if verdict.supported else NOT_SUPPORTED,
+            f"chosen from {chosen}; "
+            + verdict.describe("the recipe", "multi-exit + the best baseline"),
+        )
 
     def all(self) -> list[Claim]:
         checks: list[Callable[[], Claim]] = [
@@ -869,18 +853,18 @@ class ClaimChecker:
             lambda: self.recipe_beats_multi_exit("hybrid"),
             lambda: self.recipe_beats_multi_exit("cifar10"),
         ]
-        for group in self.policy_tables():
-            checks.append(lambda group=group: self.learned_policy_beats_thresholds(group))
-            checks.append(lambda group=group: self.gap_closed(group))
-        if self.policy_tables():
-            checks.append(self.budgets_met)
+        if self._tables():
+            checks += [
+                self.recalibration_helps,
+                self.combination_helps,
+                self.learned_decisions_help,
+                self.gap_closed,
+                self.budgets_met,
+                self.learned_across_splits,
+            ]
         return [check() for check in checks]
 
 
-#: Significance level of the paired (McNemar) comparisons of policies.
-SIGNIFICANCE = 0.05
-#: How far a validation-fitted policy's test MACs may stray from its budget.
-BUDGET_TOLERANCE = 0.05
 _DATASET_TITLES = {
     "hybrid": "hybrid",
     "cifar10": "CIFAR-10",
@@ -889,19 +873,6 @@ _DATASET_TITLES = {
 }
 
 
-def policy_group(config: dict) -> str:
-    """The title under which a network's policy table is judged: its dataset, and its
-    model and width where they are not the paper's chain."""
-    title = _DATASET_TITLES.get(config["dataset"], config["dataset"])
-    model = config.get("model", "chain")
-    if model == "tree":
-        title += " tree"
-    elif model not in ("chain",) and not model.startswith("static-"):
-        title += f" {model}"
-    if config.get("width", 1) > 1:
-        title += f" width x{config['width']}"
-    return title
-
-
-def check_claims(results: Results) -> list[Claim]:
-    return ClaimChecker(results).all()
+def check_claims(results: Results, variants: dict[str, Results] | None = None) -> list[Claim]:
+    """Every claim's verdict; ``variants``: the same registry trained on other seeds."""
+    return ClaimChecker(results, variants).all()

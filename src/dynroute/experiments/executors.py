@@ -25,20 +25,18 @@ import numpy as np
 import torch
 
 from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
+from dynroute.devices import configure_cpu, resolve_device
+from dynroute.engine.evaluate import evaluate
 from dynroute.errors import DynrouteError, Interrupted
 from dynroute.experiments.results import build_result
-from dynroute.infer.budgets import budget_table
-from dynroute.infer.evaluate import evaluate
-from dynroute.infer.operating_points import (
-    RESULT_PAIRED_POINTS,
-    analyse,
-    analysis_k_values,
-    dense_outputs,
-)
-from dynroute.runtime import configure_cpu, resolve_device
+from dynroute.policies.analysis import RESULT_PAIRED_POINTS, analyse, analysis_k_values
+from dynroute.policies.exit_table import dense_outputs
+from dynroute.policies.table import budget_table
+from dynroute.runs import CONFIG_FILE, METRICS_FILE, read_metrics
 from dynroute.train.config import TrainConfig
-from dynroute.train.runs import CONFIG_FILE, METRICS_FILE, read_metrics
-from dynroute.train.trainer import Split, Trainer, TrainingData, load_training_data
+from dynroute.train.data import Split, TrainingData, load_training_data
+from dynroute.train.strategies import trains_routers
+from dynroute.train.trainer import Trainer
 
 #: Seed of the fixed evaluation subset (smoke scale), independent of the training seed.
 EVAL_SUBSET_SEED = 0
@@ -144,6 +142,7 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
                 tree,
                 dense_outputs(tree, data.held_out.images, data.held_out.labels),
                 dense_outputs(tree, split.images, split.labels),
+                routers=trains_routers(config.strategy),
             )
     return result
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from dynroute.atomic import read_json_object
+from dynroute.devices import machine_description
 from dynroute.errors import DynrouteError
-from dynroute.infer.curves import CurvePoint
-from dynroute.runtime import machine_description
+from dynroute.policies.curves import CurvePoint
 
 RESULT_FORMAT = 1
 #: experiment -> network -> result document, as ``load_results`` returns them.
@@ -176,6 +176,17 @@ def load_results(
     return found
 
 
+def load_variants(results_dir: str | os.PathLike[str], scale: str) -> dict[str, Results]:
+    """The results of ``scale`` trained again on other seeds (``sweep --seed N``: folders
+    ``<scale>-seedN``), by seed; empty if there are none."""
+    out = {}
+    for folder in sorted(Path(results_dir).glob(f"{scale}-seed*")):
+        seed = folder.name[len(scale) + len("-seed") :]
+        if seed.isdigit() and folder.is_dir():
+            out[seed] = load_results(results_dir, folder.name)
+    return out
+
+
 def curve(results: dict[str, dict[str, Any]]) -> list[CurvePoint]:
     """The points of one experiment's networks, sorted by mean MACs."""
     points = [
@@ -207,7 +218,7 @@ def result_from_run(
     ``expected``: the registry's ``Network`` it is filed under (at ``scale``); a run trained
     with other options, or recorded as another experiment, network or scale, is refused.
     """
-    from dynroute.train.runs import METRICS_FILE, SUMMARY_FILE, read_data_record, read_metrics
+    from dynroute.runs import METRICS_FILE, SUMMARY_FILE, read_data_record, read_metrics
 
     run_dir = Path(run_dir)
     summary_path = run_dir / SUMMARY_FILE
@@ -236,7 +247,7 @@ def check_run_matches(
     experiment, network or scale, or trained with other options (execution options and
     schedule defaults left open by the registry aside). A sweep's run recorded as this very
     network may have another dataset (``sweep --dataset``)."""
-    from dynroute.train.trainer import stored_config_differences
+    from dynroute.train.resume import stored_config_differences
 
     label = f"{expected.experiment}/{expected.name}" + (f" at scale {scale}" if scale else "")
     wanted = {"experiment": expected.experiment, "network": expected.name, "scale": scale}

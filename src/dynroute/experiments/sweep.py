@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dynroute import runtime
+from dynroute import machine
 from dynroute.atomic import FolderLock, check_writable, write_json_atomic
 from dynroute.data.datasets import absolute_dataset_name, load_dataset
 from dynroute.errors import DynrouteError, Interrupted, stop_signals
@@ -36,9 +36,9 @@ from dynroute.experiments.executors import (
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
 from dynroute.experiments.results import git_revision, read_result, result_path, scale_dir
-from dynroute.train.config import TrainConfig
-from dynroute.train.runs import CONFIG_FILE
-from dynroute.train.trainer import EXECUTION_ONLY, load_training_data
+from dynroute.runs import CONFIG_FILE
+from dynroute.train.config import EXECUTION_ONLY, TrainConfig
+from dynroute.train.data import load_training_data
 
 
 @dataclass
@@ -100,13 +100,13 @@ def run_sweep(
     not_execution = sorted(set(execution) - set(EXECUTION_ONLY))
     if not_execution:
         raise DynrouteError(f"not an execution option: {', '.join(not_execution)}")
-    cores = runtime.available_cores()
+    cores = machine.available_cores()
     if not ray_address and workers > cores:
         print(
             f"dynroute: {workers} workers asked for, {cores} core(s) here: using "
             f"{cores}, since more would only slow every network down"
         )
-        workers = runtime.available_cores()
+        workers = machine.available_cores()
     started = time.perf_counter()
     report = SweepReport()
     networks = plan(experiments, scale)
@@ -292,7 +292,7 @@ def _task(
         data_dir=None if data_dir is None else str(Path(data_dir).expanduser().absolute()),
         eval_subset=network.eval_subset,
         # A Ray task asks the cluster for one CPU; locally the pool shares this machine's.
-        threads=1 if ray_address else runtime.threads_per_worker(workers),
+        threads=1 if ray_address else machine.threads_per_worker(workers),
     )
 
 

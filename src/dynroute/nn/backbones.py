@@ -68,7 +68,7 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
     def fold_batchnorm(self) -> int:
-        """Fold bn1 and bn2 into their convolutions (``dynroute.infer.fold``; the shortcut is
+        """Fold bn1 and bn2 into their convolutions (``dynroute.engine.fold``; the shortcut is
         an ``nn.Sequential`` and folded there)."""
         folded = 0
         for conv, norm in (("conv1", "bn1"), ("conv2", "bn2")):

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dynroute.nn.routing import history_exits
+from dynroute.decisions import path_macs
 from dynroute.nn.tree import RoutedTree, evaluation_mode
+from dynroute.policy import Policy
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -109,7 +110,7 @@ class TreeCosts:
     ``node_macs[i]``: node i's transform and router (``router_macs[i]`` of it);
     ``paths[i]``: the node indices from the root to i inclusive; ``path_macs[i]``: the
     MACs of that path, i.e. what an example classified at leaf i has cost under the
-    learned policy. ``policy_path_macs`` gives the same for the other routing policies.
+    learned policy. ``policy_path_macs`` gives the same for any routing policy.
     """
 
     node_macs: tuple[int, ...]
@@ -118,25 +119,21 @@ class TreeCosts:
     path_macs: tuple[int, ...]
     threshold_path_macs: tuple[int, ...]
     oracle_path_macs: tuple[int, ...]
-    ensemble_path_macs: tuple[int, ...]
 
-    def policy_path_macs(self, cost_model: str) -> tuple[int, ...]:
-        """Per node, the MACs an example classified there has cost under a policy.
+    def base_path_macs(self) -> dict[str, tuple[int, ...]]:
+        """Per cost model, what an example classified at each node has cost.
 
         ``learned``: every node's transform and router on the path. ``threshold``: the
-        transforms, every exit head at each junction passed (they are how the policy
+        transforms, every exit head at each junction passed (they are how an exit rule
         decides), and a router only where it chooses among several non-exit sinks.
-        ``oracle``: the transforms and the exit taken, nothing spent on deciding.
-        ``ensemble``: ``threshold``'s, plus combining each exit evaluated with the exits
-        passed before it (one multiply-add per class and combined exit).
+        ``oracle``: the transforms and the exit taken, nothing spent on deciding. A policy
+        adds what its answers and measures cost (``policy_path_macs``).
         """
-        table = {
+        return {
             "learned": self.path_macs,
             "threshold": self.threshold_path_macs,
             "oracle": self.oracle_path_macs,
-            "ensemble": self.ensemble_path_macs,
         }
-        return table[cost_model]
 
     def path_matrix(self) -> torch.Tensor:
         """(nodes, nodes) 0/1 matrix whose row i marks the nodes on i's root path."""
@@ -176,26 +173,6 @@ def _threshold_path_macs(tree: RoutedTree, transform: list[int], router: list[in
     return costs
 
 
-def _ensemble_path_macs(tree: RoutedTree, threshold_macs: list[int]) -> list[int]:
-    """``threshold_macs`` plus what combining each exit evaluated on the path costs."""
-    combine = {
-        leaf: (len(passed) + 1) * tree.num_classes for leaf, passed in history_exits(tree).items()
-    }
-    at_junction = [0] * len(tree.nodes)
-    for j in tree.junctions:
-        at_junction[j] = sum(combine[c] for c in tree.children_of[j] if tree.nodes[c].is_leaf)
-    costs = []
-    for i, node in enumerate(tree.nodes):
-        path = tree.path_to(i)
-        total = threshold_macs[i] + sum(at_junction[n] for n in path if n != i)
-        parent = tree.parent[i]
-        decided_here = parent >= 0 and tree.nodes[parent].is_junction and node.is_leaf
-        if node.is_leaf and not decided_here:
-            total += combine[i]
-        costs.append(total)
-    return costs
-
-
 def tree_costs(tree: RoutedTree) -> TreeCosts:
     """The tree's cost table, counted on first use (a traced pass) and kept with the tree."""
     costs = tree.__dict__.get(_CACHE_ATTRIBUTE)
@@ -211,7 +188,13 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
             path_macs=tuple(sum(macs[j] for j in path) for path in paths),
             threshold_path_macs=tuple(threshold),
             oracle_path_macs=tuple(sum(transform[j] for j in path) for path in paths),
-            ensemble_path_macs=tuple(_ensemble_path_macs(tree, threshold)),
         )
         tree.__dict__[_CACHE_ATTRIBUTE] = costs
     return costs
+
+
+def policy_path_macs(tree: RoutedTree, policy: Policy) -> tuple[int, ...]:
+    """Per node, what an example classified there costs under ``policy``
+    (``dynroute.decisions.path_macs`` on the tree's cost table)."""
+    costs = tree_costs(tree)
+    return tuple(path_macs(policy, tree.shape, tree.num_classes, costs.base_path_macs()))

@@ -125,7 +125,7 @@ class SplitColumn(nn.Module):
     """A ``MultiScaleColumn`` whose per-scale convolution is split back into its two parts:
     one over the scale's input, one (without bias) over the pooled finer output, summed.
 
-    The same function up to float rounding, built for ONNX export (``dynroute.infer.export``
+    The same function up to float rounding, built for ONNX export (``dynroute.delivery.export``
     swaps every column for it): onnxruntime's blocked-layout convolutions need channel
     counts that are multiples of 8, which the joint 3 + 16 = 19 input channels of the first
     column are not, and the split first column runs about 35 % faster there.

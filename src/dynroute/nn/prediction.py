@@ -3,7 +3,7 @@
 ``predict_dense`` is the reference: it evaluates every node on every example
 (``RoutedTree.forward_dense``) and reads the routing off the policy's decision at every
 junction (``dynroute.nn.routing``) and ``arrival_probabilities``. The early-exit engine
-(``dynroute.infer.engine``) returns the same ``Prediction`` while running only the nodes
+(``dynroute.engine.early_exit``) returns the same ``Prediction`` while running only the nodes
 each example reaches, so tests and evaluators can use either one interchangeably.
 """
 
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from dynroute.errors import DynrouteError
-from dynroute.nn.macs import tree_costs
-from dynroute.nn.policy import LEARNED, Policy
-from dynroute.nn.routing import combined_logits, junction_choice, oracle_exits
+from dynroute.nn.macs import policy_path_macs, tree_costs
+from dynroute.nn.routing import dense_choices, oracle_exits
 from dynroute.nn.tree import RoutedTree
+from dynroute.policy import LEARNED, Policy
 
 
 @dataclass
@@ -103,7 +103,7 @@ def predict_dense(
         n = x.shape[0]
         leaves = tree.leaves
         costs = tree_costs(tree)
-        path_macs = torch.tensor(costs.policy_path_macs(policy.cost_model), device=x.device)
+        path_macs = torch.tensor(policy_path_macs(tree, policy), device=x.device)
         if policy.name == "oracle":
             if labels is None:
                 raise DynrouteError("the oracle policy needs the labels")
@@ -113,28 +113,18 @@ def predict_dense(
                 torch.arange(n, device=x.device), _positions(leaves, exits)
             ]
             return Prediction(logits, exits, path_macs[exits])
-        answers = out.logits
-        if policy.name == "ensemble":  # every exit answers with its combination
-            policy.check_tree(len(leaves), tree.num_classes)
-            answers = combined_logits(tree, policy, out.logits)
-        elif policy.name == "budgeted":
-            policy.check_tree(len(leaves), tree.num_classes)
+        answers, choices = dense_choices(tree, policy, out.logits, out.scores)
         branches = {
             j: nn.functional.one_hot(
-                junction_choice(
-                    tree,
-                    j,
-                    policy,
-                    out.scores.get(j),
-                    {c: answers[c] for c in tree.children_of[j] if c in answers},
-                ),
-                len(tree.children_of[j]),
+                torch.from_numpy(choice).to(x.device), len(tree.children_of[j])
             ).to(x.dtype)
-            for j in tree.junctions
+            for j, choice in choices.items()
         }
         arrival = tree.arrival_probabilities(branches, n, x)
         reached = torch.stack(arrival, dim=1) > 0.5
-        leaf_logits = torch.stack([answers[i] for i in leaves], dim=1)
+        leaf_logits = torch.stack(
+            [torch.from_numpy(answers[i]).to(x.device) for i in leaves], dim=1
+        )
         leaf_position = reached[:, leaves].to(torch.uint8).argmax(dim=1)
         logits = leaf_logits[torch.arange(n, device=x.device), leaf_position]
         exits = torch.tensor(leaves, device=x.device)[leaf_position]

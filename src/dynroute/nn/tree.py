@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynroute.decisions import Shape
+
 #: Router input for dynamic k_cpt is expressed in cost per ten million MACs (paper §4.6).
 K_CPT_INPUT_SCALE = 1e7
 
@@ -172,6 +174,15 @@ class RoutedTree(nn.Module):
         while self.parent[path[-1]] >= 0:
             path.append(self.parent[path[-1]])
         return path[::-1]
+
+    @property
+    def shape(self) -> Shape:
+        """The tree's structure without torch (what ``dynroute.decisions`` decides on)."""
+        shape = self.__dict__.get("_shape")
+        if shape is None:
+            shape = Shape(tuple(self.parent), tuple(tuple(c) for c in self.children_of))
+            self.__dict__["_shape"] = shape
+        return shape
 
     def node_index(self, name: str) -> int:
         for i, node in enumerate(self.nodes):

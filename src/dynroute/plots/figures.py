@@ -28,7 +28,7 @@ from dynroute.experiments.results import (  # noqa: E402
     policy_analyses,
     result_class_names,
 )
-from dynroute.infer.curves import frontier_errors  # noqa: E402
+from dynroute.policies.curves import frontier_errors  # noqa: E402
 
 Results = dict[str, dict[str, dict[str, Any]]]
 

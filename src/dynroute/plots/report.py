@@ -11,9 +11,13 @@ import html
 import os
 from pathlib import Path
 
+import numpy as np
+
 from dynroute.atomic import write_text_atomic
-from dynroute.experiments.claims import Claim, ClaimChecker, Results, check_claims, mmacs, peak
-from dynroute.experiments.results import learned_macs, load_results
+from dynroute.experiments import policy_claims
+from dynroute.experiments.claims import Claim, ClaimChecker, check_claims, mmacs, peak
+from dynroute.experiments.results import Results, learned_macs, load_results, load_variants
+from dynroute.plots.tables import policy_table_markdown
 
 
 def _other_data(results: Results) -> list[str]:
@@ -33,7 +37,14 @@ def _other_data(results: Results) -> list[str]:
     return [f"Trained on {names} instead of each experiment's own dataset.", ""]
 
 
-def _markdown(scale: str, results: Results, claims: list[Claim], figures: list[Path]) -> str:
+def _markdown(
+    scale: str,
+    results: Results,
+    claims: list[Claim],
+    figures: list[Path],
+    variants: dict[str, Results] | None = None,
+) -> str:
+    variants = variants or {}
     networks = sum(len(v) for v in results.values())
     lines = [
         f"# dynroute reproduction report: scale `{scale}`",
@@ -68,7 +79,7 @@ def _markdown(scale: str, results: Results, claims: list[Claim], figures: list[P
         p for p in pngs if p.stem.startswith("policies-") or p.stem == "routing-quality"
     ]
     lines += _policy_section(checker, policy_figures)
-    lines += _policy_table_section(checker)
+    lines += _policy_table_section(checker, variants)
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}](figures/{p.name})" + "\n" for p in pngs if p not in policy_figures]
     return "\n".join(lines) + "\n"
@@ -105,61 +116,74 @@ def _coverage(scale: str, results: Results) -> list[str]:
     ]
 
 
-def _policy_table_section(checker: ClaimChecker) -> list[str]:
-    """Per network with a policy table: every deployable policy fitted to each budget on
-    validation and scored on test, and the ensemble against the best threshold policy."""
-    groups = checker.policy_tables()
-    if not groups:
+def _policy_table_section(checker: ClaimChecker, variants: dict[str, Results]) -> list[str]:
+    """Per network with an equal-footing policy table: the best baseline at each budget,
+    the decomposition's steps and every learned decision against the baseline; then each
+    step's gain across validation splits drawn afresh (``sweep --seed``)."""
+    tables, old = policy_claims.equal_footing_tables(checker.results)
+    if not tables and not old:
         return []
     lines = [
         "",
-        "## Policy table (validation-fitted, test-scored)",
+        "## Policy tables (equal footing)",
         "",
-        "Each policy's parameters (thresholds; the budgeted scheme's per-exit thresholds; the "
-        "ensemble's weights and threshold) are fitted on the run's validation split to spend "
-        "at most the budget there, then scored on the test split (`dynroute policies RUN`). "
-        "Cells: test accuracy at test mean MACs. The last columns pair the ensemble with the "
-        "best threshold policy on test (exact McNemar) and give the share of the "
-        "threshold-to-oracle MAC gap it closes at that policy's accuracy.",
+        "Every policy is fitted on the run's validation split and scored on the test split "
+        "(`dynroute policies RUN`): each exit rule (confidence, entropy, budgeted) on raw, "
+        "recalibrated and combined answers, each exit alone (truncation), the paper's routers "
+        "and the scheduler. At each budget every policy takes its member most accurate on "
+        "validation within the budget there, and the best baseline is the one most accurate on "
+        "validation. The steps raw rule → + recalibration → + combination → + learned "
+        "decisions each take the best (on validation) of what is available so far; a cell gives "
+        "the step's choice and its gain over the step before, in points of test accuracy with "
+        "its exact McNemar p (uncorrected here; the claims above correct them). The last "
+        "columns pair each learned decision with the best baseline, and give the share of the "
+        "baseline-to-oracle MAC gap it closes (test envelopes on both sides).",
     ]
-    for group, tables in groups.items():
-        for experiment, network, table in tables:
-            names = [*table["threshold_policies"], table["learned_policy"]]
-            lines += [
-                "",
-                f"**{experiment}/{network}** ({group}; {table['num_validation']} validation, "
-                f"{table['num_test']} test examples)",
-                "",
-                "| budget | " + " | ".join(names) + " | ensemble vs best threshold | gap closed |",
-                "| --- " * (len(names) + 3) + "|",
-            ]
-            for row in table["budgets"]:
-                cells = []
-                for name in names:
-                    test = row["policies"].get(name, {}).get("test")
-                    cells.append(
-                        "–"
-                        if test is None
-                        else f"{100 * test['accuracy']:.2f} % at {mmacs(test['mean_macs'])}"
-                    )
-                versus, gap = "–", "–"
-                if "learned_vs_best_threshold" in row:
-                    test = row["learned_vs_best_threshold"]
-                    versus = (
-                        f"{100 * test['accuracy_difference']:+.2f} vs {row['best_threshold']} "
-                        f"({test['only_first']}/{test['only_second']}, p = {test['p_value']:.2g})"
-                    )
-                    share = row["gap_closed"]["share"]
-                    gap = "–" if share is None else f"{100 * share:.0f} %"
+    for label, table in tables:
+        lines += [
+            "",
+            f"**{label}** ({table['num_validation']} validation, {table['num_test']} test "
+            "examples)",
+            "",
+            *policy_table_markdown(table),
+        ]
+    if old:
+        lines += [
+            "",
+            "Not re-measured on equal footing (their tables predate the protocol and are not "
+            f"counted): {', '.join(old)}. `dynroute policies RUN --into-result FILE` on each "
+            "run's directory measures them again.",
+        ]
+    spread = policy_claims.split_spread(
+        {"0": checker.results, **variants}, sorted({label for label, _ in tables})
+    )
+    spread = {label: steps for label, steps in spread.items() if max(map(len, steps.values())) > 1}
+    if spread:
+        lines += [
+            "",
+            "### Spread across validation splits",
+            "",
+            "Each step's gain (test accuracy over the step before, points, mean over the distinct "
+            "budgets) on validation splits drawn afresh from the training set (`dynroute sweep "
+            "EXPERIMENT --scale cpu --seed N`: another split, initialisation and batch order).",
+            "",
+            "| network | step | gain per split | mean ± SD |",
+            "| --- | --- | --- | --- |",
+        ]
+        for label, steps in spread.items():
+            for step, gains in steps.items():
+                shown = ", ".join(f"{100 * g:+.2f}" for g in gains)
+                sd = 100 * float(np.std(gains, ddof=1)) if len(gains) > 1 else float("nan")
                 lines.append(
-                    f"| {mmacs(row['budget'])} | " + " | ".join(cells) + f" | {versus} | {gap} |"
+                    f"| {label} | {step} | {shown} | {100 * float(np.mean(gains)):+.2f} ± "
+                    f"{sd:.2f} |"
                 )
     return lines
 
 
 def _policy_section(checker: ClaimChecker, figures: list[Path]) -> list[str]:
     """Per network: the learned point, what the other policies need for its accuracy, and
-    the confidence threshold at its mean MACs (``dynroute.infer.operating_points``)."""
+    the confidence threshold at its mean MACs (``dynroute.policies.operating_points``)."""
     if not checker.policies:
         return []
     lines = [
@@ -239,8 +263,9 @@ def write_report(results_dir: str | os.PathLike[str], scale: str) -> tuple[Path,
     from dynroute.plots.figures import render
 
     results = load_results(results_dir, scale)
+    variants = load_variants(results_dir, scale)
     figures = render(results_dir, scale)
-    markdown = _markdown(scale, results, check_claims(results), figures)
+    markdown = _markdown(scale, results, check_claims(results, variants), figures, variants)
     out = Path(results_dir) / scale
     # Each written whole or not at all: a full disk leaves the previous report as it was.
     write_text_atomic(out / "report.md", markdown)

@@ -108,12 +108,15 @@ def option(
     kind: type | None = None,
     integer: bool = False,
     many: bool = False,
+    execution: bool = False,
 ) -> Any:
     """A ``TrainConfig`` field with its help text, type and valid range: one place per option.
 
     ``kind`` is the (element) type where the default does not show it (``None``);
     ``many`` marks a tuple of values (comma-separated on the command line); ``choices``
-    may be a function, for registries that grow (models).
+    may be a function, for registries that grow (models). ``execution`` marks an option
+    that says how a run executes, not what it computes (``EXECUTION_ONLY``): a run may
+    resume under another value, and two runs that differ only there trained the same net.
     """
     metadata = {
         "help": help,
@@ -122,6 +125,7 @@ def option(
         "kind": kind,
         "integer": integer,
         "many": many,
+        "execution": execution,
     }
     return field(default=default, metadata=metadata)
 
@@ -261,6 +265,7 @@ class TrainConfig:
         bounds=Bounds(1, MAX_ITERATIONS),
         kind=int,
         integer=True,
+        execution=True,
     )
     eval_splits: tuple[str, ...] = option(
         ("test",),
@@ -275,18 +280,20 @@ class TrainConfig:
         bounds=Bounds(1, MAX_ITERATIONS),
         kind=int,
         integer=True,
+        execution=True,
     )
     seed: int = option(0, "random seed", bounds=Bounds(0, 2**63 - 1), integer=True)
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto", execution=True)
     bf16: bool = option(False, "bfloat16 autocast on CUDA")
-    compile: bool = option(False, "torch.compile the forward pass and the loss")
+    compile: bool = option(False, "torch.compile the forward pass and the loss", execution=True)
     compile_mode: str = option(
         "default",
         "with --compile: default, or reduce-overhead (adds CUDA graphs on a GPU)",
         choices=COMPILE_MODES,
+        execution=True,
     )
     channels_last: bool = option(
-        True, "channels-last memory layout (faster convolutions on CPU and GPU)"
+        True, "channels-last memory layout (faster convolutions on CPU and GPU)", execution=True
     )
 
     # ---------------------------------------------------------------- derived values
@@ -435,6 +442,8 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+#: Options that say how a run executes, not what it computes (marked on their fields).
+EXECUTION_ONLY = tuple(name for name, f in _FIELDS.items() if f.metadata["execution"])
 
 
 def _check_field(f: Field, value: Any) -> None:

@@ -1,8 +1,8 @@
 """Hard-routing statistics over a data set: where examples go, what each exit gets right.
 
-``evaluate`` runs a predictor (the dense reference by default) over a whole data set in
+``routing_statistics`` runs a predictor (the dense reference by default) over a whole data set in
 batches and returns plain, JSON-serialisable statistics for logs, reports and plots. The
-trainer evaluates with it as it trains; ``dynroute.infer.evaluate`` plugs in the
+trainer evaluates with it as it trains; ``dynroute.engine.evaluate`` plugs in the
 early-exit engine, which returns the same numbers with less work.
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dynroute.nn.macs import tree_costs
-from dynroute.nn.policy import LEARNED, Policy
+from dynroute.nn.macs import policy_path_macs, tree_costs
 from dynroute.nn.prediction import Prediction, as_tensor, predict_dense
 from dynroute.nn.tree import RoutedTree, evaluation_mode
+from dynroute.policy import LEARNED, Policy
 
 #: ``predictor(images, k_cpt, labels) -> Prediction`` for one batch.
 Predictor = Callable[[torch.Tensor, Any, torch.Tensor], Prediction]
@@ -60,7 +60,7 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(
+def routing_statistics(
     tree: RoutedTree,
     images: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray,
@@ -74,7 +74,7 @@ def evaluate(
     """Evaluate ``tree`` routed by ``policy`` on (N, C, H, W) ``images`` and ``labels``.
 
     ``device`` defaults to the tree's own; given, the tree is moved there. Each batch is
-    predicted by ``predictor(x, k_cpt, labels)`` (``dynroute.infer.evaluate`` passes the
+    predicted by ``predictor(x, k_cpt, labels)`` (``dynroute.engine.evaluate`` passes the
     early-exit engine), else by the dense reference. The tree's training mode is restored
     afterwards.
     """
@@ -160,9 +160,8 @@ def _summarise(
 ) -> Evaluation:
     total = sum(sum(row) for row in counts)
     share = (lambda c: c / total) if total else (lambda c: 0.0)
-    costs = tree_costs(tree)
-    macs = costs.node_macs
-    path_macs = costs.policy_path_macs(policy.cost_model)
+    macs = tree_costs(tree).node_macs
+    path_macs = policy_path_macs(tree, policy)
     nodes = []
     for i, node in enumerate(tree.nodes):
         classified = sum(counts[i])

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.readers.common import check_label_count
 from dynroute.data.readers.npz_arrays import _labels as checked_labels
+from dynroute.devices import resolve_device
 from dynroute.errors import DynrouteError
 from dynroute.nn import checkpoint
 from dynroute.nn.registry import (
@@ -48,10 +49,11 @@ from dynroute.nn.registry import (
     MIN_IMAGE_SIZE,
 )
 from dynroute.nn.tree import RoutedTree
-from dynroute.runtime import resolve_device
+from dynroute.runs import DataRecord, arrays_fingerprint, open_run
 from dynroute.train.config import TrainConfig
-from dynroute.train.runs import DataRecord, arrays_fingerprint, open_run
-from dynroute.train.trainer import Trainer, inspect_run_dir, training_data, validate_config
+from dynroute.train.data import training_data
+from dynroute.train.resume import inspect_run_dir, validate_config
+from dynroute.train.trainer import Trainer
 
 #: ``config.dataset`` of a run on in-memory data: a dataset name that loads nothing, so
 #: ``dynroute evaluate`` asks for ``--dataset`` instead of evaluating on other data.

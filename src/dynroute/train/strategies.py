@@ -311,3 +311,9 @@ def make_strategy(name: str, **options) -> Strategy:
     if unknown:
         raise DynrouteError(f"strategy {name!r} does not take {', '.join(unknown)}")
     return cls(**options)
+
+
+def trains_routers(name: str) -> bool:
+    """Whether the strategy learns the routers (actor, critic); static nets have none, and
+    a multi-exit net's are never trained, so only exit rules can route it."""
+    return name in ("actor", "critic")

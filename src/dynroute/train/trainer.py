@@ -15,17 +15,15 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from dynroute.atomic import append_line, read_json_object, write_json_atomic, write_text_atomic
-from dynroute.data.datasets import DatasetSplit, load_dataset
-from dynroute.data.loader import BatchLoader
+from dynroute.atomic import append_line, write_json_atomic
+from dynroute.devices import resolve_device, to_device, use_channels_last
 from dynroute.errors import DynrouteError
 from dynroute.nn import checkpoint
 from dynroute.nn.backbones import load_pretrained
@@ -33,29 +31,22 @@ from dynroute.nn.macs import tree_costs
 from dynroute.nn.models import build_model
 from dynroute.nn.registry import CUSTOM_MODEL
 from dynroute.nn.tree import DenseOutput, RoutedTree
-from dynroute.runtime import resolve_device, to_device, use_channels_last
-from dynroute.train.config import DEFAULTED_FIELDS, TrainConfig
-from dynroute.train.evaluation import evaluate
-from dynroute.train.runs import (
+from dynroute.runs import (
     CHECKPOINT_FILE,
-    CONFIG_FILE,
     METRICS_FILE,
-    RUN_FILES,
     SUMMARY_FILE,
     DataRecord,
     metrics_line,
-    read_data_record,
-    read_metrics,
     run_lock,
-    warn_unrecorded,
-    write_data_record,
 )
+from dynroute.train.config import TrainConfig
+from dynroute.train.data import TrainingData
+from dynroute.train.evaluation import routing_statistics
+from dynroute.train.resume import prepare_run_dir, truncate_metrics, validate_config
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy
 from dynroute.train.talr import apply_talr, talr_scales
 
-#: Options that change how a run is executed, not what it computes.
-EXECUTION_ONLY = ("device", "compile", "compile_mode", "channels_last")
 #: On a GPU the host reads the loss (to log it and stop on NaN) only every this many steps:
 #: each read waits for the GPU to finish, which would leave it idle while the next step
 #: is being queued. Checkpoints and evaluations always read first.
@@ -68,265 +59,6 @@ COMPILE_OPTIONS: dict[str, dict[str, Any]] = {
     "default": {"layout_optimization": False},
     "reduce-overhead": {"layout_optimization": False, "triton.cudagraphs": True},
 }
-
-
-@dataclass
-class Split:
-    """Images (N, C, H, W float32 in [0, 1]) and labels of one evaluation split."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-@dataclass
-class TrainingData:
-    """What the trainer needs from a dataset: a batch stream and evaluation splits."""
-
-    loader: BatchLoader
-    evaluation: dict[str, Split]
-    num_classes: int
-    class_names: tuple[str, ...] = ()
-    record: DataRecord | None = None  # what the data is, for the run's data.json
-    #: The validation split (never trained on), for fitting policies after training.
-    held_out: Split | None = None
-
-
-def load_training_data(
-    config: TrainConfig,
-    data_dir: str | os.PathLike[str] | None,
-    device: torch.device,
-    allow_checksum_mismatch: bool = False,
-) -> TrainingData:
-    """Load the run's dataset (built and cached on first use) for ``config``."""
-    splits = load_dataset(
-        config.dataset,
-        data_dir,
-        validation_size=config.validation_size,
-        seed=config.seed,
-        allow_checksum_mismatch=allow_checksum_mismatch,
-        image_size=config.image_size,
-        test_fraction=config.test_fraction,
-    )
-    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
-    return training_data(config, parts, device, DataRecord.of(splits))
-
-
-def training_data(
-    config: TrainConfig,
-    parts: dict[str, DatasetSplit | None],
-    device: torch.device,
-    record: DataRecord | None = None,
-) -> TrainingData:
-    """Loaded splits as the trainer sees them: a batch stream over ``parts["train"]`` and the
-    splits ``config.eval_splits`` names (``dynroute.fit`` brings its own arrays here);
-    ``record`` says what the data is (it is written into the run directory)."""
-    train = parts["train"]
-    assert train is not None
-    loader = BatchLoader(
-        train,
-        config.batch_size,
-        seed=config.seed,
-        augment=config.augment,
-        replacement=config.sampling == "replacement",
-        device=device,
-    )
-    evaluation = {}
-    for name in config.eval_splits:
-        part = parts.get(name)
-        if part is None:
-            raise DynrouteError(f"no {name} split to evaluate on")
-        images = torch.from_numpy(np.array(part.images))
-        evaluation[name] = Split(images, torch.from_numpy(np.asarray(part.labels)))
-    held_out = parts.get("validation")
-    if held_out is not None:
-        held_out = Split(
-            torch.from_numpy(np.array(held_out.images)),
-            torch.from_numpy(np.asarray(held_out.labels)),
-        )
-    names = tuple(train.class_names)
-    return TrainingData(loader, evaluation, len(names), names, record, held_out)
-
-
-#: Registered models of each kind (static or routed) that a custom tree's config is checked
-#: as: it passes the same checks; the strategy checks the tree itself.
-_STAND_INS = {True: "static-1", False: "chain"}
-
-
-def validate_config(config: TrainConfig) -> TrainConfig:
-    """``config.validate()``, also for a run on the caller's own tree (model ``custom``, not a
-    registered name): that config is checked as one for a registered model of its kind."""
-    if config.model != CUSTOM_MODEL:
-        return config.validate()
-    replace(config, model=_STAND_INS[config.strategy == "static"]).validate()
-    return config
-
-
-def stored_config_differences(stored: dict[str, Any], requested: TrainConfig) -> list[str]:
-    """Names of the options in which a run directory's ``config.json`` and ``requested`` differ.
-
-    Execution-only options may differ. A defaulted option (``DEFAULTED_FIELDS``) left at
-    ``None`` in ``requested`` accepts what the run stored, so a run resumes with the schedule
-    it started with even if the defaults changed since; one set explicitly must equal the
-    stored value, both resolved (a ``null`` stored by older versions resolves to today's
-    default, as it always did).
-    """
-    stored_values = _config_from_stored(stored).resolved().to_dict()
-    requested_values = requested.resolved().to_dict()
-    mine = requested.to_dict()
-    differs: list[str] = []
-    for name in sorted(set(stored) | set(mine)):
-        if name in EXECUTION_ONLY:
-            continue
-        if name in DEFAULTED_FIELDS:
-            if getattr(requested, name) is None:
-                continue  # "use the default": the run's own value
-            if stored_values[name] != requested_values[name]:
-                differs.append(name)
-        elif stored.get(name) != mine.get(name):
-            differs.append(name)
-    return differs
-
-
-def run_config_for(stored: dict[str, Any], requested: TrainConfig) -> TrainConfig:
-    """The config a resumed run continues with: ``requested`` with the stored schedule.
-
-    Call only when ``stored_config_differences`` found no difference.
-    """
-    stored_config = _config_from_stored(stored).resolved()
-    schedule = {name: getattr(stored_config, name) for name in DEFAULTED_FIELDS}
-    return validate_config(replace(requested, **schedule))
-
-
-def _config_from_stored(stored: dict[str, Any]) -> TrainConfig:
-    """The stored options this version knows (unknown ones show up as differences)."""
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
-
-
-@dataclass(frozen=True)
-class RunDirPlan:
-    """What ``inspect_run_dir`` found: the config to run and whether to resume."""
-
-    config: TrainConfig
-    resume: bool
-    fresh: bool
-
-
-def _read_stored_config(path: Path) -> dict[str, Any]:
-    return read_json_object(path, "run config", "pass `overwrite` to start the run over")
-
-
-def inspect_run_dir(
-    out_dir: Path, config: TrainConfig, resume: bool, overwrite: bool
-) -> RunDirPlan:
-    """Check the run directory against the request without writing anything.
-
-    Runs before any data is loaded, so a refusal costs nothing. Returns the config the run
-    goes on with (every default resolved; on resume, the schedule stored when it began).
-    """
-    config_path = out_dir / CONFIG_FILE
-    if resume and overwrite:
-        raise DynrouteError("`resume` and `overwrite` exclude each other")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DynrouteError(f"`out` {out_dir} is a file, not a run directory")
-    if config_path.exists() and not overwrite:
-        existing = _read_stored_config(config_path)
-        if not resume:
-            raise DynrouteError(
-                f"{out_dir} already holds a run; pass `resume` to continue it "
-                "or `overwrite` to replace it"
-            )
-        try:
-            differs = stored_config_differences(existing, config)
-        except DynrouteError as exc:
-            raise DynrouteError(
-                f"{config_path} is not a valid run configuration ({exc}); pass `overwrite` "
-                "to start the run over"
-            ) from None
-        if differs:
-            raise DynrouteError(
-                f"{out_dir} holds a different run (differs in {', '.join(differs)}); "
-                "pass `overwrite` to replace it"
-            )
-        has_checkpoint = (out_dir / CHECKPOINT_FILE).exists()
-        return RunDirPlan(run_config_for(existing, config), has_checkpoint, False)
-    if (out_dir / CHECKPOINT_FILE).exists() and not overwrite:
-        raise DynrouteError(
-            f"{out_dir} holds a checkpoint but no {CONFIG_FILE}, so it cannot be resumed "
-            "safely; pass `overwrite` to replace it"
-        )
-    if resume:
-        raise DynrouteError(
-            f"nothing to resume in {out_dir} (no {CONFIG_FILE}); leave out `resume` to start "
-            "a new run there"
-        )
-    return RunDirPlan(config.resolved(), False, True)
-
-
-def prepare_run_dir(
-    out_dir: Path,
-    config: TrainConfig,
-    resume: bool,
-    overwrite: bool,
-    record: DataRecord | None = None,
-) -> tuple[TrainConfig, bool]:
-    """Check (``inspect_run_dir``), then create the run directory or clear it on overwrite.
-
-    ``record``: the data the run trains on; a new run writes it, a resumed one must have
-    been trained on the same data (and, for a sweep's run, for the same network).
-    Returns the config the run goes on with and whether there is a checkpoint to resume.
-    """
-    plan = inspect_run_dir(out_dir, config, resume, overwrite)
-    if not plan.fresh:
-        if record is not None:
-            _check_resumed_data(out_dir, record)
-        return plan.config, plan.resume
-    try:
-        if overwrite and out_dir.is_dir():
-            for name in RUN_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DynrouteError(f"cannot write the run directory {out_dir}: {exc}") from None
-    # Explicit values, not the defaults' nulls: a resume must not pick up changed defaults.
-    write_json_atomic(out_dir / CONFIG_FILE, plan.config.to_dict(), indent=2)
-    if record is not None:
-        write_data_record(out_dir, record)
-    return plan.config, False
-
-
-def _check_resumed_data(out_dir: Path, record: DataRecord) -> None:
-    """Refuse to resume a run on other data than it began on, or for another sweep entry."""
-    stored = read_data_record(out_dir)
-    if stored is None:  # a run from before data records: bind it from now on
-        warn_unrecorded(out_dir)
-        write_data_record(out_dir, record)
-        return
-    differs = stored.data_differences(record)
-    if differs:
-        raise DynrouteError(
-            f"cannot resume {out_dir}: it was trained on {stored.describe()}, but the data "
-            f"given now is {record.describe()}: they differ in {' and '.join(differs)}; give "
-            "it the data it began on, or pass `overwrite` to start the run over"
-        )
-    mine, theirs = stored.origin, record.origin
-    if mine and theirs and mine != theirs:
-        raise DynrouteError(
-            f"cannot resume {out_dir}: it holds the run of {_origin(mine)}, not of "
-            f"{_origin(theirs)}; pass `overwrite` to start the run over"
-        )
-
-
-def _origin(origin: dict[str, str]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in origin.items())
-
-
-def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
-    """Keep the metric records up to the checkpoint we resume from; returns them."""
-    keep = [record for record in read_metrics(path) if record["iteration"] <= last_step]
-    if path.exists():
-        write_text_atomic(path, "".join(metrics_line(record, path) + "\n" for record in keep))
-    return keep
 
 
 class Trainer:
@@ -540,7 +272,7 @@ class Trainer:
             raise DynrouteError(f"{source} is at iteration {step}, outside this run")
         self.step = self.saved_step = step
         self.train_seconds = seconds
-        records = _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+        records = truncate_metrics(self.out_dir / METRICS_FILE, self.step)
         if records and records[-1]["iteration"] == self.step:
             self.last_eval = records[-1]  # a finished run resumed: nothing to evaluate again
 
@@ -624,7 +356,7 @@ class Trainer:
         for name, split in self.data.evaluation.items():
             results = {}
             for k in k_values:
-                stats = evaluate(self.tree, split.images, split.labels, k_cpt=k)
+                stats = routing_statistics(self.tree, split.images, split.labels, k_cpt=k)
                 results["default" if k is None else repr(k)] = stats.to_dict()
             record[name] = results if self.config.dynamic_k_cpt else results["default"]
         return record

@@ -17,6 +17,7 @@ from typing import IO, Any, NamedTuple, Protocol
 import numpy as np
 
 from dynroute.errors import DynrouteError
+from dynroute.nn.registry import MAX_CLASSES
 
 DATA_DIR_ENV = "DYNROUTE_DATA"
 CACHE_DIR_ENV = "DYNROUTE_CACHE"
@@ -24,9 +25,8 @@ SPLITS = ("train", "test")
 
 # Limits that keep memory and time bounded by the real size of the data, checked before
 # anything is allocated, read or expanded; each message names the limit and the number.
-#: Classes a dataset may have: labels are 0..MAX_CLASSES-1 (a label of 10^12 is a mistake,
-#: and would otherwise cost memory per label value).
-MAX_CLASSES = 100_000
+# Classes a dataset may have: labels are 0..MAX_CLASSES-1, as many as a model may answer
+# (a label of 10^12 is a mistake, and would otherwise cost memory per label value).
 #: An image file (in a folder or a zip) larger than this is refused before it is read.
 MAX_IMAGE_FILE_BYTES = 128 << 20
 #: An image may have at most this many pixels (after a JPEG's reduced-scale decoding).

@@ -1,0 +1,452 @@
+"""The exit rules carried out, in NumPy: one implementation for every place that decides.
+
+The PyTorch engine and dense reference (``dynroute.engine``, ``dynroute.nn.prediction``),
+the torch-free export runtime (``dynroute.deploy``) and the policy tables
+(``dynroute.policies``) all decide through a ``Decider``, so they cannot disagree:
+
+1. ``answer``: what an exit says under the policy's answers (its raw logits, or its
+   log-softmax scaled, combined with the exits the example passed, and shifted by a bias
+   per class);
+2. ``measure``: the rule's number for that answer (max softmax, normalised entropy, or the
+   scheduler's "least accuracy per MAC a deeper exit promises", negated);
+3. ``passes``: whether the measure is enough to stop there (a threshold, or one per exit);
+4. ``choose``: at a junction, the most certain passing exit takes the example; otherwise
+   it goes on to the one non-exit sink, or to the one the router prefers among several.
+
+Everything is float32 where a threshold compares, so the same inputs give the same exits
+whichever caller runs them. ``Shape`` is a tree's structure without torch (parents and
+sinks), which the costs of a policy's decisions are counted on (``path_macs``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from dynroute.errors import DynrouteError
+from dynroute.policy import Policy
+
+# --------------------------------------------------------------------------- the tree
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A routed tree's structure: each node's parent (-1 for the root) and its sinks, in
+    pre-order. ``RoutedTree.shape`` and an export's manifest both give one."""
+
+    parent: tuple[int, ...]
+    children: tuple[tuple[int, ...], ...]
+
+    @cached_property
+    def leaves(self) -> list[int]:
+        return [i for i, kids in enumerate(self.children) if not kids]
+
+    @cached_property
+    def junctions(self) -> list[int]:
+        return [i for i, kids in enumerate(self.children) if len(kids) >= 2]
+
+    @cached_property
+    def leaf_position(self) -> dict[int, int]:
+        return {leaf: k for k, leaf in enumerate(self.leaves)}
+
+    def is_leaf(self, node: int) -> bool:
+        return not self.children[node]
+
+    def path_to(self, node: int) -> list[int]:
+        """Nodes from the root to ``node``, both included."""
+        path = [node]
+        while self.parent[path[-1]] >= 0:
+            path.append(self.parent[path[-1]])
+        return path[::-1]
+
+    @cached_property
+    def history(self) -> dict[int, list[int]]:
+        """Per leaf, the exits an example has passed before reaching it, in path order: the
+        leaf sinks of every junction above it (its own junction's excluded). Combined
+        answers and the scheduler read them."""
+        out = {}
+        for leaf in self.leaves:
+            parent = self.parent[leaf]
+            above = self.path_to(parent) if parent >= 0 else []
+            out[leaf] = [
+                c
+                for n in above
+                if len(self.children[n]) >= 2 and leaf not in self.children[n]
+                for c in self.children[n]
+                if self.is_leaf(c)
+            ]
+        return out
+
+    def decided_at_junction(self, leaf: int) -> bool:
+        parent = self.parent[leaf]
+        return parent >= 0 and len(self.children[parent]) >= 2
+
+    @cached_property
+    def evaluated(self) -> list[list[int]]:
+        """Per node, the exits whose heads an exit rule evaluates on the way to it (and,
+        for an exit that is a single sink, the exit itself)."""
+        out = []
+        for node in range(len(self.parent)):
+            path = self.path_to(node)
+            exits = [
+                c
+                for n in path[:-1]
+                if len(self.children[n]) >= 2
+                for c in self.children[n]
+                if self.is_leaf(c)
+            ]
+            if self.is_leaf(node) and not self.decided_at_junction(node):
+                exits.append(node)
+            out.append(exits)
+        return out
+
+    @cached_property
+    def deeper(self) -> dict[int, list[int]]:
+        """Per leaf decided at a junction, the exits an example can still reach if it goes
+        on from there (below the junction's other sinks): what the scheduler weighs."""
+        out: dict[int, list[int]] = {}
+        for leaf in self.leaves:
+            parent = self.parent[leaf]
+            if not self.decided_at_junction(leaf):
+                out[leaf] = []
+                continue
+            below: list[int] = []
+            stack = [c for c in self.children[parent] if not self.is_leaf(c)]
+            while stack:
+                node = stack.pop()
+                if self.is_leaf(node):
+                    below.append(node)
+                stack.extend(self.children[node])
+            out[leaf] = sorted(below)
+        return out
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float32, copy=False)
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float32, copy=False)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confidence(logits: np.ndarray) -> np.ndarray:
+    """Max softmax probability per example: 1 / sum(exp(z - max z))."""
+    z = logits.astype(np.float32, copy=False)
+    return np.float32(1.0) / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+
+
+def normalised_entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy of the softmax divided by log(classes), in [0, 1]."""
+    log_p = log_softmax(logits)
+    return -(np.exp(log_p) * log_p).sum(axis=1) / np.float32(math.log(logits.shape[1]))
+
+
+#: The scheduler's inputs, computed from what an example has already run.
+SCHEDULER_FEATURES = (
+    "max_probability",  # of the exit's answer
+    "log_odds",  # log(p / (1 - p)) of that probability
+    "margin",  # top probability minus the second
+    "entropy",  # normalised entropy of the answer
+    "previous_max_probability",  # of the exit passed last (raw), 0 for the first exit
+    "agrees_with_previous",  # 1 if that exit's class is this answer's class
+    "agreement",  # share of the exits passed whose class is this answer's class
+    "previous_class_probability",  # this answer's probability of that exit's class
+)
+
+
+def scheduler_features(history: np.ndarray | None, answer: np.ndarray) -> np.ndarray:
+    """(N, len(SCHEDULER_FEATURES)) float64 inputs of the scheduler at one exit:
+    ``answer`` (N, classes) the exit's answer, ``history`` (N, m, classes) the raw
+    log-softmaxes of the exits passed (path order) or None."""
+    p = softmax(answer).astype(np.float64)
+    n = p.shape[0]
+    top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] >= 2 else np.concatenate([p, p], 1)
+    top = top2[:, 1]
+    clipped = np.clip(top, 1e-6, 1 - 1e-6)
+    entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1) / math.log(p.shape[1])
+    label = p.argmax(axis=1)
+    previous_top = np.zeros(n)
+    agrees = np.zeros(n)
+    agreement = np.zeros(n)
+    previous_class = np.zeros(n)
+    if history is not None and history.shape[1]:
+        last = history[:, -1].astype(np.float64)
+        previous_top = np.exp(last.max(axis=1))
+        previous_label = last.argmax(axis=1)
+        agrees = (previous_label == label).astype(np.float64)
+        agreement = (history.argmax(axis=2) == label[:, None]).mean(axis=1)
+        previous_class = p[np.arange(n), previous_label]
+    return np.stack(
+        [
+            top,
+            np.log(clipped) - np.log1p(-clipped),
+            top - top2[:, 0],
+            entropy,
+            previous_top,
+            agrees,
+            agreement,
+            previous_class,
+        ],
+        axis=1,
+    )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+class Decider:
+    """A policy bound to a tree: answers, measures and junction choices (module docstring).
+
+    ``history`` arguments are the raw log-softmaxes of the exits an example passed, in path
+    order, (N, m, classes) or None; callers carry them only when ``needs_history``.
+    """
+
+    def __init__(self, policy: Policy, shape: Shape, classes: int) -> None:
+        if not policy.deployable and policy.name != "oracle":
+            raise DynrouteError(f"the {policy.name} policy cannot decide")
+        self.policy = policy
+        self.shape = shape
+        self.classes = classes
+        leaves = shape.leaves
+        policy.check(len(leaves), classes, [len(shape.history[leaf]) for leaf in leaves])
+        self.reads_exits = policy.uses_threshold
+        self.needs_history = policy.answers == "combined" or policy.name == "scheduler"
+        self._weights = [np.asarray(w, np.float32) for w in policy.weights or ()]
+        self._biases = [np.asarray(b, np.float32) for b in policy.biases or ()]
+        self._thresholds = (
+            None if policy.thresholds is None else np.asarray(policy.thresholds, np.float32)
+        )
+        self._scheduler = _scheduler_arrays(policy.scheduler) if policy.scheduler else None
+
+    # ------------------------------------------------------------------ one exit
+    def answer(self, position: int, history: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
+        """The exit's answer: its logits as they are (raw answers), else log-probabilities."""
+        if self.policy.answers == "raw":
+            return logits.astype(np.float32, copy=False)
+        weights = self._weights[position]
+        mixed = log_softmax(logits) * weights[-1] + self._biases[position]
+        if self.policy.answers == "combined" and history is not None and history.shape[1]:
+            mixed = mixed + (history * weights[:-1, None]).sum(axis=1)
+        return log_softmax(mixed)
+
+    def measure(self, position: int, history: np.ndarray | None, answer: np.ndarray) -> np.ndarray:
+        """The rule's measure of an answer (float32, N): what its threshold is held to."""
+        name = self.policy.name
+        if name == "entropy":
+            return normalised_entropy(answer)
+        if name == "scheduler":
+            assert self._scheduler is not None
+            return _scheduler_measure(self._scheduler[position], history, answer)
+        return confidence(answer)
+
+    def passes(self, measure: np.ndarray, positions: Any) -> np.ndarray:
+        return passes(self.policy, measure, positions, self._thresholds)
+
+    def certainty(self, measure: np.ndarray) -> np.ndarray:
+        return certainty(self.policy, measure)
+
+    # ------------------------------------------------------------------ junctions
+    def runs_router(self, junction: int) -> bool:
+        """Whether the junction's router runs (learned: always; exit rules: only to choose
+        among several non-exit sinks, or among exits alone)."""
+        if not self.reads_exits:
+            return True
+        inner = sum(not self.shape.is_leaf(c) for c in self.shape.children[junction])
+        return inner != 1
+
+    def choose(
+        self, junction: int, scores: np.ndarray | None, measures: dict[int, np.ndarray]
+    ) -> np.ndarray:
+        """Position (among the junction's sinks) each example goes to, (N,) int64.
+
+        ``scores``: the router's output where ``runs_router``; ``measures``: by sink
+        position, the measure of each exit sink's answer (exit rules only)."""
+        if not self.reads_exits:
+            assert scores is not None
+            return scores.argmax(axis=1)
+        children = self.shape.children[junction]
+        leaves = [k for k, c in enumerate(children) if self.shape.is_leaf(c)]
+        inner = [k for k, c in enumerate(children) if not self.shape.is_leaf(c)]
+        if not leaves:
+            assert scores is not None
+            return scores.argmax(axis=1)
+        where = self.shape.leaf_position
+        if len(leaves) == 1 and len(inner) == 1:  # a chain's junction: leave here or go on
+            passing = self.passes(measures[leaves[0]], where[children[leaves[0]]])
+            return np.where(passing, np.int64(leaves[0]), np.int64(inner[0]))
+        size = measures[leaves[0]].shape[0]
+        if inner:
+            if len(inner) == 1:
+                fallback = np.full(size, inner[0], dtype=np.int64)
+            else:
+                assert scores is not None
+                fallback = np.asarray(inner, dtype=np.int64)[scores[:, inner].argmax(axis=1)]
+        else:  # only exits here: the router picks the fallback exit
+            assert scores is not None
+            fallback = scores.argmax(axis=1)
+        sure = np.stack([self.certainty(measures[k]) for k in leaves], axis=1)
+        passing = np.stack([self.passes(measures[k], where[children[k]]) for k in leaves], axis=1)
+        best = np.where(passing, sure, np.float32(-np.inf)).argmax(axis=1)
+        chosen = np.asarray(leaves, dtype=np.int64)[best]
+        return np.where(passing.any(axis=1), chosen, fallback)
+
+    # ------------------------------------------------------------------ dense passes
+    def every_exit(
+        self, logits: dict[int, np.ndarray]
+    ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """Every exit's answer and measure, by leaf, from every exit's raw logits (a dense
+        pass: each exit sees the exits on its own path as history)."""
+        own = {leaf: log_softmax(z) for leaf, z in logits.items()} if self.needs_history else {}
+        answers, measures = {}, {}
+        for position, leaf in enumerate(self.shape.leaves):
+            passed = self.shape.history[leaf]
+            history = np.stack([own[c] for c in passed], 1) if own and passed else None
+            answers[leaf] = self.answer(position, history, logits[leaf])
+            if self.reads_exits:
+                measures[leaf] = self.measure(position, history, answers[leaf])
+        return answers, measures
+
+    def dense_choices(
+        self, measures: dict[int, np.ndarray], scores: dict[int, np.ndarray]
+    ) -> dict[int, np.ndarray]:
+        """Every junction's choice (sink position per example) in a dense pass."""
+        out = {}
+        for j in self.shape.junctions:
+            kids = self.shape.children[j]
+            sink_measures = {k: measures[c] for k, c in enumerate(kids) if c in measures}
+            out[j] = self.choose(j, scores.get(j), sink_measures)
+        return out
+
+    def reached_exits(self, choices: dict[int, np.ndarray], n: int) -> np.ndarray:
+        """The exit (node index) each example ends at, given every junction's choice."""
+        shape = self.shape
+        reached = np.zeros((len(shape.parent), n), dtype=bool)
+        reached[0] = True
+        for index, kids in enumerate(shape.children):
+            if len(kids) == 1:
+                reached[kids[0]] = reached[index]
+            elif len(kids) >= 2:
+                for k, child in enumerate(kids):
+                    reached[child] = reached[index] & (choices[index] == k)
+        at_leaf = reached[shape.leaves].argmax(axis=0)
+        return np.asarray(shape.leaves, dtype=np.int64)[at_leaf]
+
+
+def passes(
+    policy: Policy, measure: np.ndarray, positions: Any, thresholds: np.ndarray | None = None
+) -> np.ndarray:
+    """Whether each measure is enough to stop at its exit (``positions``: the exits'
+    places in leaf order, an int or an array like ``measure``): float32 comparisons."""
+    if policy.name == "entropy":
+        return measure <= np.float32(policy.threshold)
+    if policy.thresholds is not None:
+        if thresholds is None:
+            thresholds = np.asarray(policy.thresholds, np.float32)
+        return measure >= thresholds[positions]
+    return measure >= np.float32(policy.threshold)
+
+
+def certainty(policy: Policy, measure: np.ndarray) -> np.ndarray:
+    """Higher is more certain (the most certain passing exit takes an example)."""
+    return np.float32(1.0) - measure if policy.name == "entropy" else measure
+
+
+def _scheduler_arrays(scheduler: dict[str, Any]) -> list[dict[str, np.ndarray] | None]:
+    """The scheduler's per-exit models as arrays (None for an exit that never decides)."""
+    out: list[dict[str, np.ndarray] | None] = []
+    width = len(SCHEDULER_FEATURES)
+    for entry in scheduler["exits"]:
+        if entry is None:
+            out.append(None)
+            continue
+        try:
+            arrays = {
+                "mean": np.asarray(entry["mean"], np.float64),
+                "scale": np.asarray(entry["scale"], np.float64),
+                "coefficients": np.asarray(entry["coefficients"], np.float64),
+                "intercepts": np.asarray(entry["intercepts"], np.float64),
+                "extra_macs": np.asarray(entry["extra_macs"], np.float64),
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DynrouteError(f"a scheduler exit is malformed ({exc})") from None
+        targets = len(arrays["intercepts"])
+        shapes_ok = (
+            arrays["mean"].shape == (width,)
+            and arrays["scale"].shape == (width,)
+            and arrays["coefficients"].shape == (targets, width)
+            and arrays["extra_macs"].shape == (targets,)
+            and targets >= 1
+        )
+        finite = all(np.isfinite(a).all() for a in arrays.values())
+        if not shapes_ok or not finite or (arrays["scale"] <= 0).any():
+            raise DynrouteError("a scheduler exit has parameters of the wrong shape or value")
+        if (arrays["extra_macs"][1:] <= 0).any():
+            raise DynrouteError("a scheduler's deeper exits must cost more MACs")
+        out.append(arrays)
+    return out
+
+
+def _scheduler_measure(
+    model: dict[str, np.ndarray] | None, history: np.ndarray | None, answer: np.ndarray
+) -> np.ndarray:
+    """Minus the most accuracy per million MACs that going on to a deeper exit promises
+    (+inf where there is none): stop when it is at least minus the price."""
+    n = answer.shape[0]
+    if model is None or len(model["intercepts"]) < 2:
+        return np.full(n, np.inf, dtype=np.float32)
+    x = (scheduler_features(history, answer) - model["mean"]) / model["scale"]
+    correct = _sigmoid(x @ model["coefficients"].T + model["intercepts"])
+    gain = (correct[:, 1:] - correct[:, :1]) / (model["extra_macs"][1:] / 1e6)
+    return (-gain.max(axis=1)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def decision_macs(policy: Policy, shape: Shape, classes: int) -> list[int]:
+    """Per exit (leaf order), the multiply-adds its answer and measure cost beyond its head:
+    a multiply-add per class and answer combined (calibrated: one), and the scheduler's
+    models (one per deeper exit weighed, a multiply-add per feature)."""
+    out = []
+    for position, leaf in enumerate(shape.leaves):
+        macs = 0
+        if policy.answers == "calibrated":
+            macs += classes
+        elif policy.answers == "combined":
+            macs += (len(shape.history[leaf]) + 1) * classes
+        if policy.scheduler is not None:
+            entry = policy.scheduler["exits"][position]
+            if entry is not None:
+                macs += len(entry["intercepts"]) * len(SCHEDULER_FEATURES)
+        out.append(macs)
+    return out
+
+
+def path_macs(
+    policy: Policy, shape: Shape, classes: int, base: dict[str, Sequence[int]]
+) -> list[int]:
+    """Per node, what an example classified there costs under ``policy``: ``base`` (path
+    MACs by cost model: ``learned``, ``threshold``, ``oracle``) for its cost model, plus
+    what deciding costs at every exit it evaluates on the way (``decision_macs``)."""
+    table = list(base[policy.cost_model])
+    if not policy.uses_threshold:
+        return [int(m) for m in table]
+    extra = decision_macs(policy, shape, classes)
+    where = shape.leaf_position
+    return [
+        int(table[node]) + sum(extra[where[e]] for e in shape.evaluated[node])
+        for node in range(len(table))
+    ]

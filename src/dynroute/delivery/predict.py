@@ -1,0 +1,258 @@
+"""Classify inputs with a run or an export: one interface over both, rows and totals.
+
+``open_predictor(path)`` opens a run directory (the PyTorch early-exit engine, batch norm
+folded) or an export folder (``dynroute.deploy``, no torch), at the run's calibrated
+operating point or the export's, or at another one given by ``policy``, ``threshold`` or
+``target_macs``. ``dynroute predict`` and ``dynroute serve`` are built on it. Nothing here
+imports torch unless a run is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynroute import checks
+from dynroute.data.files import Failure
+from dynroute.deploy.manifest import MANIFEST_FILE
+from dynroute.deploy.runtime import ExportPrediction as Prediction
+from dynroute.errors import DynrouteError
+from dynroute.policy import Policy, override_policy
+
+#: Columns of ``dynroute predict``'s rows (CSV header, JSON keys).
+ROW_FIELDS = ("file", "class", "confidence", "exit", "macs")
+
+
+def is_export(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+@dataclass
+class Predictor:
+    """A network ready to classify: ``predict(x)`` on float32 (N, *input_shape) batches."""
+
+    path: Path
+    kind: str  # "run" or "export"
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    exit_names: dict[int, str]
+    policy: dict[str, Any]
+    k_cpt: float | None
+    how: str
+    backend: Any = field(repr=False)
+
+    @property
+    def image_size(self) -> int | None:
+        """The square side images are resized to, or None for a network of other inputs."""
+        shape = self.input_shape
+        if len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]:
+            return int(shape[1])
+        return None
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        return self.backend(x)
+
+    def describe(self) -> str:
+        policy = self.policy
+        setting = Policy.from_dict(policy).label()
+        if policy.get("thresholds") is not None:
+            setting += " (a threshold per exit)"
+        if self.k_cpt is not None:
+            setting += f", k_cpt {self.k_cpt:g}"
+        engine = "PyTorch engine" if self.kind == "run" else "onnxruntime"
+        return f"{self.kind} {self.path}: {setting} ({self.how}); {engine}"
+
+    def rows(self, names: list[str], prediction: Prediction) -> list[dict[str, Any]]:
+        """One row per example: file, class name, confidence, exit name, MACs."""
+        labels = prediction.predictions
+        confidences = prediction.confidences
+        return [
+            {
+                "file": name,
+                "class": self.class_names[int(label)],
+                "confidence": round(float(confidence), 6),
+                "exit": self.exit_names[int(exit_index)],
+                "macs": int(macs),
+            }
+            for name, label, confidence, exit_index, macs in zip(
+                names, labels, confidences, prediction.exits, prediction.macs, strict=True
+            )
+        ]
+
+
+def open_predictor(
+    path: str | os.PathLike[str],
+    *,
+    policy: str | None = None,
+    threshold: float | None = None,
+    target_macs: float | None = None,
+    k_cpt: float | None = None,
+    threads: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    allow_checksum_mismatch: bool = False,
+    answers: str | None = None,
+) -> Predictor:
+    """A run directory (or checkpoint) or an export folder, ready to classify."""
+    path = Path(path)
+    if is_export(path):
+        return _open_export(path, policy, threshold, target_macs, k_cpt, threads, answers)
+    from dynroute.policies.resolve import resolve_operating_point
+    from dynroute.runs import open_run
+
+    run = open_run(path)
+    point = resolve_operating_point(
+        run,
+        policy,
+        threshold,
+        target_macs,
+        k_cpt,
+        answers=answers,
+        data_dir=data_dir,
+        allow_checksum_mismatch=allow_checksum_mismatch,
+    )
+    return _open_run(run, point.policy, point.k_cpt, point.how, threads)
+
+
+def _open_export(
+    path: Path,
+    policy: str | None,
+    threshold: float | None,
+    target_macs: float | None,
+    k_cpt: float | None,
+    threads: int | None,
+    answers: str | None,
+) -> Predictor:
+    from dynroute.deploy import load
+
+    checks.target_macs(target_macs)
+    checks.k_cpt(k_cpt)
+    model = load(path, threads=threads)
+    current = Policy.from_dict(model.policy)
+    if target_macs is not None:
+        if threshold is not None:
+            raise DynrouteError("give `threshold` or `target_macs`, not both")
+        if policy is not None or answers is not None:
+            raise DynrouteError(
+                f"export {path} chooses a budget among the operating points it carries "
+                f"({current.describe()}); export the run again for another policy"
+            )
+        model, point = model.for_budget(target_macs)
+        if k_cpt is not None:
+            model = model.with_policy(None, k_cpt)
+        how = (
+            f"chosen for {target_macs / 1e6:g} M MACs on the run's validation split "
+            f"(accuracy {point['accuracy']:.4f} at {point['mean_macs'] / 1e6:.3f} M there)"
+        )
+        return _export_predictor(path, model, how)
+    chosen = override_policy(current, policy, threshold, answers)
+    if chosen is not current:
+        model = model.with_policy(chosen.to_dict())
+    if k_cpt is not None:
+        model = model.with_policy(None, k_cpt)
+    return _export_predictor(path, model, "exported" if chosen is current else "given")
+
+
+def _export_predictor(path: Path, model: Any, how: str) -> Predictor:
+    def backend(x: np.ndarray) -> Prediction:
+        return model.predict(x)
+
+    return Predictor(
+        path,
+        "export",
+        model.class_names,
+        model.input_shape,
+        dict(model.exit_names),
+        model.policy,
+        model.k_cpt,
+        how,
+        backend,
+    )
+
+
+def _open_run(run: Any, policy: Policy, k_cpt: float | None, how: str, threads: int | None):
+    import torch
+
+    from dynroute.devices import configure_cpu
+    from dynroute.engine.early_exit import EarlyExitEngine
+
+    configure_cpu(threads)
+    tree = run.load_tree().eval()
+    engine = EarlyExitEngine(tree, policy=policy, fold_batchnorm=True)
+    engine.default_k_cpt = k_cpt
+    exit_names = {leaf: tree.nodes[leaf].name for leaf in tree.leaves}
+
+    def backend(x: np.ndarray) -> Prediction:
+        result = engine.predict(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return Prediction(result.logits.float().numpy(), result.exits.numpy(), result.macs.numpy())
+
+    return Predictor(
+        run.path,
+        "run",
+        run.class_names(tree.num_classes),
+        tuple(tree.input_shape),
+        exit_names,
+        policy.to_dict(),
+        k_cpt,
+        how,
+        backend,
+    )
+
+
+@dataclass
+class Totals:
+    """What a prediction run adds up to: examples, MACs, exits taken, time, failures."""
+
+    exit_names: dict[int, str]
+    count: int = 0
+    macs: int = 0
+    exits: Counter = field(default_factory=Counter)
+    model_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    failures: list[Failure] = field(default_factory=list)
+
+    def add(self, prediction: Prediction, seconds: float) -> None:
+        self.count += len(prediction)
+        self.macs += int(prediction.macs.sum())
+        self.exits.update(int(e) for e in prediction.exits)
+        self.model_seconds += seconds
+
+    def summary(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.started
+        return {
+            "images": self.count,
+            "mean_macs": self.macs / self.count if self.count else None,
+            "exits": {name: self.exits.get(leaf, 0) for leaf, name in self.exit_names.items()},
+            "seconds": round(wall, 3),
+            "images_per_second": round(self.count / wall, 1) if wall > 0 else None,
+            "model_images_per_second": (
+                round(self.count / self.model_seconds, 1) if self.model_seconds > 0 else None
+            ),
+            "unreadable": [{"file": f.name, "reason": f.reason} for f in self.failures],
+        }
+
+    def format(self) -> str:
+        s = self.summary()
+        if not s["images"]:
+            lines = ["no image was classified"]
+        else:
+            exits = ", ".join(
+                f"{name} {count} ({100 * count / s['images']:.0f} %)"
+                for name, count in s["exits"].items()
+                if count
+            )
+            lines = [
+                f"{s['images']} images in {s['seconds']:.2f} s: {s['images_per_second']:g} "
+                f"images/s (the network alone: {s['model_images_per_second']:g} images/s)",
+                f"mean MACs {s['mean_macs'] / 1e6:.3f} M per image",
+                f"exits: {exits}",
+            ]
+        if s["unreadable"]:
+            lines.append(f"{len(s['unreadable'])} unreadable, skipped:")
+            lines += [f"  {f['file']}: {f['reason']}" for f in s["unreadable"]]
+        return "\n".join(lines)

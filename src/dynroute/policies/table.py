@@ -1,0 +1,383 @@
+"""The policy table: every policy at a set of budgets, on equal footing.
+
+The protocol (docs/policies.md), the same for every policy:
+
+- **fitting**: every parameter (recalibration, combination weights, thresholds, the
+  budgeted scheme's q, the scheduler's models) is fitted on the run's validation split,
+  which training never saw; the test split only scores;
+- **answers**: every exit rule (confidence, entropy, budgeted thresholds) runs on three
+  kinds of answer: raw exits, recalibrated exits (a temperature and a bias per class per
+  exit) and combined exits (a running combination of the answers already computed, Zero
+  Time Waste); each budget also lists the best single exit (a truncation of the net);
+- **selection**: at every budget each policy takes its member that is most accurate on
+  validation among those spending at most the budget there (``dynroute.selection``), and
+  the best baseline is the baseline most accurate on validation;
+- **decomposition**: the steps raw rule -> + recalibration -> + combination -> + learned
+  decisions each take the best (on validation) of what is available so far; each step's
+  gain is its test accuracy minus the previous step's, with an exact McNemar p-value;
+- **learned decisions** (the paper's routers, the scheduler: ``dynroute.policy``) are
+  compared with the best baseline (McNemar), and the share of the baseline-to-oracle MAC
+  gap they close is measured like for like: on the test envelopes of both families and of
+  the oracle on the same answers, so a policy identical to the baseline closes 0 %.
+
+Statistics across cells (Holm's correction over a claim's family of distinct cells) are
+the report's (``dynroute.experiments.claims``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dynroute import selection
+from dynroute.decisions import Decider
+from dynroute.errors import DynrouteError
+from dynroute.nn.tree import RoutedTree
+from dynroute.policies.analysis import oracle_curve
+from dynroute.policies.curves import CurvePoint, accuracy_at, as_points, macs_for_accuracy
+from dynroute.policies.exit_table import DenseOutputs, ExitTable, TreeFacts, exit_table
+from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
+from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
+from dynroute.policies.statistics import mcnemar, pack_bits
+from dynroute.policy import LEARNED, Policy
+
+#: The table format: 2 puts every baseline on equal footing (this module's docstring).
+TABLE_VERSION = 2
+#: Default budgets as shares of the deepest exit's path MACs: on the paper's chain
+#: (20.6 M MACs) 2.1, 3.1, 4.1, 5.2, 6.2, 8.2, 10.3, 12.4 and 15.0 M, its 2-15 M band.
+BUDGET_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.73)
+#: The lowest default budget is at least this multiple of the cheapest exit's MACs.
+CHEAPEST_MARGIN = 1.05
+ANSWER_KINDS = ("raw", "calibrated", "combined")
+#: Baseline exit rules (each on every kind of answer), then the truncation.
+BASELINE_RULES = ("confidence", "entropy", "budgeted", "truncation")
+#: The decomposition: each step adds the answers or rules named.
+STEPS = (
+    ("raw rule", ("raw",), False),
+    ("+ recalibration", ("raw", "calibrated"), False),
+    ("+ combination", ANSWER_KINDS, False),
+    ("+ learned decisions", ANSWER_KINDS, True),
+)
+PROTOCOL = (
+    "every policy fitted on the validation split; at each budget each policy takes its "
+    "member most accurate on validation among those spending at most the budget there, and "
+    "the best baseline is the one most accurate on validation; the test split only scores"
+)
+
+
+def default_budgets(tree: RoutedTree) -> list[float]:
+    """``BUDGET_SHARES`` of the deepest exit's path MACs under exit rules; where the
+    cheapest exit costs more than the lowest share (a backbone whose first stage is heavy),
+    the same spacing moved up to start just above that exit, so that every budget leaves
+    the policies a choice."""
+    macs = TreeFacts.of(tree).leaf_macs(Policy("confidence", 0.5))
+    deepest, cheapest = float(macs.max()), float(macs.min())
+    low, high = BUDGET_SHARES[0], BUDGET_SHARES[-1]
+    start = max(low * deepest, CHEAPEST_MARGIN * cheapest)
+    if start >= high * deepest:
+        return [high * deepest]
+    scale = (high * deepest - start) / ((high - low) * deepest)
+    return [start + (share - low) * deepest * scale for share in BUDGET_SHARES]
+
+
+@dataclass
+class Member:
+    """One operating point of a family: its parameters, where it stands on each split."""
+
+    parameters: dict[str, Any]
+    validation: dict[str, float]
+    test: dict[str, float]
+    correct: np.ndarray = field(repr=False)
+
+    @property
+    def mean_macs(self) -> float:  # what ``selection`` chooses on: the validation split
+        return self.validation["mean_macs"]
+
+    @property
+    def accuracy(self) -> float:
+        return self.validation["accuracy"]
+
+
+@dataclass
+class Family:
+    """A policy's operating points (``key``: rule/answers, or ``learned``)."""
+
+    key: str
+    rule: str
+    answers: str
+    learned: bool
+    members: list[Member]
+
+    def test_curve(self) -> list[CurvePoint]:
+        return as_points([m.test for m in self.members])
+
+
+def _parameters(policy: Policy) -> dict[str, Any]:
+    """What a table cell says of a policy (fitted answers and models are stored once)."""
+    return {
+        k: v for k, v in policy.to_dict().items() if k not in ("weights", "biases", "scheduler")
+    }
+
+
+def _replay(table: ExitTable, policies: Sequence[Policy]) -> list[np.ndarray]:
+    """Each policy's exits on ``table`` (a single-threshold family at once where it can)."""
+    single = bool(policies) and all(
+        p.threshold is not None and p.name == policies[0].name for p in policies
+    )
+    if single:
+        thresholds = np.asarray([p.threshold for p in policies])
+        at_once = table.exits_for_thresholds(policies[0], thresholds)
+        if at_once is not None:
+            return [at_once[:, k] for k in range(len(policies))]
+    return [table.exits(p) for p in policies]
+
+
+def _members(policies: Sequence[Policy], validation: ExitTable, test: ExitTable) -> list[Member]:
+    out = []
+    replayed = zip(_replay(validation, policies), _replay(test, policies), strict=True)
+    for policy, (on_validation, on_test) in zip(policies, replayed, strict=True):
+        out.append(
+            Member(
+                _parameters(policy),
+                validation.point(on_validation, policy),
+                test.point(on_test, policy),
+                test.correctness(on_test),
+            )
+        )
+    return out
+
+
+def _truncations(validation: ExitTable, test: ExitTable, names: list[str]) -> list[Member]:
+    """Every example leaves at one exit (the net cut there): its path, its head and, for
+    recalibrated answers, their scale and bias; no other exit is evaluated."""
+    classes = validation.facts.classes
+    extra = classes if validation.answers.answers == "calibrated" else 0
+    macs = validation.oracle_macs() + extra
+    out = []
+    for k, name in enumerate(names):
+        out.append(
+            Member(
+                {"name": "truncation", "exit": name, "answers": validation.answers.answers},
+                {"accuracy": float(validation.correct[:, k].mean()), "mean_macs": float(macs[k])},
+                {"accuracy": float(test.correct[:, k].mean()), "mean_macs": float(macs[k])},
+                test.correct[:, k].copy(),
+            )
+        )
+    return out
+
+
+def _routers(tree: RoutedTree, validation: DenseOutputs, test: DenseOutputs) -> Family:
+    """The paper's learned routers: one operating point (a fixed-k_cpt net)."""
+    facts = TreeFacts.of(tree)
+    rule = Decider(LEARNED, facts.shape, facts.classes)
+    macs = facts.leaf_macs(LEARNED)
+    points = []
+    for outputs in (validation, test):
+        exits = rule.reached_exits(rule.dense_choices({}, outputs.scores), len(outputs))
+        positions = np.asarray([facts.shape.leaf_position[int(e)] for e in exits], np.int64)
+        table = exit_table(facts, outputs)
+        correct = table.correctness(positions)
+        points.append(
+            (
+                {"accuracy": float(correct.mean()), "mean_macs": float(macs[positions].mean())},
+                correct,
+            )
+        )
+    (val, _), (tst, correct) = points
+    return Family(
+        "learned", "learned", "raw", True, [Member({"name": "learned"}, val, tst, correct)]
+    )
+
+
+def policy_families(
+    tree: RoutedTree,
+    validation: DenseOutputs,
+    test: DenseOutputs,
+    progress: Callable[[str], None] | None = None,
+    routers: bool = True,
+) -> tuple[list[Family], dict[str, ExitTable], dict[str, Policy]]:
+    """Every policy's members fitted on ``validation`` and scored on ``test``; the test
+    tables by kind of answers (for the oracle) and the fitted answers and scheduler.
+    ``routers``: whether the tree's routers were trained (not a multi-exit net's)."""
+    facts = TreeFacts.of(tree)
+    names = [tree.nodes[leaf].name for leaf in tree.leaves]
+    fitted: dict[str, Policy] = {"raw": exit_table(facts, validation).answers}
+    for kind in ANSWER_KINDS[1:]:
+        fitted[kind] = fit_answers(facts, validation, kind)
+    families: list[Family] = []
+    test_tables: dict[str, ExitTable] = {}
+    for kind in ANSWER_KINDS:
+        on_validation = exit_table(facts, validation, fitted[kind])
+        on_test = exit_table(facts, test, fitted[kind])
+        test_tables[kind] = on_test
+        for rule in ("confidence", "entropy"):
+            policies = [p for p, _ in threshold_family(on_validation, rule)]
+            families.append(
+                Family(
+                    f"{rule}/{kind}", rule, kind, False, _members(policies, on_validation, on_test)
+                )
+            )
+        budgeted = [p for p, _ in budgeted_family(on_validation)]
+        families.append(
+            Family(
+                f"budgeted/{kind}",
+                "budgeted",
+                kind,
+                False,
+                _members(budgeted, on_validation, on_test),
+            )
+        )
+        if kind != "combined":  # a truncation reads no earlier exit
+            families.append(
+                Family(
+                    f"truncation/{kind}",
+                    "truncation",
+                    kind,
+                    False,
+                    _truncations(on_validation, on_test, names),
+                )
+            )
+        scheduler = fit_scheduler([on_validation])
+        fitted[f"scheduler/{kind}"] = scheduler
+        if any(entry is not None for entry in scheduler.scheduler["exits"]):
+            crossed = on_validation.with_measures(scheduler, cross_fitted_measures(on_validation))
+            policies = [p for p, _ in threshold_family(crossed, scheduler)]
+            families.append(
+                Family(
+                    f"scheduler/{kind}",
+                    "scheduler",
+                    kind,
+                    True,
+                    _members(policies, crossed, on_test),
+                )
+            )
+        if progress is not None:
+            progress(f"{kind} answers fitted")
+    if routers:
+        families.append(_routers(tree, validation, test))
+    return families, test_tables, fitted
+
+
+def _chosen(family: Family, budget: float) -> Member | None:
+    return selection.within_budget(family.members, budget)
+
+
+def _pair_key(first: np.ndarray, second: np.ndarray) -> str:
+    """A fingerprint of a paired comparison: identical operating points give one key."""
+    digest = hashlib.sha1(np.packbits(first).tobytes() + b"|" + np.packbits(second).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _compare(first: Member, second: Member) -> dict[str, Any]:
+    return {
+        **mcnemar(first.correct, second.correct),
+        "pair": _pair_key(first.correct, second.correct),
+    }
+
+
+def _gap_closed(
+    budget: float, baseline: Family, policy: Family, oracle: list[CurvePoint]
+) -> dict[str, Any]:
+    """Like for like, on test envelopes: at the baseline family's envelope accuracy at the
+    budget, its MACs, the policy family's and the oracle's (on the policy's answers), and
+    the share of the baseline-oracle gap the policy closes."""
+    accuracy = accuracy_at(baseline.test_curve(), budget)
+    out: dict[str, Any] = {"accuracy": accuracy, "baseline_macs": None, "policy_macs": None,
+                           "oracle_macs": None, "share": None}  # fmt: skip
+    if accuracy is None:
+        return out
+    base = macs_for_accuracy(baseline.test_curve(), accuracy)
+    mine = macs_for_accuracy(policy.test_curve(), accuracy)
+    bound = macs_for_accuracy(oracle, accuracy)
+    out.update(baseline_macs=base, policy_macs=mine, oracle_macs=bound)
+    if base is not None and mine is not None and bound is not None and base - bound > 0:
+        out["share"] = (base - mine) / (base - bound)
+    return out
+
+
+def budget_table(
+    tree: RoutedTree,
+    validation: DenseOutputs,
+    test: DenseOutputs,
+    budgets: Sequence[float] | None = None,
+    progress: Callable[[str], None] | None = None,
+    routers: bool = True,
+) -> dict[str, Any]:
+    """The policy table (JSON-ready; see the module's docstring). ``routers``: whether the
+    tree's routers were trained (a multi-exit net's were not: they are left out)."""
+    if len(validation) == 0:
+        raise DynrouteError("the policy table needs a validation split to fit the policies on")
+    if not tree.junctions:
+        raise DynrouteError("a network without junctions has one operating point: no table")
+    budgets = list(budgets or default_budgets(tree))
+    families, test_tables, fitted = policy_families(tree, validation, test, progress, routers)
+    by_key = {f.key: f for f in families}
+    oracles = {kind: as_points(oracle_curve(t)) for kind, t in test_tables.items()}
+    rows = []
+    for budget in budgets:
+        chosen = {f.key: m for f in families if (m := _chosen(f, budget)) is not None}
+        row: dict[str, Any] = {
+            "budget": budget,
+            "policies": {
+                key: {"parameters": m.parameters, "validation": m.validation, "test": m.test}
+                for key, m in chosen.items()
+            },
+        }
+        bits: set[str] = set()
+        baselines = [f.key for f in families if not f.learned and f.key in chosen]
+        if baselines:
+            best = max(baselines, key=lambda k: (chosen[k].accuracy, chosen[k].mean_macs))
+            row["best_baseline"] = best
+            bits.add(best)
+            steps, previous = [], None
+            for title, kinds, learned in STEPS:
+                keys = [
+                    f.key
+                    for f in families
+                    if f.key in chosen and f.answers in kinds and (learned or not f.learned)
+                ]
+                key = max(keys, key=lambda k: (chosen[k].accuracy, chosen[k].mean_macs))
+                step: dict[str, Any] = {"step": title, "policy": key, "test": chosen[key].test}
+                if previous is not None:
+                    step["versus_previous"] = _compare(chosen[key], chosen[previous])
+                steps.append(step)
+                bits.add(key)
+                previous = key
+            row["steps"] = steps
+            row["learned"] = {}
+            for family in families:
+                if not family.learned or family.key not in chosen:
+                    continue
+                bits.add(family.key)
+                row["learned"][family.key] = {
+                    "versus_best_baseline": _compare(chosen[family.key], chosen[best]),
+                    "gap_closed": _gap_closed(
+                        budget, by_key[best], family, oracles[family.answers]
+                    ),
+                }
+        for key in bits:
+            row["policies"][key]["correct_bits"] = pack_bits(chosen[key].correct)
+        rows.append(row)
+        if progress is not None:
+            progress(f"budget {budget / 1e6:.2f} M done")
+    return {
+        "version": TABLE_VERSION,
+        "protocol": PROTOCOL,
+        "num_validation": len(validation),
+        "num_test": len(test),
+        "families": [
+            {"key": f.key, "rule": f.rule, "answers": f.answers, "learned": f.learned}
+            for f in families
+        ],
+        "fitted": {key: _fitted_record(policy) for key, policy in fitted.items() if key != "raw"},
+        "budgets": rows,
+    }
+
+
+def _fitted_record(policy: Policy) -> dict[str, Any]:
+    data = policy.to_dict()
+    return {k: data[k] for k in ("answers", "weights", "biases", "scheduler") if k in data}

@@ -1,0 +1,372 @@
+"""Routing policies as plain data: what decides, at each junction, where an example goes.
+
+A policy is two choices and their parameters:
+
+- its **answers**, what each exit says: ``raw`` (the exit's own logits), ``calibrated``
+  (each exit's log-softmax scaled and shifted by a bias per class: temperature scaling
+  with a class prior, fitted on held-out data) or ``combined`` (each exit's answer is a
+  weighted geometric mean of its own softmax and those of the exits the example already
+  passed, plus a bias per class: a running ensemble, as in Zero Time Waste);
+- its **rule**, how the answers decide (``RULES``): the paper's learned routers, a
+  threshold on the answers' confidence or entropy, MSDNet's per-exit thresholds, the
+  learned scheduler, or the oracle (a bound, never deployed).
+
+Only ``learned`` and ``scheduler`` make *learned* per-example decisions; the others are
+fixed rules on (possibly recalibrated or combined) answers. The old name ``ensemble``
+still reads: it is ``confidence`` (or ``budgeted``) on ``combined`` answers.
+
+This module is torch-free, so the command line, calibration files and exports share it;
+``dynroute.decisions`` carries the rules out (in NumPy) for the engine, the export runtime
+and the policy tables alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dynroute.errors import DynrouteError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One exit rule, registered in ``RULES``.
+
+    ``parameter``: what it is set by (``none``, one ``threshold``, per-exit ``thresholds``,
+    or a fitted ``scheduler`` plus its threshold); ``bounded``: the threshold lies in
+    [0, 1]; ``learned``: its per-example decisions are learned (not a fixed rule);
+    ``reads_exits``: it decides by evaluating the exit heads (the threshold cost model);
+    ``fitted``: its parameters come from held-out data (``dynroute calibrate``).
+    """
+
+    name: str
+    summary: str
+    parameter: str = "threshold"
+    bounded: bool = True
+    learned: bool = False
+    reads_exits: bool = True
+    fitted: bool = False
+    deployable: bool = True
+
+
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            "learned",
+            "the paper's routers: each junction's router picks a sink (learned in training)",
+            parameter="none",
+            learned=True,
+            reads_exits=False,
+        ),
+        Rule("confidence", "leave at the first exit whose max softmax is >= the threshold"),
+        Rule("entropy", "leave at the first exit whose normalised entropy is <= the threshold"),
+        Rule(
+            "budgeted",
+            "confidence against a threshold per exit, fitted to a budget (MSDNet)",
+            parameter="thresholds",
+            fitted=True,
+        ),
+        Rule(
+            "scheduler",
+            "leave unless a deeper exit promises more accuracy per MAC than the threshold's "
+            "price (a model of each exit's correctness, fitted on held-out data)",
+            parameter="scheduler",
+            bounded=False,
+            learned=True,
+            fitted=True,
+        ),
+        Rule(
+            "oracle",
+            "the cheapest correct exit (needs labels: a bound, never deployed)",
+            parameter="none",
+            reads_exits=False,
+            deployable=False,
+        ),
+    )
+}
+POLICIES = tuple(RULES)
+ANSWERS = ("raw", "calibrated", "combined")
+#: Rules set by thresholds on the answers' certainty: the equal-footing baselines.
+THRESHOLD_RULES = ("confidence", "entropy", "budgeted")
+#: Rules whose per-example decisions are learned.
+LEARNED_RULES = tuple(name for name, rule in RULES.items() if rule.learned)
+#: Old names that still read: name -> (rule, answers).
+ALIASES = {"ensemble": ("confidence", "combined")}
+#: Every name the command line accepts for a policy.
+POLICY_NAMES = (*POLICIES, *ALIASES)
+
+
+def _numbers(values: Any, what: str) -> tuple[float, ...]:
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise DynrouteError(f"`{what}` must be a list of numbers")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DynrouteError(f"`{what}` must hold numbers, got {value!r}")
+        if not math.isfinite(value):
+            raise DynrouteError(f"`{what}` must hold finite numbers, got {value!r}")
+        out.append(float(value))
+    return tuple(out)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A rule, the answers it reads and their parameters (see the module's docstring).
+
+    ``thresholds`` (budgeted), ``weights``/``biases`` (calibrated or combined answers) and
+    ``scheduler["exits"]`` hold one entry per exit of the tree, in leaf order. An exit's
+    ``weights`` are over the exits it passed (path order) and itself; calibrated answers
+    weigh only the exit itself.
+    """
+
+    name: str = "learned"
+    threshold: float | None = None
+    thresholds: tuple[float, ...] | None = None
+    answers: str = "raw"
+    weights: tuple[tuple[float, ...], ...] | None = None
+    biases: tuple[tuple[float, ...], ...] | None = None
+    scheduler: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        rule = RULES.get(self.name)
+        if rule is None:
+            raise DynrouteError(
+                f"`policy` must be one of {', '.join(POLICY_NAMES)}; got {self.name!r}"
+            )
+        if self.answers not in ANSWERS:
+            raise DynrouteError(
+                f"`answers` must be one of {', '.join(ANSWERS)}; got {self.answers!r}"
+            )
+        self._check_thresholds(rule)
+        self._check_answers(rule)
+        if rule.parameter == "scheduler":
+            if not isinstance(self.scheduler, dict) or not isinstance(
+                self.scheduler.get("exits"), list
+            ):
+                raise DynrouteError(
+                    "the scheduler policy needs its fitted `scheduler` (one model per exit): "
+                    "fit it with `calibrate --policy scheduler`"
+                )
+        elif self.scheduler is not None:
+            raise DynrouteError(f"the {self.name} policy takes no `scheduler`")
+
+    def _check_thresholds(self, rule: Rule) -> None:
+        if rule.parameter in ("threshold", "scheduler"):
+            value = self.threshold
+            if rule.bounded and not (_real(value) and 0 <= value <= 1):
+                raise DynrouteError(
+                    f"the {self.name} policy needs a `threshold` in [0, 1], got {value!r}"
+                )
+            if not rule.bounded and not _real(value):
+                raise DynrouteError(
+                    f"the {self.name} policy needs a finite `threshold`, got {value!r}"
+                )
+        elif self.threshold is not None:
+            what = "`thresholds` per exit" if rule.parameter == "thresholds" else "no `threshold`"
+            raise DynrouteError(f"the {self.name} policy takes {what}, not a `threshold`")
+        if rule.parameter == "thresholds":
+            if self.thresholds is None:
+                raise DynrouteError(
+                    f"the {self.name} policy needs `thresholds` (one per exit): fit them with "
+                    "`calibrate` and a budget"
+                )
+            values = _numbers(self.thresholds, "thresholds")
+            if any(not -1 <= v <= 2 for v in values):  # beyond [0, 1]: always / never exit
+                raise DynrouteError(f"`thresholds` must lie in [-1, 2], got {values}")
+            object.__setattr__(self, "thresholds", values)
+        elif self.thresholds is not None:
+            raise DynrouteError(f"the {self.name} policy takes no `thresholds`")
+
+    def _check_answers(self, rule: Rule) -> None:
+        if self.answers == "raw":
+            if self.weights is not None or self.biases is not None:
+                raise DynrouteError(
+                    "raw answers take no `weights` or `biases` (calibrated or combined ones do)"
+                )
+            return
+        if not rule.reads_exits and rule.name != "oracle":
+            raise DynrouteError(f"the {self.name} policy reads no exit answers: use raw answers")
+        if self.weights is None or self.biases is None:
+            raise DynrouteError(
+                f"{self.answers} answers need `weights` and `biases` fitted on held-out data: "
+                "fit them with `calibrate`"
+            )
+        if len(self.weights) != len(self.biases):
+            raise DynrouteError("a policy needs as many `weights` as `biases` (one per exit)")
+        weights = tuple(_numbers(w, "weights") for w in self.weights)
+        biases = tuple(_numbers(b, "biases") for b in self.biases)
+        if any(not w for w in weights):
+            raise DynrouteError("every exit needs at least its own weight")
+        if self.answers == "calibrated" and any(any(w[:-1]) for w in weights):
+            raise DynrouteError("calibrated answers weigh only each exit's own answer")
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "biases", biases)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def rule(self) -> Rule:
+        return RULES[self.name]
+
+    @property
+    def uses_threshold(self) -> bool:
+        """Whether the policy decides by the exits' answers (evaluating their heads)."""
+        return self.rule.reads_exits
+
+    @property
+    def deployable(self) -> bool:
+        return self.rule.deployable
+
+    @property
+    def learned(self) -> bool:
+        """Whether the per-example decisions are learned (routers, scheduler)."""
+        return self.rule.learned
+
+    @property
+    def cost_model(self) -> str:
+        """The base accounting of its paths (``dynroute.decisions.path_macs`` adds what
+        its answers and scheduler cost)."""
+        if self.name == "oracle":
+            return "oracle"
+        return "threshold" if self.uses_threshold else "learned"
+
+    def check(self, leaves: int, classes: int, passed: Sequence[int] | None = None) -> None:
+        """Refuse parameters fitted for another tree: other exits or classes (``passed``:
+        how many exits each exit's answer may combine, in leaf order)."""
+        for what, values in (
+            ("thresholds", self.thresholds),
+            ("weights", self.weights),
+            ("scheduler exits", None if self.scheduler is None else self.scheduler["exits"]),
+        ):
+            if values is not None and len(values) != leaves:
+                raise DynrouteError(
+                    f"the {self.describe()} policy has {len(values)} {what} for a tree of "
+                    f"{leaves} exits: it was fitted on another network"
+                )
+        if self.biases is not None and any(len(b) != classes for b in self.biases):
+            raise DynrouteError(
+                f"the {self.describe()} policy's `biases` are not for {classes} classes: it was "
+                "fitted on another network"
+            )
+        if self.weights is not None and passed is not None:
+            for position, (w, m) in enumerate(zip(self.weights, passed, strict=True)):
+                if len(w) != m + 1:
+                    raise DynrouteError(
+                        f"exit {position} of the {self.describe()} policy weighs {len(w)} "
+                        f"answers, but {m + 1} reach it: it was fitted on another network"
+                    )
+
+    def describe(self) -> str:
+        """``confidence on combined answers``: the rule and, unless raw, the answers."""
+        return self.name if self.answers == "raw" else f"{self.name} on {self.answers} answers"
+
+    def label(self) -> str:
+        """The description with the threshold (``confidence 0.8 on calibrated answers``)."""
+        if self.threshold is None:
+            return self.describe()
+        text = f"{self.name} {self.threshold:.6g}"
+        return text if self.answers == "raw" else f"{text} on {self.answers} answers"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data; ``Policy.from_dict`` reads it back."""
+        data: dict[str, Any] = {"name": self.name, "threshold": self.threshold}
+        if self.thresholds is not None:
+            data["thresholds"] = list(self.thresholds)
+        if self.answers != "raw":
+            data["answers"] = self.answers
+            data["weights"] = [list(w) for w in self.weights or ()]
+            data["biases"] = [list(b) for b in self.biases or ()]
+        if self.scheduler is not None:
+            data["scheduler"] = self.scheduler
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Policy:
+        """A policy from ``to_dict``'s data (or an old ``ensemble`` record)."""
+        if not isinstance(data, dict):
+            raise DynrouteError("a policy must be a JSON object")
+        known = {"name", "threshold", "thresholds", "answers", "weights", "biases", "scheduler"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DynrouteError(f"unknown policy fields: {', '.join(unknown)}")
+        values = dict(data)
+        if values.get("name") in ALIASES:
+            rule, answers = ALIASES[values["name"]]
+            per_exit = values.get("thresholds") is not None
+            values.update(name="budgeted" if per_exit else rule, answers=answers)
+            if per_exit:
+                values.pop("threshold", None)
+        for key in ("thresholds", "weights", "biases"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
+        return cls(**values)
+
+
+def resolve_name(name: str) -> tuple[str, str | None]:
+    """A policy name as the command line gives it: (rule, answers it implies or None)."""
+    if name in ALIASES:
+        return ALIASES[name]
+    if name not in RULES:
+        raise DynrouteError(f"`policy` must be one of {', '.join(POLICY_NAMES)}; got {name!r}")
+    return name, None
+
+
+def override_policy(
+    current: Policy,
+    name: str | None = None,
+    threshold: float | None = None,
+    answers: str | None = None,
+) -> Policy:
+    """``current`` with another rule, answers or threshold. Fitted parameters are kept from
+    ``current`` where they still apply (its answers' weights under a new threshold); a
+    policy that needs fitted parameters ``current`` lacks needs a budget instead."""
+    if name is None and threshold is None and answers is None:
+        return current
+    rule, implied = resolve_name(name or current.name)
+    kind = (
+        answers or implied or (current.answers if name is None or rule == current.name else "raw")
+    )
+    if rule == "oracle":
+        raise DynrouteError("the oracle policy needs the labels; it cannot classify new inputs")
+    spec = RULES[rule]
+    if (
+        implied is not None
+        and rule == "confidence"
+        and current.name == "budgeted"
+        and (current.answers == implied and threshold is None)
+    ):
+        return current  # an ensemble calibrated with a threshold per exit
+    if spec.parameter == "thresholds" or spec.parameter == "scheduler":
+        if threshold is not None and spec.parameter == "thresholds":
+            raise DynrouteError(f"the {rule} policy has a threshold per exit, not one `threshold`")
+        if current.name != rule or current.answers != kind:
+            raise DynrouteError(
+                f"the {rule} policy is fitted on held-out data: choose it with `target_macs` "
+                f"(or `dynroute calibrate --policy {rule}`)"
+            )
+        return current if threshold is None else replace(current, threshold=threshold)
+    if kind != "raw" and current.answers != kind:
+        raise DynrouteError(
+            f"{kind} answers are fitted on held-out data: choose them with `target_macs` (or "
+            f"`dynroute calibrate --policy {name or rule} --answers {kind}`)"
+        )
+    if spec.parameter == "none":
+        if threshold is not None:
+            raise DynrouteError(f"the {rule} policy takes no `threshold`")
+        return Policy(rule)
+    if threshold is None:
+        if current.name == rule and current.answers == kind:
+            return current
+        raise DynrouteError(f"the {rule} policy needs a `threshold` (or a `target_macs`)")
+    weights = current.weights if kind != "raw" else None
+    biases = current.biases if kind != "raw" else None
+    return Policy(rule, threshold, answers=kind, weights=weights, biases=biases)
+
+
+LEARNED = Policy()
