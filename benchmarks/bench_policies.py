@@ -1,11 +1,12 @@
-"""Wall-clock of the fitted policies in the early-exit engine, at the same budget.
+"""Wall-clock of the learned decision against the best baseline, at the same budget.
 
-For a trained run with a validation split, fits each deployable policy to a MAC budget on
-validation (confidence threshold, MSDNet's budgeted thresholds, the ensemble), then routes
-a seeded sample of test images with the engine under each and times them against each
-other (median over interleaved rounds, batch 256 and batch 1). Prints accuracy, mean MACs
-and images/s, and each policy's wall-clock relative to the confidence threshold next to
-its MAC ratio: the ensemble's combining work should cost next to nothing.
+For a trained run with a validation split, builds the equal-footing policy table
+(``dynroute.policies.table``), then at each budget runs, in the early-exit engine, the best
+baseline (chosen on validation) and the best learned decision (the scheduler, or the
+routers, most accurate on validation) on a seeded sample of test images, and times them
+against each other (median over interleaved rounds, batch 256 and batch 1). Prints test
+accuracy, mean MACs and images/s, and the learned decision's wall-clock relative to the
+baseline next to its MAC ratio.
 
     python benchmarks/bench_policies.py RUN [--budgets 3,5,8] [--threads N] [--json FILE]
 """
@@ -16,16 +17,15 @@ import argparse
 import statistics
 
 import torch
-from dynroute.policies.operating_points import dense_outputs
 
 from dynroute.devices import configure_cpu, machine_description
 from dynroute.engine.early_exit import EarlyExitEngine
-from dynroute.policies.table import budget_table
-from dynroute.policy import Policy
+from dynroute.experiments.policy_claims import best_learned
+from dynroute.policies.exit_table import dense_outputs
+from dynroute.policies.table import budget_table, cell_policy
 from dynroute.runs import open_run
+from dynroute.train.strategies import trains_routers
 from timing import interleaved_seconds, median_speedup, save_results
-
-POLICIES = ("confidence", "budgeted", "ensemble")
 
 
 def main() -> None:
@@ -41,30 +41,31 @@ def main() -> None:
     args = parser.parse_args()
     configure_cpu(args.threads)
     run = open_run(args.run)
-    tree = run.load_tree()
+    tree = run.load_tree().eval()
     validation = run.split("validation", args.data_dir)
     test = run.split("test", args.data_dir)
     budgets = [float(b) * 1e6 for b in args.budgets.split(",")]
+    routers = trains_routers((run.config or {}).get("strategy", "actor"))
     table = budget_table(
-        tree, dense_outputs(tree, *validation[:2]), dense_outputs(tree, *test[:2]), budgets
+        tree,
+        dense_outputs(tree, *validation[:2]),
+        dense_outputs(tree, *test[:2]),
+        budgets,
+        routers=routers,
     )
-    weights = table["ensemble"]
     gen = torch.Generator().manual_seed(0)
     pick = torch.randperm(len(test[1]), generator=gen)[: args.images]
     images = torch.from_numpy(test[0][pick.numpy()])
     batches = [images[s : s + 256] for s in range(0, len(images), 256)]
     rows = []
     for row in table["budgets"]:
-        engines, names = [], []
-        for name in POLICIES:
-            entry = row["policies"].get(name)
-            if entry is None:
-                continue
-            params = dict(entry["parameters"])
-            if name == "ensemble":
-                params.update(weights)
-            engines.append(EarlyExitEngine(tree, policy=Policy(name, **params)))
-            names.append(name)
+        keys = [row.get("best_baseline"), best_learned(row)]
+        pairs = [(k, cell_policy(table, row, k)) for k in keys if k is not None]
+        pairs = [(k, p) for k, p in pairs if p is not None]
+        if len(pairs) < 2:
+            continue
+        names = [k for k, _ in pairs]
+        engines = [EarlyExitEngine(tree, policy=p) for _, p in pairs]
         batch_runs = [lambda e=e: [e(b) for b in batches] for e in engines]
         single_runs = [
             lambda e=e: [e(images[i : i + 1]) for i in range(args.singles)] for e in engines
@@ -73,30 +74,30 @@ def main() -> None:
         batch_times = interleaved_seconds(batch_runs, args.repeats, device)
         single_times = interleaved_seconds(single_runs, max(3, args.repeats // 3), device)
         print(f"budget {row['budget'] / 1e6:.2f} M MACs ({args.images} test images):")
+        sample_macs = [float(e(images).macs.double().mean()) for e in engines]
         for k, name in enumerate(names):
             test_point = row["policies"][name]["test"]
-            macs = float(engines[k](images).macs.double().mean())
-            base_macs = float(engines[0](images).macs.double().mean())
             entry = {
                 "budget": row["budget"],
                 "policy": name,
+                "role": "best baseline" if k == 0 else "learned decision",
                 "test_accuracy": test_point["accuracy"],
                 "test_mean_macs": test_point["mean_macs"],
-                "sample_mean_macs": macs,
+                "sample_mean_macs": sample_macs[k],
                 "batch256_img_per_s": len(images) / statistics.median(batch_times[k]),
                 "batch1_img_per_s": args.singles / statistics.median(single_times[k]),
-                "speed_vs_confidence_batch256": median_speedup(batch_times[0], batch_times[k]),
-                "speed_vs_confidence_batch1": median_speedup(single_times[0], single_times[k]),
-                "mac_ratio_vs_confidence": base_macs / macs,
+                "speed_vs_baseline_batch256": median_speedup(batch_times[0], batch_times[k]),
+                "speed_vs_baseline_batch1": median_speedup(single_times[0], single_times[k]),
+                "mac_ratio_vs_baseline": sample_macs[0] / sample_macs[k],
             }
             rows.append(entry)
             print(
-                f"  {name:<11} test {100 * entry['test_accuracy']:.2f} % at "
+                f"  {entry['role']:<16} {name:<22} test {100 * entry['test_accuracy']:.2f} % at "
                 f"{entry['test_mean_macs'] / 1e6:.2f} M; {entry['batch256_img_per_s']:.0f} img/s "
-                f"(batch 256), {entry['batch1_img_per_s']:.0f} img/s (batch 1); vs confidence: "
-                f"{entry['speed_vs_confidence_batch256']:.2f}x / "
-                f"{entry['speed_vs_confidence_batch1']:.2f}x wall-clock, MAC ratio "
-                f"{entry['mac_ratio_vs_confidence']:.2f}"
+                f"(batch 256), {entry['batch1_img_per_s']:.0f} img/s (batch 1); vs baseline: "
+                f"{entry['speed_vs_baseline_batch256']:.2f}x / "
+                f"{entry['speed_vs_baseline_batch1']:.2f}x wall-clock, MAC ratio "
+                f"{entry['mac_ratio_vs_baseline']:.2f}"
             )
     save_results({"machine": machine_description(), "run": str(run.path), "rows": rows}, args.json)
 

@@ -131,6 +131,14 @@ class _RecordingFile:
         return getattr(self._file, name)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it, as far as POSIX allows:
+    set and restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(binary_file)`` on a temporary file and move it to ``path`` durably.
 
@@ -148,6 +156,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         raise cannot_write(path, exc, kept) from None
     recorder = None
     try:
+        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 is not the user's choice
         with os.fdopen(handle, "wb") as f:
             recorder = _RecordingFile(f)
             write(recorder)  # type: ignore[arg-type]

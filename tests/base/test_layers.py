@@ -41,6 +41,7 @@ BASE = {
     "dynroute.policy",
     "dynroute.decisions",
     "dynroute.checks",
+    "dynroute.guarantee",
 }
 #: Packages outside the layer order: what they may import, and which layers may import them.
 SIDE = {"deploy": {"imports": {"base"}, "imported_by": set(LAYERS[1:])}}

@@ -56,7 +56,10 @@ def test_the_frontier_chooses_every_target_as_all_points_do() -> None:
     macs = rng.uniform(1e6, 15e6, 3000)
     # accuracy rises with MACs, with plateaus (a finite split's accuracies repeat) and noise
     accuracy = np.round(0.6 + 0.3 * (macs - 1e6) / 14e6 + rng.normal(0, 0.02, macs.size), 3)
-    points = [Point(float(m), float(a), str(i)) for i, (m, a) in enumerate(zip(macs, accuracy, strict=False))]
+    points = [
+        Point(float(m), float(a), str(i))
+        for i, (m, a) in enumerate(zip(macs, accuracy, strict=False))
+    ]
     points += [Point(5e6, 0.5, "worse twin"), Point(5e6, 0.99, "better twin")]
     kept = frontier(points)
     assert len(kept) < len(points) / 4

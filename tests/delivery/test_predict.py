@@ -33,6 +33,7 @@ from dynroute.data.readers.image_tree import ImageFolderReader
 from dynroute.data.readers.npz_arrays import NpzReader
 from dynroute.delivery.export import export_tree
 from dynroute.deploy import load
+from dynroute.errors import DynrouteError
 from dynroute.nn.models import build_model
 from dynroute.nn.prediction import predict_dense
 from dynroute.policy import Policy
@@ -369,10 +370,9 @@ def test_a_trained_run_and_its_export_agree_under_every_policy(
 def test_an_export_chooses_a_budget_as_its_run_does(
     trained: dict[str, Path], tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    """The export carries its policy's operating points measured on the validation split,
-    so ``predict EXPORT --target-macs`` picks the point the run itself would pick (every
-    point kept here; ``test_selection`` checks the thinning that keeps manifests small)."""
-    monkeypatch.setattr("dynroute.delivery.export.MANIFEST_POINTS", 10**6)
+    """The export carries its policy's operating points measured on the validation split
+    (the frontier the selection rule chooses from: ``test_selection``), so ``predict EXPORT
+    --target-macs`` picks exactly the point the run itself would pick, at default settings."""
     folder = image_folder(tmp_path)
     for which, policy in (("plain", "confidence"), ("ensemble", "ensemble"), ("budgeted", None)):
         out = tmp_path / f"export-{which}"
@@ -409,3 +409,47 @@ def test_an_export_chooses_a_budget_as_its_run_does(
     capsys.readouterr()
     assert main(["predict", str(out), str(folder), "--target-macs", "1", "--no-progress"]) == 2
     assert "carries no operating points" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_guarantee_travels_from_calibrate_into_the_export(
+    trained: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """``calibrate --target-accuracy A --delta D`` certifies an operating point; the export
+    carries the guarantee, ``predict`` reports it and the manifest check refuses one that
+    does not fit its operating point. An impossible target is one line naming the best
+    guarantee at hand and the examples it would need."""
+    run = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained["plain"]), str(run)], check=True)
+    impossible = ["calibrate", str(run), "--policy", "confidence", "--target-accuracy", "0.995"]
+    assert main([*impossible, "--delta", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the best it guarantees is accuracy >=" in err[0], err
+    command = ["calibrate", str(run), "--policy", "confidence", "--target-accuracy", "0.3"]
+    assert main([*command, "--delta", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "guarantee: accuracy >= 0.3" in out and "Learn-then-Test" in out
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["guarantee"]["delta"] == 0.2 and saved["guarantee"]["n"] == 30
+    folder = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(folder), "--check", "0"]) == 0
+    manifest = load(folder).manifest
+    assert manifest["guarantee"]["target"] == "accuracy"
+    assert manifest["guarantee"]["policy"] == manifest["policy"]
+    capsys.readouterr()
+    photos = image_folder(tmp_path)
+    assert main(["predict", str(folder), str(photos), "--no-progress"]) == 0
+    assert "guaranteed: accuracy >= 0.3" in capsys.readouterr().err
+    # another threshold than the certified one: the guarantee no longer applies
+    assert main(["predict", str(folder), str(photos), "--threshold", "0.9", "--no-progress"]) == 0
+    assert "guaranteed" not in capsys.readouterr().err
+    # a manifest whose guarantee names another operating point is refused on load
+    from dynroute.deploy.manifest import CHECKSUM_FILE, MANIFEST_FILE, checksum_lines
+
+    edited = json.loads((folder / MANIFEST_FILE).read_text())
+    edited["guarantee"]["policy"]["threshold"] = 0.01
+    (folder / MANIFEST_FILE).write_text(json.dumps(edited))
+    names = [line.split("  ", 1)[1] for line in (folder / CHECKSUM_FILE).read_text().splitlines()]
+    (folder / CHECKSUM_FILE).write_text(checksum_lines(folder, names))
+    with pytest.raises(DynrouteError, match="its guarantee: it certifies another policy"):
+        load(folder)

@@ -164,8 +164,7 @@ def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
 
 @pytest.mark.slow
 def test_multi_exit_result_keeps_paired_threshold_points(tmp_path):
-    from dynroute.policies.operating_points import RESULT_PAIRED_POINTS
-
+    from dynroute.policies.analysis import RESULT_PAIRED_POINTS
     from dynroute.policies.statistics import unpack_bits
 
     report = sweep_here(tmp_path, ["hybrid-multi-exit"])

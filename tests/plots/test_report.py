@@ -512,7 +512,9 @@ def test_policy_claims_read_the_equal_footing_tables(tmp_path) -> None:
     result = json.loads(path.read_text())
     result["budgets"] = {"budgets": [{"budget": 1.0, "policies": {}}]}  # an old table
     path.write_text(json.dumps(result))
-    assert not any(c.claim.startswith("recalibrating") for c in check_claims(load_results(root, SCALE)))
+    assert not any(
+        c.claim.startswith("recalibrating") for c in check_claims(load_results(root, SCALE))
+    )
     result["budgets"] = _table_for(10)
     path.write_text(json.dumps(result))
     claims = check_claims(load_results(root, SCALE))

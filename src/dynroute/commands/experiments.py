@@ -71,6 +71,38 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dynroute.atomic import write_json_atomic
+    from dynroute.devices import configure_cpu
+    from dynroute.experiments import studies
+
+    configure_cpu(args.threads)
+
+    def say(message: str) -> None:
+        print(f"  {message}", flush=True)
+
+    if args.study == "held-out":
+        result = studies.held_out(
+            args.run, args.sisters or (), args.larger, data_dir=args.data_dir, progress=say
+        )
+    else:
+        result = studies.guarantees(
+            args.run,
+            args.targets,
+            partitions=args.partitions,
+            calibration_size=args.calibration_size,
+            data_dir=args.data_dir,
+            progress=say,
+        )
+    name = Path(args.run).name if Path(args.run).name not in ("", ".") else "run"
+    out = Path(args.out or f"{args.results}/{args.scale}/studies/{args.study}-{name}.json")
+    write_json_atomic(out, {"study": args.study, "scale": args.scale, **result})
+    print(f"written: {out} (`dynroute report --scale {args.scale}` shows it)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dynroute.plots.report import write_report
 
@@ -111,7 +143,11 @@ def _results_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute.commands.common import add_checksum_argument, add_data_dir_argument
+    from dynroute.commands.common import (
+        add_checksum_argument,
+        add_data_dir_argument,
+        add_threads_argument,
+    )
 
     listing = sub.add_parser("experiments", help="list the named experiments and scales")
     listing.set_defaults(func=cmd_experiments)
@@ -172,6 +208,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="file format; repeat for several (default: png)",
     )
     plot.set_defaults(func=cmd_plot)
+
+    study = sub.add_parser(
+        "study",
+        help="the studies behind the policy evidence: held-out data for the scheduler, "
+        "guaranteed targets over random partitions",
+    )
+    study.add_argument("study", choices=("held-out", "guarantees"))
+    study.add_argument("run", metavar="RUN", help="run directory (with a validation split)")
+    _results_arguments(study)
+    study.add_argument(
+        "--sisters", nargs="*", metavar="RUN", help="held-out: runs of the same network trained "
+        "on other validation splits (sweep --seed)"
+    )  # fmt: skip
+    study.add_argument(
+        "--larger", metavar="RUN", help="held-out: the same network with a larger validation "
+        "split (sweep --validation-size)"
+    )  # fmt: skip
+    study.add_argument(
+        "--targets",
+        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
+        default=[0.9],
+        metavar="A,A,...",
+        help="guarantees: accuracy targets (default 0.9)",
+    )
+    study.add_argument("--partitions", type=int, default=500, help="guarantees: random draws")
+    study.add_argument(
+        "--calibration-size", type=int, default=5000, help="guarantees: calibration examples"
+    )
+    study.add_argument("--out", default=None, help="file (default RESULTS/SCALE/studies/...)")
+    add_threads_argument(study)
+    add_data_dir_argument(study)
+    study.set_defaults(func=cmd_study)
 
     imported = sub.add_parser(
         "import-run",

@@ -157,6 +157,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.runs,
         target_macs=None if args.target_macs is None else args.target_macs * 1e6,
         target_accuracy=args.target_accuracy,
+        max_disagreement=args.max_disagreement,
+        delta=args.delta,
         policy=args.policy,
         answers=args.answers,
         split=args.split,
@@ -181,6 +183,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if target_macs is not None:
         off = record["test"]["mean_macs"] / target_macs - 1
         print(f"  test mean MACs are {100 * off:+.1f} % off the target {target_macs / 1e6:.3f} M")
+    guarantee = record.get("guarantee")
+    if guarantee is not None:
+        print(f"  guarantee: {guarantee['promise']}")
+        print(
+            f"    method: {guarantee['method']}; n = {guarantee['n']} testing examples "
+            f"({guarantee['fit_examples']} fitting), bound at this point {guarantee['bound']:.6g}"
+        )
     print(
         f"saved: {record['saved']} (used by `dynroute evaluate {record['run']}`, export, "
         "predict, serve and EarlyExitEngine.from_run)"
@@ -251,6 +260,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mean MACs, in millions",
     )  # fmt: skip
     calibrate.add_argument("--target-accuracy", type=unit_interval, default=None, metavar="A")
+    calibrate.add_argument(
+        "--max-disagreement",
+        type=unit_interval,
+        default=None,
+        metavar="E",
+        help="answer as the full network does on all but this share of inputs (guaranteed)",
+    )
+    calibrate.add_argument(
+        "--delta",
+        type=unit_interval,
+        default=None,
+        metavar="D",
+        help="guarantee the target with probability at least 1 - D over the calibration "
+        "split (Learn-then-Test; default for --max-disagreement: 0.1); without it the target "
+        "is met as a point estimate",
+    )
     calibrate.add_argument(
         "--k-cpt", type=k_cpt_value, default=None, help="threshold policies on a dynamic-k_cpt net"
     )

@@ -37,7 +37,13 @@ import torch
 from torch import nn
 
 from dynroute import __version__, selection
-from dynroute.atomic import fsync_folder, write_atomic, write_json_atomic, write_text_atomic
+from dynroute.atomic import (
+    current_umask,
+    fsync_folder,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from dynroute.deploy import manifest as fmt
 from dynroute.engine.fold import fold_batchnorm
 from dynroute.errors import DynrouteError
@@ -449,6 +455,7 @@ def _write(out: Path, files: dict[str, bytes], manifest: dict[str, Any], force: 
     """Write the export into a hidden sibling folder, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is not the user's choice
     try:
         for name, data in files.items():
             write_atomic(staging / name, lambda f, data=data: f.write(data))
@@ -546,7 +553,7 @@ def export_run(
     config = run.config or {}
     images = len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]
     points = (
-        _held_out_points(run, point, data_dir, allow_checksum_mismatch)
+        _held_out_points(run, point, data_dir, allow_checksum_mismatch, policy, answers)
         if operating_points
         else None
     )
@@ -588,6 +595,8 @@ def _held_out_points(
     point: Any,
     data_dir: str | os.PathLike[str] | None,
     allow_checksum_mismatch: bool,
+    policy: str | None,
+    answers: str | None,
 ) -> dict[str, Any] | None:
     """The operating points ``point``'s policy offers on the run's validation split, as
     manifest data (``dynroute.deploy.manifest.operating_points``): the frontier the
@@ -596,7 +605,9 @@ def _held_out_points(
     from dynroute.policies.resolve import operating_points_of
 
     try:
-        measured = operating_points_of(run, point, data_dir, allow_checksum_mismatch)
+        measured = operating_points_of(
+            run, point, data_dir, allow_checksum_mismatch, policy, answers
+        )
     except DynrouteError as exc:
         print(f"dynroute: note: no operating points stored ({exc})")
         return None

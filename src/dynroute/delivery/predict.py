@@ -46,6 +46,8 @@ class Predictor:
     k_cpt: float | None
     how: str
     backend: Any = field(repr=False)
+    #: The guarantee the operating point was certified with (``calibrate --delta``), if any.
+    guarantee: dict[str, Any] | None = None
 
     @property
     def image_size(self) -> int | None:
@@ -66,7 +68,10 @@ class Predictor:
         if self.k_cpt is not None:
             setting += f", k_cpt {self.k_cpt:g}"
         engine = "PyTorch engine" if self.kind == "run" else "onnxruntime"
-        return f"{self.kind} {self.path}: {setting} ({self.how}); {engine}"
+        text = f"{self.kind} {self.path}: {setting} ({self.how}); {engine}"
+        if self.guarantee is not None:
+            text += f"; guaranteed: {self.guarantee['promise']}"
+        return text
 
     def rows(self, names: list[str], prediction: Prediction) -> list[dict[str, Any]]:
         """One row per example: file, class name, confidence, exit name, MACs."""
@@ -116,7 +121,9 @@ def open_predictor(
         data_dir=data_dir,
         allow_checksum_mismatch=allow_checksum_mismatch,
     )
-    return _open_run(run, point.policy, point.k_cpt, point.how, threads)
+    predictor = _open_run(run, point.policy, point.k_cpt, point.how, threads)
+    predictor.guarantee = point.guarantee
+    return predictor
 
 
 def _open_export(
@@ -155,7 +162,10 @@ def _open_export(
         model = model.with_policy(chosen.to_dict())
     if k_cpt is not None:
         model = model.with_policy(None, k_cpt)
-    return _export_predictor(path, model, "exported" if chosen is current else "given")
+    predictor = _export_predictor(path, model, "exported" if chosen is current else "given")
+    if chosen is current and k_cpt is None:  # the certified operating point, unchanged
+        predictor.guarantee = model.manifest.get("guarantee")
+    return predictor
 
 
 def _export_predictor(path: Path, model: Any, how: str) -> Predictor:

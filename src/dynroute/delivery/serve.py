@@ -3,7 +3,9 @@
 Built on Starlette (ASGI) and served by uvicorn. ``POST /predict`` takes one image file as
 the request body (any format Pillow reads; ``?name=`` sets the ``file`` field of the
 answer) and answers with the JSON row ``dynroute predict`` writes: file, class,
-confidence, exit, MACs. ``GET /health`` says whether the model is loaded and how busy it is.
+confidence, exit, MACs. ``GET /health`` says whether the model is loaded and how busy it is;
+``GET /model`` what it runs (policy, k_cpt, how it was chosen) and the guarantee its
+operating point holds with, if it was calibrated with one.
 
 Requests are decoded in worker threads, then queued; one batching task takes whatever is
 queued, waits at most ``max_wait_ms`` for more (up to ``batch_size``), and runs the batch
@@ -212,6 +214,21 @@ def create_app(
         )
         return JSONResponse(predictor.rows([name], single)[0])
 
+    async def model(request: Request) -> JSONResponse:
+        """What the server runs: its operating point and, where one holds, its guarantee."""
+        return JSONResponse(
+            {
+                "model": str(predictor.path),
+                "kind": predictor.kind,
+                "policy": predictor.policy,
+                "k_cpt": predictor.k_cpt,
+                "chosen": predictor.how,
+                "guarantee": predictor.guarantee,
+                "classes": list(predictor.class_names),
+                "exits": list(predictor.exit_names.values()),
+            }
+        )
+
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(
             {
@@ -219,6 +236,7 @@ def create_app(
                 "model": str(predictor.path),
                 "kind": predictor.kind,
                 "policy": predictor.policy["name"],
+                "guarantee": (predictor.guarantee or {}).get("promise"),
                 "classes": list(predictor.class_names),
                 "image_size": size,
                 "batch_size": batch_size,
@@ -247,6 +265,7 @@ def create_app(
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/model", model, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -39,6 +39,7 @@ from typing import Any
 
 from dynroute.decisions import Decider, Shape
 from dynroute.errors import DynrouteError
+from dynroute.guarantee import Guarantee
 from dynroute.policy import Policy
 
 FORMAT = "dynroute-export"
@@ -219,6 +220,11 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
         check_policy(manifest["policy"], shape(manifest), classes)
     except DynrouteError as exc:
         raise _fail(folder, f"its policy: {exc}") from None
+    if manifest.get("guarantee") is not None:
+        try:
+            check_guarantee(manifest["guarantee"], manifest["policy"], manifest.get("k_cpt"))
+        except DynrouteError as exc:
+            raise _fail(folder, f"its guarantee: {exc}") from None
     if manifest.get("operating_points") is not None:
         try:
             for point in operating_points(manifest):
@@ -255,6 +261,18 @@ def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             policy.update(shared[refers])
         out.append({**point, "policy": policy})
     return out
+
+
+def check_guarantee(guarantee: Any, policy: Any, k_cpt: Any) -> dict[str, Any]:
+    """A guarantee as plain data (``dynroute.policies.guarantees``), refused unless it is
+    consistent and certifies exactly the exported operating point."""
+    checked = Guarantee.from_dict(guarantee)
+    certified = guarantee.get("policy")
+    if certified is None or Policy.from_dict(certified) != Policy.from_dict(policy):
+        raise DynrouteError("it certifies another policy than the exported one")
+    if certified.get("scheduler") != policy.get("scheduler") or guarantee.get("k_cpt") != k_cpt:
+        raise DynrouteError("it certifies another operating point than the exported one")
+    return {**guarantee, **checked.to_dict()}
 
 
 def check_policy(policy: Any, tree: Shape, classes: int) -> Policy:

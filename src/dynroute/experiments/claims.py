@@ -122,9 +122,15 @@ def on_shared_k_cpt(*curves: list[CurvePoint]) -> tuple[list[list[CurvePoint]], 
 class ClaimChecker:
     """Computes every claim from the curves of one scale's results."""
 
-    def __init__(self, results: Results, variants: dict[str, Results] | None = None) -> None:
+    def __init__(
+        self,
+        results: Results,
+        variants: dict[str, Results] | None = None,
+        studies: dict[str, dict] | None = None,
+    ) -> None:
         self.results = results
         self.variants = variants or {}
+        self.studies = studies or {}
         self.curves = {name: curve(networks) for name, networks in results.items()}
         self.policies = policy_analyses(results)
         self.band = band_for(self.curves.get("hybrid-static", []))
@@ -785,6 +791,82 @@ class ClaimChecker:
             "budget (a policy may spend less: it takes its most accurate member within budget)",
         )
 
+    def _guarantee_rows(self) -> list[tuple[str, dict]]:
+        return [
+            (name, row)
+            for name, study in sorted(self.studies.items())
+            if study.get("study") == "guarantees"
+            for row in study["rows"]
+        ]
+
+    def guarantees_hold(self) -> Claim:
+        claim = (
+            "guaranteed accuracy targets hold on unseen data: over random calibration/"
+            "evaluation partitions, the violation rate is at most delta within two binomial "
+            "standard errors, at every target and delta"
+        )
+        rows = [
+            (name, r)
+            for name, r in self._guarantee_rows()
+            if r["method"] != "naive point estimate" and r["violation_rate"] is not None
+        ]
+        if not rows:
+            return Claim(claim, NOT_RUN, "no guarantee study (`dynroute study guarantees RUN`)")
+        over = [
+            (name, r)
+            for name, r in rows
+            if r["violation_rate"] > r["delta"] + 2 * r["standard_error"]
+        ]
+        worst = max(rows, key=lambda nr: nr[1]["violation_rate"] - nr[1]["delta"])
+        naive = [
+            r["violation_rate"]
+            for _, r in self._guarantee_rows()
+            if r["method"] == "naive point estimate" and r["violation_rate"] is not None
+        ]
+        naive_text = (
+            f"; the naive point estimate violates at {100 * min(naive):.0f}–"
+            f"{100 * max(naive):.0f} %"
+            if naive
+            else ""
+        )
+        name, row = worst
+        return Claim(
+            claim,
+            NOT_SUPPORTED if over else SUPPORTED,
+            f"{len(rows) - len(over)} of {len(rows)} (network, method, target, delta) cells "
+            f"within; the closest: {row['method']} on {name}, target {row['target']:g}, delta "
+            f"{row['delta']:g}: {100 * row['violation_rate']:.1f} % of {row['certified']} "
+            f"partitions{naive_text}",
+        )
+
+    def per_exit_guarantees_save_more(self) -> Claim:
+        claim = (
+            "under the same guarantee, per-exit thresholds spend fewer MACs than one threshold "
+            "shared by every exit (the 'Fast yet Safe' baseline)"
+        )
+        cells: dict[tuple[str, float, float], dict[str, float]] = {}
+        for name, row in self._guarantee_rows():
+            if row["macs_saved"] is not None and row["method"] != "naive point estimate":
+                cells.setdefault((name, row["target"], row["delta"]), {})[row["method"]] = row[
+                    "macs_saved"
+                ]
+        pairs = [
+            (key, saved["per-exit thresholds"] - saved["one shared threshold"])
+            for key, saved in cells.items()
+            if len(saved) == 2
+        ]
+        if not pairs:
+            return Claim(claim, NOT_RUN, "no guarantee study with both methods")
+        better = sum(d > 0 for _, d in pairs)
+        differences = [d for _, d in pairs]
+        return Claim(
+            claim,
+            SUPPORTED if better == len(pairs) else NOT_SUPPORTED,
+            f"per-exit thresholds save more at {better} of {len(pairs)} (network, target, "
+            f"delta) cells; difference in the share of the deepest exit's MACs saved "
+            f"{100 * min(differences):+.1f} to {100 * max(differences):+.1f} points",
+        )
+
     def learned_across_splits(self) -> Claim:
         claim = (
             "the learned decision is ahead of the best baseline (mean over the distinct "
@@ -862,6 +944,8 @@ class ClaimChecker:
                 self.budgets_met,
                 self.learned_across_splits,
             ]
+        if self._guarantee_rows():
+            checks += [self.guarantees_hold, self.per_exit_guarantees_save_more]
         return [check() for check in checks]
 
 
@@ -873,6 +957,11 @@ _DATASET_TITLES = {
 }
 
 
-def check_claims(results: Results, variants: dict[str, Results] | None = None) -> list[Claim]:
-    """Every claim's verdict; ``variants``: the same registry trained on other seeds."""
-    return ClaimChecker(results, variants).all()
+def check_claims(
+    results: Results,
+    variants: dict[str, Results] | None = None,
+    studies: dict[str, dict] | None = None,
+) -> list[Claim]:
+    """Every claim's verdict; ``variants``: the same registry trained on other seeds;
+    ``studies``: the scale's studies (``dynroute study``)."""
+    return ClaimChecker(results, variants, studies).all()

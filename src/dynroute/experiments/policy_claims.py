@@ -28,9 +28,8 @@ from dynroute.policies.statistics import (
     holm,
     mcnemar_counts,
     mcnemar_p_value,
-    unpack_bits,
 )
-from dynroute.policies.table import TABLE_VERSION
+from dynroute.policies.table import TABLE_VERSION, correct_bits
 
 STEPS = ("+ recalibration", "+ combination", "+ learned decisions")
 #: How far a validation-fitted policy's test MACs may exceed its budget.
@@ -176,7 +175,6 @@ def recipe_cells(tables: list[tuple[str, dict]], baseline: str) -> list[tuple[Ce
     base = by_label.get(baseline)
     if base is None:
         return []
-    n = base["num_test"]
     out = []
     for row in base["budgets"]:
         best = row.get("best_baseline")
@@ -190,15 +188,15 @@ def recipe_cells(tables: list[tuple[str, dict]], baseline: str) -> list[tuple[Ce
                 ):
                     continue
                 last = other["steps"][-1]["policy"]
-                options.append((other["policies"][last], label))
+                options.append((other["policies"][last], label, table))
         if not options:
             continue
-        chosen, label = max(options, key=lambda o: o[0]["validation"]["accuracy"])
-        first = unpack_bits(chosen["correct_bits"], n)
-        second = unpack_bits(row["policies"][best]["correct_bits"], n)
+        chosen, label, table = max(options, key=lambda o: o[0]["validation"]["accuracy"])
+        first = correct_bits(table, chosen)
+        second = correct_bits(base, row["policies"][best])
         b, c = mcnemar_counts(first, second)
         difference = chosen["test"]["accuracy"] - row["policies"][best]["test"]["accuracy"]
-        pair = f"{label}|{chosen['correct_bits'][:16]}|{row['policies'][best]['correct_bits'][:16]}"
+        pair = f"{label}|{chosen['correct']}|{row['policies'][best]['correct']}"
         out.append((Cell(baseline, row["budget"], difference, mcnemar_p_value(b, c), pair), label))
     return out
 

@@ -172,8 +172,24 @@ def load_results(
         raise DynrouteError(f"no results for scale {scale!r}: {root} does not exist")
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(root.glob("*/*.json")):
+        if path.parent.name == STUDIES_DIR:
+            continue
         found.setdefault(path.parent.name, {})[path.stem] = read_result(path)
     return found
+
+
+#: The folder of a scale's studies (``dynroute study``), beside its experiments.
+STUDIES_DIR = "studies"
+
+
+def load_studies(results_dir: str | os.PathLike[str], scale: str) -> dict[str, dict[str, Any]]:
+    """Every study file of a scale (``dynroute study``), by file name."""
+    folder = scale_dir(results_dir, scale) / STUDIES_DIR
+    return {
+        path.stem: read_json_object(path, "study")
+        for path in sorted(folder.glob("*.json"))
+        if folder.is_dir()
+    }
 
 
 def load_variants(results_dir: str | os.PathLike[str], scale: str) -> dict[str, Results]:

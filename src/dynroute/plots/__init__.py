@@ -4,4 +4,12 @@
 matplotlib; ``dynroute.plots.figures.render`` draws them.
 """
 
-FIGURE_KINDS = ("acc-eff", "dataflow", "training-dataflow", "histograms", "policies", "all")
+FIGURE_KINDS = (
+    "acc-eff",
+    "dataflow",
+    "training-dataflow",
+    "histograms",
+    "policies",
+    "guarantees",
+    "all",
+)

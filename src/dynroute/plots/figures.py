@@ -25,6 +25,7 @@ from dynroute.experiments.results import (  # noqa: E402
     curve,
     learned_macs,
     load_results,
+    load_studies,
     policy_analyses,
     result_class_names,
 )
@@ -403,6 +404,57 @@ PLOTTERS = {
 }
 
 
+def plot_guarantees(studies: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Guaranteed calibration over random partitions (``dynroute study guarantees``): the
+    violation rate against delta (it must stay under the diagonal) and the MACs saved
+    against the target, per method, one column per network."""
+    found = {name: study for name, study in studies.items() if study.get("study") == "guarantees"}
+    if not found:
+        return []
+    fig, axes = plt.subplots(2, len(found), figsize=(4.6 * len(found), 7.2), squeeze=False)
+    styles = {
+        "per-exit thresholds": ("C0", "o"),
+        "one shared threshold": ("C1", "s"),
+        "naive point estimate": ("C3", "x"),
+    }
+    for column, (name, study) in enumerate(found.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        rows = study["rows"]
+        targets = sorted({r["target"] for r in rows})
+        deltas = sorted({r["delta"] for r in rows})
+        for method, (colour, marker) in styles.items():
+            for target in targets[:1]:
+                points = [
+                    (r["delta"], r["violation_rate"])
+                    for r in rows
+                    if r["method"] == method
+                    and r["target"] == target
+                    and r["violation_rate"] is not None
+                ]
+                if points:
+                    x, y = zip(*points, strict=True)
+                    top.plot(x, y, marker=marker, color=colour, label=method)
+            middle = deltas[len(deltas) // 2]
+            saved = [
+                (r["target"], 100 * r["macs_saved"])
+                for r in rows
+                if r["method"] == method and r["delta"] == middle and r["macs_saved"] is not None
+            ]
+            if saved:
+                x, y = zip(*sorted(saved), strict=True)
+                bottom.plot(x, y, marker=marker, color=colour, label=method)
+        top.plot(deltas, deltas, color="grey", linestyle="--", label="delta (the promise)")
+        top.set_xlabel("delta")
+        top.set_ylabel(f"violation rate (target {targets[0]:g})")
+        top.set_title(Path(study["run"]).name if "run" in study else name, fontsize=9)
+        bottom.set_xlabel("accuracy target")
+        bottom.set_ylabel(f"MACs saved vs the deepest exit, % (delta {deltas[len(deltas) // 2]:g})")
+        if column == 0:
+            top.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, out_dir, "guarantees")
+
+
 def render(
     results_dir: str | os.PathLike[str],
     scale: str,
@@ -418,9 +470,12 @@ def render(
         raise DynrouteError(f"`formats` must be some of {', '.join(FORMATS)}, got {formats!r}")
     results = load_results(results_dir, scale)
     out = Path(out_dir) if out_dir else Path(results_dir) / scale / "figures"
-    kinds = list(PLOTTERS) if kind == "all" else [kind]
+    kinds = list(PLOTTERS) if kind == "all" else [kind] if kind in PLOTTERS else []
     previous, _formats = _formats, tuple(dict.fromkeys(formats))
     try:
-        return [path for k in kinds for path in PLOTTERS[k](results, out)]
+        paths = [path for k in kinds for path in PLOTTERS[k](results, out)]
+        if kind in ("all", "guarantees"):
+            paths += plot_guarantees(load_studies(results_dir, scale), out)
+        return paths
     finally:
         _formats = previous

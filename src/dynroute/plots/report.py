@@ -16,7 +16,13 @@ import numpy as np
 from dynroute.atomic import write_text_atomic
 from dynroute.experiments import policy_claims
 from dynroute.experiments.claims import Claim, ClaimChecker, check_claims, mmacs, peak
-from dynroute.experiments.results import Results, learned_macs, load_results, load_variants
+from dynroute.experiments.results import (
+    Results,
+    learned_macs,
+    load_results,
+    load_studies,
+    load_variants,
+)
 from dynroute.plots.tables import policy_table_markdown
 
 
@@ -43,6 +49,7 @@ def _markdown(
     claims: list[Claim],
     figures: list[Path],
     variants: dict[str, Results] | None = None,
+    studies: dict[str, dict] | None = None,
 ) -> str:
     variants = variants or {}
     networks = sum(len(v) for v in results.values())
@@ -80,8 +87,14 @@ def _markdown(
     ]
     lines += _policy_section(checker, policy_figures)
     lines += _policy_table_section(checker, variants)
+    study_figures = [p for p in pngs if p.stem == "guarantees"]
+    lines += _studies_section(studies or {}, study_figures)
     lines += ["", "## Figures", ""]
-    lines += [f"![{p.stem}](figures/{p.name})" + "\n" for p in pngs if p not in policy_figures]
+    lines += [
+        f"![{p.stem}](figures/{p.name})" + "\n"
+        for p in pngs
+        if p not in policy_figures and p.stem != "guarantees"
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +194,85 @@ def _policy_table_section(checker: ClaimChecker, variants: dict[str, Results]) -
     return lines
 
 
+def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]:
+    """The studies behind the policy evidence (``dynroute study``)."""
+    lines: list[str] = []
+    held = {name: s for name, s in studies.items() if s.get("study") == "held-out"}
+    for name, study in held.items():
+        variants = sorted({v for row in study["budgets"] for v in row["scheduler"]})
+        lines += [
+            "",
+            f"### More held-out data for the scheduler: {Path(study['run']).name} ({name})",
+            "",
+            f"`dynroute study held-out RUN --sisters ... --larger ...`: the scheduler (on combined "
+            "answers) fitted on more held-out data, against the same best baseline (chosen on "
+            f"validation) at each budget; {study['num_validation']} validation, "
+            f"{study['num_test']} test examples. Cells: test accuracy minus the best baseline's, "
+            "points (exact McNemar p).",
+            "",
+            "| budget | best baseline | " + " | ".join(variants) + " |",
+            "| --- " * (len(variants) + 2) + "|",
+        ]
+        for row in study["budgets"]:
+            best = row["best_baseline"]
+            cells = [
+                "–"
+                if v not in row["scheduler"]
+                else f"{100 * row['scheduler'][v]['accuracy_difference']:+.2f} "
+                f"(p = {row['scheduler'][v]['p_value']:.2g})"
+                for v in variants
+            ]
+            baseline = f"{best['policy']}: {100 * best['test']['accuracy']:.2f} %"
+            lines.append(f"| {mmacs(row['budget'])} | {baseline} | " + " | ".join(cells) + " |")
+        exits = ", ".join(f"{100 * a:.2f}" for a in study["exits"])
+        lines += ["", f"Exits' test accuracy with this validation split (%): {exits}."]
+        larger = study.get("larger_validation")
+        if larger:
+            more = ", ".join(f"{100 * a:.2f}" for a in larger["exits"])
+            lines.append(
+                f"With a validation split of {larger['num_validation']} (the same network, "
+                f"trained on that many fewer images): {more}."
+            )
+    found = {name: s for name, s in studies.items() if s.get("study") == "guarantees"}
+    if found:
+        lines += [
+            "",
+            "### Guaranteed targets over random partitions",
+            "",
+            "`dynroute study guarantees RUN --targets A,...`: the run's held-out examples "
+            "(validation and test) drawn apart many times into a calibration sample and "
+            "evaluation data; on each draw, calibration certifies an accuracy target with "
+            "probability 1 − delta (Learn-then-Test: half the sample fits the path, half tests "
+            "it), and the chosen point is scored on the evaluation data. The violation rate must "
+            "stay at most delta (± its binomial standard error); the naive point estimate picks "
+            "the cheapest point whose calibration accuracy reaches the target.",
+            "",
+            "| network | method | target | delta | certified draws | violation rate | MACs "
+            "saved vs the deepest exit | mean accuracy |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for study in found.values():
+            for row in study["rows"]:
+                rate = (
+                    "–"
+                    if row["violation_rate"] is None
+                    else f"{100 * row['violation_rate']:.1f} ± {100 * row['standard_error']:.1f} %"
+                )
+                saved = "–" if row["macs_saved"] is None else f"{100 * row['macs_saved']:.1f} %"
+                accuracy = (
+                    "–" if row["mean_accuracy"] is None else f"{100 * row['mean_accuracy']:.2f} %"
+                )
+                lines.append(
+                    f"| {Path(study['run']).name} | {row['method']} | {row['target']:g} | "
+                    f"{row['delta']:g} | {row['certified']}/{row['partitions']} | {rate} | "
+                    f"{saved} | {accuracy} |"
+                )
+        lines += ["", *(f"![{p.stem}](figures/{p.name})" + "\n" for p in figures)]
+    if lines:
+        lines = ["", "## Studies", *lines]
+    return lines
+
+
 def _policy_section(checker: ClaimChecker, figures: list[Path]) -> list[str]:
     """Per network: the learned point, what the other policies need for its accuracy, and
     the confidence threshold at its mean MACs (``dynroute.policies.operating_points``)."""
@@ -264,8 +356,10 @@ def write_report(results_dir: str | os.PathLike[str], scale: str) -> tuple[Path,
 
     results = load_results(results_dir, scale)
     variants = load_variants(results_dir, scale)
+    studies = load_studies(results_dir, scale)
     figures = render(results_dir, scale)
-    markdown = _markdown(scale, results, check_claims(results, variants), figures, variants)
+    claims = check_claims(results, variants, studies)
+    markdown = _markdown(scale, results, claims, figures, variants, studies)
     out = Path(results_dir) / scale
     # Each written whole or not at all: a full disk leaves the previous report as it was.
     write_text_atomic(out / "report.md", markdown)

@@ -29,6 +29,16 @@ from dynroute.nn.tree import RoutedTree
 from dynroute.policies.analysis import exits_for_k, router_inputs
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, dense_outputs, exit_table
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
+from dynroute.policies.guarantees import (
+    Guarantee,
+    PathPoint,
+    certify,
+    check_request,
+    lower_bound,
+    order_path,
+    split_for_guarantee,
+    upper_bound_mean,
+)
 from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
 from dynroute.policy import ANSWERS, LEARNED, POLICY_NAMES, Policy, resolve_name
 from dynroute.runs import Calibration, Run, check_one_dataset, open_run
@@ -175,6 +185,135 @@ def _learned(
     return out
 
 
+def guaranteed_choice(
+    run: int,
+    tree: RoutedTree,
+    outputs: DenseOutputs,
+    wanted: Sequence[tuple[str, str]],
+    target: str,
+    level: float,
+    delta: float,
+    k_cpt: float | None = None,
+    images: torch.Tensor | None = None,
+    seed: int = 0,
+) -> tuple[Candidate, Guarantee]:
+    """The cheapest operating point that meets ``target`` (``accuracy`` at least ``level``,
+    ``disagreement`` with the full network at most ``level``) or the most accurate within a
+    budget (``mean_macs`` at most ``level``), with probability at least 1 - ``delta``
+    (``dynroute.policies.guarantees``): half of ``outputs`` fits the families and orders
+    the path, the other half tests it."""
+    check_request(target, level, delta)
+    fit_rows, test_rows = split_for_guarantee(len(outputs), seed)
+    fit_images = None if images is None else images[torch.from_numpy(fit_rows)]
+    test_images = None if images is None else images[torch.from_numpy(test_rows)]
+    fitting = candidates(run, tree, outputs.subset(fit_rows), wanted, k_cpt, fit_images)
+    tested = outputs.subset(test_rows)
+    raw = exit_table(tree, tested)
+    full = _deepest_answers(raw)
+    scale = float(raw.facts.leaf_macs(Policy("confidence", 0.5)).max())
+    tables: dict[str, ExitTable] = {}
+    paths: dict[str, list[PathPoint]] = {}
+    for candidate in fitting:
+        positions = _positions_on(tree, tested, candidate, test_images, tables)
+        table = tables.get(candidate.family, raw)
+        if target == "mean_macs":
+            losses = table.facts.leaf_macs(candidate.policy)[positions]
+        elif target == "accuracy":
+            losses = (~table.correctness(positions)).astype(np.float64)
+        else:
+            answer = table.answer[np.arange(len(table)), positions].argmax(axis=1)
+            losses = (answer != full).astype(np.float64)
+        disagreement = 0.0
+        if target == "disagreement" and candidate.table is not None:
+            fit = candidate.table
+            rows = np.arange(len(fit))
+            answers = fit.answer[rows, candidate.positions.astype(np.int64)].argmax(axis=1)
+            disagreement = float(
+                (answers != _deepest_answers(exit_table(tree, fit.outputs))).mean()
+            )
+        point = PathPoint(candidate, candidate.mean_macs, candidate.accuracy, losses, disagreement)
+        paths.setdefault(candidate.family, []).append(point)
+    family = _family_for(paths, target, level, delta, scale, len(fit_rows))
+    path = order_path(paths[family], target)
+    chosen, guarantee = certify(path, target, level, delta, scale, len(fit_rows))
+    return chosen.item, guarantee
+
+
+def _deepest_answers(table: ExitTable) -> np.ndarray:
+    """What the full network answers: the raw answer of the exit each example would end at
+    if no exit stopped it."""
+    return table.outputs.logits[np.arange(len(table)), table.terminal].argmax(axis=1)
+
+
+def _positions_on(
+    tree: RoutedTree,
+    outputs: DenseOutputs,
+    candidate: Candidate,
+    images: torch.Tensor | None,
+    tables: dict[str, ExitTable],
+) -> np.ndarray:
+    """The candidate's exits on ``outputs`` (a table per family of answers, built once)."""
+    policy = candidate.policy
+    if policy.name == "learned":
+        where = tree.shape.leaf_position
+        if tree.dynamic_k_cpt:
+            assert images is not None
+            inputs = router_inputs(tree, images)
+            exits = exits_for_k(tree, inputs, len(images), candidate.k_cpt).numpy()
+        else:
+            from dynroute.decisions import Decider
+
+            rule = Decider(LEARNED, tree.shape, tree.num_classes)
+            exits = rule.reached_exits(rule.dense_choices({}, outputs.scores), len(outputs))
+        return np.asarray([where[int(e)] for e in exits], dtype=np.int64)
+    if candidate.family not in tables:
+        tables[candidate.family] = exit_table(tree, outputs, policy)
+    return tables[candidate.family].exits(policy)
+
+
+def _family_for(
+    paths: dict[str, list[PathPoint]],
+    target: str,
+    level: float,
+    delta: float,
+    scale: float,
+    fit_examples: int,
+) -> str:
+    """The family to test: the one that meets the target most cheaply (most accurately,
+    for a budget) on the fitting half, with its own (1 - delta) bound there."""
+
+    def fit_bound(point: PathPoint) -> float:
+        if target == "mean_macs":
+            return upper_bound_mean(point.fit_macs / scale, fit_examples, delta) * scale
+        if target == "accuracy":
+            return lower_bound(round(point.fit_accuracy * fit_examples), fit_examples, delta)
+        agree = round((1 - point.fit_disagreement) * fit_examples)
+        return 1 - lower_bound(agree, fit_examples, delta)
+
+    best, key = None, None
+    for family, points in paths.items():
+        if target == "mean_macs":
+            within = [p for p in points if fit_bound(p) <= level]
+            score = max((p.fit_accuracy for p in within), default=None)
+            rank = None if score is None else (-score,)
+        elif target == "accuracy":
+            meeting = [p.fit_macs for p in points if fit_bound(p) >= level]
+            rank = (min(meeting),) if meeting else None
+        else:
+            meeting = [p.fit_macs for p in points if fit_bound(p) <= level]
+            rank = (min(meeting),) if meeting else None
+        if rank is not None and (key is None or rank < key):
+            best, key = family, rank
+    if best is None:  # nothing meets it even there: test the family that comes closest
+        if target == "mean_macs":
+            best = min(paths, key=lambda f: min(p.fit_macs for p in paths[f]))
+        elif target == "accuracy":
+            best = max(paths, key=lambda f: max(p.fit_accuracy for p in paths[f]))
+        else:
+            best = min(paths, key=lambda f: min(p.fit_disagreement for p in paths[f]))
+    return best
+
+
 def choose(
     points: list[Candidate], target_macs: float | None, target_accuracy: float | None
 ) -> Candidate:
@@ -210,6 +349,8 @@ def calibrate(
     *,
     target_macs: float | None = None,
     target_accuracy: float | None = None,
+    max_disagreement: float | None = None,
+    delta: float | None = None,
     policy: str = "learned",
     answers: str | None = None,
     split: str = "validation",
@@ -217,14 +358,18 @@ def calibrate(
     data_dir: str | os.PathLike[str] | None = None,
     allow_checksum_mismatch: bool = False,
 ) -> dict[str, Any]:
-    """Choose the operating point that meets a budget and save it in the chosen run.
+    """Choose the operating point that meets a target and save it in the chosen run.
 
-    ``target_macs`` (mean MACs per example) or ``target_accuracy`` (in (0, 1]); the point is
-    chosen on ``split`` (the runs' validation split: the test split only reports it) among
-    ``policy``'s operating points (``families``) on every run given. Returns the record
-    written to the run's ``calibration.json`` (which ``dynroute evaluate`` and
-    ``EarlyExitEngine.from_run`` then use): the policy, the k_cpt input, the target, and
-    accuracy and mean MACs on the calibration split and on the test split.
+    One target: ``target_macs`` (mean MACs per example), ``target_accuracy`` (in (0, 1]) or
+    ``max_disagreement`` (the share of inputs on which it may answer otherwise than the
+    full network). The point is chosen on ``split`` (the runs' validation split: the test
+    split only reports it) among ``policy``'s operating points (``families``) on every run
+    given: as a point estimate, or, with ``delta`` (always for ``max_disagreement``), with a
+    guarantee that holds with probability at least 1 - ``delta``
+    (``guaranteed_choice``). Returns the record written to the run's ``calibration.json``
+    (which ``evaluate``, ``export``, ``predict``, ``serve`` and ``EarlyExitEngine.from_run``
+    then use): the policy, the k_cpt input, the target, the guarantee, and accuracy and
+    mean MACs on the calibration split and on the test split.
     """
     paths = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
     if not paths:
@@ -251,8 +396,23 @@ def calibrate(
     if any(run.directory is None for run in opened):
         raise DynrouteError("calibrate works on run directories (it saves its choice there)")
     check_one_dataset(opened)
-    points, trees = run_candidates(opened, wanted, split, k_cpt, data_dir, allow_checksum_mismatch)
-    chosen = choose(points, target_macs, target_accuracy)
+    guarantee = None
+    if delta is None:
+        points, trees = run_candidates(
+            opened, wanted, split, k_cpt, data_dir, allow_checksum_mismatch
+        )
+        chosen = choose(points, target_macs, target_accuracy)
+    else:
+        target, level = (
+            ("mean_macs", target_macs)
+            if target_macs is not None
+            else ("accuracy", target_accuracy)
+            if target_accuracy is not None
+            else ("disagreement", max_disagreement)
+        )
+        chosen, guarantee, trees = _guaranteed(
+            opened, wanted, split, k_cpt, target, level, delta, data_dir, allow_checksum_mismatch
+        )
     run, tree = opened[chosen.run], trees[chosen.run]
     test = measure_on(
         run, tree, chosen.policy, chosen.k_cpt, "test", data_dir, allow_checksum_mismatch
@@ -260,16 +420,51 @@ def calibrate(
     record = Calibration(
         policy=chosen.policy,
         k_cpt=chosen.k_cpt,
-        target={"mean_macs": target_macs, "accuracy": target_accuracy},
+        target={
+            "mean_macs": target_macs,
+            "accuracy": target_accuracy,
+            "disagreement": max_disagreement,
+            "delta": delta,
+        },
         split=split,
         measured={
             split: {"accuracy": chosen.accuracy, "mean_macs": chosen.mean_macs},
             "test": test,
         },
         candidates_from=[str(r.path) for r in opened],
+        guarantee=None
+        if guarantee is None
+        else {**guarantee.to_dict(), "policy": chosen.policy.to_dict(), "k_cpt": chosen.k_cpt},
     )
     path = run.save_calibration(record)
     return {**record.to_dict(), "run": str(run.path), "saved": str(path)}
+
+
+def _guaranteed(
+    runs: Sequence[Run],
+    wanted: Sequence[tuple[str, str]],
+    split: str,
+    k_cpt: float | None,
+    target: str,
+    level: float,
+    delta: float,
+    data_dir: str | os.PathLike[str] | None,
+    allow_checksum_mismatch: bool,
+) -> tuple[Candidate, Guarantee, list[RoutedTree]]:
+    """``guaranteed_choice`` on one run (a guarantee holds for one calibration sample)."""
+    if len(runs) != 1:
+        raise DynrouteError("a guaranteed target is certified on one run at a time")
+    (run,) = runs
+    tree = run.load_tree().eval()
+    run.check_routed(tree, "calibration")
+    images, labels, class_names = run.split(split, data_dir, None, allow_checksum_mismatch)
+    run.check_classes(tree, class_names, run.dataset_name())
+    images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
+    outputs = dense_outputs(tree, images_t, labels_t, k_cpt)
+    chosen, guarantee = guaranteed_choice(
+        0, tree, outputs, wanted, target, level, delta, k_cpt, images_t
+    )
+    return chosen, guarantee, [tree]
 
 
 def measure_on(

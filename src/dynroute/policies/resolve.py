@@ -110,13 +110,17 @@ def operating_points_of(
     point: OperatingPoint,
     data_dir: str | os.PathLike[str] | None = None,
     allow_checksum_mismatch: bool = False,
+    policy: str | None = None,
+    answers: str | None = None,
 ) -> list[Candidate]:
-    """The validation operating points of ``point``'s kind of policy (those it was chosen
-    among, or, for a calibrated or given policy, its own family measured with its fitted
-    answers and models)."""
+    """The validation operating points ``point`` was chosen among; or, for a calibrated or
+    given policy, those of ``policy`` (default: the point's own kind), measured with the
+    point's fitted answers and models."""
     if point.candidates is not None:
         return point.candidates
-    name, kind = family_name(point.policy)
+    name, kind = (policy, answers) if policy is not None else family_name(point.policy)
+    if name == BEST:
+        name, kind = family_name(point.policy)
     return _measure(
         run, families(name, kind), point.k_cpt, data_dir, allow_checksum_mismatch, point.policy
     )

@@ -42,7 +42,7 @@ from dynroute.policies.curves import CurvePoint, accuracy_at, as_points, macs_fo
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, TreeFacts, exit_table
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
 from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
-from dynroute.policies.statistics import mcnemar, pack_bits
+from dynroute.policies.statistics import mcnemar, pack_bits, unpack_bits
 from dynroute.policy import LEARNED, Policy
 
 #: The table format: 2 puts every baseline on equal footing (this module's docstring).
@@ -318,6 +318,7 @@ def budget_table(
     by_key = {f.key: f for f in families}
     oracles = {kind: as_points(oracle_curve(t)) for kind, t in test_tables.items()}
     rows = []
+    shared_bits: dict[str, str] = {}
     for budget in budgets:
         chosen = {f.key: m for f in families if (m := _chosen(f, budget)) is not None}
         row: dict[str, Any] = {
@@ -359,8 +360,11 @@ def budget_table(
                         budget, by_key[best], family, oracles[family.answers]
                     ),
                 }
-        for key in bits:
-            row["policies"][key]["correct_bits"] = pack_bits(chosen[key].correct)
+        for key in bits:  # stored once per distinct vector (saturated budgets repeat them)
+            packed = pack_bits(chosen[key].correct)
+            reference = hashlib.sha1(packed.encode()).hexdigest()[:12]
+            shared_bits.setdefault(reference, packed)
+            row["policies"][key]["correct"] = reference
         rows.append(row)
         if progress is not None:
             progress(f"budget {budget / 1e6:.2f} M done")
@@ -375,7 +379,26 @@ def budget_table(
         ],
         "fitted": {key: _fitted_record(policy) for key, policy in fitted.items() if key != "raw"},
         "budgets": rows,
+        "correct_bits": shared_bits,
     }
+
+
+def correct_bits(table: dict[str, Any], cell: dict[str, Any]) -> np.ndarray:
+    """A cell's per-example test correctness (for the cells the table keeps it of)."""
+    return unpack_bits(table["correct_bits"][cell["correct"]], table["num_test"])
+
+
+def cell_policy(table: dict[str, Any], row: dict[str, Any], key: str) -> Policy | None:
+    """The deployable policy of a table cell (its parameters with the fitted answers and
+    models the table stores once), or None for a truncation or an absent cell."""
+    cell = row["policies"].get(key)
+    if cell is None or cell["parameters"].get("name") == "truncation":
+        return None
+    fitted = table.get("fitted", {}).get(key) or table.get("fitted", {}).get(key.split("/")[-1])
+    data = dict(cell["parameters"])
+    if fitted:
+        data.update({k: v for k, v in fitted.items() if k in ("weights", "biases", "scheduler")})
+    return Policy.from_dict(data)
 
 
 def _fitted_record(policy: Policy) -> dict[str, Any]:

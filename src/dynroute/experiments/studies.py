@@ -1,0 +1,311 @@
+"""Studies behind the evidence: how much held-out data the scheduler needs, and whether
+guaranteed targets hold (``dynroute study``; ``results/<scale>/studies/``).
+
+- ``held_out``: the scheduler fitted on more held-out data than the run's own validation
+  split, each way measured at the same budgets against the same best baseline (chosen on
+  validation, scored on test): the run's split alone; pooled with the validation outputs
+  of sister runs trained on other splits (``sweep --seed``; each held its own split out:
+  cross-fitting on folds of the training set); the run's own training-set outputs with
+  each model's intercept refitted on validation (a correction for their overconfidence);
+  and a sister run that held out more images (``sweep --validation-size``), with what that
+  costs its exits.
+- ``guarantees``: guaranteed calibration (``dynroute.policies.guarantees``) over many
+  random partitions of a run's held-out examples into calibration and evaluation data,
+  against the naive point estimate and one threshold shared by every exit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dynroute import selection
+from dynroute.errors import DynrouteError
+from dynroute.nn.prediction import as_tensor
+from dynroute.policies.exit_table import (
+    DenseOutputs,
+    ExitTable,
+    TreeFacts,
+    dense_outputs,
+    exit_table,
+)
+from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
+from dynroute.policies.guarantees import PathPoint, certify, order_path
+from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
+from dynroute.policies.statistics import mcnemar
+from dynroute.policies.table import default_budgets, policy_families
+from dynroute.runs import Run, open_run
+from dynroute.train.strategies import trains_routers
+
+Progress = Callable[[str], None] | None
+#: Training images a run's training-set outputs are measured on (seeded).
+TRAIN_SAMPLE = 10_000
+
+
+def _outputs(run: Run, split: str, data_dir: Any, limit: int | None = None) -> DenseOutputs:
+    tree = run.load_tree().eval()
+    images, labels, _ = run.split(split, data_dir)
+    if limit is not None and len(labels) > limit:
+        rows = np.sort(np.random.default_rng(0).choice(len(labels), limit, replace=False))
+        images, labels = images[rows], labels[rows]
+    return dense_outputs(tree, as_tensor(images, torch.float32), as_tensor(labels, torch.long))
+
+
+def _chosen_on_test(
+    validation: ExitTable,
+    test: ExitTable,
+    policy_template: Any,
+    measures: np.ndarray,
+    budget: float,
+) -> tuple[dict[str, float], np.ndarray] | None:
+    """The scheduler family (prices at the quantiles of ``measures`` on validation) at the
+    member most accurate on validation within ``budget``; its test point and correctness."""
+    crossed = validation.with_measures(policy_template, measures)
+    members = []
+    for policy, exits in threshold_family(crossed, policy_template):
+        point = crossed.point(exits, policy)
+        members.append(_Member(point["mean_macs"], point["accuracy"], policy))
+    chosen = selection.within_budget(members, budget)
+    if chosen is None:
+        return None
+    exits = test.exits(chosen.policy)
+    return test.point(exits, chosen.policy), test.correctness(exits)
+
+
+class _Member:
+    def __init__(self, mean_macs: float, accuracy: float, policy: Any) -> None:
+        self.mean_macs, self.accuracy, self.policy = mean_macs, accuracy, policy
+
+
+def held_out(
+    run_path: str | os.PathLike[str],
+    sisters: Sequence[str | os.PathLike[str]] = (),
+    larger: str | os.PathLike[str] | None = None,
+    budgets: Sequence[float] | None = None,
+    data_dir: Any = None,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """The held-out study of one run (see the module's docstring): JSON-ready."""
+    say = progress or (lambda message: None)
+    run = open_run(run_path)
+    tree = run.load_tree().eval()
+    facts = TreeFacts.of(tree)
+    budgets = list(budgets or default_budgets(tree))
+    validation, test = _outputs(run, "validation", data_dir), _outputs(run, "test", data_dir)
+    say("dense passes of the run done")
+    strategy = (run.config or {}).get("strategy", "actor")
+    families, _, _ = policy_families(tree, validation, test, routers=trains_routers(strategy))
+    baselines = [f for f in families if not f.learned]
+    answers = fit_answers(facts, validation, "combined")
+    val_table, test_table = exit_table(facts, validation, answers), exit_table(facts, test, answers)
+    variants: dict[str, tuple[Any, np.ndarray]] = {}
+    own = fit_scheduler([val_table])
+    variants["own validation split"] = (own, cross_fitted_measures(val_table))
+    sister_tables = []
+    for path in sisters:
+        sister = open_run(path)
+        outputs = _outputs(sister, "validation", data_dir)
+        sister_facts = TreeFacts.of(sister.load_tree().eval())
+        sister_answers = fit_answers(sister_facts, outputs, "combined")
+        sister_tables.append(exit_table(facts, outputs, _reanswer(sister_answers, answers)))
+    if sister_tables:
+        pooled = fit_scheduler([val_table, *sister_tables])
+        variants[f"pooled with {len(sister_tables)} sister runs' splits"] = (
+            pooled,
+            cross_fitted_measures(val_table, extra=sister_tables),
+        )
+        say("pooled scheduler fitted")
+    train_outputs = _outputs(run, "train", data_dir, TRAIN_SAMPLE)
+    train_table = exit_table(facts, train_outputs, answers)
+    corrected = fit_scheduler([train_table], recalibrate_on=val_table)
+    halves = np.random.default_rng(1).permutation(len(val_table)) % 2 == 0
+    crossed = np.zeros_like(val_table.measures(corrected))
+    for fold in (halves, ~halves):
+        refit = fit_scheduler([train_table], recalibrate_on=_rows(val_table, ~fold))
+        crossed[fold] = _rows(val_table, fold).measures(refit)
+    variants["training-set outputs, intercepts refitted on validation"] = (corrected, crossed)
+    say("training-set scheduler fitted")
+    rows = []
+    for budget in budgets:
+        chosen = [
+            (f, m)
+            for f in baselines
+            if (m := selection.within_budget(f.members, budget)) is not None
+        ]
+        if not chosen:
+            continue
+        family, best = max(chosen, key=lambda fm: (fm[1].accuracy, fm[1].mean_macs))
+        row: dict[str, Any] = {
+            "budget": budget,
+            "best_baseline": {"policy": family.key, "test": best.test},
+            "scheduler": {},
+        }
+        for name, (policy, measures) in variants.items():
+            result = _chosen_on_test(val_table, test_table, policy, measures, budget)
+            if result is None:
+                continue
+            point, correct = result
+            row["scheduler"][name] = {"test": point, **mcnemar(correct, best.correct)}
+        rows.append(row)
+    study: dict[str, Any] = {
+        "run": str(run.path),
+        "num_validation": len(validation),
+        "num_test": len(test),
+        "num_train_sample": len(train_outputs),
+        "sisters": [str(p) for p in sisters],
+        "exits": _exit_accuracy(exit_table(facts, test)),
+        "budgets": rows,
+    }
+    if larger is not None:
+        bigger = open_run(larger)
+        big_tree = bigger.load_tree().eval()
+        big_test = _outputs(bigger, "test", data_dir)
+        study["larger_validation"] = {
+            "run": str(bigger.path),
+            "num_validation": (bigger.config or {}).get("validation_size"),
+            "exits": _exit_accuracy(exit_table(big_tree, big_test)),
+        }
+    return study
+
+
+def _reanswer(fitted: Any, like: Any) -> Any:
+    """A sister's own fitted answers, as the policy the run's table template expects."""
+    return fitted if fitted.answers == like.answers else like
+
+
+def _rows(table: ExitTable, rows: np.ndarray) -> ExitTable:
+    from dynroute.policies.scheduler import _subset
+
+    return _subset(table, rows)
+
+
+def _exit_accuracy(table: ExitTable) -> list[float]:
+    """Each exit's test accuracy (raw answers), in leaf order."""
+    return [float(v) for v in table.correct.mean(axis=0)]
+
+
+# --------------------------------------------------------------------------- guarantees
+
+
+def guarantees(
+    run_path: str | os.PathLike[str],
+    targets: Sequence[float],
+    deltas: Sequence[float] = (0.05, 0.1, 0.2),
+    partitions: int = 500,
+    calibration_size: int = 5000,
+    data_dir: Any = None,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """Guaranteed accuracy targets over random partitions of the run's held-out examples
+    (validation and test together) into ``calibration_size`` calibration examples and the
+    rest for evaluation: per target and delta, how often the chosen point misses the target
+    on the evaluation examples (the violation rate, to stay at most delta), and the MACs it
+    saves against the deepest exit; beside the naive point estimate and one threshold shared
+    by every exit under the same guarantee."""
+    say = progress or (lambda message: None)
+    run = open_run(run_path)
+    tree = run.load_tree().eval()
+    facts = TreeFacts.of(tree)
+    held = _concat(_outputs(run, "validation", data_dir), _outputs(run, "test", data_dir))
+    whole = exit_table(facts, held)
+    deepest = float(facts.leaf_macs(whole.answers).max())
+    rng = np.random.default_rng(0)
+    records = {
+        (method, target, delta): {"violations": 0, "saved": [], "refused": 0, "accuracy": []}
+        for method in ("per-exit thresholds", "one shared threshold", "naive point estimate")
+        for target in targets
+        for delta in deltas
+    }
+    for draw in range(partitions):
+        order = rng.permutation(len(held))
+        calibration, evaluation = order[:calibration_size], order[calibration_size:]
+        cut = calibration_size // 2
+        fit, test = _rows(whole, calibration[:cut]), _rows(whole, calibration[cut:])
+        unseen = _rows(whole, evaluation)
+        families = {
+            "per-exit thresholds": [p for p, _ in budgeted_family(fit, count=101)],
+            "one shared threshold": [p for p, _ in threshold_family(fit, "confidence", count=201)],
+        }
+        paths = {
+            method: order_path(
+                [
+                    PathPoint(
+                        p,
+                        (fp := fit.point(fit.exits(p), p))["mean_macs"],
+                        fp["accuracy"],
+                        (~test.correctness(test.exits(p))).astype(np.float64),
+                    )
+                    for p in policies
+                ],
+                "accuracy",
+            )
+            for method, policies in families.items()
+        }
+        naive_table = _rows(whole, calibration)
+        naive_points = [
+            _Member(**naive_table.point(naive_table.exits(p), p), policy=p)
+            for policies in families.values()
+            for p in policies
+        ]
+        for target in targets:
+            naive = selection.reaching(naive_points, target)
+            for delta in deltas:
+                for method, path in paths.items():
+                    record = records[(method, target, delta)]
+                    try:
+                        chosen, _ = certify(path, "accuracy", target, delta)
+                    except DynrouteError:  # nothing certified on this draw
+                        record["refused"] += 1
+                        continue
+                    _score(record, unseen, chosen.item, target, deepest)
+                record = records[("naive point estimate", target, delta)]
+                if naive is None:
+                    record["refused"] += 1
+                else:
+                    _score(record, unseen, naive.policy, target, deepest)
+        if progress is not None and (draw + 1) % 50 == 0:
+            say(f"{draw + 1} of {partitions} partitions")
+    rows = []
+    for (method, target, delta), record in records.items():
+        done = partitions - record["refused"]
+        rate = record["violations"] / done if done else None
+        rows.append(
+            {
+                "method": method,
+                "target": target,
+                "delta": delta,
+                "partitions": partitions,
+                "certified": done,
+                "violation_rate": rate,
+                "standard_error": math.sqrt(delta * (1 - delta) / done) if done else None,
+                "macs_saved": float(np.mean(record["saved"])) if record["saved"] else None,
+                "mean_accuracy": float(np.mean(record["accuracy"])) if record["accuracy"] else None,
+            }
+        )
+    return {
+        "run": str(run.path),
+        "held_out": len(held),
+        "calibration_size": calibration_size,
+        "deepest_macs": deepest,
+        "rows": rows,
+    }
+
+
+def _score(record: dict, unseen: ExitTable, policy: Any, target: float, deepest: float) -> None:
+    point = unseen.point(unseen.exits(policy), policy)
+    record["violations"] += point["accuracy"] < target
+    record["saved"].append(1 - point["mean_macs"] / deepest)
+    record["accuracy"].append(point["accuracy"])
+
+
+def _concat(first: DenseOutputs, second: DenseOutputs) -> DenseOutputs:
+    return DenseOutputs(
+        np.concatenate([first.logits, second.logits]),
+        {j: np.concatenate([s, second.scores[j]]) for j, s in first.scores.items()},
+        np.concatenate([first.labels, second.labels]),
+    )
