@@ -74,7 +74,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     and resumed runs may start in other folders)."""
     from dynroute.data import absolute_dataset_name
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if values["strategy"] is None:  # not given: a static model trains as one
+        from dynroute.nn.models import is_static_model
+
+        values["strategy"] = "static" if is_static_model(values["model"]) else "actor"
+    config = TrainConfig(**values)
     weights = config.pretrained_weights
     if weights is not None:
         weights = str(Path(weights).expanduser().absolute())
@@ -161,6 +166,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser("train", help="train one network")
     add_config_arguments(train)
+    # A static model (static-3, resnet18-static-2, ...) trains with the static strategy
+    # unless told otherwise: --model static-8 alone is enough.
+    train.set_defaults(strategy=None)
     train.add_argument("--out", required=True, help="run directory (config, metrics, checkpoint)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")

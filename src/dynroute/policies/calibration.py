@@ -30,6 +30,7 @@ from dynroute.policies.analysis import exits_for_k, router_inputs
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, dense_outputs, exit_table
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
 from dynroute.policies.guarantees import (
+    DEFAULT_DELTA,
     Guarantee,
     PathPoint,
     certify,
@@ -380,8 +381,17 @@ def calibrate(
         and checks.unit_interval(target_accuracy, "target_accuracy") == 0
     ):
         raise DynrouteError("`target_accuracy` must be above 0")
-    if (target_macs is None) == (target_accuracy is None):
-        raise DynrouteError("give exactly one of `target_macs` and `target_accuracy`")
+    if max_disagreement is not None:
+        checks.unit_interval(max_disagreement, "max_disagreement")
+    given = [v for v in (target_macs, target_accuracy, max_disagreement) if v is not None]
+    if len(given) != 1:
+        raise DynrouteError(
+            "give exactly one of `target_macs`, `target_accuracy` and `max_disagreement`"
+        )
+    if max_disagreement is not None and delta is None:
+        delta = DEFAULT_DELTA  # agreement is only ever promised with a guarantee
+    if delta is not None:
+        checks.unit_interval(delta, "delta")
     checks.k_cpt(k_cpt)
     if policy not in (*POLICY_NAMES, BEST):
         raise DynrouteError(f"`policy` must be one of {', '.join((*POLICY_NAMES, BEST))}")

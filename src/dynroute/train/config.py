@@ -176,7 +176,11 @@ class TrainConfig:
         "and its classifier is not used",
         kind=str,
     )
-    strategy: str = option("actor", "how the loss is formed", choices=STRATEGY_NAMES)
+    strategy: str = option(
+        "actor",
+        "how the loss is formed (the command line trains a static model as static)",
+        choices=STRATEGY_NAMES,
+    )
     k_cpt: float = option(
         0.0, "cost of one multiply-accumulate, in units of cross-entropy", bounds=Bounds(0, 1)
     )
