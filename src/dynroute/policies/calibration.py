@@ -40,7 +40,7 @@ from dynroute.policies.guarantees import (
     split_for_guarantee,
     upper_bound_mean,
 )
-from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
+from dynroute.policies.scheduler import fit_scheduler, scheduler_family
 from dynroute.policy import ANSWERS, LEARNED, POLICY_NAMES, Policy, resolve_name
 from dynroute.runs import Calibration, Run, check_one_dataset, open_run
 from dynroute.train.evaluation import routing_statistics
@@ -138,8 +138,14 @@ def candidates(
         elif rule == "scheduler":
             scheduler = fitted if fitted is not None and fitted.name == "scheduler" else None
             scheduler = scheduler or fit_scheduler([table])
-            table = table.with_measures(scheduler, cross_fitted_measures(table))
-            members = threshold_family(table, scheduler)
+            for policy, point in scheduler_family(table, scheduler):
+                out.append(
+                    Candidate(
+                        run, policy, k_cpt, point["accuracy"], point["mean_macs"], key,
+                        table.exits(policy).astype(np.int16), table,
+                    )
+                )  # fmt: skip
+            continue
         else:
             members = threshold_family(table, rule)
         for policy, positions in members:

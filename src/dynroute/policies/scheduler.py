@@ -170,6 +170,34 @@ def cross_fitted_measures(
     return out
 
 
+def scheduler_family(
+    table: ExitTable, scheduler: Policy, count: int | None = None
+) -> list[tuple[Policy, dict[str, float]]]:
+    """The scheduler's operating points on ``table`` (the split it was fitted on), as
+    (deployable policy, point) pairs: each point is measured with cross-fitted models
+    (``cross_fitted_measures``: what it would do on examples its models never saw), and
+    stands for the models fitted on the whole split at the price that spends at most as
+    much there. Choosing a point by its cross-fitted accuracy does not reward the models'
+    fit to the split; its deployed price spends what the point promises, so a budget
+    chosen on validation lands on new data."""
+    from dynroute.policies.fitting import THRESHOLD_QUANTILES, threshold_family
+
+    count = count or THRESHOLD_QUANTILES
+    crossed = table.with_measures(scheduler, cross_fitted_measures(table))
+    held_out = [(p, crossed.point(e, p)) for p, e in threshold_family(crossed, scheduler, count)]
+    in_sample = sorted(
+        ((p, table.point(e, p)) for p, e in threshold_family(table, scheduler, count)),
+        key=lambda pair: (pair[1]["mean_macs"], pair[1]["accuracy"]),
+    )
+    spends = np.asarray([point["mean_macs"] for _, point in in_sample])
+    out = []
+    for _, point in held_out:
+        k = int(np.searchsorted(spends, point["mean_macs"], side="right")) - 1
+        if k >= 0:
+            out.append((in_sample[k][0], point))
+    return out
+
+
 def _subset(table: ExitTable, rows: np.ndarray) -> ExitTable:
     """The table's examples ``rows`` (same answers, same paths)."""
     return replace(

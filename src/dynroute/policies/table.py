@@ -41,7 +41,7 @@ from dynroute.policies.analysis import oracle_curve
 from dynroute.policies.curves import CurvePoint, accuracy_at, as_points, macs_for_accuracy
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, TreeFacts, exit_table
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
-from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
+from dynroute.policies.scheduler import fit_scheduler, scheduler_family
 from dynroute.policies.statistics import mcnemar, pack_bits, unpack_bits
 from dynroute.policy import LEARNED, Policy
 
@@ -244,17 +244,13 @@ def policy_families(
         scheduler = fit_scheduler([on_validation])
         fitted[f"scheduler/{kind}"] = scheduler
         if any(entry is not None for entry in scheduler.scheduler["exits"]):
-            crossed = on_validation.with_measures(scheduler, cross_fitted_measures(on_validation))
-            policies = [p for p, _ in threshold_family(crossed, scheduler)]
-            families.append(
-                Family(
-                    f"scheduler/{kind}",
-                    "scheduler",
-                    kind,
-                    True,
-                    _members(policies, crossed, on_test),
-                )
-            )
+            pairs = scheduler_family(on_validation, scheduler)
+            policies = [p for p, _ in pairs]
+            members = [
+                Member(_parameters(p), point, on_test.point(e, p), on_test.correctness(e))
+                for (p, point), e in zip(pairs, _replay(on_test, policies), strict=True)
+            ]
+            families.append(Family(f"scheduler/{kind}", "scheduler", kind, True, members))
         if progress is not None:
             progress(f"{kind} answers fitted")
     if routers:
