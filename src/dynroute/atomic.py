@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from dynroute import gate
 from dynroute.errors import DynrouteError
 
 try:  # POSIX; elsewhere a folder lock is a no-op
@@ -234,8 +235,10 @@ def read_json_object(path: str | os.PathLike[str], what: str, hint: str = "") ->
     path = Path(path)
     tail = f"; {hint}" if hint else ""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(gate.read_json_bytes(path))
+    except DynrouteError as exc:
+        raise DynrouteError(f"{what} {path} is unreadable ({exc}){tail}") from None
+    except ValueError as exc:
         raise DynrouteError(f"{what} {path} is unreadable or corrupt ({exc}){tail}") from None
     if not isinstance(data, dict):
         raise DynrouteError(f"{what} {path} does not hold a JSON object{tail}")

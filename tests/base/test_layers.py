@@ -42,6 +42,7 @@ BASE = {
     "dynroute.decisions",
     "dynroute.checks",
     "dynroute.guarantee",
+    "dynroute.gate",
 }
 #: Packages outside the layer order: what they may import, and which layers may import them.
 SIDE = {"deploy": {"imports": {"base"}, "imported_by": set(LAYERS[1:])}}

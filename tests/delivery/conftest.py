@@ -7,33 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dynroute.cli import main
-from dynroute.data.files import preprocessing
-from dynroute.delivery.export import export_tree
-from dynroute.nn.models import build_model
-from dynroute.policy import Policy
-from helpers.delivery import CLASSES, SIZE, coloured
-from helpers.routing import scramble_routing
+from helpers.delivery import CLASSES, SIZE, coloured, make_export
 
 
 @pytest.fixture(scope="session")
 def export(tmp_path_factory) -> Path:
     """The chain at 16 px with random routers, exported with class names and preprocessing."""
-    torch.manual_seed(3)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.rand(32, 3, SIZE, SIZE, generator=gen) * torch.rand(32, 1, 1, 1, generator=gen)
-    tree = scramble_routing(build_model("chain", num_classes=3, image_size=SIZE), x)
-    folder = tmp_path_factory.mktemp("export") / "chain"
-    export_tree(
-        tree,
-        folder,
-        policy=Policy("confidence", 0.4),
-        class_names=CLASSES,
-        preprocessing=preprocessing(None, SIZE),
-    )
-    return folder
+    return make_export(tmp_path_factory.mktemp("export") / "chain")
 
 
 @pytest.fixture(scope="session")

@@ -213,7 +213,7 @@ def test_every_file_is_checked_on_load(chain, tmp_path: Path) -> None:
     with pytest.raises(DynrouteError, match="manifest.json does not match"):
         load(edited)
     (edited / CHECKSUM_FILE).unlink()
-    with pytest.raises(DynrouteError, match="no readable SHA256SUMS"):
+    with pytest.raises(DynrouteError, match="no SHA256SUMS"):
         load(edited)
     with pytest.raises(DynrouteError, match="sinks outside the tree"):
         load(edited, verify=False)

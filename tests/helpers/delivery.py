@@ -39,3 +39,27 @@ def image_folder(root: Path) -> Path:
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (folder / ".hidden.png").write_bytes(b"skipped")
     return folder
+
+
+def make_export(folder: Path) -> Path:
+    """The chain at 16 px with random routers, exported with class names and preprocessing."""
+    import torch
+
+    from dynroute.data.files import preprocessing
+    from dynroute.delivery.export import export_tree
+    from dynroute.nn.models import build_model
+    from dynroute.policy import Policy
+    from helpers.routing import scramble_routing
+
+    torch.manual_seed(3)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(32, 3, SIZE, SIZE, generator=gen) * torch.rand(32, 1, 1, 1, generator=gen)
+    tree = scramble_routing(build_model("chain", num_classes=3, image_size=SIZE), x)
+    export_tree(
+        tree,
+        folder,
+        policy=Policy("confidence", 0.4),
+        class_names=CLASSES,
+        preprocessing=preprocessing(None, SIZE),
+    )
+    return folder

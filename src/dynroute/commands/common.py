@@ -90,6 +90,18 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The largest batch a command decodes and runs at once (more only holds more in memory).
+MAX_BATCH = 4096
+
+
+def batch_size(text: str) -> int:
+    """A batch size: an integer in 1..MAX_BATCH."""
+    value = positive_int(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from dynroute.errors import DynrouteError
+from dynroute.gate import table_cell
 
 FORMATS = ("csv", "jsonl")
 
@@ -46,7 +50,39 @@ def _format(args: argparse.Namespace) -> str:
     return "csv"
 
 
+def _check_outputs(args: argparse.Namespace, files: list[Path]) -> None:
+    """Refuse an ``--out`` or ``--totals`` that names an input file (it would be overwritten
+    with rows before being read), and remove a stale totals file (it would describe another
+    run)."""
+    for option, name in (("--out", args.out), ("--totals", args.totals)):
+        if name is None:
+            continue
+        target = Path(name)
+        for path in files:
+            try:
+                same = target.exists() and os.path.samefile(target, path)
+            except OSError:
+                same = False
+            if same:
+                raise DynrouteError(f"{option} {target} is one of the inputs; write elsewhere")
+    if args.totals:
+        Path(args.totals).unlink(missing_ok=True)
+
+
+def _row_text(row: dict[str, Any], fmt: str) -> str:
+    """One row as a whole line: CSV cells safe in a spreadsheet, or a JSON object."""
+    from dynroute.delivery.predict import ROW_FIELDS
+
+    if fmt == "jsonl":
+        return json.dumps(row) + "\n"
+    buffer = io.StringIO()
+    cells = {k: table_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+    csv.DictWriter(buffer, ROW_FIELDS, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from dynroute.atomic import write_json_atomic
     from dynroute.data.files import batches, expand
     from dynroute.delivery.predict import ROW_FIELDS, Totals
 
@@ -58,15 +94,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "classify arrays with dynroute.deploy or the engine from Python"
         )
     files, missing = expand(args.inputs)
+    _check_outputs(args, files)
     print(f"dynroute: {predictor.describe()}", file=sys.stderr)
     totals = Totals(predictor.exit_names)
     totals.failures.extend(missing)
     fmt = _format(args)
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    try:
-        writer = csv.DictWriter(out, ROW_FIELDS, lineterminator="\n") if fmt == "csv" else None
-        if writer is not None:
-            writer.writeheader()
+    with RowWriter(args.out) as out:
+        if fmt == "csv":
+            out.write(",".join(ROW_FIELDS) + "\n")
         from tqdm import tqdm
 
         bar = tqdm(
@@ -83,24 +118,77 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     started = time.perf_counter()
                     prediction = predictor.predict(batch.images)
                     totals.add(prediction, time.perf_counter() - started)
-                    for row in predictor.rows(batch.names, prediction):
-                        if writer is not None:
-                            writer.writerow(row)
-                        else:
-                            out.write(json.dumps(row) + "\n")
-                    out.flush()
+                    out.write(
+                        "".join(
+                            _row_text(row, fmt) for row in predictor.rows(batch.names, prediction)
+                        )
+                    )
                 bar.update(batch.files)
         finally:
             bar.close()
-    finally:
-        if out is not sys.stdout:
-            out.close()
     print(totals.format(), file=sys.stderr)
     if args.totals:
-        from dynroute.atomic import write_json_atomic
-
         write_json_atomic(args.totals, {"model": predictor.describe(), **totals.summary()})
     return 0 if totals.count or not (files or missing) else 1
+
+
+class RowWriter:
+    """Rows to stdout as they come, or to ``--out`` written whole: into a temporary file
+    beside it, renamed into place at the end (a full disk or Ctrl-C leaves the previous file,
+    or none, never half a row), with the user's umask; a failure names the file."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.handle: Any = None
+        self.temporary: Path | None = None
+
+    def __enter__(self) -> RowWriter:
+        if self.path is not None:
+            from dynroute.atomic import cannot_write, current_umask
+
+            folder = self.path.parent
+            try:
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+                os.fchmod(fd, 0o666 & ~current_umask())
+            except OSError as exc:
+                raise cannot_write(self.path, exc, self.path.exists()) from None
+            self.temporary = Path(name)
+            self.handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        return self
+
+    def write(self, text: str) -> None:
+        if self.handle is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        try:
+            self.handle.write(text)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        from dynroute.atomic import cannot_write
+
+        assert self.path is not None and self.temporary is not None
+        self.handle.close()
+        self.temporary.unlink(missing_ok=True)
+        self.handle = None
+        raise cannot_write(self.path, exc, self.path.exists()) from None
+
+    def __exit__(self, kind: Any, *exc_info: Any) -> None:
+        if self.handle is None or self.temporary is None:
+            return
+        if kind is not None:
+            self.handle.close()
+            self.temporary.unlink(missing_ok=True)
+            return
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.temporary, self.path)
+        except OSError as exc:
+            self._fail(exc)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -193,6 +281,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         add_data_dir_argument,
         add_operating_point_arguments,
         add_threads_argument,
+        batch_size,
         megabytes,
         positive_int,
     )
@@ -205,7 +294,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "inputs", nargs="+", metavar="FILE_OR_FOLDER", help="images, .npz/.npy files, folders"
     )
     add_operating_point_arguments(predict, "the run's calibration, or the export's")
-    predict.add_argument("--batch-size", type=positive_int, default=64)
+    predict.add_argument("--batch-size", type=batch_size, default=64, help="images run at once")
     predict.add_argument("--format", choices=FORMATS, default=None, help="default: csv, or "
                          "jsonl when --out ends in .jsonl")  # fmt: skip
     predict.add_argument("--out", default=None, metavar="FILE", help="rows here, not stdout")
@@ -250,7 +339,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("model", metavar="EXPORT_OR_RUN", help="export folder or run directory")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    serve.add_argument("--batch-size", type=positive_int, default=32, help="largest batch")
+    serve.add_argument("--batch-size", type=batch_size, default=32, help="largest batch")
     serve.add_argument(
         "--max-wait-ms",
         type=float,

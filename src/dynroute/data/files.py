@@ -23,6 +23,7 @@ Nothing here needs torch: an export is run on files without it.
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from dynroute import gate
 from dynroute.data.datasets import GAMMA, to_linear
-from dynroute.data.readers.image_tree import decode_image, is_hidden
-from dynroute.data.readers.npz_arrays import array_images
+from dynroute.data.readers.image_tree import decode_image
+from dynroute.data.readers.npz_arrays import ArrayFile, array_images
 from dynroute.errors import DynrouteError
+from dynroute.gate import file_kind, printable
 
 ARRAY_SUFFIXES = (".npz", ".npy")
 #: Files this small on a side are still classified (upscaled); training refuses them.
@@ -89,21 +92,34 @@ def preprocessing(dataset: str | None, image_size: int) -> dict[str, Any]:
 
 def expand(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Failure]]:
     """The files named, and every file below the folders named (hidden ones skipped, sorted
-    by path); a path that does not exist is a failure, not an error."""
+    by path, each folder walked once however many links lead to it: ``dynroute.gate.walk``);
+    a path that does not exist, or is no regular file (a FIFO, a device), is a failure named,
+    never opened."""
     files: list[Path] = []
     failures: list[Failure] = []
     for given in paths:
         path = Path(given)
-        if path.is_dir():
-            found = []
-            for folder, subfolders, names in os.walk(path, followlinks=True):
-                subfolders[:] = sorted(d for d in subfolders if not is_hidden(d))
-                found += [Path(folder) / name for name in names if not is_hidden(name)]
-            files += sorted(found)
-        elif path.is_file():
+        try:
+            status = path.stat()
+        except OSError:
+            failures.append(Failure(printable(str(path)), "no such file or folder"))
+            continue
+        if stat.S_ISDIR(status.st_mode):
+            try:
+                found, odd = gate.walk(path, hidden=(".",))
+            except DynrouteError as exc:
+                failures.append(Failure(printable(str(path)), str(exc)))
+                continue
+            files += found
+            failures += [
+                Failure(printable(str(p)), f"{kind}, not a file: skipped") for p, kind in odd
+            ]
+        elif stat.S_ISREG(status.st_mode):
             files.append(path)
         else:
-            failures.append(Failure(str(path), "no such file or folder"))
+            failures.append(
+                Failure(printable(str(path)), f"{file_kind(status.st_mode)}, not a file")
+            )
     return files, failures
 
 
@@ -112,33 +128,74 @@ def read_image_bytes(blob: bytes, name: str, size: int) -> np.ndarray:
     return to_linear(decode_image(blob, name, size, min_size=MIN_SIDE, wide=True))
 
 
+#: An array to classify may hold at most this many values (its images, before resizing).
+MAX_ARRAY_VALUES = 1 << 28
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz or .npy file, through the gate: a regular file of bounded size,
+    each array's declared size checked against the bytes that hold it (and a compressed
+    member's expansion bounded) before anything is allocated."""
+    status = path.stat()
+    gate.check_regular(path, status)
+    if status.st_size > gate.MAX_ARRAY_FILE_BYTES:
+        raise DynrouteError(
+            f"{path}: {status.st_size} bytes, more than the limit of {gate.MAX_ARRAY_FILE_BYTES}"
+        )
+    if path.suffix.lower() == ".npz":
+        with ArrayFile(path) as arrays:
+            return {name: np.asarray(arrays.get(name)) for name in sorted(arrays.names)}
+    with gate.open_regular(path) as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle, max_header_size=10_000)
+        except (ValueError, EOFError) as exc:
+            raise DynrouteError(f"{path}: cannot read the array ({exc})") from None
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if declared > status.st_size:
+            raise DynrouteError(
+                f"{path} declares shape {shape} of {dtype} ({declared} bytes) but holds only "
+                f"{status.st_size} bytes; the file is damaged or forged"
+            )
+        handle.seek(0)
+        try:
+            return {"": np.load(handle, allow_pickle=False)}
+        except (ValueError, EOFError) as exc:
+            raise DynrouteError(f"{path}: cannot read the array ({exc})") from None
+
+
 def read_arrays(path: Path, size: int) -> tuple[list[str], np.ndarray]:
     """The images of an .npz or .npy file: names and (N, 3, size, size) float32."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DynrouteError(f"{path}: cannot read the arrays ({exc})") from None
-    if isinstance(loaded, np.ndarray):
-        arrays = {"": loaded}
-    else:
-        with loaded:
-            try:
-                arrays = {key: loaded[key] for key in loaded.files}
-            except (OSError, ValueError, EOFError) as exc:
-                raise DynrouteError(f"{path}: cannot read the arrays ({exc})") from None
+        arrays = _load_arrays(path)
+    except OSError as exc:
+        raise DynrouteError(f"{path}: cannot read the arrays ({exc.strerror or exc})") from None
     names: list[str] = []
     parts: list[np.ndarray] = []
     for key, array in arrays.items():
         if array.ndim not in (3, 4):
             continue
         where = f"{path}:{key}" if key else str(path)
+        if array.size > MAX_ARRAY_VALUES:
+            raise DynrouteError(
+                f"{where}: {array.size} values, more than the limit of {MAX_ARRAY_VALUES} "
+                "(MAX_ARRAY_VALUES); split it into smaller files"
+            )
+        if len(array) == 0:
+            continue
         images = to_linear(array_images(array, where, size))
         names += [f"{where}[{i}]" for i in range(len(images))]
         parts.append(images)
     if not parts:
         shapes = ", ".join(f"{k or 'array'} {a.shape}" for k, a in arrays.items()) or "nothing"
         raise DynrouteError(
-            f"{path}: no image array (3 or 4 axes: NHW, NHWC or NCHW) in it; found {shapes}"
+            f"{path}: no image (an array with 3 or 4 axes: NHW, NHWC or NCHW, and at least one "
+            f"image) in it; found {shapes}"
         )
     return names, np.concatenate(parts)
 
@@ -148,10 +205,7 @@ def read_file(path: Path, size: int) -> tuple[list[str], np.ndarray]:
     unreadable."""
     if path.suffix.lower() in ARRAY_SUFFIXES:
         return read_arrays(path, size)
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise DynrouteError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    blob = gate.read_bytes(path, gate.MAX_IMAGE_FILE_BYTES)
     return [str(path)], read_image_bytes(blob, str(path), size)[None]
 
 
@@ -159,9 +213,9 @@ def _read(path: Path, size: int) -> tuple[list[str], np.ndarray] | Failure:
     try:
         return read_file(path, size)
     except DynrouteError as exc:
-        return Failure(str(path), str(exc).removeprefix(f"{path}: "))
+        return Failure(printable(str(path)), printable(str(exc).removeprefix(f"{path}: ")))
     except MemoryError:
-        return Failure(str(path), "too large to decode")
+        return Failure(printable(str(path)), "too large to decode")
 
 
 def _read_ahead(files: Sequence[Path], size: int, workers: int, window: int) -> Iterator[Any]:

@@ -23,6 +23,7 @@ from dynroute.data.files import Failure
 from dynroute.deploy.manifest import MANIFEST_FILE
 from dynroute.deploy.runtime import ExportPrediction as Prediction
 from dynroute.errors import DynrouteError
+from dynroute.gate import printable
 from dynroute.policy import Policy, override_policy
 
 #: Columns of ``dynroute predict``'s rows (CSV header, JSON keys).
@@ -79,8 +80,8 @@ class Predictor:
         confidences = prediction.confidences
         return [
             {
-                "file": name,
-                "class": self.class_names[int(label)],
+                "file": printable(name),
+                "class": printable(self.class_names[int(label)]),
                 "confidence": round(float(confidence), 6),
                 "exit": self.exit_names[int(exit_index)],
                 "macs": int(macs),

@@ -37,6 +37,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dynroute import gate
 from dynroute.decisions import Decider, Shape
 from dynroute.errors import DynrouteError
 from dynroute.guarantee import Guarantee
@@ -76,8 +77,10 @@ def shape(manifest: dict[str, Any]) -> Shape:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a regular file (a FIFO or device named in a manifest is refused by
+    ``dynroute.gate``, never opened)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with gate.open_regular(Path(path)) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -90,12 +93,9 @@ def checksum_lines(folder: Path, names: list[str]) -> str:
 
 def _read_checksums(folder: Path) -> dict[str, str]:
     path = folder / CHECKSUM_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DynrouteError(
-            f"{folder} is not a dynroute export: no readable {CHECKSUM_FILE} ({exc})"
-        ) from None
+    if not os.path.lexists(path):
+        raise DynrouteError(f"{folder} is not a dynroute export: no {CHECKSUM_FILE}")
+    text = gate.read_json_bytes(path)  # a regular file of bounded size, UTF-8
     sums = {}
     for number, line in enumerate(text.splitlines(), start=1):
         digest, _, name = line.partition("  ")
@@ -118,6 +118,8 @@ def verify_files(folder: Path) -> dict[str, str]:
         path = folder / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise DynrouteError(f"{folder / CHECKSUM_FILE} names a file outside the export: {name}")
+        if not os.path.lexists(path):
+            raise DynrouteError(f"export {folder}: cannot read {name} (it is missing)")
         try:
             actual = sha256_file(path)
         except OSError as exc:
@@ -150,8 +152,8 @@ def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict[s
         raise DynrouteError(f"{folder} is not a dynroute export: no {MANIFEST_FILE}")
     sums = verify_files(folder) if verify else None
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        manifest = json.loads(gate.read_json_bytes(folder / MANIFEST_FILE))
+    except ValueError as exc:
         raise DynrouteError(f"{folder / MANIFEST_FILE} is unreadable ({exc})") from None
     validate(manifest, folder)
     if sums is not None:
@@ -174,9 +176,59 @@ def _fail(folder: Path | None, what: str) -> DynrouteError:
     return DynrouteError(f"{where}: {what}")
 
 
+#: Bounds of a manifest's numbers: a tree's nodes, an image's side, a path's MACs.
+MAX_NODES = 100_000
+MAX_IMAGE_SIDE = 1024
+MAX_MACS = 10**15
+MAX_CLASSES = 100_000
+
+
+class _Schema:
+    """Checks of one manifest, each failure one line naming the field."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def fail(self, what: str) -> DynrouteError:
+        return _fail(self.folder, what)
+
+    def object(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"{where} must be an object")
+        return value
+
+    def array(self, value: Any, where: str, limit: int = MAX_NODES) -> list[Any]:
+        if not isinstance(value, list) or len(value) > limit:
+            raise self.fail(f"{where} must be a list (of at most {limit} entries)")
+        return value
+
+    def integer(self, value: Any, where: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(f"{where} must be an integer in {low}..{high}, got {value!r}")
+        return value
+
+    def text(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value or len(value) > 4096:
+            raise self.fail(f"{where} must be a non-empty string")
+        return value
+
+    def file(self, value: Any, where: str) -> str:
+        name = self.text(value, where)
+        if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".onnx"):
+            raise self.fail(f"{where} must name an .onnx file in the export folder, got {name!r}")
+        return name
+
+    def reads(self, value: Any, where: str) -> list[int]:
+        parts = self.array(value, where, 64)
+        return [self.integer(part, f"{where}[{k}]", 0, 63) for k, part in enumerate(parts)]
+
+
 def validate(manifest: Any, folder: Path | None = None) -> None:
-    """Refuse a manifest of another format or version, or one whose tree does not hold
-    together (a damaged or hand-edited file would otherwise route examples nowhere)."""
+    """Refuse a manifest of another format or version, or one whose fields are missing, of
+    the wrong type or out of bounds, or whose tree does not hold together: a damaged or
+    hand-edited file is one line naming what is wrong, never a traceback or a run that
+    routes examples nowhere (or resizes them to 20000 x 20000)."""
+    check = _Schema(folder)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _fail(folder, f"not a {FORMAT} manifest")
     if manifest.get("version") != FORMAT_VERSION:
@@ -189,33 +241,96 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
     for key in required:
         if key not in manifest:
             raise _fail(folder, f"no {key!r} entry")
-    nodes = manifest["nodes"]
+    model = check.object(manifest["model"], "model")
+    classes = check.integer(model.get("num_classes"), "model.num_classes", 2, MAX_CLASSES)
+    shape_ = check.array(model.get("input_shape"), "model.input_shape", 4)
+    if not shape_ or any(
+        isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE
+        for v in shape_
+    ):
+        raise check.fail(
+            f"model.input_shape must hold sizes in 1..{MAX_IMAGE_SIDE}, got {shape_!r}"
+        )
+    if len(shape_) == 3 and shape_[0] == 3 and shape_[1] != shape_[2]:
+        raise check.fail(f"model.input_shape {shape_!r} is not a square image")
+    if not isinstance(model.get("dynamic_k_cpt"), bool):
+        raise check.fail("model.dynamic_k_cpt must be true or false")
+    scale = model.get("k_cpt_input_scale", 1e7)
+    if not _number(scale) or not 0 < scale < 1e15:
+        raise check.fail("model.k_cpt_input_scale must be a positive number")
+    names = check.array(manifest["class_names"], "class_names", MAX_CLASSES)
+    if len(names) != classes or not all(isinstance(n, str) for n in names):
+        raise check.fail("class names do not match the number of classes")
+    nodes = check.array(manifest["nodes"], "nodes")
     count = len(nodes)
     if not count:
         raise _fail(folder, "the tree has no nodes")
     for index, node in enumerate(nodes):
-        parent, children = node.get("parent"), node.get("children")
+        node = check.object(node, f"node {index}")
+        check.text(node.get("name"), f"node {index}'s name")
+        parent = node.get("parent")
+        children = node.get("children")
         if node.get("kind") not in NODE_KINDS or not isinstance(children, list):
             raise _fail(folder, f"node {index} is malformed")
+        if isinstance(parent, bool) or not isinstance(parent, int):
+            raise _fail(folder, f"node {index} has parent {parent!r}: nodes must be in pre-order")
         if (index == 0) != (parent == -1) or not -1 <= parent < index:
             raise _fail(folder, f"node {index} has parent {parent!r}: nodes must be in pre-order")
-        if any(not isinstance(c, int) or not index < c < count for c in children):
+        if any(
+            isinstance(c, bool) or not isinstance(c, int) or not index < c < count for c in children
+        ):
             raise _fail(folder, f"node {index} has sinks outside the tree")
+        if any(nodes[c].get("parent") != index for c in children if isinstance(nodes[c], dict)):
+            raise _fail(folder, f"node {index}'s sinks do not name it as their parent")
         expected = "leaf" if not children else "junction" if len(children) >= 2 else "node"
         if node["kind"] != expected:
             raise _fail(folder, f"node {index} is a {node['kind']} with {len(children)} sinks")
+        for key in ("macs", "router_macs"):
+            if key in node:
+                check.integer(node[key], f"node {index}'s {key}", 0, MAX_MACS)
     leaves = [i for i, node in enumerate(nodes) if node["kind"] == "leaf"]
     junctions = [i for i, node in enumerate(nodes) if node["kind"] == "junction"]
+    for key in ("segments", "heads", "routers"):
+        for k, entry in enumerate(check.array(manifest[key], key)):
+            entry = check.object(entry, f"{key}[{k}]")
+            check.file(entry.get("file"), f"{key}[{k}].file")
+            check.reads(entry.get("reads"), f"{key}[{k}].reads")
+            check.integer(entry.get("macs", 0), f"{key}[{k}].macs", 0, MAX_MACS)
     if [h.get("leaf") for h in manifest["heads"]] != leaves:
         raise _fail(folder, "needs one exit head per leaf, in pre-order")
     if [r.get("junction") for r in manifest["routers"]] != junctions:
         raise _fail(folder, "needs one router per junction, in pre-order")
-    classes = manifest["model"].get("num_classes")
-    if not isinstance(classes, int) or len(manifest["class_names"]) != classes:
-        raise _fail(folder, "class names do not match the number of classes")
-    path_macs = manifest["costs"].get("path_macs", {})
-    if any(len(path_macs.get(model, ())) != count for model in COST_MODELS):
-        raise _fail(folder, "needs the path MACs of every node under every cost model")
+    starts: set[int] = set()
+    for k, segment in enumerate(manifest["segments"]):
+        chain = check.array(segment.get("nodes"), f"segments[{k}].nodes")
+        if not chain or any(
+            isinstance(i, bool)
+            or not isinstance(i, int)
+            or not 0 <= i < count
+            or nodes[i]["kind"] == "leaf"
+            for i in chain
+        ):
+            raise check.fail(f"segments[{k}].nodes must name inner nodes of the tree")
+        check.integer(segment.get("outputs"), f"segments[{k}].outputs", 1, 64)
+        starts.add(chain[0])
+    needed = {
+        0,
+        *(c for j in junctions for c in nodes[j]["children"] if nodes[c]["kind"] != "leaf"),
+    }
+    if not needed <= starts:
+        raise check.fail("needs a segment starting at the root and at every inner sink")
+    costs = check.object(manifest["costs"], "costs")
+    path_macs = check.object(costs.get("path_macs", {}), "costs.path_macs")
+    for name in COST_MODELS:
+        values = path_macs.get(name)
+        if not isinstance(values, list) or len(values) != count:
+            raise _fail(folder, "needs the path MACs of every node under every cost model")
+        for index, value in enumerate(values):
+            check.integer(value, f"costs.path_macs.{name}[{index}]", 0, MAX_MACS)
+    if manifest.get("k_cpt") is not None and not (
+        _number(manifest["k_cpt"]) and 0 <= manifest["k_cpt"] <= 1
+    ):
+        raise check.fail("k_cpt must be a number in [0, 1]")
     try:
         check_policy(manifest["policy"], shape(manifest), classes)
     except DynrouteError as exc:

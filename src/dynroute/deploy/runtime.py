@@ -78,6 +78,19 @@ class _Model:
         return self.session.run(None, feed)
 
 
+def _check_signature(folder: Path, model: _Model, outputs: int) -> None:
+    """Refuse a model file whose inputs or outputs are not what the manifest says it reads
+    and writes (a segment swapped for another valid ONNX model)."""
+    wanted = [input_name(i) for i in model.reads] + ([K_FEATURE] if model.k_input else [])
+    found = [i.name for i in model.session.get_inputs()]
+    count = len(model.session.get_outputs())
+    if sorted(found) != sorted(wanted) or count != outputs:
+        raise DynrouteError(
+            f"export {folder}: {model.file} takes {found} and gives {count} outputs, but the "
+            f"manifest says {wanted} and {outputs}: it is not this export's model"
+        )
+
+
 def _onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -158,7 +171,7 @@ class ExportedModel:
         options = session_options(self.threads)
         cache: dict[str, Any] = {}
 
-        def model(entry: dict[str, Any]) -> _Model:
+        def model(entry: dict[str, Any], outputs: int = 1) -> _Model:
             file = entry["file"]
             if file not in cache:
                 try:
@@ -168,16 +181,29 @@ class ExportedModel:
                 except Exception as exc:  # onnxruntime raises its own exception types
                     message = f"export {self.folder}: cannot load {file}: {exc}"
                     raise DynrouteError(message) from None
-            return _Model(
+            model = _Model(
                 file, cache[file], tuple(entry["reads"]), bool(entry.get("k_cpt_input", False))
             )
+            _check_signature(self.folder, model, outputs)
+            return model
 
         m = self.manifest
-        self._segments = {seg["nodes"][0]: (model(seg), seg["nodes"][-1]) for seg in m["segments"]}
+        self._segments = {
+            seg["nodes"][0]: (model(seg, seg["outputs"]), seg["nodes"][-1]) for seg in m["segments"]
+        }
+        root = self._segments[0][0] if 0 in self._segments else None
+        if root is not None and root.reads:
+            declared = list(root.session.get_inputs()[0].shape[1:])
+            fixed = all(isinstance(d, int) for d in declared)
+            if fixed and declared != list(self.input_shape):
+                raise DynrouteError(
+                    f"export {self.folder}: its first model reads inputs of shape {declared}, "
+                    f"but the manifest says {list(self.input_shape)}"
+                )
         self._heads = {head["leaf"]: model(head) for head in m["heads"]}
         self._routers = {router["junction"]: model(router) for router in m["routers"]}
         dense = m.get("dense")
-        self._dense = None if not dense else (model(dense), dense)
+        self._dense = None if not dense else (model(dense, len(dense["outputs"])), dense)
         # What the first model of each node's subtree reads of its input: only those parts
         # are compacted when a batch splits.
         self._reads_at = {

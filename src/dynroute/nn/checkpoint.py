@@ -23,6 +23,7 @@ import torch
 
 from dynroute.atomic import write_atomic
 from dynroute.errors import DynrouteError
+from dynroute.gate import open_regular
 from dynroute.nn.models import build_from_spec
 from dynroute.nn.registry import validate_spec
 from dynroute.nn.tree import RoutedTree
@@ -72,17 +73,18 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """The checkpoint's raw dictionary (for resuming), read without unpickling objects."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DynrouteError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise DynrouteError(
-            f"checkpoint {path} is corrupt or holds objects other than plain data and "
-            f"tensors, which are never unpickled: {str(exc).splitlines()[0]}"
-        ) from exc
-    except Exception as exc:  # torch raises many types for damaged files
-        raise DynrouteError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
+    with open_regular(path) as handle:  # never a FIFO, a device or a sparse file
+        try:
+            payload = torch.load(handle, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise DynrouteError(
+                f"checkpoint {path} is corrupt or holds objects other than plain data and "
+                f"tensors, which are never unpickled: {str(exc).splitlines()[0]}"
+            ) from exc
+        except Exception as exc:  # torch raises many types for damaged files
+            raise DynrouteError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
     if not isinstance(payload, dict) or "format" not in payload:
         raise DynrouteError(f"{path} is not a dynroute checkpoint")
     if payload["format"] != FORMAT:

@@ -8,36 +8,39 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from dynroute.errors import DynrouteError
+from dynroute.gate import (  # noqa: F401  (re-exported: the readers' names)
+    EXPANSION_FREE_BYTES,
+    MAX_EXPANSION_RATIO,
+    MAX_IMAGE_FILE_BYTES,
+    MAX_IMAGE_PIXELS,
+    cannot_read,
+    check_regular,
+    expansion_problem,
+    file_kind,
+    open_regular,
+    os_error_text,
+    read_bytes,
+    utf8_name,
+)
 from dynroute.nn.registry import MAX_CLASSES
 
 DATA_DIR_ENV = "DYNROUTE_DATA"
 CACHE_DIR_ENV = "DYNROUTE_CACHE"
 SPLITS = ("train", "test")
 
+
 # Limits that keep memory and time bounded by the real size of the data, checked before
 # anything is allocated, read or expanded; each message names the limit and the number.
 # Classes a dataset may have: labels are 0..MAX_CLASSES-1, as many as a model may answer
 # (a label of 10^12 is a mistake, and would otherwise cost memory per label value).
-#: An image file (in a folder or a zip) larger than this is refused before it is read.
-MAX_IMAGE_FILE_BYTES = 128 << 20
-#: An image may have at most this many pixels (after a JPEG's reduced-scale decoding).
-MAX_IMAGE_PIXELS = 64 << 20
-#: A file may expand to at most this many times the bytes it takes on disk: a zip member
-#: or .gz stream its compressed size, a file its allocated blocks (a sparse file), an array
-#: the bytes that store it. Checked for what expands to more than ``EXPANSION_FREE_BYTES``.
-MAX_EXPANSION_RATIO = 100
-EXPANSION_FREE_BYTES = 16 << 20
-
-
 def user_cache_dir() -> Path:
     """Per-user cache root, following XDG so it can be moved without code changes."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -72,98 +75,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def existing_folders(data_dir: Path, subfolders: Iterable[str]) -> list[Path]:
     """The candidate folders (relative to ``data_dir``; "" is itself) that exist."""
     return [data_dir / name for name in subfolders if (data_dir / name).is_dir()]
-
-
-def os_error_text(exc: OSError) -> str:
-    """The short reason of an OSError ("Permission denied"), without errno noise."""
-    return exc.strerror or str(exc)
-
-
-def cannot_read(path: Path | str, exc: OSError) -> DynrouteError:
-    """The one message for a file that exists but cannot be read (permissions, I/O)."""
-    return DynrouteError(f"cannot read {path}: {os_error_text(exc)}")
-
-
-def utf8_name(name: str, where: Path | str) -> str:
-    """``name`` if it is valid UTF-8 (names become class names, manifests and messages);
-    else a ``DynrouteError`` showing its raw bytes."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raw = os.fsencode(name)
-        raise DynrouteError(
-            f"{where}: the name {raw!r} is not valid UTF-8; rename it (e.g. with convmv)"
-        ) from None
-    return name
-
-
-def file_kind(mode: int) -> str:
-    """What a file that is not a regular file is, in words."""
-    for test, kind in (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a folder"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def expansion_problem(expanded: int, stored: int) -> str | None:
-    """Why ``expanded`` bytes from ``stored`` bytes on disk is too much, or None."""
-    if expanded <= EXPANSION_FREE_BYTES or expanded <= MAX_EXPANSION_RATIO * stored:
-        return None
-    return (
-        f"{expanded} bytes from {stored} bytes on disk, more than {MAX_EXPANSION_RATIO} times "
-        f"(the limit, MAX_EXPANSION_RATIO)"
-    )
-
-
-def check_regular(path: Path, status: os.stat_result) -> None:
-    """Refuse a file that is not a regular file, or a sparse one, by its status alone."""
-    if not stat.S_ISREG(status.st_mode):
-        raise DynrouteError(
-            f"{path} is {file_kind(status.st_mode)}, not a regular file; it is never opened"
-        )
-    blocks = getattr(status, "st_blocks", None)
-    if blocks is not None and expansion_problem(status.st_size, blocks * 512):
-        raise DynrouteError(
-            f"{path} is a sparse file: {status.st_size} bytes long but {blocks * 512} bytes on "
-            f"disk, more than {MAX_EXPANSION_RATIO} times (the limit, MAX_EXPANSION_RATIO); "
-            "refused before reading it"
-        )
-
-
-def open_regular(path: Path) -> IO[bytes]:
-    """``path`` opened for reading if it is a regular, non-sparse file; anything else (a FIFO
-    that would block forever, a device, a socket) is refused by name without being opened."""
-    try:
-        check_regular(path, path.stat())
-        # O_NONBLOCK: should ``path`` have become a FIFO since, opening it cannot block.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC)
-    except OSError as exc:
-        raise cannot_read(path, exc) from exc
-    try:
-        check_regular(path, os.fstat(fd))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_bytes(path: Path, limit: int | None = None) -> bytes:
-    """A regular file's bytes; ``limit``: refuse a larger file (by its size) before reading."""
-    with open_regular(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if limit is not None and size > limit:
-            raise DynrouteError(f"{path} holds {size} bytes, more than the limit of {limit}")
-        try:
-            return handle.read()
-        except OSError as exc:
-            raise cannot_read(path, exc) from exc
 
 
 def md5_bytes(data: bytes) -> str:

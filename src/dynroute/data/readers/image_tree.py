@@ -233,7 +233,7 @@ def _decode_one(
                     "save the image with 8 bits per channel"
                 )
             _check_pixels(name, *image.size)
-            upright = _eight_bit(ImageOps.exif_transpose(image))
+            upright = _eight_bit(ImageOps.exif_transpose(image), name)
         else:
             image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
             _check_pixels(name, *image.size)
@@ -242,10 +242,18 @@ def _decode_one(
         return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """A 16-bit grayscale image as 8-bit grayscale (x / 257, rounded)."""
-    pixels = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.clip(np.round(pixels / 257.0), 0, 255).astype(np.uint8), "L")
+def _eight_bit(image: Image.Image, name: str = "image") -> Image.Image:
+    """A 16-bit grayscale image as 8-bit grayscale (x / 257, rounded), in integers (no
+    float64 detour: 4 bytes a pixel at most). 32-bit values beyond 16 bits are refused, not
+    clipped to white."""
+    pixels = np.asarray(image)
+    if pixels.dtype.itemsize > 2 and (pixels.max(initial=0) > 65535 or pixels.min(initial=0) < 0):
+        raise DynrouteError(
+            f"{name}: 32-bit integer pixels beyond 16 bits are not supported; save the image "
+            "with 8 or 16 bits per channel"
+        )
+    scaled = (pixels.astype(np.uint32) + 128) // 257
+    return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
 #: What decoding a file can raise besides a ``DynrouteError``: the file is not an image,

@@ -47,7 +47,7 @@ FLOAT_TOLERANCE = 1e-3
 CHANNELS = (1, 3)
 
 
-class _ArrayFile:
+class ArrayFile:
     """Named arrays of an .npz file or of a folder of .npy files, never unpickled.
 
     Each array's header (shape, dtype) is checked against the bytes that hold it before
@@ -293,17 +293,17 @@ class NpzReader:
 
     def identify(self, source: Source, allow_checksum_mismatch: bool = False) -> Provenance:
         """MD5 of every file's bytes: no official checksums exist, so the flag changes nothing."""
-        with _ArrayFile(source.path) as arrays:
+        with ArrayFile(source.path) as arrays:
             checks = tuple(FileCheck(path.name, md5_file(path), None) for path in arrays.files())
         checksum = checks[0].md5 if len(checks) == 1 else combined_checksum(checks)
         return Provenance(source, checksum, checks)
 
     def labels(self, source: Source) -> ArrayLabels:
         """Labels and class names, checked; cheap (the images are not read)."""
-        with _ArrayFile(source.path) as arrays:
+        with ArrayFile(source.path) as arrays:
             return self._labels(arrays)
 
-    def _labels(self, arrays: _ArrayFile) -> ArrayLabels:
+    def _labels(self, arrays: ArrayFile) -> ArrayLabels:
         arrays.require(*ARRAYS)
         train = _labels(arrays.get("y_train"), arrays.where("y_train"))
         test = _labels(arrays.get("y_test"), arrays.where("y_test"))
@@ -346,7 +346,7 @@ class NpzReader:
     def read(self, source: Source) -> tuple[ArrayImages, Provenance]:
         """Images and labels, checked; the provenance checksums the files just read."""
         provenance = self.identify(source)
-        with _ArrayFile(source.path) as arrays:
+        with ArrayFile(source.path) as arrays:
             labels = self._labels(arrays)
             images, layouts, shapes, dtypes = {}, {}, {}, {}
             for split, split_labels in (("train", labels.train), ("test", labels.test)):
