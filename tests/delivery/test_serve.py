@@ -5,84 +5,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import queue
-import re
-import subprocess
-import sys
-import threading
+import signal
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from dynroute.cli import main
-from helpers.delivery import CLASSES, image_folder
+from helpers.delivery import CLASSES, SIZE, Server, image_folder
 
 pytest.importorskip("onnx", reason="exporting needs the export extra")
 pytest.importorskip("onnxruntime", reason="running an export needs the deploy extra")
 
 REPO = Path(__file__).resolve().parents[2]
 NO_TORCH = "import sys; sys.modules['torch'] = None\n"
-
-
-class Server:
-    """``dynroute serve`` in a subprocess where torch cannot be imported."""
-
-    def __init__(self, export: Path, *options: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-        args = ["serve", str(export), "--port", "0", "--threads", "1", *options]
-        code = NO_TORCH + f"from dynroute.cli import main\nsys.exit(main({args!r}))\n"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.url = self._wait_for_url()
-
-    def _wait_for_url(self) -> str:
-        lines: queue.Queue = queue.Queue()
-        stdout = self.process.stdout
-        threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
-        deadline = time.monotonic() + 60
-        seen = []
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1.0)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            seen.append(line)
-            found = re.search(r"serving on (http://\S+) ", line)
-            if found:
-                return found.group(1)
-        self.stop()
-        raise AssertionError("the server did not start:\n" + "".join(seen))
-
-    def request(self, path: str, body: bytes | None = None, headers=None, method=None):
-        request = urllib.request.Request(
-            self.url + path, data=body, headers=headers or {}, method=method
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def test_serve_answers_like_predict_batches_and_refuses_bad_requests(
@@ -127,3 +65,67 @@ def test_serve_answers_like_predict_batches_and_refuses_bad_requests(
 
 
 # ---------------------------------------------------------------------- a trained run
+
+
+def test_the_server_reports_metrics_model_and_readiness_and_serves_arrays(
+    export: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    server = Server(export, "--batch-size", "8")
+    try:
+        assert server.request("/livez") == (200, {"status": "alive"})
+        assert server.request("/readyz") == (200, {"ready": True})
+        status, model = server.request("/model")
+        assert status == 200 and model["policy"]["name"] == "confidence"
+        assert model["guarantee"] is None and model["classes"] == list(CLASSES)
+        folder = image_folder(tmp_path)
+        status, row = server.request("/predict?name=a.png&top=2", (folder / "a.png").read_bytes())
+        assert status == 200 and [t["class"] for t in row["top"]][0] == row["class"]
+        assert len(row["top"]) == 2 and row["top"][0]["score"] >= row["top"][1]["score"]
+        buffer = io.BytesIO()
+        np.save(buffer, np.random.default_rng(0).random((5, 3, SIZE, SIZE)).astype(np.float32))
+        headers = {"Content-Type": "application/x-npy"}
+        status, rows = server.request("/predict?name=batch", buffer.getvalue(), headers=headers)
+        assert status == 200 and [r["file"] for r in rows] == [f"batch[{i}]" for i in range(5)]
+        status, error = server.request("/predict", b"\x93NUMPY garbage", headers=headers)
+        assert status == 400 and ".npy" in error["error"]
+        status, text = server.request("/metrics")
+        assert status == 200
+        assert 'dynroute_requests_total{path="/predict",status="200"} 2' in text
+        assert "dynroute_request_seconds_bucket" in text and "dynroute_exits_total" in text
+        assert "dynroute_images_total 6" in text
+    finally:
+        server.stop()
+
+
+def test_accepted_connections_never_wait_for_nagle() -> None:
+    """The listening socket is a TCP socket (IPPROTO_TCP) with TCP_NODELAY, which every
+    accepted connection inherits: a kept-alive answer goes out at once."""
+    import socket
+
+    from dynroute.delivery.serve import listening_socket
+
+    listener = listening_socket("127.0.0.1", 0)
+    try:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert listener.proto == socket.IPPROTO_TCP
+        accepted.close()
+        client.close()
+    finally:
+        listener.close()
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(export: Path, tmp_path: Path) -> None:
+    server = Server(export, "--max-wait-ms", "1500", "--batch-size", "64")
+    folder = image_folder(tmp_path)
+    body = (folder / "a.png").read_bytes()
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(server.request, "/predict", body) for _ in range(4)]
+        time.sleep(0.5)  # the requests are in flight, waiting for their batch
+        server.process.send_signal(signal.SIGTERM)
+        answers = [p.result() for p in pending]
+    assert all(status == 200 for status, _ in answers)
+    assert server.process.wait(30) == 0

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+NO_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 SIZE = 16
 CLASSES = ("red", "green", "blue")
@@ -63,3 +76,77 @@ def make_export(folder: Path) -> Path:
         preprocessing=preprocessing(None, SIZE),
     )
     return folder
+
+
+class Server:
+    """``dynroute serve`` in a subprocess where torch cannot be imported."""
+
+    def __init__(self, export: Path, *options: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        args = ["serve", str(export), "--port", "0", "--threads", "1", *options]
+        code = NO_TORCH + f"from dynroute.cli import main\nsys.exit(main({args!r}))\n"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self) -> str:
+        lines: queue.Queue = queue.Queue()
+        stdout = self.process.stdout
+        self.lines: list[str] = []
+
+        def pump() -> None:
+            for line in stdout:
+                self.lines.append(line)
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + 60
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            seen.append(line)
+            found = re.search(r"serving on (http://\S+) ", line)
+            if found:
+                return found.group(1)
+        self.stop()
+        raise AssertionError("the server did not start:\n" + "".join(seen))
+
+    def request(self, path: str, body: bytes | None = None, headers=None, method=None):
+        request = urllib.request.Request(
+            self.url + path, data=body, headers=headers or {}, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                data = response.read()
+                kind = response.headers.get("content-type", "")
+                return response.status, json.loads(data) if "json" in kind else data.decode()
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def log(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        time.sleep(0.2)
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -122,6 +122,14 @@ def megabytes(text: str) -> int:
     return int(value * (1 << 20))
 
 
+def seconds(text: str) -> float:
+    """A duration in seconds: a positive, finite number."""
+    value = finite_number(text)
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be in (0, 86400] seconds, got {text}")
+    return value
+
+
 def finite_number(text: str) -> float:
     """A finite float (``nan`` and ``inf`` are refused by every command alike)."""
     return _checked(text, lambda value: checks.finite(value, "value"))

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -251,27 +252,67 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dynroute.delivery.serve import create_app, serve
+    from dynroute.delivery.serve import Limits, create_app, serve
+    from dynroute.errors import Interrupted
 
-    predictor = _open(args)
-    app = create_app(
-        predictor,
-        batch_size=args.batch_size,
-        max_wait_ms=args.max_wait_ms,
+    if args.hold and args.target_macs is None:
+        raise DynrouteError("--hold keeps a budget: give it with --target-macs")
+    limits = Limits(
         max_bytes=args.max_bytes,
         max_pixels=args.max_pixels,
+        decode_budget=args.decode_budget,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        request_timeout=args.request_timeout,
+        idle_timeout=args.idle_timeout,
+        shutdown_timeout=args.shutdown_timeout,
     )
+    described: list[str] = []
+
+    def make_app() -> Any:
+        predictor = _open(args)
+        hold = None
+        if args.hold:
+            from dynroute.deploy.budget import BudgetHold
+
+            if predictor.kind != "export":
+                raise DynrouteError("--hold runs an export (it moves among its operating points)")
+            hold = BudgetHold(predictor.model, args.target_macs * 1e6)
+            predictor.backend = hold.predict
+            predictor.how += "; held to the budget online (--hold)"
+        described.append(predictor.describe())
+        return create_app(
+            predictor,
+            batch_size=args.batch_size,
+            max_wait_ms=args.max_wait_ms,
+            limits=limits,
+            access_log=args.access_log,
+            hold=hold,
+        )
+
+    if args.workers <= 1:  # open the model now: a bad option fails before listening
+        app = make_app()
+        factory = lambda: app  # noqa: E731
+    else:
+        factory = make_app
 
     def ready(host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
-        print(f"dynroute: {predictor.describe()}", flush=True)
+        if described:
+            print(f"dynroute: {described[0]}", flush=True)
         print(
-            f"dynroute: serving on http://{shown}:{port} (POST /predict with an image as the "
-            "body, GET /health); Ctrl-C stops",
+            f"dynroute: serving on http://{shown}:{port} with {args.workers} worker(s) (POST "
+            "/predict with an image as the body; GET /model, /health, /metrics); Ctrl-C or "
+            "SIGTERM stops after in-flight requests",
             flush=True,
         )
 
-    serve(app, args.host, args.port, on_ready=ready)
+    try:
+        serve(factory, args.host, args.port, workers=args.workers, limits=limits, on_ready=ready)
+    except Interrupted as exc:  # SIGTERM after a graceful drain is a normal stop
+        if exc.signum != signal.SIGTERM:
+            raise
+    print("dynroute: stopped", flush=True)
     return 0
 
 
@@ -284,6 +325,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         batch_size,
         megabytes,
         positive_int,
+        seconds,
     )
 
     predict = sub.add_parser(
@@ -357,6 +399,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-pixels", type=positive_int, default=40_000_000, help="largest image accepted"
     )
+    serve.add_argument(
+        "--workers", type=positive_int, default=1, help="server processes (one per core: the "
+        "model is loaded in each; default 1)"
+    )  # fmt: skip
+    serve.add_argument(
+        "--hold", action="store_true", help="keep --target-macs on drifting inputs: move "
+        "among the export's operating points to hold the mean MACs of the last images"
+    )  # fmt: skip
+    serve.add_argument("--access-log", action="store_true", help="one line per request")
+    serve.add_argument(
+        "--decode-budget-mb", dest="decode_budget", type=megabytes, default=512 << 20,
+        metavar="MB", help="decoded pixels held at once, across requests (default 512)",
+    )  # fmt: skip
+    serve.add_argument("--max-connections", type=positive_int, default=256)
+    serve.add_argument(
+        "--header-timeout", type=seconds, default=10.0, help="seconds a connection has to send "
+        "a request head (default 10)"
+    )  # fmt: skip
+    serve.add_argument(
+        "--request-timeout", type=seconds, default=30.0, help="seconds for a request's body "
+        "and answer (default 30)"
+    )  # fmt: skip
+    serve.add_argument(
+        "--idle-timeout", type=seconds, default=5.0, help="seconds a kept-alive connection may "
+        "idle (default 5)"
+    )  # fmt: skip
+    serve.add_argument(
+        "--shutdown-timeout", type=seconds, default=10.0, help="seconds in-flight requests get "
+        "on SIGTERM (default 10)"
+    )  # fmt: skip
     add_operating_point_arguments(serve, "the run's calibration, or the export's")
     add_threads_argument(serve)
     add_data_dir_argument(serve)

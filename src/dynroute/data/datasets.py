@@ -453,7 +453,20 @@ def validation_positions(labels: np.ndarray, size: int, seed: int) -> np.ndarray
             f"validation size {size} must be between 0 and {len(labels) - 1} "
             f"(the training set has {len(labels)} examples)"
         )
-    return stratified_positions(labels, size, np.random.default_rng([seed, VALIDATION_STREAM]))
+    held = stratified_positions(labels, size, np.random.default_rng([seed, VALIDATION_STREAM]))
+    kept = np.ones(len(labels), dtype=bool)
+    kept[held] = False
+    missing = sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[kept]).tolist()))
+    if missing:
+        import sys
+
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        print(
+            f"dynroute: warning: holding out {size} of {len(labels)} training examples leaves "
+            f"no training example of class(es) {shown}; hold out fewer",
+            file=sys.stderr,
+        )
+    return held
 
 
 def new_image_array(folder: Path, split: str, count: int, size: int) -> np.ndarray:

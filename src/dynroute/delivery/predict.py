@@ -49,6 +49,8 @@ class Predictor:
     backend: Any = field(repr=False)
     #: The guarantee the operating point was certified with (``calibrate --delta``), if any.
     guarantee: dict[str, Any] | None = None
+    #: The ``ExportedModel`` behind an export's predictor (None for a run).
+    model: Any = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int | None:
@@ -183,6 +185,7 @@ def _export_predictor(path: Path, model: Any, how: str) -> Predictor:
         model.k_cpt,
         how,
         backend,
+        model=model,
     )
 
 

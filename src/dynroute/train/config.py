@@ -469,7 +469,7 @@ def _check_field(f: Field, value: Any) -> None:
             if not numeric or (meta["integer"] and not float(item).is_integer()):
                 kind = "an integer" if meta["integer"] else "a number"
                 raise DynrouteError(f"{flag} must be {kind}, got {item!r}")
-            if not bounds.contains(float(item)):
+            if not bounds.contains(item):  # an int stays exact (2**63 - 1 is no float)
                 raise DynrouteError(
                     f"{flag} must be {bounds.describe(meta['integer'])}, got {item!r}"
                 )
