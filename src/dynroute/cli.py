@@ -22,6 +22,17 @@ from dynroute import __version__
 from dynroute.atomic import os_reason
 from dynroute.errors import DynrouteError, Interrupted, stop_signals
 
+#: Optional packages -> the extra that installs them (``pyproject.toml``).
+MISSING_EXTRAS = {
+    "torch": "torch",
+    "matplotlib": "torch",
+    "onnx": "export",
+    "onnxruntime": "deploy",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "ray": "ray",
+}
+
 COMMAND_MODULES = ["data", "model", "train", "evaluate", "policies", "deploy", "experiments"]
 
 
@@ -90,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `dynroute ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except ModuleNotFoundError as exc:  # an optional dependency this command needs
+        extra = MISSING_EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"dynroute: error: `dynroute {args.command}` needs {exc.name}, which is not "
+            f"installed: pip install 'dynroute[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     except MemoryError as exc:
         print(
             f"dynroute: error: out of memory{f' ({exc})' if str(exc) else ''}: the data or the "

@@ -280,6 +280,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             hold = BudgetHold(predictor.model, args.target_macs * 1e6)
             predictor.backend = hold.predict
             predictor.how += "; held to the budget online (--hold)"
+        if args.dense:
+            if predictor.kind != "export" or not predictor.model.has_dense:
+                raise DynrouteError("--dense serves an export's dense.onnx: export with --dense")
+            predictor.backend = predictor.model.predict_dense
+            predictor.how += "; every exit on every image (dense.onnx)"
         described.append(predictor.describe())
         return create_app(
             predictor,
@@ -408,6 +413,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "among the export's operating points to hold the mean MACs of the last images"
     )  # fmt: skip
     serve.add_argument("--access-log", action="store_true", help="one line per request")
+    serve.add_argument(
+        "--dense", action="store_true", help="run the export's single graph (dense.onnx: every "
+        "exit on every image) instead of early exit: the baseline routing is timed against"
+    )  # fmt: skip
     serve.add_argument(
         "--decode-budget-mb", dest="decode_budget", type=megabytes, default=512 << 20,
         metavar="MB", help="decoded pixels held at once, across requests (default 512)",

@@ -110,6 +110,8 @@ def open_predictor(
     path = Path(path)
     if is_export(path):
         return _open_export(path, policy, threshold, target_macs, k_cpt, threads, answers)
+    if not path.exists():
+        raise DynrouteError(f"no such export folder or run directory: {path}")
     from dynroute.policies.resolve import resolve_operating_point
     from dynroute.runs import open_run
 

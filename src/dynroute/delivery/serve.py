@@ -273,6 +273,8 @@ class Batcher:
         self.batches = 0
         self.task: asyncio.Task | None = None
         self.on_prediction: Callable[[Any], None] = lambda prediction: None
+        #: Requests being read or decoded: worth waiting for (nothing else is).
+        self.arriving = 0
 
     async def submit(self, images: np.ndarray) -> tuple[Any, int]:
         """(prediction, first row) of ``images`` (N, 3, size, size), once their batch ran."""
@@ -294,7 +296,7 @@ class Batcher:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
                     left = deadline - loop.time()
-                    if left <= 0:
+                    if left <= 0 or not self.arriving:  # nobody else is on the way: run now
                         break
                     try:
                         item = await asyncio.wait_for(self.queue.get(), left)
@@ -421,7 +423,11 @@ def create_app(
                 k = 0 if top is None else int(top) if top.isdigit() else -1
                 if not 0 <= k <= len(predictor.class_names):
                     raise ClientError(400, f"`top` must be 0..{len(predictor.class_names)}")
-                images, names, single = await images_of(request, body, name)
+                batcher.arriving += 1
+                try:
+                    images, names, single = await images_of(request, body, name)
+                finally:
+                    batcher.arriving -= 1
                 prediction, row = await batcher.submit(images)
             part = type(prediction)(
                 prediction.logits[row : row + len(names)],
