@@ -18,7 +18,7 @@ from dynroute.deploy import load
 from dynroute.errors import DynrouteError
 from dynroute.nn.prediction import predict_dense
 from dynroute.policy import Policy
-from helpers.delivery import image_folder
+from helpers.delivery import SIZE, coloured, image_folder
 
 pytest.importorskip("onnx", reason="exporting needs the export extra")
 pytest.importorskip("onnxruntime", reason="running an export needs the deploy extra")
@@ -159,3 +159,39 @@ def test_a_guarantee_travels_from_calibrate_into_the_export(
     (folder / CHECKSUM_FILE).write_text(checksum_lines(folder, names))
     with pytest.raises(DynrouteError, match="its guarantee: it certifies another policy"):
         load(folder)
+
+
+@pytest.mark.slow
+def test_the_export_options_that_used_to_fail(
+    trained: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """An ensemble chosen for a budget (a per-exit rule among them) exports; the learned
+    routers' export says it carries one operating point."""
+    for target in ("1.2", "1.5", "3"):
+        out = tmp_path / f"ensemble-{target}"
+        assert main(["export", str(trained["plain"]), "--out", str(out), "--policy", "ensemble",
+                     "--target-macs", target, "--check", "0"]) == 0  # fmt: skip
+        assert "operating points measured" in capsys.readouterr().out
+    out = tmp_path / "learned"
+    assert main(["export", str(trained["plain"]), "--out", str(out), "--check", "0"]) == 0
+    assert "one operating point only" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_dynamic_k_cpt_run_exports_without_a_k_cpt(tmp_path: Path, capsys) -> None:
+    x_train, y_train = coloured(120, 0)
+    x_test, y_test = coloured(30, 1)
+    npz = tmp_path / "colours.npz"
+    np.savez(npz, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    run = tmp_path / "dynamic"
+    assert main(["train", "--dataset", f"npz:{npz}", "--image-size", str(SIZE), "--iterations",
+                 "4", "--batch-size", "16", "--dynamic-k-cpt", "--validation-size", "30",
+                 "--threads", "1", "--no-progress", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    for extra in ([], ["--no-operating-points"]):
+        out = tmp_path / f"export{len(extra)}"
+        assert main(["export", str(run), "--out", str(out), *extra]) == 0
+        printed = capsys.readouterr()
+        assert "Traceback" not in printed.err and "callers must pass" in printed.out
+    assert main(["export", str(run), "--out", str(tmp_path / "k"), "--k-cpt", "4e-9"]) == 0
+    assert "exits as PyTorch's dense reference" in capsys.readouterr().out

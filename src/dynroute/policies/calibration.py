@@ -70,6 +70,13 @@ class Candidate:
     table: ExitTable | None = field(default=None, repr=False)
 
 
+def dense_k_cpt(tree: RoutedTree, k_cpt: float | None) -> float | None:
+    """The k_cpt input of a dense pass: the one given; for a dynamic-k_cpt net without one,
+    0 (the exits' answers do not depend on it; the routers are run per k_cpt where they
+    decide)."""
+    return 0.0 if k_cpt is None and tree.dynamic_k_cpt else k_cpt
+
+
 def families(name: str, answers: str | None = None) -> list[tuple[str, str]]:
     """The (rule, answers) families a policy name stands for. ``best``: every deployable
     rule on every kind of answer; an alias (``ensemble``) its rules and answers; a rule its
@@ -346,7 +353,7 @@ def run_candidates(
         run.check_classes(tree, class_names, run.dataset_name())
         trees.append(tree)
         images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
-        outputs = dense_outputs(tree, images_t, labels_t, k_cpt)
+        outputs = dense_outputs(tree, images_t, labels_t, dense_k_cpt(tree, k_cpt))
         points += candidates(index, tree, outputs, wanted, k_cpt, images_t)
     return points, trees
 
@@ -476,7 +483,7 @@ def _guaranteed(
     images, labels, class_names = run.split(split, data_dir, None, allow_checksum_mismatch)
     run.check_classes(tree, class_names, run.dataset_name())
     images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
-    outputs = dense_outputs(tree, images_t, labels_t, k_cpt)
+    outputs = dense_outputs(tree, images_t, labels_t, dense_k_cpt(tree, k_cpt))
     chosen, guarantee = guaranteed_choice(
         0, tree, outputs, wanted, target, level, delta, k_cpt, images_t
     )

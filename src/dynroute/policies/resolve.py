@@ -18,7 +18,14 @@ import torch
 from dynroute import checks
 from dynroute.errors import DynrouteError
 from dynroute.nn.prediction import as_tensor
-from dynroute.policies.calibration import BEST, Candidate, candidates, choose, families
+from dynroute.policies.calibration import (
+    BEST,
+    Candidate,
+    candidates,
+    choose,
+    dense_k_cpt,
+    families,
+)
 from dynroute.policies.exit_table import dense_outputs
 from dynroute.policy import POLICY_NAMES, Policy, override_policy
 from dynroute.runs import Run
@@ -101,7 +108,7 @@ def _measure(
     run.check_routed(tree, "choosing an operating point")
     images, labels, _ = run.split("validation", data_dir, None, allow_checksum_mismatch)
     images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
-    outputs = dense_outputs(tree, images_t, labels_t, k_cpt)
+    outputs = dense_outputs(tree, images_t, labels_t, dense_k_cpt(tree, k_cpt))
     return candidates(0, tree, outputs, wanted, k_cpt, images_t, fitted)
 
 
