@@ -1,15 +1,23 @@
 """HTTP serving under load: images/s, latency, CPU per request and memory, on loopback.
 
-Starts ``dynroute serve`` once per configuration (a routed export; a second export, e.g. a
-static net of equal accuracy; the routed export's single graph, ``--dense``: every exit
-on every image, behind the same HTTP front) and drives it with a bounded load generator:
-``concurrency`` clients, each on one kept-alive connection, sending the same set of
-encoded images in turn. Reports, per configuration and concurrency: images/s, p50 and p99
-latency, the server's CPU seconds per request (from /proc) and its resident memory. The
-client runs on the same machine, so numbers are for comparing configurations here.
+Exports a run at its operating point, and the static net of the same test accuracy
+(``deployed.export_pair``), then starts ``dynroute serve`` once per configuration:
 
-    python benchmarks/bench_serve.py ROUTED_EXPORT [--baseline EXPORT] [--dense]
-        [--images FOLDER] [--concurrency 1,8,32,64] [--requests 400] [--json FILE]
+- *routed*: the export, with real early exit;
+- *static*: the static net of equal accuracy;
+- *single graph*: the routed export's ``dense.onnx`` (``serve --dense``: every exit on
+  every image, one onnxruntime graph) behind the same HTTP front;
+
+and drives each with a bounded load generator: ``concurrency`` clients, each on one
+kept-alive connection, sending PNGs of the run's test images in turn. Reports, per
+configuration and concurrency: images/s, p50 and p99 latency, the server's CPU
+milliseconds per request (from /proc) and its resident memory; ``GET /health`` p50 on a
+kept-alive connection. For reference, the same models in process at the server's batch
+size: the routed/static speed-up HTTP should keep. The client runs on the same machine, so
+the numbers compare configurations here.
+
+    python benchmarks/bench_serve.py RUN [--static-results results/cpu/hybrid-static]
+        [--static NAME] [--concurrency 1,8,32,64] [--requests 800] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,33 +29,15 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
+from deployed import export_pair, png_bytes, test_sample, throughput
 from timing import save_results
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _images(folder: str | None, count: int = 64) -> list[bytes]:
-    """Encoded images to send: a folder's files, or random PNGs."""
-    if folder:
-        files = sorted(p for p in Path(folder).rglob("*") if p.is_file())[:count]
-        return [p.read_bytes() for p in files]
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 class Server:
@@ -152,43 +142,93 @@ def health_p50(server: Server, count: int = 200) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("export", help="the routed export")
-    parser.add_argument("--baseline", default=None, help="another export (e.g. a static net)")
-    parser.add_argument("--dense", action="store_true", help="also the routed export's dense.onnx")
-    parser.add_argument("--images", default=None, help="a folder of images to send")
+    parser.add_argument("run", help="run directory (calibrated, or learned routers)")
+    parser.add_argument("--static-results", default="results/cpu/hybrid-static", type=Path)
+    parser.add_argument("--static", default=None, help="static model name (skip the choice)")
     parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--batch-size", default="32")
+    parser.add_argument("--requests", type=int, default=800, help="per concurrency")
+    parser.add_argument("--batch-size", type=int, default=32, help="the servers' largest batch")
+    parser.add_argument("--rounds", type=int, default=5, help="in-process rounds")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    bodies = _images(args.images)
-    configurations = [("routed", args.export, [])]
-    if args.baseline:
-        configurations.append(("baseline", args.baseline, []))
-    if args.dense:
-        configurations.append(("single graph", args.export, ["--dense"]))
-    rows = []
-    for name, export, options in configurations:
-        server = Server(export, "--batch-size", args.batch_size, *options)
-        try:
-            drive(server, bodies, 4, 40)  # warm up
-            health = health_p50(server)
-            for concurrency in (int(c) for c in args.concurrency.split(",")):
-                row = {"server": name, "health_p50_ms": health,
-                       **drive(server, bodies, concurrency, args.requests)}  # fmt: skip
-                rows.append(row)
-                print(
-                    f"{name:<13} c={concurrency:<3} {row['images_per_s']:7.1f} img/s  "
-                    f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
-                    f"cpu {row['server_cpu_ms_per_request']:5.2f} ms/req  "
-                    f"rss {row['server_rss_mb']:6.1f} MB  /health p50 {health:.2f} ms",
-                    flush=True,
-                )
-        finally:
-            server.stop()
-    from dynroute.devices import machine_description
+    from dynroute.devices import configure_cpu, machine_description
 
-    save_results({"machine": machine_description(), "rows": rows}, args.json)
+    configure_cpu(1)
+    x, _ = test_sample(args.run)
+    bodies = [png_bytes(image) for image in x[:256]]
+    with tempfile.TemporaryDirectory() as temporary:
+        pair = export_pair(args.run, Path(temporary), args.static_results, args.static)
+        routed, static = pair["routed"], pair["static"]
+        macs = {
+            "routed": float(routed.predict(x).macs.mean()),
+            "static": float(static.path_macs()["exit"]),
+            "single graph": float(pair["manifest"]["dense"]["macs"]),
+        }
+        seconds = throughput(
+            {"routed": routed.predict, "static": static.predict,
+             "single graph": routed.predict_dense},
+            x, args.rounds, args.batch_size,
+        )  # fmt: skip
+        in_process = {
+            name: statistics.median(len(x) / s for s in times) for name, times in seconds.items()
+        }
+        print(
+            f"{args.run}: {pair['how']}, test accuracy {pair['test_accuracy']:.4f} at "
+            f"{macs['routed'] / 1e6:.2f} M MACs; static: {pair['static_name']} at "
+            f"{macs['static'] / 1e6:.2f} M; in process, batch {args.batch_size}: "
+            + ", ".join(f"{k} {v:.0f} img/s" for k, v in in_process.items()),
+            flush=True,
+        )
+        configurations = [
+            ("routed", pair["routed_dir"], []),
+            ("static", pair["static_dir"], []),
+            ("single graph", pair["routed_dir"], ["--dense"]),
+        ]
+        rows = []
+        for name, export, options in configurations:
+            server = Server(str(export), "--batch-size", str(args.batch_size), *options)
+            try:
+                drive(server, bodies, 4, 40)  # warm up
+                health = health_p50(server)
+                for concurrency in (int(c) for c in args.concurrency.split(",")):
+                    row = {"server": name, "macs": macs[name], "health_p50_ms": health,
+                           **drive(server, bodies, concurrency, args.requests)}  # fmt: skip
+                    rows.append(row)
+                    print(
+                        f"{name:<13} c={concurrency:<3} {row['images_per_s']:7.1f} img/s  "
+                        f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
+                        f"cpu {row['server_cpu_ms_per_request']:5.2f} ms/req  "
+                        f"rss {row['server_rss_mb']:6.1f} MB  /health p50 {health:.2f} ms",
+                        flush=True,
+                    )
+            finally:
+                server.stop()
+    rate = {(r["server"], r["concurrency"]): r["images_per_s"] for r in rows}
+    kept = {}
+    in_process_speedup = in_process["routed"] / in_process["static"]
+    for concurrency in sorted({r["concurrency"] for r in rows}):
+        over_http = rate[("routed", concurrency)] / rate[("static", concurrency)]
+        kept[concurrency] = over_http / in_process_speedup
+        print(
+            f"c={concurrency}: routed/static over HTTP {over_http:.2f}x; in process "
+            f"{in_process_speedup:.2f}x (batch {args.batch_size}): {kept[concurrency]:.2f} of it"
+        )
+    save_results(
+        {
+            "machine": machine_description(),
+            "run": str(args.run),
+            "operating_point": pair["how"],
+            "test_accuracy": pair["test_accuracy"],
+            "static": pair["static_name"],
+            "macs": macs,
+            "batch_size": args.batch_size,
+            "in_process_images_per_s": in_process,
+            "in_process_speedup": in_process_speedup,
+            "http_share_of_in_process_speedup": kept,
+            "rows": rows,
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -544,3 +544,19 @@ def test_policy_claims_read_the_equal_footing_tables(tmp_path) -> None:
     text = (root / SCALE / "report.md").read_text()
     assert "## Policy tables (equal footing)" in text and "| budget | best baseline |" in text
     assert "**hybrid-multi-exit/multi-exit**" in text
+
+
+def test_the_gap_claim_takes_the_median_share(tmp_path, monkeypatch) -> None:
+    # A cell whose baseline nearly meets the oracle gives a share of any size (here -500 %):
+    # the claim reads the median, so one such cell neither sinks nor lifts it.
+    from dynroute.experiments import claims as claims_module
+
+    checker = claims_module.ClaimChecker({})
+    monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [-5.0, 0.3, 0.4])
+    claim = checker.gap_closed()
+    assert claim.verdict == SUPPORTED, claim.evidence
+    assert "median share 30.0 % over 3 distinct cells" in claim.evidence
+    monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [9.0, 0.1, 0.2])
+    assert checker.gap_closed().verdict == NOT_SUPPORTED
+    monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [])
+    assert checker.gap_closed().verdict == NOT_RUN

@@ -757,17 +757,19 @@ class ClaimChecker:
     def gap_closed(self) -> Claim:
         claim = (
             "the learned decision closes at least a quarter of the baseline-to-oracle MAC gap "
-            "(test envelopes of both and of the oracle on the same answers)"
+            "(test envelopes of both and of the oracle on the same answers; the median over "
+            "cells, since a cell whose gap is nearly zero gives a share of any size)"
         )
         shares = policy_claims.gap_shares(self._tables())
         if not shares:
             return Claim(claim, NOT_RUN, "no gap measured")
-        mean = float(np.mean(shares))
+        median = float(np.median(shares))
         return Claim(
             claim,
-            SUPPORTED if mean >= policy_claims.GAP_GOAL else NOT_SUPPORTED,
-            f"mean share {100 * mean:.1f} % over {len(shares)} distinct cells "
-            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs a mean of 25 % or more",
+            SUPPORTED if median >= policy_claims.GAP_GOAL else NOT_SUPPORTED,
+            f"median share {100 * median:.1f} % over {len(shares)} distinct cells "
+            f"({100 * min(shares):.0f} to {100 * max(shares):.0f} %); needs a median of 25 % "
+            "or more",
         )
 
     def budgets_met(self) -> Claim:

@@ -36,7 +36,7 @@ from dynroute.policies.exit_table import (
 )
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
 from dynroute.policies.guarantees import PathPoint, certify, order_path
-from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
+from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler, scheduler_family
 from dynroute.policies.statistics import mcnemar
 from dynroute.policies.table import default_budgets, policy_families
 from dynroute.runs import Run, open_run
@@ -57,19 +57,13 @@ def _outputs(run: Run, split: str, data_dir: Any, limit: int | None = None) -> D
 
 
 def _chosen_on_test(
-    validation: ExitTable,
-    test: ExitTable,
-    policy_template: Any,
-    measures: np.ndarray,
-    budget: float,
+    validation: ExitTable, test: ExitTable, scheduler: Any, measures: np.ndarray, budget: float
 ) -> tuple[dict[str, float], np.ndarray] | None:
-    """The scheduler family (prices at the quantiles of ``measures`` on validation) at the
-    member most accurate on validation within ``budget``; its test point and correctness."""
-    crossed = validation.with_measures(policy_template, measures)
-    members = []
-    for policy, exits in threshold_family(crossed, policy_template):
-        point = crossed.point(exits, policy)
-        members.append(_Member(point["mean_macs"], point["accuracy"], policy))
+    """The scheduler's member most accurate on validation (its cross-fitted ``measures``)
+    within ``budget``, deployed at the price that spends as much
+    (``dynroute.policies.scheduler.scheduler_family``); its test point and correctness."""
+    pairs = scheduler_family(validation, scheduler, measures=measures)
+    members = [_Member(point["mean_macs"], point["accuracy"], policy) for policy, point in pairs]
     chosen = selection.within_budget(members, budget)
     if chosen is None:
         return None

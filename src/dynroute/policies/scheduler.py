@@ -171,7 +171,10 @@ def cross_fitted_measures(
 
 
 def scheduler_family(
-    table: ExitTable, scheduler: Policy, count: int | None = None
+    table: ExitTable,
+    scheduler: Policy,
+    count: int | None = None,
+    measures: np.ndarray | None = None,
 ) -> list[tuple[Policy, dict[str, float]]]:
     """The scheduler's operating points on ``table`` (the split it was fitted on), as
     (deployable policy, point) pairs: each point is measured with cross-fitted models
@@ -179,11 +182,14 @@ def scheduler_family(
     stands for the models fitted on the whole split at the price that spends at most as
     much there. Choosing a point by its cross-fitted accuracy does not reward the models'
     fit to the split; its deployed price spends what the point promises, so a budget
-    chosen on validation lands on new data."""
+    chosen on validation lands on new data. ``measures``: the cross-fitted measures, if
+    the models were fitted on more than ``table`` (``cross_fitted_measures(extra=...)``)."""
     from dynroute.policies.fitting import THRESHOLD_QUANTILES, threshold_family
 
     count = count or THRESHOLD_QUANTILES
-    crossed = table.with_measures(scheduler, cross_fitted_measures(table))
+    if measures is None:
+        measures = cross_fitted_measures(table)
+    crossed = table.with_measures(scheduler, measures)
     held_out = [(p, crossed.point(e, p)) for p, e in threshold_family(crossed, scheduler, count)]
     in_sample = sorted(
         ((p, table.point(e, p)) for p, e in threshold_family(table, scheduler, count)),
