@@ -9,21 +9,24 @@ Exports a run at its operating point, and the static net of the same test accura
   every image, one onnxruntime graph) behind the same HTTP front;
 
 and drives each with a bounded load generator: ``concurrency`` clients, each on one
-kept-alive connection, sending PNGs of the run's test images in turn. Reports, per
-configuration and concurrency: images/s, p50 and p99 latency, the server's CPU
-milliseconds per request (from /proc) and its resident memory; ``GET /health`` p50 on a
-kept-alive connection. For reference, the same models in process at the server's batch
-size: the routed/static speed-up HTTP should keep. The client runs on the same machine, so
-the numbers compare configurations here.
+kept-alive connection, sending PNGs of the run's test images in turn (or, with
+``--images-per-request N``, ``.npy`` arrays of N images: no decoding, and the HTTP cost
+shared by N images). Reports, per configuration and concurrency: images/s, p50 and p99
+latency, the server's CPU milliseconds per image (from /proc) and its resident memory;
+``GET /health`` p50 on a kept-alive connection. For reference, the same models in process
+at the server's batch size: the routed/static speed-up HTTP should keep. The client runs on
+the same machine, so the numbers compare configurations here.
 
     python benchmarks/bench_serve.py RUN [--static-results results/cpu/hybrid-static]
-        [--static NAME] [--concurrency 1,8,32,64] [--requests 800] [--json FILE]
+        [--static NAME] [--concurrency 1,8,32,64] [--requests 800]
+        [--images-per-request N] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import re
 import statistics
@@ -33,6 +36,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 from deployed import export_pair, png_bytes, test_sample, throughput
 from timing import save_results
@@ -74,14 +79,23 @@ class Server:
         self.process.wait(30)
 
 
-async def _client(port: int, bodies: list[bytes], count: int, latencies: list[float]) -> None:
+def npy_bytes(images: np.ndarray) -> bytes:
+    """(N, 3, size, size) floats as an ``.npy`` body: the server's no-decoding path."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(images, dtype=np.float32))
+    return buffer.getvalue()
+
+
+async def _client(
+    port: int, bodies: list[bytes], kind: str, count: int, latencies: list[float]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for k in range(count):
             body = bodies[k % len(bodies)]
             head = (
                 f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-                "Content-Type: image/png\r\n\r\n"
+                f"Content-Type: {kind}\r\n\r\n"
             )
             started = time.perf_counter()
             writer.write(head.encode() + body)
@@ -99,13 +113,17 @@ async def _client(port: int, bodies: list[bytes], count: int, latencies: list[fl
         writer.close()
 
 
-def drive(server: Server, bodies: list[bytes], concurrency: int, requests: int) -> dict:
+def drive(
+    server: Server, bodies: list[bytes], concurrency: int, requests: int, images: int = 1
+) -> dict:
+    """``requests`` requests from ``concurrency`` clients; ``images`` per body (1: PNG)."""
     latencies: list[float] = []
     per_client = max(1, requests // concurrency)
+    kind = "image/png" if images == 1 else "application/x-npy"
 
     async def main() -> None:
         await asyncio.gather(
-            *(_client(server.port, bodies, per_client, latencies) for _ in range(concurrency))
+            *(_client(server.port, bodies, kind, per_client, latencies) for _ in range(concurrency))
         )
 
     cpu = server.cpu_seconds()
@@ -117,10 +135,12 @@ def drive(server: Server, bodies: list[bytes], concurrency: int, requests: int) 
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
-        "images_per_s": len(latencies) / wall,
+        "images_per_request": images,
+        "images_per_s": images * len(latencies) / wall,
         "p50_ms": 1000 * statistics.median(ordered),
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "server_cpu_ms_per_request": 1000 * cpu / len(latencies),
+        "server_cpu_ms_per_image": 1000 * cpu / (images * len(latencies)),
         "server_rss_mb": server.rss_mb(),
     }
 
@@ -148,6 +168,10 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--requests", type=int, default=800, help="per concurrency")
     parser.add_argument("--batch-size", type=int, default=32, help="the servers' largest batch")
+    parser.add_argument(
+        "--images-per-request", type=int, default=1,
+        help="1: one PNG per request (decoded); N > 1: .npy arrays of N images",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5, help="in-process rounds")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -155,7 +179,11 @@ def main() -> None:
 
     configure_cpu(1)
     x, _ = test_sample(args.run)
-    bodies = [png_bytes(image) for image in x[:256]]
+    per = args.images_per_request
+    if per == 1:
+        bodies = [png_bytes(image) for image in x[:256]]
+    else:
+        bodies = [npy_bytes(x[k : k + per]) for k in range(0, len(x) - per + 1, per)]
     with tempfile.TemporaryDirectory() as temporary:
         pair = export_pair(args.run, Path(temporary), args.static_results, args.static)
         routed, static = pair["routed"], pair["static"]
@@ -188,16 +216,16 @@ def main() -> None:
         for name, export, options in configurations:
             server = Server(str(export), "--batch-size", str(args.batch_size), *options)
             try:
-                drive(server, bodies, 4, 40)  # warm up
+                drive(server, bodies, 4, 40, per)  # warm up
                 health = health_p50(server)
                 for concurrency in (int(c) for c in args.concurrency.split(",")):
                     row = {"server": name, "macs": macs[name], "health_p50_ms": health,
-                           **drive(server, bodies, concurrency, args.requests)}  # fmt: skip
+                           **drive(server, bodies, concurrency, args.requests, per)}  # fmt: skip
                     rows.append(row)
                     print(
                         f"{name:<13} c={concurrency:<3} {row['images_per_s']:7.1f} img/s  "
                         f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
-                        f"cpu {row['server_cpu_ms_per_request']:5.2f} ms/req  "
+                        f"cpu {row['server_cpu_ms_per_image']:5.2f} ms/img  "
                         f"rss {row['server_rss_mb']:6.1f} MB  /health p50 {health:.2f} ms",
                         flush=True,
                     )
@@ -222,6 +250,7 @@ def main() -> None:
             "static": pair["static_name"],
             "macs": macs,
             "batch_size": args.batch_size,
+            "images_per_request": per,
             "in_process_images_per_s": in_process,
             "in_process_speedup": in_process_speedup,
             "http_share_of_in_process_speedup": kept,

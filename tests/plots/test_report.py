@@ -560,3 +560,36 @@ def test_the_gap_claim_takes_the_median_share(tmp_path, monkeypatch) -> None:
     assert checker.gap_closed().verdict == NOT_SUPPORTED
     monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [])
     assert checker.gap_closed().verdict == NOT_RUN
+
+
+def _guarantee_study(violations: dict[str, float], saved: dict[str, float]) -> dict:
+    rows = [
+        {"method": method, "target": 0.9, "delta": 0.1, "partitions": 500, "certified": 500,
+         "violation_rate": rate, "standard_error": math.sqrt(0.1 * 0.9 / 500),
+         "macs_saved": saved[method], "mean_accuracy": 0.91}
+        for method, rate in violations.items()
+    ]  # fmt: skip
+    return {"study": "guarantees", "run": "runs/cpu/net/multi-exit", "rows": rows}
+
+
+def test_guarantee_claims_read_the_violation_rate_and_the_macs_saved() -> None:
+    from dynroute.experiments.claims import ClaimChecker
+    from dynroute.plots.report import _studies_section
+
+    saved = {"per-exit thresholds": 0.6, "one shared threshold": 0.5, "naive point estimate": 0.7}
+    held = {"per-exit thresholds": 0.09, "one shared threshold": 0.11, "naive point estimate": 0.5}
+    checker = ClaimChecker({}, studies={"guarantees-net": _guarantee_study(held, saved)})
+    hold, save = checker.guarantees_hold(), checker.per_exit_guarantees_save_more()
+    assert hold.verdict == SUPPORTED, hold.evidence
+    assert "2 of 2" in hold.evidence and "on net," in hold.evidence  # the network, not its run
+    assert "naive point estimate violates at 50–50 %" in hold.evidence
+    assert save.verdict == SUPPORTED and "+10.0 to +10.0 points" in save.evidence
+    # Beyond delta by more than two standard errors (0.027 here): the promise is broken.
+    broken = {**held, "one shared threshold": 0.16}
+    worse = {**saved, "per-exit thresholds": 0.4}
+    checker = ClaimChecker({}, studies={"guarantees-net": _guarantee_study(broken, worse)})
+    assert checker.guarantees_hold().verdict == NOT_SUPPORTED
+    assert checker.per_exit_guarantees_save_more().verdict == NOT_SUPPORTED
+    assert ClaimChecker({}).guarantees_hold().verdict == NOT_RUN
+    section = "\n".join(_studies_section({"guarantees-net": _guarantee_study(held, saved)}, []))
+    assert "| net | per-exit thresholds | 0.9 | 0.1 | 500/500 | 9.0 ± 1.3 % | 60.0 % |" in section

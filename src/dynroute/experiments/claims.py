@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dynroute.experiments import policy_claims
-from dynroute.experiments.results import Results, curve, policy_analyses
+from dynroute.experiments.results import Results, curve, policy_analyses, study_label
 from dynroute.policies.curves import CurvePoint, error_at, macs_for_accuracy
 from dynroute.policies.statistics import mcnemar_counts, mcnemar_p_value, unpack_bits
 
@@ -795,7 +795,7 @@ class ClaimChecker:
 
     def _guarantee_rows(self) -> list[tuple[str, dict]]:
         return [
-            (name, row)
+            (study_label(name, study), row)
             for name, study in sorted(self.studies.items())
             if study.get("study") == "guarantees"
             for row in study["rows"]

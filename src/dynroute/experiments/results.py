@@ -192,6 +192,13 @@ def load_studies(results_dir: str | os.PathLike[str], scale: str) -> dict[str, d
     }
 
 
+def study_label(name: str, study: dict[str, Any]) -> str:
+    """What a study file is about, for tables and figures: its file name without the
+    study's kind (``guarantees-hybrid-multi-exit`` -> ``hybrid-multi-exit``); a run's
+    folder name alone (``multi-exit``) does not say which network."""
+    return name.removeprefix(f"{study.get('study', '')}-")
+
+
 def load_variants(results_dir: str | os.PathLike[str], scale: str) -> dict[str, Results]:
     """The results of ``scale`` trained again on other seeds (``sweep --seed N``: folders
     ``<scale>-seedN``), by seed; empty if there are none."""

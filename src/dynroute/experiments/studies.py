@@ -76,6 +76,59 @@ class _Member:
         self.mean_macs, self.accuracy, self.policy = mean_macs, accuracy, policy
 
 
+class _Setting:
+    """One run's held-out outputs, its baselines and its combined-answer exit tables."""
+
+    def __init__(self, run: Run, data_dir: Any) -> None:
+        self.run = run
+        self.tree = run.load_tree().eval()
+        self.facts = TreeFacts.of(self.tree)
+        self.validation = _outputs(run, "validation", data_dir)
+        self.test = _outputs(run, "test", data_dir)
+        strategy = (run.config or {}).get("strategy", "actor")
+        families, _, _ = policy_families(
+            self.tree, self.validation, self.test, routers=trains_routers(strategy)
+        )
+        self.baselines = [f for f in families if not f.learned]
+        self.answers = fit_answers(self.facts, self.validation, "combined")
+        self.val_table = exit_table(self.facts, self.validation, self.answers)
+        self.test_table = exit_table(self.facts, self.test, self.answers)
+
+    def own_scheduler(self) -> tuple[Any, np.ndarray]:
+        """The scheduler fitted on the run's own validation split, and its cross-fitted
+        measures there."""
+        return fit_scheduler([self.val_table]), cross_fitted_measures(self.val_table)
+
+    def rows(
+        self, variants: dict[str, tuple[Any, np.ndarray]], budgets: Sequence[float]
+    ) -> list[dict[str, Any]]:
+        """Per budget: the best baseline (chosen on validation) and each scheduler variant
+        against it on test (exact McNemar)."""
+        rows = []
+        for budget in budgets:
+            chosen = [
+                (f, m)
+                for f in self.baselines
+                if (m := selection.within_budget(f.members, budget)) is not None
+            ]
+            if not chosen:
+                continue
+            family, best = max(chosen, key=lambda fm: (fm[1].accuracy, fm[1].mean_macs))
+            row: dict[str, Any] = {
+                "budget": budget,
+                "best_baseline": {"policy": family.key, "test": best.test},
+                "scheduler": {},
+            }
+            for name, (policy, measures) in variants.items():
+                result = _chosen_on_test(self.val_table, self.test_table, policy, measures, budget)
+                if result is None:
+                    continue
+                point, correct = result
+                row["scheduler"][name] = {"test": point, **mcnemar(correct, best.correct)}
+            rows.append(row)
+        return rows
+
+
 def held_out(
     run_path: str | os.PathLike[str],
     sisters: Sequence[str | os.PathLike[str]] = (),
@@ -87,19 +140,11 @@ def held_out(
     """The held-out study of one run (see the module's docstring): JSON-ready."""
     say = progress or (lambda message: None)
     run = open_run(run_path)
-    tree = run.load_tree().eval()
-    facts = TreeFacts.of(tree)
-    budgets = list(budgets or default_budgets(tree))
-    validation, test = _outputs(run, "validation", data_dir), _outputs(run, "test", data_dir)
+    setting = _Setting(run, data_dir)
+    facts, answers, val_table = setting.facts, setting.answers, setting.val_table
+    budgets = list(budgets or default_budgets(setting.tree))
     say("dense passes of the run done")
-    strategy = (run.config or {}).get("strategy", "actor")
-    families, _, _ = policy_families(tree, validation, test, routers=trains_routers(strategy))
-    baselines = [f for f in families if not f.learned]
-    answers = fit_answers(facts, validation, "combined")
-    val_table, test_table = exit_table(facts, validation, answers), exit_table(facts, test, answers)
-    variants: dict[str, tuple[Any, np.ndarray]] = {}
-    own = fit_scheduler([val_table])
-    variants["own validation split"] = (own, cross_fitted_measures(val_table))
+    variants: dict[str, tuple[Any, np.ndarray]] = {"own validation split": setting.own_scheduler()}
     sister_tables = []
     for path in sisters:
         sister = open_run(path)
@@ -124,46 +169,26 @@ def held_out(
         crossed[fold] = _rows(val_table, fold).measures(refit)
     variants["training-set outputs, intercepts refitted on validation"] = (corrected, crossed)
     say("training-set scheduler fitted")
-    rows = []
-    for budget in budgets:
-        chosen = [
-            (f, m)
-            for f in baselines
-            if (m := selection.within_budget(f.members, budget)) is not None
-        ]
-        if not chosen:
-            continue
-        family, best = max(chosen, key=lambda fm: (fm[1].accuracy, fm[1].mean_macs))
-        row: dict[str, Any] = {
-            "budget": budget,
-            "best_baseline": {"policy": family.key, "test": best.test},
-            "scheduler": {},
-        }
-        for name, (policy, measures) in variants.items():
-            result = _chosen_on_test(val_table, test_table, policy, measures, budget)
-            if result is None:
-                continue
-            point, correct = result
-            row["scheduler"][name] = {"test": point, **mcnemar(correct, best.correct)}
-        rows.append(row)
     study: dict[str, Any] = {
         "run": str(run.path),
-        "num_validation": len(validation),
-        "num_test": len(test),
+        "num_validation": len(setting.validation),
+        "num_test": len(setting.test),
         "num_train_sample": len(train_outputs),
         "sisters": [str(p) for p in sisters],
-        "exits": _exit_accuracy(exit_table(facts, test)),
-        "budgets": rows,
+        "exits": _exit_accuracy(exit_table(facts, setting.test)),
+        "budgets": setting.rows(variants, budgets),
     }
     if larger is not None:
-        bigger = open_run(larger)
-        big_tree = bigger.load_tree().eval()
-        big_test = _outputs(bigger, "test", data_dir)
+        # Another network (trained on fewer images), so its own baselines: what the larger
+        # split buys the scheduler there, beside what it costs the exits.
+        bigger = _Setting(open_run(larger), data_dir)
         study["larger_validation"] = {
-            "run": str(bigger.path),
-            "num_validation": (bigger.config or {}).get("validation_size"),
-            "exits": _exit_accuracy(exit_table(big_tree, big_test)),
+            "run": str(bigger.run.path),
+            "num_validation": len(bigger.validation),
+            "exits": _exit_accuracy(exit_table(bigger.facts, bigger.test)),
+            "budgets": bigger.rows({"own validation split": bigger.own_scheduler()}, budgets),
         }
+        say("larger-split run measured")
     return study
 
 

@@ -28,6 +28,7 @@ from dynroute.experiments.results import (  # noqa: E402
     load_studies,
     policy_analyses,
     result_class_names,
+    study_label,
 )
 from dynroute.policies.curves import frontier_errors  # noqa: E402
 
@@ -446,7 +447,7 @@ def plot_guarantees(studies: dict[str, dict[str, Any]], out_dir: Path) -> list[P
         top.plot(deltas, deltas, color="grey", linestyle="--", label="delta (the promise)")
         top.set_xlabel("delta")
         top.set_ylabel(f"violation rate (target {targets[0]:g})")
-        top.set_title(Path(study["run"]).name if "run" in study else name, fontsize=9)
+        top.set_title(study_label(name, study), fontsize=9)
         bottom.set_xlabel("accuracy target")
         bottom.set_ylabel(f"MACs saved vs the deepest exit, % (delta {deltas[len(deltas) // 2]:g})")
         if column == 0:

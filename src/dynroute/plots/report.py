@@ -22,6 +22,7 @@ from dynroute.experiments.results import (
     load_results,
     load_studies,
     load_variants,
+    study_label,
 )
 from dynroute.plots.tables import policy_table_markdown
 
@@ -202,7 +203,7 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
         variants = sorted({v for row in study["budgets"] for v in row["scheduler"]})
         lines += [
             "",
-            f"### More held-out data for the scheduler: {Path(study['run']).name} ({name})",
+            f"### More held-out data for the scheduler: {study_label(name, study)}",
             "",
             f"`dynroute study held-out RUN --sisters ... --larger ...`: the scheduler (on combined "
             "answers) fitted on more held-out data, against the same best baseline (chosen on "
@@ -233,6 +234,26 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
                 f"With a validation split of {larger['num_validation']} (the same network, "
                 f"trained on that many fewer images): {more}."
             )
+        if larger and larger.get("budgets"):
+            lines += [
+                "",
+                f"That network's scheduler, fitted on its {larger['num_validation']} "
+                "validation images, against its own best baseline (chosen on the same split):",
+                "",
+                "| budget | best baseline | scheduler |",
+                "| --- | --- | --- |",
+            ]
+            for row in larger["budgets"]:
+                best, own = row["best_baseline"], row["scheduler"].get("own validation split")
+                cell = (
+                    "–"
+                    if own is None
+                    else f"{100 * own['accuracy_difference']:+.2f} (p = {own['p_value']:.2g})"
+                )
+                lines.append(
+                    f"| {mmacs(row['budget'])} | {best['policy']}: "
+                    f"{100 * best['test']['accuracy']:.2f} % | {cell} |"
+                )
     found = {name: s for name, s in studies.items() if s.get("study") == "guarantees"}
     if found:
         lines += [
@@ -251,7 +272,7 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
             "saved vs the deepest exit | mean accuracy |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for study in found.values():
+        for name, study in found.items():
             for row in study["rows"]:
                 rate = (
                     "–"
@@ -263,7 +284,7 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
                     "–" if row["mean_accuracy"] is None else f"{100 * row['mean_accuracy']:.2f} %"
                 )
                 lines.append(
-                    f"| {Path(study['run']).name} | {row['method']} | {row['target']:g} | "
+                    f"| {study_label(name, study)} | {row['method']} | {row['target']:g} | "
                     f"{row['delta']:g} | {row['certified']}/{row['partitions']} | {rate} | "
                     f"{saved} | {accuracy} |"
                 )

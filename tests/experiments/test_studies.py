@@ -1,0 +1,58 @@
+"""The studies behind the policy evidence (``dynroute study``), on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dynroute.cli import main
+from dynroute.experiments import studies
+
+METHODS = {"per-exit thresholds", "one shared threshold", "naive point estimate"}
+
+
+def test_held_out_measures_every_variant_against_the_best_baseline(run_copy) -> None:
+    study = studies.held_out(run_copy, sisters=[run_copy], larger=run_copy, budgets=[1e12])
+    assert study["num_validation"] == 60 and study["num_test"] == 90
+    (row,) = study["budgets"]
+    assert set(row["scheduler"]) == {
+        "own validation split",
+        "pooled with 1 sister runs' splits",
+        "training-set outputs, intercepts refitted on validation",
+    }
+    for cell in row["scheduler"].values():
+        assert -1 <= cell["accuracy_difference"] <= 1 and 0 <= cell["p_value"] <= 1
+    larger = study["larger_validation"]
+    # The same run as its own "larger" sister: its exits and its rows are the run's own.
+    assert larger["num_validation"] == 60 and larger["exits"] == study["exits"]
+    assert larger["budgets"][0]["best_baseline"] == row["best_baseline"]
+    assert larger["budgets"][0]["scheduler"]["own validation split"] == (
+        row["scheduler"]["own validation split"]
+    )
+
+
+def test_a_target_every_point_meets_is_certified_on_every_draw(run_copy) -> None:
+    study = studies.guarantees(run_copy, targets=[0.05], partitions=6, calibration_size=100)
+    assert study["held_out"] == 150 and study["calibration_size"] == 100
+    assert {row["method"] for row in study["rows"]} == METHODS
+    assert {row["delta"] for row in study["rows"]} == {0.05, 0.1, 0.2}
+    for row in study["rows"]:
+        assert row["certified"] == 6 and row["violation_rate"] == 0.0
+        # The cheapest point reaches 5 %: the first exit, which saves MACs.
+        assert 0 < row["macs_saved"] < 1
+
+
+def test_an_unreachable_target_is_refused_not_counted(run_copy) -> None:
+    study = studies.guarantees(run_copy, targets=[0.999], partitions=3, calibration_size=100)
+    for row in study["rows"]:
+        assert row["certified"] == 0 and row["violation_rate"] is None
+
+
+def test_the_study_command_writes_what_the_report_reads(run_copy, tmp_path) -> None:
+    out = tmp_path / "studies" / "guarantees-small.json"
+    assert main(["study", "guarantees", str(run_copy), "--targets", "0.05", "--partitions",
+                 "2", "--calibration-size", "100", "--out", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["study"] == "guarantees"
+    with pytest.raises(SystemExit):
+        main(["study", "nonsense", str(run_copy)])
