@@ -27,8 +27,9 @@ def test_held_out_measures_every_variant_against_the_best_baseline(run_copy) -> 
     # The same run as its own "larger" sister: its exits and its rows are the run's own.
     assert larger["num_validation"] == 60 and larger["exits"] == study["exits"]
     assert larger["budgets"][0]["best_baseline"] == row["best_baseline"]
-    assert larger["budgets"][0]["scheduler"]["own validation split"] == (
-        row["scheduler"]["own validation split"]
+    assert (
+        larger["budgets"][0]["scheduler"]["own validation split"]
+        == (row["scheduler"]["own validation split"])
     )
 
 
