@@ -837,8 +837,8 @@ class ClaimChecker:
             NOT_SUPPORTED if over else SUPPORTED,
             f"{len(rows) - len(over)} of {len(rows)} (network, method, target, delta) cells "
             f"within; the closest: {row['method']} on {name}, target {row['target']:g}, delta "
-            f"{row['delta']:g}: {100 * row['violation_rate']:.1f} % of {row['certified']} "
-            f"partitions{naive_text}",
+            f"{row['delta']:g}: {100 * row['violation_rate']:.1f} % of {row['partitions']} "
+            f"draws ({row['certified']} certified){naive_text}",
         )
 
     def per_exit_guarantees_save_more(self) -> Claim:

@@ -264,9 +264,12 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
             "(validation and test) drawn apart many times into a calibration sample and "
             "evaluation data; on each draw, calibration certifies an accuracy target with "
             "probability 1 − delta (Learn-then-Test: half the sample fits the path, half tests "
-            "it), and the chosen point is scored on the evaluation data. The violation rate must "
-            "stay at most delta (± its binomial standard error); the naive point estimate picks "
-            "the cheapest point whose calibration accuracy reaches the target.",
+            "it), and the chosen point is scored on the evaluation data. The violation rate, the "
+            "share of all draws on which a point was certified and missed the target (a refused "
+            "draw promises nothing), must stay at most delta (± its binomial standard error); "
+            "given certification it can be higher, since lucky draws certify near the limit. "
+            "The naive point estimate picks the cheapest point whose calibration accuracy "
+            "reaches the target.",
             "",
             "| network | method | target | delta | certified draws | violation rate | MACs "
             "saved vs the deepest exit | mean accuracy |",
