@@ -23,7 +23,7 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from dynroute.errors import DynrouteError
 
@@ -87,6 +87,23 @@ def expansion_problem(expanded: int, stored: int) -> str | None:
         f"{expanded} bytes from {stored} bytes on disk, more than {MAX_EXPANSION_RATIO} times "
         f"(the limit, MAX_EXPANSION_RATIO)"
     )
+
+
+def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], Any, int]:
+    """An ``.npy`` stream's shape, dtype and the bytes its values declare, from the header
+    alone, before numpy allocates anything (a forged shape is caught by comparing the
+    declared bytes with the bytes that hold them). ValueError or EOFError on a bad header;
+    the stream is left after the header."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(handle)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read_header(handle, max_header_size=10_000)
+    return shape, dtype, int(np.prod(shape, dtype=object)) * dtype.itemsize
 
 
 def check_regular(path: Path, status: os.stat_result) -> None:

@@ -147,16 +147,9 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {name: np.asarray(arrays.get(name)) for name in sorted(arrays.names)}
     with gate.open_regular(path) as handle:
         try:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read_header(handle, max_header_size=10_000)
+            shape, dtype, declared = gate.npy_header(handle)
         except (ValueError, EOFError) as exc:
             raise DynrouteError(f"{path}: cannot read the array ({exc})") from None
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if declared > status.st_size:
             raise DynrouteError(
                 f"{path} declares shape {shape} of {dtype} ({declared} bytes) but holds only "

@@ -47,6 +47,7 @@ import numpy as np
 from dynroute.data.files import read_image_bytes
 from dynroute.delivery.predict import Predictor
 from dynroute.errors import DynrouteError
+from dynroute.gate import npy_header
 from dynroute.machine import available_cores
 
 DEFAULT_MAX_BYTES = 10 << 20
@@ -220,14 +221,8 @@ def _read_npy(body: bytes, size: int, max_values: int) -> np.ndarray:
     """An ``.npy`` body as (N, 3, size, size) float32, its header checked before reading."""
     handle = io.BytesIO(body)
     try:
-        version = np.lib.format.read_magic(handle)
-        header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, dtype = header(handle, max_header_size=10_000)
-        if int(np.prod(shape, dtype=object)) * dtype.itemsize > len(body):
+        shape, _, declared = npy_header(handle)
+        if declared > len(body):
             raise ValueError("the array declares more values than the body holds")
         if int(np.prod(shape, dtype=object)) > max_values:
             raise ValueError(f"more than {max_values:,} values")

@@ -38,6 +38,7 @@ from dynroute.data.readers.common import (
 )
 from dynroute.data.readers.image_tree import resize_square
 from dynroute.errors import DynrouteError
+from dynroute.gate import npy_header
 from dynroute.nn.registry import MIN_IMAGE_SIZE
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -123,14 +124,7 @@ class ArrayFile:
                 "(a zip bomb?); save the arrays with np.savez"
             )
         with self.npz.zip.open(info) as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read_header(handle, max_header_size=10_000)
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            shape, dtype, declared = npy_header(handle)
         if declared > info.file_size:
             raise DynrouteError(
                 f"{self.where(name)} declares shape {shape} of {dtype} ({declared} bytes) but "
