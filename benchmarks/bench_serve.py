@@ -11,11 +11,13 @@ Exports a run at its operating point, and the static net of the same test accura
 and drives each with a bounded load generator: ``concurrency`` clients, each on one
 kept-alive connection, sending PNGs of the run's test images in turn (or, with
 ``--images-per-request N``, ``.npy`` arrays of N images: no decoding, and the HTTP cost
-shared by N images). Reports, per configuration and concurrency: images/s, p50 and p99
-latency, the server's CPU milliseconds per image (from /proc) and its resident memory;
-``GET /health`` p50 on a kept-alive connection. For reference, the same models in process
-at the server's batch size: the routed/static speed-up HTTP should keep. The client runs on
-the same machine, so the numbers compare configurations here.
+shared by N images). The three servers run side by side and take turns, ``--http-rounds``
+times per concurrency (a machine's speed drifts); the round of median images/s is reported:
+images/s, p50 and p99 latency, the server's CPU milliseconds per image (from /proc) and its
+resident memory; ``GET /health`` p50 on a kept-alive connection. For reference, the same
+models in process at the server's batch size: the routed/static speed-up HTTP should keep.
+The client runs on the same machine (its requests built once, so that it costs the shared
+cores little), so the numbers compare configurations here.
 
     python benchmarks/bench_serve.py RUN [--static-results results/cpu/hybrid-static]
         [--static NAME] [--concurrency 1,8,32,64] [--requests 800]
@@ -86,28 +88,17 @@ def npy_bytes(images: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-async def _client(
-    port: int, bodies: list[bytes], kind: str, count: int, latencies: list[float]
-) -> None:
+async def _client(port: int, requests: list[bytes], count: int, latencies: list[float]) -> None:
+    """One kept-alive connection sending ``count`` of ``requests`` (whole HTTP requests,
+    built once: the generator should cost the shared cores little)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for k in range(count):
-            body = bodies[k % len(bodies)]
-            head = (
-                f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-                f"Content-Type: {kind}\r\n\r\n"
-            )
             started = time.perf_counter()
-            writer.write(head.encode() + body)
-            await writer.drain()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            writer.write(requests[k % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            at = head.lower().index(b"content-length:") + 15
+            await reader.readexactly(int(head[at : head.index(b"\r\n", at)]))
             latencies.append(time.perf_counter() - started)
     finally:
         writer.close()
@@ -120,10 +111,16 @@ def drive(
     latencies: list[float] = []
     per_client = max(1, requests // concurrency)
     kind = "image/png" if images == 1 else "application/x-npy"
+    messages = [
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: {kind}\r\n\r\n".encode()
+        + body
+        for body in bodies
+    ]
 
     async def main() -> None:
         await asyncio.gather(
-            *(_client(server.port, bodies, kind, per_client, latencies) for _ in range(concurrency))
+            *(_client(server.port, messages, per_client, latencies) for _ in range(concurrency))
         )
 
     cpu = server.cpu_seconds()
@@ -143,6 +140,13 @@ def drive(
         "server_cpu_ms_per_image": 1000 * cpu / (images * len(latencies)),
         "server_rss_mb": server.rss_mb(),
     }
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median images/s among rounds (its latencies and CPU with it)."""
+    ordered = sorted(runs, key=lambda run: run["images_per_s"])
+    return {**ordered[len(ordered) // 2], "rounds": len(runs),
+            "images_per_s_rounds": [run["images_per_s"] for run in runs]}  # fmt: skip
 
 
 def health_p50(server: Server, count: int = 200) -> float:
@@ -166,7 +170,11 @@ def main() -> None:
     parser.add_argument("--static-results", default="results/cpu/hybrid-static", type=Path)
     parser.add_argument("--static", default=None, help="static model name (skip the choice)")
     parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--requests", type=int, default=800, help="per concurrency")
+    parser.add_argument("--requests", type=int, default=3200, help="per concurrency and round")
+    parser.add_argument(
+        "--http-rounds", type=int, default=3,
+        help="rounds over HTTP, the configurations interleaved; the median is reported",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="the servers' largest batch")
     parser.add_argument(
         "--images-per-request", type=int, default=1,
@@ -212,24 +220,33 @@ def main() -> None:
             ("static", pair["static_dir"], []),
             ("single graph", pair["routed_dir"], ["--dense"]),
         ]
-        rows = []
-        for name, export, options in configurations:
-            server = Server(str(export), "--batch-size", str(args.batch_size), *options)
-            try:
-                drive(server, bodies, 4, 40, per)  # warm up
-                health = health_p50(server)
-                for concurrency in (int(c) for c in args.concurrency.split(",")):
-                    row = {"server": name, "macs": macs[name], "health_p50_ms": health,
-                           **drive(server, bodies, concurrency, args.requests, per)}  # fmt: skip
+        servers = {}
+        try:
+            for name, export, options in configurations:  # all up at once, idle when not driven
+                servers[name] = Server(str(export), "--batch-size", str(args.batch_size), *options)
+                drive(servers[name], bodies, 4, 40, per)  # warm up
+            health = {name: health_p50(server) for name, server in servers.items()}
+            rows = []
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                measured: dict[str, list[dict]] = {name: [] for name in servers}
+                for _ in range(args.http_rounds):  # configurations interleaved in each round
+                    for name, server in servers.items():
+                        measured[name].append(
+                            drive(server, bodies, concurrency, args.requests, per)
+                        )
+                for name, runs in measured.items():
+                    row = {"server": name, "macs": macs[name], "health_p50_ms": health[name],
+                           **median_run(runs)}  # fmt: skip
                     rows.append(row)
                     print(
                         f"{name:<13} c={concurrency:<3} {row['images_per_s']:7.1f} img/s  "
                         f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
-                        f"cpu {row['server_cpu_ms_per_image']:5.2f} ms/img  "
-                        f"rss {row['server_rss_mb']:6.1f} MB  /health p50 {health:.2f} ms",
+                        f"cpu {row['server_cpu_ms_per_image']:5.3f} ms/img  "
+                        f"rss {row['server_rss_mb']:6.1f} MB  /health p50 {health[name]:.2f} ms",
                         flush=True,
                     )
-            finally:
+        finally:
+            for server in servers.values():
                 server.stop()
     rate = {(r["server"], r["concurrency"]): r["images_per_s"] for r in rows}
     kept = {}

@@ -28,7 +28,7 @@ MISSING_EXTRAS = {
     "matplotlib": "torch",
     "onnx": "export",
     "onnxruntime": "deploy",
-    "starlette": "serve",
+    "httptools": "serve",
     "uvicorn": "serve",
     "ray": "ray",
 }

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from dynroute.cli import main
 from helpers.delivery import CLASSES, SIZE, Server, image_folder
@@ -47,6 +48,11 @@ def test_serve_answers_like_predict_batches_and_refuses_bad_requests(
         assert len({answer["class"] + answer["exit"] for _, answer in answers[::3]}) == 1
         status, health = server.request("/health")
         assert health["served"] == 25 and health["batches"] < 25  # requests shared batches
+
+        large = io.BytesIO()  # decoded by the pool, under the decode budget (not inline)
+        Image.new("RGB", (400, 300), (200, 40, 30)).save(large, "PNG")
+        status, row = server.request("/predict?name=large.png", large.getvalue())
+        assert status == 200 and row["file"] == "large.png" and row["class"] in CLASSES
 
         assert server.request("/predict", b"", method="POST")[0] == 400
         status, error = server.request("/predict", b"plain text, not a picture")
@@ -129,3 +135,60 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(export: Path, tmp_path: P
         answers = [p.result() for p in pending]
     assert all(status == 200 for status, _ in answers)
     assert server.process.wait(30) == 0
+
+
+def test_a_fast_model_runs_on_the_event_loop_and_a_slow_one_in_its_thread() -> None:
+    """The warm-up batch decides; either way every request gets its own rows back."""
+    import asyncio
+
+    import numpy as np
+
+    from dynroute.delivery.serve import INLINE_MODEL_SECONDS, Batcher
+
+    class Model:
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            time.sleep(self.seconds)
+            return x.reshape(len(x), -1).sum(axis=1)
+
+        def rows(self, names: None, sums: np.ndarray) -> list[dict]:
+            return [{"sum": float(v)} for v in sums]
+
+    async def ask(batcher: Batcher) -> list[float]:
+        batcher.start()
+        try:
+            images = [np.full((1, 3, 2, 2), float(i), np.float32) for i in range(6)]
+            answers = await asyncio.gather(*(batcher.submit(x) for x in images))
+        finally:
+            await batcher.stop()
+        return [table[row]["sum"] for (_, table), row in answers]
+
+    for seconds, inline in ((0.0, True), (3 * INLINE_MODEL_SECONDS, False)):
+        batcher = Batcher(Model(seconds), batch_size=4, max_wait_ms=5, max_queue=16)
+        batcher.warm_up((3, 2, 2))
+        assert batcher.inline is inline
+        assert asyncio.run(ask(batcher)) == [12.0 * i for i in range(6)]
+        assert batcher.served == 6 and batcher.batches >= 2  # at most 4 a batch
+
+
+def test_serve_holds_a_budget_and_reports_it(trained: dict, tmp_path: Path) -> None:
+    """``serve --target-macs M --hold``: the window counts served images only (not the
+    warm-up batch), and ``/metrics`` and ``/model`` report the budget."""
+    out = tmp_path / "export"
+    assert main(["export", str(trained["plain"]), "--out", str(out), "--check", "0",
+                 "--policy", "confidence", "--threshold", "0.5"]) == 0  # fmt: skip
+    server = Server(out, "--target-macs", "1.5", "--hold", "--batch-size", "8")
+    try:
+        body = (image_folder(tmp_path) / "a.png").read_bytes()
+        for _ in range(5):
+            assert server.request("/predict", body)[0] == 200
+        status, model = server.request("/model")
+        assert status == 200 and model["hold"]["target_macs"] == 1.5e6
+        assert model["hold"]["window_examples"] == 5
+        text = server.request("/metrics")[1]
+        assert "dynroute_budget_target_macs 1.5e+06" in text
+        assert "dynroute_budget_drift_ratio" in text
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ closed socket with one log line, and ``/health`` keeps answering."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import time
@@ -95,6 +96,25 @@ def test_large_bodies_are_refused_by_their_declared_length(server: Server) -> No
     answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413")
     sock.close()
+
+
+def test_an_endless_request_head_gets_431_and_a_closed_socket(server: Server) -> None:
+    """The C parser sets no bound on a head: the server counts its bytes itself."""
+    sock = socket.create_connection(server.address)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    answer = b""
+    try:
+        for _ in range(200):  # 200 x 1 KB header lines: past the 64 KB bound
+            sock.sendall(b"X-Filler: " + b"a" * 1014 + b"\r\n")
+    except OSError:  # closed once the bound was passed
+        pass
+    sock.settimeout(5)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431")
+    sock.close()
+    assert server.request("/health")[0] == 200
 
 
 def test_a_decoding_bomb_is_refused_by_the_decode_budget(server: Server, tmp_path: Path) -> None:

@@ -252,7 +252,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dynroute.delivery.serve import Limits, create_app, serve
+    from dynroute.delivery.serve import Limits, ServeApp, serve
     from dynroute.errors import Interrupted
 
     if args.hold and args.target_macs is None:
@@ -286,7 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             predictor.backend = predictor.model.predict_dense
             predictor.how += "; every exit on every image (dense.onnx)"
         described.append(predictor.describe())
-        return create_app(
+        return ServeApp(
             predictor,
             batch_size=args.batch_size,
             max_wait_ms=args.max_wait_ms,

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from dynroute.data.readers.image_tree import decode_image
 from dynroute.data.readers.npz_arrays import ArrayFile, array_images
 from dynroute.errors import DynrouteError
 from dynroute.gate import file_kind, printable
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 ARRAY_SUFFIXES = (".npz", ".npy")
 #: Files this small on a side are still classified (upscaled); training refuses them.
@@ -123,8 +126,9 @@ def expand(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Fa
     return files, failures
 
 
-def read_image_bytes(blob: bytes, name: str, size: int) -> np.ndarray:
-    """One image file's bytes as (3, size, size) float32 network input."""
+def read_image_bytes(blob: bytes | Image.Image, name: str, size: int) -> np.ndarray:
+    """One image file's bytes (or the file, opened by Pillow and not yet decoded) as
+    (3, size, size) float32 network input."""
     return to_linear(decode_image(blob, name, size, min_size=MIN_SIDE, wide=True))
 
 

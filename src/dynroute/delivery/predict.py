@@ -76,22 +76,26 @@ class Predictor:
             text += f"; guaranteed: {self.guarantee['promise']}"
         return text
 
-    def rows(self, names: list[str], prediction: Prediction) -> list[dict[str, Any]]:
-        """One row per example: file, class name, confidence, exit name, MACs."""
-        labels = prediction.predictions
-        confidences = prediction.confidences
-        return [
+    def rows(self, names: list[str] | None, prediction: Prediction) -> list[dict[str, Any]]:
+        """One row per example: file, class name, confidence, exit name, MACs (no file
+        where ``names`` is None: the server names each request's rows itself)."""
+        labels = prediction.predictions.tolist()
+        confidences = prediction.confidences.tolist()
+        rows = [
             {
-                "file": printable(name),
-                "class": printable(self.class_names[int(label)]),
-                "confidence": round(float(confidence), 6),
-                "exit": self.exit_names[int(exit_index)],
-                "macs": int(macs),
+                "class": printable(self.class_names[label]),
+                "confidence": round(confidence, 6),
+                "exit": self.exit_names[exit_index],
+                "macs": macs,
             }
-            for name, label, confidence, exit_index, macs in zip(
-                names, labels, confidences, prediction.exits, prediction.macs, strict=True
+            for label, confidence, exit_index, macs in zip(
+                labels, confidences, prediction.exits.tolist(), prediction.macs.tolist(),
+                strict=True,
             )
-        ]
+        ]  # fmt: skip
+        if names is None:
+            return rows
+        return [{"file": printable(name), **row} for name, row in zip(names, rows, strict=True)]
 
 
 def open_predictor(

@@ -1,8 +1,8 @@
 """An HTTP endpoint over a predictor (``dynroute serve``): dynamic batching, bounded work,
 and what operators expect of a model server.
 
-Built on Starlette (ASGI) and served by uvicorn, one process per core if asked
-(``workers``: pre-forked, sharing one listening socket).
+A plain ASGI application served by uvicorn's httptools protocol (the HTTP parser in C),
+one process per core if asked (``workers``: pre-forked, sharing one listening socket).
 
 - ``POST /predict`` takes one image file as the body (any format Pillow reads; ``?name=``
   sets the ``file`` field), or several images at once as an ``.npy`` array (content type
@@ -14,14 +14,19 @@ Built on Starlette (ASGI) and served by uvicorn, one process per core if asked
   and ``/readyz`` (the model is loaded and not draining); ``GET /metrics``: Prometheus
   text (requests by status, a latency histogram, exits taken, MACs, budget drift).
 
+Where the time goes: a small image (up to 128 x 128) decodes on the event loop, in tens
+of microseconds, and so does a batch the model finishes within 10 ms (timed on a warm-up
+batch at start): under the GIL, handing such work to a thread costs more than it saves.
+Larger images and slower models go to threads, so that the loop keeps answering.
+
 Work is bounded so that hostile or simply heavy clients cannot take the server down: a
-body is refused by its declared length before it is read and read under a deadline;
-images are decoded off the event loop by a small pool, each decode holding its pixels'
-bytes of a memory budget (``decode_budget``) first; connections are capped, and one that
-sends no complete request in ``header_timeout`` seconds (or idles past ``idle_timeout``) is
-closed, each with one log line. Bad input gets a 4xx and a JSON ``{"error": ...}``. On
-SIGTERM the server stops accepting, lets in-flight requests finish (``shutdown_timeout``),
-answers the last ones with ``Connection: close``, and exits 0.
+body is refused by its declared length before it is read and read under a deadline; a
+request head is bounded (64 KB); large images are decoded by a small pool, each decode
+holding its pixels' bytes of a memory budget (``decode_budget``) first; connections are
+capped, and one that sends no complete request in ``header_timeout`` seconds (or idles
+past ``idle_timeout``) is closed, each with one log line. Bad input gets a 4xx and a JSON
+``{"error": ...}``. On SIGTERM the server stops accepting, lets in-flight requests finish
+(``shutdown_timeout``), answers the last ones with ``Connection: close``, and exits 0.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -41,18 +47,31 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 
 from dynroute.data.files import read_image_bytes
 from dynroute.delivery.predict import Predictor
 from dynroute.errors import DynrouteError
-from dynroute.gate import npy_header
+from dynroute.gate import npy_header, printable
 from dynroute.machine import available_cores
 
 DEFAULT_MAX_BYTES = 10 << 20
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_QUEUE = 4096
+#: The most bytes a request's head (its request line and headers) may take.
+MAX_HEAD_BYTES = 64 << 10
+#: Images whose file and decoding each hold at most this many bytes (128 x 128 RGB, as
+#: ``_open_image`` counts) decode on the event loop: that takes tens of microseconds, less
+#: than handing them to a thread (which would hold the GIL for most of it anyway); larger
+#: ones go to the pool.
+INLINE_DECODE_BYTES = 2 * 128 * 128 * 3
+#: A batch the model should finish within this many seconds runs on the event loop; a
+#: longer one runs in the model thread, so that the loop keeps answering meanwhile. A thread
+#: costs a fast model dearly: under the GIL, each of a routed net's many onnxruntime calls
+#: waits to take the GIL back from a busy event loop (up to the 5 ms switch interval).
+INLINE_MODEL_SECONDS = 0.01
 #: Latency buckets of ``/metrics`` (seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 LOG = logging.getLogger("dynroute.serve")
@@ -82,13 +101,13 @@ class ClientError(Exception):
         self.status = status
 
 
-def _starlette() -> Any:
+def _server_packages() -> None:
     try:
-        import starlette  # noqa: F401
+        import httptools  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise DynrouteError(
-            "serving needs starlette and uvicorn: pip install 'dynroute[serve]'"
+            "serving needs uvicorn and httptools: pip install 'dynroute[serve]'"
         ) from None
 
 
@@ -187,16 +206,17 @@ class DecodeBudget:
                 self.changed.notify_all()
 
 
-def _peek(body: bytes, max_pixels: int) -> int:
-    """The bytes decoding ``body`` takes (width x height x bands x bytes per band, as
-    Pillow holds it, doubled for the conversion), read from its header alone."""
+def _open_image(body: bytes, max_pixels: int) -> tuple[Any, int]:
+    """The body opened by Pillow (its header read, nothing decoded) and the bytes decoding it
+    takes (width x height x bands x bytes per band, as Pillow holds it, doubled for the
+    conversion)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(body)) as image:
-            width, height = image.size
-            bands = len(image.getbands())
-            depth = 4 if image.mode in ("I", "F") else 2 if image.mode.startswith("I;16") else 1
+        image = Image.open(io.BytesIO(body))
+        width, height = image.size
+        bands = len(image.getbands())
+        depth = 4 if image.mode in ("I", "F") else 2 if image.mode.startswith("I;16") else 1
     except UnidentifiedImageError:
         raise ClientError(400, "the body is not an image file Pillow can identify") from None
     except Image.DecompressionBombError:
@@ -204,15 +224,16 @@ def _peek(body: bytes, max_pixels: int) -> int:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ClientError(400, f"the body is not a readable image ({exc})") from None
     if width * height > max_pixels:
+        image.close()
         raise ClientError(
             413, f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}"
         )
-    return 2 * width * height * max(3, bands) * depth
+    return image, 2 * width * height * max(3, bands) * depth
 
 
-def _decode(body: bytes, name: str, size: int) -> np.ndarray:
+def _decode(source: Any, name: str, size: int) -> np.ndarray:
     try:
-        return read_image_bytes(body, name, size)
+        return read_image_bytes(source, name, size)
     except DynrouteError as exc:
         raise ClientError(400, str(exc)) from None
 
@@ -270,15 +291,25 @@ class Batcher:
         self.on_prediction: Callable[[Any], None] = lambda prediction: None
         #: Requests being read or decoded: worth waiting for (nothing else is).
         self.arriving = 0
+        #: Whether batches run on the event loop (``warm_up`` decides).
+        self.inline = False
+        self.batch_seconds = math.nan
 
-    async def submit(self, images: np.ndarray) -> tuple[Any, int]:
-        """(prediction, first row) of ``images`` (N, 3, size, size), once their batch ran."""
+    async def submit(self, images: np.ndarray) -> tuple[tuple[Any, list], int]:
+        """((prediction, answer rows), first row) of ``images`` (N, 3, size, size), once
+        their batch ran."""
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait((images, future))
         except asyncio.QueueFull:
             raise ClientError(503, "the server is overloaded; retry later") from None
         return await future
+
+    def _predict(self, batch: np.ndarray) -> tuple[Any, list[dict[str, Any]]]:
+        """The batch's prediction and its answer rows (without file names), made once per
+        batch in the model thread rather than once per request on the event loop."""
+        prediction = self.predictor.predict(batch)
+        return prediction, self.predictor.rows(None, prediction)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -301,9 +332,12 @@ class Batcher:
                 count += len(item[0])
             batch = np.concatenate([images for images, _ in items])
             try:
-                prediction = await loop.run_in_executor(
-                    self.model_thread, self.predictor.predict, batch
-                )
+                if self.inline:
+                    prediction, table = self._predict(batch)
+                else:
+                    prediction, table = await loop.run_in_executor(
+                        self.model_thread, self._predict, batch
+                    )
             except Exception as exc:  # answer every waiting request, keep serving
                 for _, future in items:
                     if not future.done():
@@ -315,8 +349,22 @@ class Batcher:
             row = 0
             for images, future in items:
                 if not future.done():
-                    future.set_result((prediction, row))
+                    future.set_result(((prediction, table), row))
                 row += len(images)
+
+    def warm_up(
+        self, shape: tuple[int, ...], predict: Callable[[np.ndarray], Any] | None = None
+    ) -> None:
+        """Time a full batch of noise (it tends to go deep: the slow case) through
+        ``predict`` (the predictor's, by default) and run batches on the event loop if one
+        takes at most ``INLINE_MODEL_SECONDS``."""
+        predict = predict or self.predictor.predict
+        noise = np.random.default_rng(0).random((self.batch_size, *shape), dtype=np.float32)
+        predict(noise)  # first call: allocations
+        started = time.perf_counter()
+        predict(noise)
+        self.batch_seconds = time.perf_counter() - started
+        self.inline = self.batch_seconds <= INLINE_MODEL_SECONDS
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run())
@@ -339,99 +387,191 @@ def _top(logits: np.ndarray, names: tuple[str, ...], k: int) -> list[dict[str, A
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(
-    predictor: Predictor,
-    *,
-    batch_size: int = 32,
-    max_wait_ms: float = 5.0,
-    limits: Limits | None = None,
-    access_log: bool = False,
-    hold: Any = None,
-) -> Any:
-    """The Starlette application serving ``predictor`` (see the module's docstring);
-    ``hold``: a ``dynroute.deploy.budget.BudgetHold`` whose state ``/metrics`` reports."""
-    _starlette()
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, PlainTextResponse
-    from starlette.routing import Route
+class ClientDisconnect(Exception):
+    """The client closed its connection before its request's body arrived."""
 
-    limits = limits or Limits()
-    size = predictor.image_size
-    if size is None:
-        raise DynrouteError(
-            f"{predictor.path} reads inputs of shape {predictor.input_shape}, not RGB images: "
-            "it cannot be served over HTTP"
+
+#: Answers to a path the server has, asked with another method; and to any other path.
+_NOT_ALLOWED = (405, {"error": "Method Not Allowed"})
+_NOT_FOUND = (404, {"error": "Not Found"})
+
+
+def _json(answer: Any) -> bytes:
+    return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class ServeApp:
+    """The ASGI application serving ``predictor`` (see the module's docstring): a plain
+    ASGI callable, no framework between the HTTP parser and the model (a request costs
+    tens of microseconds here, not hundreds). ``hold``: a
+    ``dynroute.deploy.budget.BudgetHold`` whose state ``/metrics`` reports."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        limits: Limits | None = None,
+        access_log: bool = False,
+        hold: Any = None,
+    ) -> None:
+        _server_packages()
+        self.predictor = predictor
+        self.limits = limits or Limits()
+        self.size = predictor.image_size
+        if self.size is None:
+            raise DynrouteError(
+                f"{predictor.path} reads inputs of shape {predictor.input_shape}, not RGB "
+                "images: it cannot be served over HTTP"
+            )
+        self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
+        self.access_log, self.hold = access_log, hold
+        self.batcher = Batcher(predictor, batch_size, max_wait_ms, self.limits.max_queue)
+        self.metrics = Metrics(predictor.exit_names)
+        self.batcher.on_prediction = lambda p: self.metrics.prediction(p.exits, p.macs)
+        self.decoders = ThreadPoolExecutor(
+            self.limits.decode_threads or available_cores(), thread_name_prefix="dynroute-decode"
         )
-    batcher = Batcher(predictor, batch_size, max_wait_ms, limits.max_queue)
-    metrics = Metrics(predictor.exit_names)
-    batcher.on_prediction = lambda p: metrics.prediction(p.exits, p.macs)
-    decoders = ThreadPoolExecutor(
-        limits.decode_threads or available_cores(), thread_name_prefix="dynroute-decode"
-    )
-    state = {"started": time.time(), "ready": False, "budget": None}
+        self.started = time.time()
+        self.ready = False
+        self.budget: DecodeBudget | None = None
+        self.routes: dict[str, tuple[str, Callable[..., Any]]] = {
+            "/predict": ("POST", self.predict),
+            "/health": ("GET", self.health),
+            "/livez": ("GET", self.livez),
+            "/readyz": ("GET", self.readyz),
+            "/model": ("GET", self.model),
+            "/metrics": ("GET", self.metrics_page),
+        }
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_bytes):
-            raise ClientError(413, f"the body is {declared} bytes, over {limits.max_bytes:,}")
-        content_type = request.headers.get("content-type", "").lower()
-        if content_type.startswith("multipart/"):
+    # ---------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method, handler = self.routes.get(scope["path"], (None, None))
+        if handler is None:
+            status, answer = _NOT_FOUND
+        elif scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
+            status, answer = _NOT_ALLOWED
+        else:
+            status, answer = await handler(scope, receive)
+        if isinstance(answer, str):
+            body, kind = answer.encode(), b"text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body, kind = _json(answer), b"application/json"
+        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+        if status == 405:
+            headers.append((b"allow", method.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    async def lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.budget = DecodeBudget(self.limits.decode_budget)
+                # a held budget's window counts served images only: warm its model directly
+                direct = None if self.hold is None else self.hold.model.predict
+                self.batcher.warm_up(tuple(self.predictor.input_shape), direct)
+                self.batcher.start()
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await self.batcher.stop()
+                self.decoders.shutdown(wait=False)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ---------------------------------------------------------------- /predict
+
+    async def read_body(self, headers: dict[bytes, bytes], receive: Callable) -> bytes:
+        limit = self.limits.max_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ClientError(
+                413, f"the body is {declared.decode('latin-1')} bytes, over {limit:,}"
+            )
+        if headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
             raise ClientError(
                 415,
                 "send the image file itself as the body (curl --data-binary @image.jpg), "
                 "not a multipart form",
             )
-        chunks, held = [], 0
-        async for chunk in request.stream():
+        chunks, held, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect
+            chunk = message.get("body", b"")
             held += len(chunk)
-            if held > limits.max_bytes:
-                raise ClientError(413, f"the body is over {limits.max_bytes:,} bytes")
+            if held > limit:
+                raise ClientError(413, f"the body is over {limit:,} bytes")
             chunks.append(chunk)
+            more = message.get("more_body", False)
         if not held:
             raise ClientError(400, "the body is empty; send one image file as the body")
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def images_of(
-        request: Request, body: bytes, name: str
+        self, body: bytes, name: str, npy: bool
     ) -> tuple[np.ndarray, list[str], bool]:
         """The body's images, their names, and whether it was one image file."""
         loop = asyncio.get_running_loop()
-        kind = request.headers.get("content-type", "").lower()
-        if kind.startswith("application/x-npy") or request.query_params.get("format") == "npy":
-            images = await loop.run_in_executor(decoders, _read_npy, body, size, limits.max_bytes)
+        size, limits = self.size, self.limits
+        if npy:
+            images = await loop.run_in_executor(
+                self.decoders, _read_npy, body, size, limits.max_bytes
+            )
             return images, [f"{name}[{i}]" for i in range(len(images))], False
-        needed = _peek(body, limits.max_pixels)
-        async with state["budget"].hold(needed):
-            image = await loop.run_in_executor(decoders, _decode, body, name, size)
+        image, needed = _open_image(body, limits.max_pixels)
+        if max(needed, len(body)) <= INLINE_DECODE_BYTES:  # less than a thread hop costs
+            with image:
+                return _decode(image, name, size)[None], [name], True
+        image.close()
+        assert self.budget is not None
+        async with self.budget.hold(needed):
+            image = await loop.run_in_executor(self.decoders, _decode, body, name, size)
         return image[None], [name], True
 
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(self, scope: dict, receive: Callable) -> tuple[int, Any]:
         started = time.perf_counter()
         status, answer = 200, None
+        predictor, batcher = self.predictor, self.batcher
         try:
-            async with asyncio.timeout(limits.request_timeout):
-                body = await read_body(request)
-                name = request.query_params.get("name", "request")
-                top = request.query_params.get("top")
+            async with asyncio.timeout(self.limits.request_timeout):
+                headers = dict(scope["headers"])
+                body = await self.read_body(headers, receive)
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                name = query.get("name", "request")
+                top = query.get("top")
                 k = 0 if top is None else int(top) if top.isdigit() else -1
                 if not 0 <= k <= len(predictor.class_names):
                     raise ClientError(400, f"`top` must be 0..{len(predictor.class_names)}")
+                npy = headers.get(b"content-type", b"").lower().startswith(b"application/x-npy")
                 batcher.arriving += 1
                 try:
-                    images, names, single = await images_of(request, body, name)
+                    images, names, single = await self.images_of(
+                        body, name, npy or query.get("format") == "npy"
+                    )
                 finally:
                     batcher.arriving -= 1
-                prediction, row = await batcher.submit(images)
-            part = type(prediction)(
-                prediction.logits[row : row + len(names)],
-                prediction.exits[row : row + len(names)],
-                prediction.macs[row : row + len(names)],
-            )
-            rows = predictor.rows(names, part)
+                (prediction, table), row = await batcher.submit(images)
+            rows = [
+                {"file": printable(file), **fields}
+                for file, fields in zip(names, table[row : row + len(names)], strict=True)
+            ]
             if k:
-                for out, logits in zip(rows, part.logits, strict=True):
+                for out, logits in zip(
+                    rows, prediction.logits[row : row + len(names)], strict=True
+                ):
                     out["top"] = _top(logits, predictor.class_names, k)
             answer = rows[0] if single else rows
         except ClientError as exc:
@@ -443,15 +583,18 @@ def create_app(
         except DynrouteError as exc:
             status, answer = 500, {"error": str(exc)}
         seconds = time.perf_counter() - started
-        metrics.request("/predict", status, seconds)
-        if access_log:
-            client = request.client.host if request.client else "-"
+        self.metrics.request("/predict", status, seconds)
+        if self.access_log:
+            client = scope["client"][0] if scope.get("client") else "-"
             print(f"{client} POST /predict {status} {1000 * seconds:.1f} ms", flush=True)
         elif status >= 400 and status != 499:
-            LOG.info("refused a request from %s: %s %s", request.client, status, answer)
-        return JSONResponse(answer, status_code=200 if status == 499 else status)
+            LOG.info("refused a request from %s: %s %s", scope.get("client"), status, answer)
+        return (200 if status == 499 else status), answer
 
-    def describe() -> dict[str, Any]:
+    # ---------------------------------------------------------------- the rest
+
+    def describe(self) -> dict[str, Any]:
+        predictor, hold = self.predictor, self.hold
         return {
             "model": str(predictor.path),
             "kind": predictor.kind,
@@ -464,43 +607,43 @@ def create_app(
             "hold": None if hold is None else hold.state(),
         }
 
-    async def model(request: Request) -> JSONResponse:
-        return JSONResponse(describe())
+    async def model(self, scope: dict, receive: Callable) -> tuple[int, Any]:
+        return 200, self.describe()
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "status": "ok" if state["ready"] else "starting",
-                "model": str(predictor.path),
-                "kind": predictor.kind,
-                "policy": predictor.policy["name"],
-                "guarantee": (predictor.guarantee or {}).get("promise"),
-                "classes": list(predictor.class_names),
-                "image_size": size,
-                "batch_size": batch_size,
-                "max_wait_ms": max_wait_ms,
-                "max_bytes": limits.max_bytes,
-                "queued": batcher.queue.qsize(),
-                "served": batcher.served,
-                "batches": batcher.batches,
-                "uptime_s": round(time.time() - state["started"], 1),
-            }
-        )
-
-    async def livez(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        ready = state["ready"]
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
-
-    async def metrics_page(request: Request) -> PlainTextResponse:
-        extra = {
+    async def health(self, scope: dict, receive: Callable) -> tuple[int, Any]:
+        predictor, batcher = self.predictor, self.batcher
+        return 200, {
+            "status": "ok" if self.ready else "starting",
+            "model": str(predictor.path),
+            "kind": predictor.kind,
+            "policy": predictor.policy["name"],
+            "guarantee": (predictor.guarantee or {}).get("promise"),
+            "classes": list(predictor.class_names),
+            "image_size": self.size,
+            "batch_size": self.batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "max_bytes": self.limits.max_bytes,
             "queued": batcher.queue.qsize(),
-            "decode_budget_free_bytes": state["budget"].free if state["budget"] else 0,
+            "served": batcher.served,
+            "batches": batcher.batches,
+            "warm_up_batch_ms": round(1000 * batcher.batch_seconds, 2),
+            "model_on_event_loop": batcher.inline,
+            "uptime_s": round(time.time() - self.started, 1),
         }
-        if hold is not None:
-            held = hold.state()
+
+    async def livez(self, scope: dict, receive: Callable) -> tuple[int, Any]:
+        return 200, {"status": "alive"}
+
+    async def readyz(self, scope: dict, receive: Callable) -> tuple[int, Any]:
+        return (200 if self.ready else 503), {"ready": self.ready}
+
+    async def metrics_page(self, scope: dict, receive: Callable) -> tuple[int, Any]:
+        extra = {
+            "queued": self.batcher.queue.qsize(),
+            "decode_budget_free_bytes": self.budget.free if self.budget else 0,
+        }
+        if self.hold is not None:
+            held = self.hold.state()
             extra.update(
                 budget_target_macs=held["target_macs"],
                 budget_window_mean_macs=held["window_mean_macs"] or 0.0,
@@ -508,54 +651,24 @@ def create_app(
                 budget_point_macs=held["point_validation_macs"],
                 budget_moves=held["moves"],
             )
-        return PlainTextResponse(metrics.render(extra), media_type="text/plain; version=0.0.4")
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        state["budget"] = DecodeBudget(limits.decode_budget)
-        batcher.start()
-        state["ready"] = True
-        try:
-            yield
-        finally:
-            state["ready"] = False
-            await batcher.stop()
-            decoders.shutdown(wait=False)
-
-    app = Starlette(
-        routes=[
-            Route("/predict", predict, methods=["POST"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/livez", livez, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/model", model, methods=["GET"]),
-            Route("/metrics", metrics_page, methods=["GET"]),
-        ],
-        exception_handlers={HTTPException: http_error},
-        lifespan=lifespan,
-    )
-    app.state.batcher = batcher
-    app.state.metrics = metrics
-    app.state.ready = state
-    return app
+        return 200, self.metrics.render(extra)
 
 
 # --------------------------------------------------------------------------- the server
 
 
 def _guarded_protocol(limits: Limits, metrics: Metrics | None) -> type:
-    """uvicorn's HTTP/1.1 protocol with deadlines and a connection cap: a connection that
-    sends no complete request head within ``header_timeout`` (a slow or idle client), or
-    whose request is not answered within ``request_timeout``, is closed; beyond
-    ``max_connections`` a new one is closed at once. Each closes with one log line."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    """uvicorn's HTTP/1.1 protocol (the httptools parser, in C) with deadlines, a bound on a
+    request head and a connection cap: a connection that sends no complete request head
+    within ``header_timeout`` (a slow or idle client), or whose request is not answered
+    within ``request_timeout``, is closed; a head over ``MAX_HEAD_BYTES`` gets a 431; beyond
+    ``max_connections`` a new connection is closed at once. Each closes with one log line."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class Guarded(H11Protocol):  # type: ignore[misc, valid-type]
+    class Guarded(HttpToolsProtocol):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
+        _awaiting_head = True
+        _head_bytes = 0
 
         def _arm(self, seconds: float, why: str) -> None:
             self._disarm()
@@ -585,22 +698,33 @@ def _guarded_protocol(limits: Limits, metrics: Metrics | None) -> type:
                 return
             self._arm(limits.header_timeout, f"no request within {limits.header_timeout:g} s")
 
-        def handle_events(self) -> None:
-            cycle = self.cycle
-            super().handle_events()
-            if self.cycle is not None and self.cycle is not cycle:  # a request head arrived
-                self._arm(limits.request_timeout, f"no answer within {limits.request_timeout:g} s")
+        def on_headers_complete(self) -> None:  # a request head arrived
+            self._awaiting_head, self._head_bytes = False, 0
+            self._arm(limits.request_timeout, f"no answer within {limits.request_timeout:g} s")
+            super().on_headers_complete()
 
         def on_response_complete(self) -> None:
             self._disarm()
+            self._awaiting_head = True
             super().on_response_complete()
 
         def data_received(self, data: bytes) -> None:
-            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            waiting = self._awaiting_head
+            if waiting and self._deadline is None:
                 self._arm(
                     limits.header_timeout, f"no whole request within {limits.header_timeout:g} s"
                 )
             super().data_received(data)
+            if waiting and self._awaiting_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    LOG.warning("refused a request from %s: a head over %d bytes",
+                                self.client, MAX_HEAD_BYTES)  # fmt: skip
+                    self.transport.write(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                        b"content-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                    self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -636,10 +760,10 @@ def run_app(app: Any, sock: socket.socket, limits: Limits) -> None:
         log_level="warning",
         access_log=False,
         lifespan="on",
-        http=_guarded_protocol(limits, getattr(app.state, "metrics", None)),
+        http=_guarded_protocol(limits, getattr(app, "metrics", None)),
         timeout_keep_alive=int(max(1, limits.idle_timeout)),
         timeout_graceful_shutdown=int(max(1, limits.shutdown_timeout)),
-        h11_max_incomplete_event_size=64 << 10,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     with _quiet_disconnects():

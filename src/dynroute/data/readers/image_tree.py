@@ -203,43 +203,51 @@ def _check_pixels(name: str, width: int, height: int) -> None:
 
 
 def _decode_one(
-    blob: bytes,
+    source: bytes | Image.Image,
     name: str,
     size: int,
     resize: bool,
     min_size: int = MIN_IMAGE_SIZE,
     wide: bool = False,
 ) -> bytes:
-    """RGB bytes of one size x size image; built-in copies must already have that size.
+    """RGB bytes of one size x size image (a file's bytes, or a file Pillow has opened and
+    not yet decoded: the caller hands it over); built-in copies must already have that size.
 
     ``wide``: read 16-bit integer pixels too, rounded to 8 bits first (as saving the image
     with 8 bits per channel would); otherwise they are refused.
     """
-    with Image.open(io.BytesIO(blob)) as image:
-        width, height = image.size
-        if not resize:
-            if image.size != (size, size):
-                raise DynrouteError(f"{name}: image is {width}x{height}, expected {size}x{size}")
-            return image.convert("RGB").tobytes()
-        if min(width, height) < min_size:
+    if isinstance(source, Image.Image):
+        return _decode_opened(source, name, size, resize, min_size, wide)
+    with Image.open(io.BytesIO(source)) as image:
+        return _decode_opened(image, name, size, resize, min_size, wide)
+
+
+def _decode_opened(
+    image: Image.Image, name: str, size: int, resize: bool, min_size: int, wide: bool
+) -> bytes:
+    width, height = image.size
+    if not resize:
+        if image.size != (size, size):
+            raise DynrouteError(f"{name}: image is {width}x{height}, expected {size}x{size}")
+        return image.convert("RGB").tobytes()
+    if min(width, height) < min_size:
+        raise DynrouteError(
+            f"{name}: image is {width}x{height} pixels, too small (at least {min_size} on a side)"
+        )
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        if not wide or image.mode == "F":
             raise DynrouteError(
-                f"{name}: image is {width}x{height} pixels, too small "
-                f"(at least {min_size} on a side)"
+                f"{name}: {image.mode} pixels (16-bit or floating point) are not supported; "
+                "save the image with 8 bits per channel"
             )
-        if image.mode in ("I", "F") or image.mode.startswith("I;"):
-            if not wide or image.mode == "F":
-                raise DynrouteError(
-                    f"{name}: {image.mode} pixels (16-bit or floating point) are not supported; "
-                    "save the image with 8 bits per channel"
-                )
-            _check_pixels(name, *image.size)
-            upright = _eight_bit(ImageOps.exif_transpose(image), name)
-        else:
-            image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
-            _check_pixels(name, *image.size)
-            upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
-        rgb = upright.convert("RGB")
-        return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
+        _check_pixels(name, *image.size)
+        upright = _eight_bit(ImageOps.exif_transpose(image), name)
+    else:
+        image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
+        _check_pixels(name, *image.size)
+        upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
+    rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+    return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
 
 
 def _eight_bit(image: Image.Image, name: str = "image") -> Image.Image:
@@ -268,7 +276,11 @@ DECODE_ERRORS = (
 
 
 def decode_image(
-    blob: bytes, name: str, size: int, min_size: int = MIN_IMAGE_SIZE, wide: bool = False
+    blob: bytes | Image.Image,
+    name: str,
+    size: int,
+    min_size: int = MIN_IMAGE_SIZE,
+    wide: bool = False,
 ) -> np.ndarray:
     """One image file's bytes as (3, size, size) uint8 RGB, decoded and resized exactly as a
     user's image tree is for training (upright, RGB, Pillow bilinear, stretched to square);
