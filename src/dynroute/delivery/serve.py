@@ -306,8 +306,8 @@ class Batcher:
         return await future
 
     def _predict(self, batch: np.ndarray) -> tuple[Any, list[dict[str, Any]]]:
-        """The batch's prediction and its answer rows (without file names), made once per
-        batch in the model thread rather than once per request on the event loop."""
+        """The batch's prediction and its answer rows (without file names): made once per
+        batch, where the model runs, rather than once per request."""
         prediction = self.predictor.predict(batch)
         return prediction, self.predictor.rows(None, prediction)
 
@@ -363,8 +363,8 @@ class Batcher:
     ) -> None:
         """Time a batch of noise (it tends to go deep: the slow case) through ``predict``
         (the predictor's, by default) and run batches on the event loop if a full one takes
-        at most ``INLINE_MODEL_SECONDS``. Beyond 64 images the time is scaled from 64 (a
-        slight overestimate), so that a large batch size does not slow the start."""
+        at most ``INLINE_MODEL_SECONDS``. Beyond 64 images the time is scaled from 64 (an
+        estimate), so that a large batch size does not slow the start."""
         predict = predict or self.predictor.predict
         rows = min(self.batch_size, 64)
         noise = np.random.default_rng(0).random((rows, *shape), dtype=np.float32)
