@@ -19,11 +19,13 @@ onnxruntime calls slows those).
 Reported: throughput at batch 256 (median over interleaved rounds; speed-ups are medians of
 per-round ratios), latency at batch 1 (p50, p99 over single images, interleaved), the MAC
 ratio and the *ideal* routed speed-up (each model's time at batch 256, weighted by the share
-of examples that reach it: what routing costs nothing would give). Serving over HTTP is
-``bench_serve.py``'s.
+of examples that reach it: what routing costs nothing would give). With ``--budgets``, the
+same batch-256 comparison at other operating points of the export (chosen as
+``--target-macs`` chooses), each against the static net of its own test accuracy. Serving
+over HTTP is ``bench_serve.py``'s.
 
 Run: python benchmarks/bench_deploy.py RUN [--static-results results/cpu/hybrid-static]
-     [--threads 1] [--rounds 5] [--singles 400] [--json FILE]
+     [--threads 1] [--rounds 5] [--singles 400] [--budgets 4,6,8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deployed import export_pair, test_sample, throughput
+from deployed import (
+    export_pair,
+    export_static,
+    pick_static,
+    test_accuracy,
+    test_sample,
+    throughput,
+)
+from dynroute.deploy import load
 from dynroute.devices import configure_cpu, machine_description
 from dynroute.engine.early_exit import EarlyExitEngine
 from timing import save_results
@@ -104,6 +114,30 @@ def ideal_speedup(model, static, x: np.ndarray) -> float:
     return timed(static.predict, batch) / total
 
 
+def budget_shares(routed, x: np.ndarray, args: argparse.Namespace, folder: Path) -> list[dict]:
+    """The export at each of ``args.budgets`` (M MACs) against the static net of its test
+    accuracy at batch 256: speed-up (median of per-round ratios), MAC ratio, their quotient
+    (the share) and the ideal speed-up."""
+    rows = []
+    for budget in args.budgets:
+        model, point = routed.for_budget(budget * 1e6)
+        accuracy = test_accuracy(model, args.run)
+        name, static_accuracy, _ = pick_static(args.static_results, accuracy)
+        static = load(export_static(name, folder / name), threads=args.threads)
+        macs, static_macs = float(model.predict(x).macs.mean()), static.path_macs()["exit"]
+        seconds = throughput({"routed": model.predict, "static": static.predict}, x, args.rounds)
+        ratios = [s / r for s, r in zip(seconds["static"], seconds["routed"], strict=True)]
+        speedup, mac_ratio = statistics.median(ratios), static_macs / macs
+        rows.append({
+            "budget": budget * 1e6, "macs": macs, "test_accuracy": accuracy,
+            "validation_mean_macs": point["mean_macs"], "static": name,
+            "static_test_accuracy": static_accuracy, "static_macs": static_macs,
+            "mac_ratio": mac_ratio, "speedup": speedup, "share": speedup / mac_ratio,
+            "speedup_rounds": ratios, "ideal_speedup": ideal_speedup(model, static, x),
+        })  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run directory (calibrated, or learned routers)")
@@ -112,6 +146,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--singles", type=int, default=400, help="batch-1 examples")
+    parser.add_argument(
+        "--budgets",
+        default="",
+        type=lambda text: [float(b) for b in text.split(",") if b],
+        help="also compare at these budgets (M MACs, comma-separated), at batch 256",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     configure_cpu(args.threads)
@@ -175,6 +215,8 @@ def main() -> None:
         results["batch256_speedup_vs_dense"] = statistics.median(
             d / r for d, r in zip(seconds["dense"], seconds["routed"], strict=True)
         )
+        if args.budgets:
+            results["budgets"] = budget_shares(routed, x, args, Path(temporary) / "statics")
 
     print(f"{args.run} at {results['operating_point']['policy']} ({how}): test accuracy "
           f"{accuracy:.4f}, {routed_macs / 1e6:.2f} M MACs on the sample; static: {static_name} "
@@ -190,6 +232,17 @@ def main() -> None:
           f"(wall/MAC {speedup / mac_ratio:.2f}; ideal {ideal:.2f}x, "
           f"{ideal / mac_ratio:.2f} of the MAC ratio); "
           f"{results['batch256_speedup_vs_dense']:.2f}x the dense graph")  # fmt: skip
+    if args.budgets:
+        print("\nbatch 256 at other budgets, each against the static net of its test accuracy:")
+        print(f"{'budget':>7} {'MACs':>7} {'accuracy':>8} {'static':>9} {'MAC ratio':>9} "
+              f"{'speed-up':>8} {'share':>5} {'ideal':>5} {'rounds':>11}")  # fmt: skip
+        for row in results["budgets"]:
+            rounds = row["speedup_rounds"]
+            print(f"{row['budget'] / 1e6:6.1f}M {row['macs'] / 1e6:6.2f}M "
+                  f"{row['test_accuracy']:8.4f} {row['static']:>9} {row['mac_ratio']:9.2f} "
+                  f"{row['speedup']:7.2f}x {row['share']:5.2f} "
+                  f"{row['ideal_speedup'] / row['mac_ratio']:5.2f} "
+                  f"{min(rounds):5.2f}-{max(rounds):.2f}")  # fmt: skip
     save_results(results, args.json)
 
 

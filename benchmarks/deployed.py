@@ -50,6 +50,24 @@ def pick_static(folder: Path, accuracy: float) -> tuple[str, float, float]:
     return min(good, key=lambda f: f[2]) if good else max(found, key=lambda f: f[1])
 
 
+def test_accuracy(model, run_dir: str, batch: int = 256) -> float:
+    """An export's accuracy on its run's whole test split."""
+    images, labels, _ = open_run(run_dir).split("test")
+    correct = 0
+    for i in range(0, len(images), batch):
+        predicted = model.predict(np.array(images[i : i + batch])).predictions
+        correct += int((predicted == np.asarray(labels[i : i + batch])).sum())
+    return correct / len(images)
+
+
+def export_static(name: str, folder: Path) -> Path:
+    """The registry's ``name`` exported to ``folder`` (untrained: weights do not change
+    speed), unless an earlier call put it there."""
+    if not (folder / "manifest.json").exists():
+        export_tree(build_model(name).eval(), folder)
+    return folder
+
+
 def export_pair(
     run_dir: str,
     folder: Path,
@@ -65,16 +83,11 @@ def export_pair(
     routed_dir, static_dir = folder / "routed", folder / "static"
     manifest, how, _ = export_run(run_dir, routed_dir, dense=True, check=0)
     routed = load(routed_dir, threads=threads)
-    images, labels, _ = open_run(run_dir).split("test")
-    correct = 0
-    for i in range(0, len(images), batch):
-        predicted = routed.predict(np.array(images[i : i + batch])).predictions
-        correct += int((predicted == np.asarray(labels[i : i + batch])).sum())
-    accuracy = correct / len(images)
+    accuracy = test_accuracy(routed, run_dir, batch)
     static_accuracy = None
     if static is None:
         static, static_accuracy, _ = pick_static(static_results, accuracy)
-    export_tree(build_model(static).eval(), static_dir)
+    export_static(static, static_dir)
     return {
         "routed": routed,
         "routed_dir": routed_dir,

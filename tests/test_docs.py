@@ -228,7 +228,7 @@ def _shim(path: Path, command: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def docs_session(real_data_dir, real_cache_dir, tmp_path_factory) -> DocsSession:
+def docs_session(real_data_dir, real_cache_dir, hybrid_subset, tmp_path_factory) -> DocsSession:
     """What every runnable block gets: data, a shared dataset cache, commands, a tiny run."""
     root = tmp_path_factory.mktemp("docs")
     bin_dir = root / "bin"
@@ -249,40 +249,15 @@ def docs_session(real_data_dir, real_cache_dir, tmp_path_factory) -> DocsSession
         "PYTHONUNBUFFERED": "1",
     }
     # RUN: real hybrid images, but few, so that commands on it evaluate in seconds.
-    subset = root / "hybrid-subset.npz"
-    write_subset(subset, real_data_dir, Path(env["DYNROUTE_CACHE"]))
     run = root / "run"
     command = [
-        sys.executable, "-m", "dynroute.cli", "train", "--dataset", f"npz:{subset}",
+        sys.executable, "-m", "dynroute.cli", "train", "--dataset", f"npz:{hybrid_subset}",
         "--k-cpt", "4e-9", "--iterations", "4", "--eval-every", "4", "--validation-size", "500",
         "--no-progress", "--out", str(run),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     return DocsSession(root, real_data_dir, env, run)
-
-
-def write_subset(path: Path, data_dir: Path, cache_dir: Path, train: int = 3000, test: int = 1000):
-    """A seeded sample of the hybrid dataset as an npz: digits and CIFAR images alike."""
-    import numpy as np
-
-    from dynroute.data import load_dataset
-
-    hybrid = load_dataset("hybrid", data_dir, cache_dir=cache_dir)
-    rng = np.random.default_rng(0)
-    rows = {
-        name: np.sort(rng.choice(len(split), size, replace=False))
-        for name, split, size in (("train", hybrid.train, train), ("test", hybrid.test, test))
-    }
-    np.savez(
-        path,
-        x_train=hybrid.train.images[rows["train"]],
-        y_train=hybrid.train.labels[rows["train"]],
-        x_test=hybrid.test.images[rows["test"]],
-        y_test=hybrid.test.labels[rows["test"]],
-        class_names=np.array(hybrid.class_names),
-        mirror_symmetric=np.array(hybrid.mirror_symmetric),
-    )
 
 
 def checkout_like(work_root: Path, session: DocsSession) -> Path:

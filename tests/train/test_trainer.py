@@ -345,18 +345,17 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.realdata
-def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, real_cache_dir, tmp_path):
+def test_cli_sigkill_and_resume_match_uninterrupted_run(hybrid_subset, real_cache_dir, tmp_path):
     args = [
-        sys.executable, "-m", "dynroute.cli", "train", "--dataset", "hybrid", "--model", "chain",
-        "--strategy", "actor", "--k-cpt", "4e-9", "--iterations", "36", "--batch-size", "32",
-        "--eval-every", "12", "--checkpoint-every", "6", "--no-progress",
-        "--data-dir", str(real_data_dir),
+        sys.executable, "-m", "dynroute.cli", "train", "--dataset", f"npz:{hybrid_subset}",
+        "--model", "chain", "--strategy", "actor", "--k-cpt", "4e-9", "--iterations", "96",
+        "--batch-size", "32", "--eval-every", "24", "--checkpoint-every", "6", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DYNROUTE_CACHE": str(real_cache_dir)}
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*args, "--out", str(full)], check=True, env=env, timeout=600)
     metrics = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iteration"] for m in metrics] == [12, 24, 36]
+    assert [m["iteration"] for m in metrics] == [24, 48, 72, 96]
     assert len(metrics[-1]["test"]["nodes"]) == 16
 
     proc = subprocess.Popen([*args, "--out", str(killed)], env=env)
@@ -369,14 +368,14 @@ def test_cli_sigkill_and_resume_match_uninterrupted_run(real_data_dir, real_cach
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step = torch.load(killed / "checkpoint.pt", weights_only=True)["extra"]["step"]
-    assert 12 <= step < 36, "the run must be killed half-way"
+    assert 12 <= step < 96, "the run must be killed part-way"
     subprocess.run([*args, "--out", str(killed), "--resume"], check=True, env=env, timeout=600)
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
     resumed = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iteration"] for m in resumed] == [12, 24, 36]
+    assert [m["iteration"] for m in resumed] == [24, 48, 72, 96]
 
 
 @pytest.mark.slow
