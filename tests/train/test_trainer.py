@@ -389,5 +389,5 @@ def test_multi_exit_training_leaves_routers_as_built(tmp_path):
     assert weights and all(torch.equal(before[k], after[k]) for k in weights)
     with pytest.raises(DynrouteError, match="k_cpt does not apply to multi-exit"):
         tiny_config(strategy="multi-exit", k_cpt=1e-9).validate()
-    with pytest.raises(DynrouteError, match="multi-exit strategy only"):
-        tiny_config(exit_weights=(1.0,) * 8).validate()
+    with pytest.raises(DynrouteError, match="multi-exit and actor strategies only"):
+        tiny_config(strategy="critic", exit_weights=(1.0,) * 8).validate()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute.decisions import log_softmax
+from dynroute.decisions import boosted, log_softmax
 from dynroute.engine.fold import fold_batchnorm as fold_batchnorm_into
 from dynroute.errors import DynrouteError
 from dynroute.nn.macs import policy_path_macs
@@ -104,9 +104,12 @@ class EarlyExitEngine:
         self._runs_router = [
             node.is_junction and self.decider.runs_router(i) for i, node in enumerate(tree.nodes)
         ]
+        # A boosted tree's answers build on the exits passed: their heads always run.
+        self.boost = tree.boost
+        self._carries = self.decider.needs_history or bool(tree.boost)
         self._exit_sinks = [
             [c for c in tree.children_of[i] if tree.nodes[c].is_leaf]
-            if policy.uses_threshold
+            if policy.uses_threshold or tree.boost
             else []
             for i in range(len(tree.nodes))
         ]
@@ -195,8 +198,10 @@ class EarlyExitEngine:
             out = tree.nodes[index].transform(signal)
             children = children_of[index]
             if not children:
-                if rule.reads_exits:
-                    answer = rule.answer(position[index], history, to_numpy(out))
+                if rule.reads_exits or self.boost:
+                    answer = boosted(to_numpy(out), history, self.boost)
+                    if rule.reads_exits:
+                        answer = rule.answer(position[index], history, answer)
                     out = torch.from_numpy(answer).to(out.device)
                 if logits is None:
                     logits = out.new_empty((n, out.shape[1]))
@@ -211,18 +216,22 @@ class EarlyExitEngine:
                 return [(children[0], (out, rows, k, history))]
             scores = tree.router_scores(index, out, k) if self._runs_router[index] else None
             raw = {
-                c: to_numpy(tree.nodes[c].transform(self._reads[c](out)))
+                c: boosted(
+                    to_numpy(tree.nodes[c].transform(self._reads[c](out))), history, self.boost
+                )
                 for c in self._exit_sinks[index]
             }
-            answers = {c: rule.answer(position[c], history, z) for c, z in raw.items()}
-            measures = {
-                k_: rule.measure(position[c], history, answers[c])
-                for k_, c in enumerate(children)
-                if c in answers
-            }
+            measures = {}
+            if rule.reads_exits:
+                answers = {c: rule.answer(position[c], history, z) for c, z in raw.items()}
+                measures = {
+                    k_: rule.measure(position[c], history, answers[c])
+                    for k_, c in enumerate(children)
+                    if c in answers
+                }
             # Exits taken here read only the exits before them; deeper nodes carry these too.
             deeper = history
-            if rule.needs_history and raw:
+            if self._carries and raw:
                 passed = np.stack([log_softmax(z) for z in raw.values()], 1)
                 deeper = passed if history is None else np.concatenate([history, passed], 1)
             carried = [history if tree.nodes[c].is_leaf else deeper for c in children]

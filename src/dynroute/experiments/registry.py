@@ -149,6 +149,17 @@ def network_name_for_k(k_cpt: float) -> str:
     return f"k_cpt-{k_cpt:g}"
 
 
+#: The exit-training recipes an experiment can add (docs/training.md): name -> (training
+#: options, what they do). Each at its source's usual setting, never tuned here.
+RECIPES: dict[str, tuple[dict[str, Any], str]] = {
+    "distill": ({"distill": 0.5}, "self-distillation from the deepest exit"),
+    "ge": ({"gradient_equilibrium": True}, "gradient equilibrium"),
+    "boost": ({"boost": 1.0}, "boosted exits"),
+    "ramp": ({"exit_weight_schedule": "ramp"}, "early exits' weights ramped in"),
+    "learned-weights": ({"learned_exit_weights": True}, "learned exit weights"),
+}
+
+
 def _hybrid(name: str, strategy: str, description: str, **options: Any) -> Experiment:
     model = options.pop("model", "chain")
     dynamic = options.pop("dynamic_k_cpt", False)
@@ -182,10 +193,46 @@ def _build_registry() -> dict[str, Experiment]:
     experiments.append(
         Experiment("cifar10-multi-exit", "cifar10", "multi-exit", description="multi-exit chain")
     )
+    # The field's exit-training recipes (dynroute.train.recipes), each against plain
+    # multi-exit training of the same network, and composed with the paper's actor.
+    for dataset in ("hybrid", "cifar10"):
+        for recipe, (options, what) in RECIPES.items():
+            experiments.append(
+                Experiment(
+                    f"{dataset}-multi-exit-{recipe}",
+                    dataset,
+                    "multi-exit",
+                    options=options,
+                    description=f"multi-exit chain, {what}",
+                )
+            )
+    for recipe in ("distill", "boost"):
+        options, what = RECIPES[recipe]
+        experiments.append(
+            Experiment(
+                f"hybrid-actor-{recipe}",
+                "hybrid",
+                "actor",
+                options=options,
+                description=f"actor chains, {what}",
+            )
+        )
     # A backbone the paper never used (issue: your own backbone): ResNet-18 split at its
     # stages, exits after each; every other k_cpt of the paper's set (each net costs ~2x a
     # chain's).
     resnet_k = PAPER_K_CPT_SET[1::2]
+    experiments += [
+        Experiment(
+            f"cifar10-resnet18-multi-exit{'-' + recipe if recipe else ''}",
+            "cifar10",
+            "multi-exit",
+            model="resnet18-exits",
+            options=RECIPES[recipe][0] if recipe else {},
+            description="ResNet-18 with an exit per stage, multi-exit"
+            + (f", {RECIPES[recipe][1]}" if recipe else ""),
+        )
+        for recipe in ("", *RECIPES)
+    ]
     experiments += [
         Experiment("cifar10-resnet18-static", "cifar10", "static", model="resnet18-exits"),
         Experiment(

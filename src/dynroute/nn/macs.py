@@ -119,6 +119,9 @@ class TreeCosts:
     path_macs: tuple[int, ...]
     threshold_path_macs: tuple[int, ...]
     oracle_path_macs: tuple[int, ...]
+    #: Per node, the node whose arrival pays its MACs in expectation (itself, except for a
+    #: boosted tree's exits at junctions: everyone reaching the junction runs their heads).
+    charged_at: tuple[int, ...] = ()
 
     def base_path_macs(self) -> dict[str, tuple[int, ...]]:
         """Per cost model, what an example classified at each node has cost.
@@ -144,7 +147,8 @@ class TreeCosts:
 
     def expected_macs(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-example MACs expected under per-node arrival probabilities."""
-        return sum(p * float(m) for p, m in zip(probabilities, self.node_macs, strict=True))
+        at = self.charged_at or range(len(self.node_macs))
+        return sum(probabilities[a] * float(m) for a, m in zip(at, self.node_macs, strict=True))
 
 
 #: The attribute under which a tree keeps its cost table (a plain attribute: a compiled
@@ -181,13 +185,23 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
         macs = [t + r for t, r in zip(transform, router, strict=True)]
         paths = tuple(tuple(tree.path_to(i)) for i in range(len(tree.nodes)))
         threshold = _threshold_path_macs(tree, transform, router)
+        learned = [sum(macs[j] for j in path) for path in paths]
+        charged_at = list(range(len(tree.nodes)))
+        if tree.boost:  # every answer needs the answers of the exits passed: their heads run
+            shape = tree.shape
+            for i in range(len(tree.nodes)):
+                passed = shape.history[i] if tree.nodes[i].is_leaf else shape.evaluated[i]
+                learned[i] += sum(transform[e] for e in passed)
+                if tree.nodes[i].is_leaf and shape.decided_at_junction(i):
+                    charged_at[i] = tree.parent[i]
         costs = TreeCosts(
             node_macs=tuple(macs),
             router_macs=tuple(router),
             paths=paths,
-            path_macs=tuple(sum(macs[j] for j in path) for path in paths),
+            path_macs=tuple(learned),
             threshold_path_macs=tuple(threshold),
             oracle_path_macs=tuple(sum(transform[j] for j in path) for path in paths),
+            charged_at=tuple(charged_at),
         )
         tree.__dict__[_CACHE_ATTRIBUTE] = costs
     return costs

@@ -171,8 +171,10 @@ def build_model(
     width: int = 1,
     dynamic_k_cpt: bool = False,
     image_size: int = IMAGE_SIZE,
+    boost: float = 0.0,
 ) -> RoutedTree:
-    """Build a registered model from its name and options (square RGB images)."""
+    """Build a registered model from its name and options (square RGB images; ``boost``:
+    boosted exits, ``RoutedTree.boosted_logits``)."""
     spec: dict[str, Any] = {
         "name": name,
         "num_classes": _plain_int(num_classes),
@@ -181,6 +183,8 @@ def build_model(
     }
     if image_size != IMAGE_SIZE:  # builders written for 32x32 images need not know the option
         spec["image_size"] = _plain_int(image_size)
+    if boost:  # specs of plain trees stay as they were
+        spec["boost"] = float(boost)
     return build_from_spec(spec)
 
 
@@ -203,6 +207,7 @@ def build_from_spec(spec: dict[str, Any], source: str | None = None) -> RoutedTr
         spec["num_classes"],
         dynamic_k_cpt=spec.get("dynamic_k_cpt", False),
         spec=spec,
+        boost=spec.get("boost", 0.0),
     )
 
 

@@ -4,7 +4,7 @@ A *spec* is the plain data a model is built from and a checkpoint stores::
 
     {"name": "chain", "num_classes": 10, "width": 1, "dynamic_k_cpt": False}
 
-(``image_size`` too, where it is not 32). ``validate_spec`` is the one place a spec is
+(``image_size`` too, where it is not 32, and ``boost`` for boosted exits). ``validate_spec`` is the one place a spec is
 checked; ``dynroute.nn.models.build_model`` builds a spec after checking it, and checkpoints
 check theirs before anything is built.
 
@@ -124,6 +124,10 @@ def validate_spec(spec: Any, source: str | None = None) -> dict[str, Any]:
             lambda v: _int_in(v, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
             f"an integer in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}",
         ),
+        "boost": (
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+            "a number in (0, 1] (boosted exits)",
+        ),
     }
     unknown = sorted(set(spec) - set(checks))
     if unknown or "name" not in spec:
@@ -135,6 +139,8 @@ def validate_spec(spec: Any, source: str | None = None) -> dict[str, Any]:
         raise DynrouteError(
             f"{at}unknown model {spec['name']!r}; choose from {', '.join(_REGISTRY)}"
         )
+    if _REGISTRY[spec["name"]].static and spec.get("boost"):
+        raise DynrouteError(f"{at}{spec['name']} has one exit: boosting needs several")
     if _REGISTRY[spec["name"]].static and spec.get("dynamic_k_cpt"):
         raise DynrouteError(
             f"{at}{spec['name']} is a static network without routers: dynamic k_cpt does not apply"

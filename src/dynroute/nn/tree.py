@@ -114,9 +114,15 @@ class RoutedTree(nn.Module):
         num_classes: int,
         dynamic_k_cpt: bool = False,
         spec: dict[str, Any] | None = None,
+        boost: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= boost <= 1.0:
+            raise ValueError(f"boost must lie in [0, 1], got {boost!r}")
         self.root = root
+        #: Boosted exits (BoostNet): each exit's answer adds ``boost`` times the
+        #: log-softmax of the answer of the exit passed last (``decisions.boosted``); 0: none.
+        self.boost = float(boost)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.dynamic_k_cpt = dynamic_k_cpt
@@ -224,10 +230,21 @@ class RoutedTree(nn.Module):
             return None
         return router(out) if k_feature is None else router(out, k_feature)
 
-    def forward_dense(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None):
-        """Evaluate every node on every example (what the actor loss needs)."""
+    def forward_dense(
+        self,
+        x: torch.Tensor,
+        k_cpt: torch.Tensor | float | None = None,
+        gradient_scales: dict[int, float] | None = None,
+    ) -> DenseOutput:
+        """Evaluate every node on every example (what the actor loss needs).
+
+        ``gradient_scales`` (training only) multiplies the gradient that flows back from a
+        node into its parent's output, by node (gradient equilibrium); the forward pass is
+        unchanged. A boosted tree's logits are its exits' answers (``boosted_logits``).
+        """
         k_feature = self.router_k_cpt(k_cpt, x.shape[0], x)
         result = DenseOutput()
+        scales = gradient_scales or {}
 
         def visit(index: int, signal: Any) -> list[tuple[int, Any]]:
             out, scores = self.run_node(index, signal, k_feature)
@@ -235,10 +252,32 @@ class RoutedTree(nn.Module):
                 result.scores[index] = scores
             if self.nodes[index].is_leaf:
                 result.logits[index] = out
-            return [(child, out) for child in self.children_of[index]]
+            return [
+                (child, scale_gradient(out, scales[child]) if child in scales else out)
+                for child in self.children_of[index]
+            ]
 
         self.walk(x, visit)
+        if self.boost:
+            result.logits = self.boosted_logits(result.logits)
         return result
+
+    def boosted_logits(self, heads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Each exit's answer from every exit head's output: its own output plus ``boost``
+        times the log-softmax of the answer of the exit it passed last (the running
+        ensemble of BoostNet, up to a constant per example). While training, the earlier
+        answer is a constant: each exit learns what the exits before it got wrong."""
+        history = self.shape.history
+        answers: dict[int, torch.Tensor] = {}
+        for leaf in sorted(heads, key=lambda leaf: len(history[leaf])):
+            answer = heads[leaf]
+            if history[leaf]:
+                previous = torch.log_softmax(answers[history[leaf][-1]].float(), dim=1)
+                if self.training:
+                    previous = previous.detach()
+                answer = answer + (self.boost * previous).to(answer.dtype)
+            answers[leaf] = answer
+        return answers
 
     def forward(self, x: torch.Tensor, k_cpt: torch.Tensor | float | None = None) -> DenseOutput:
         return self.forward_dense(x, k_cpt)
@@ -277,6 +316,26 @@ class RoutedTree(nn.Module):
             else:
                 probs.append(probs[p])
         return probs
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity forward; the gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(signal: Any, scale: float) -> Any:
+    """``signal`` (a tensor or a list/tuple of tensors) with its gradient scaled by ``scale``."""
+    if isinstance(signal, torch.Tensor):
+        return _ScaleGradient.apply(signal, scale)
+    return type(signal)(scale_gradient(part, scale) for part in signal)
 
 
 def coarsest(signal: Any) -> torch.Tensor:

@@ -9,3 +9,6 @@ STRATEGY_NAMES = ("static", "actor", "critic", "multi-exit")
 #: Critic targets (docs/method.md §4.3) and the error measured inside them.
 CRITIC_TARGETS = ("pragmatic", "optimistic")
 ERROR_MEASURES = ("cross-entropy", "classification")
+#: Exit-weight schedules and distillation teachers (``dynroute.train.recipes``).
+WEIGHT_SCHEDULES = ("constant", "ramp")
+TEACHERS = ("deepest", "ensemble")

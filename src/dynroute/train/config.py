@@ -9,7 +9,13 @@ from typing import Any
 
 from dynroute.errors import DynrouteError
 from dynroute.nn.registry import MAX_IMAGE_SIZE, MAX_WIDTH, MIN_IMAGE_SIZE
-from dynroute.train.choices import CRITIC_TARGETS, ERROR_MEASURES, STRATEGY_NAMES
+from dynroute.train.choices import (
+    CRITIC_TARGETS,
+    ERROR_MEASURES,
+    STRATEGY_NAMES,
+    TEACHERS,
+    WEIGHT_SCHEDULES,
+)
 from dynroute.train.schedules import PAPER_LR_HALF_LIFE, PAPER_TAU_HALF_LIFE, scaled_half_life
 
 #: Splits a run can evaluate on.
@@ -243,11 +249,45 @@ class TrainConfig:
     )
     exit_weights: tuple[float, ...] | None = option(
         None,
-        "multi-exit strategy: comma-separated weight of each exit's cross-entropy, in exit "
-        "order (default: equal)",
+        "multi-exit or actor: comma-separated weight of each exit's loss, in exit order "
+        "(default: equal)",
         bounds=Bounds(0, 1e6),
         kind=float,
         many=True,
+    )
+    exit_weight_schedule: str = option(
+        "constant",
+        "multi-exit or actor: constant exit weights, or ramp (the early exits' weights grow "
+        "from 0 over the first half of the run)",
+        choices=WEIGHT_SCHEDULES,
+    )
+    learned_exit_weights: bool = option(
+        False, "multi-exit: learn each exit's weight (uncertainty weighting, Kendall et al. 2018)"
+    )
+    distill: float = option(
+        0.0,
+        "multi-exit or actor: self-distillation, the share of each exit's loss that matches the "
+        "teacher's softened answer (0: off; 0.5 is a common choice)",
+        bounds=Bounds(0, 1, high_open=True),
+    )
+    distill_temperature: float = option(
+        3.0, "with --distill: the softening temperature", bounds=Bounds(0.1, 100)
+    )
+    distill_teacher: str = option(
+        "deepest",
+        "with --distill: the deepest exit, or the ensemble of every exit",
+        choices=TEACHERS,
+    )
+    gradient_equilibrium: bool = option(
+        False,
+        "multi-exit or actor: each node's output gets the mean of its exits' gradients, not the "
+        "sum (Li et al. 2019); multi-exit losses add up",
+    )
+    boost: float = option(
+        0.0,
+        "boosted exits: each exit adds this share of the answer of the exit before it and "
+        "learns what that one got wrong (BoostNet; 0: off, 1: the plain additive model)",
+        bounds=Bounds(0, 1),
     )
     talr: bool = option(True, "throughput-adjusted learning rates")
     regularise_policy: bool = option(
@@ -386,8 +426,18 @@ class TrainConfig:
             fail("k_cpt does not apply to a static network: it has no routing decisions")
         if self.strategy == "multi-exit" and (self.k_cpt != 0 or self.dynamic_k_cpt):
             fail("k_cpt does not apply to multi-exit training: its routers do not learn")
-        if self.exit_weights is not None and self.strategy != "multi-exit":
-            fail("`exit_weights` applies to the multi-exit strategy only")
+        recipe = [name for name in RECIPE_OPTIONS if getattr(self, name) != _FIELDS[name].default]
+        if recipe and self.strategy not in ("multi-exit", "actor"):
+            fail(f"`{recipe[0]}` applies to the multi-exit and actor strategies only")
+        if self.learned_exit_weights and self.strategy != "multi-exit":
+            fail("`learned_exit_weights` applies to the multi-exit strategy only")
+        if not self.distill and any(
+            getattr(self, name) != _FIELDS[name].default
+            for name in ("distill_temperature", "distill_teacher")
+        ):
+            fail("`distill_temperature` and `distill_teacher` apply only with `distill` > 0")
+        if self.boost and static_model:
+            fail("`boost` needs a model with several exits")
         if self.exit_weights is not None and not sum(self.exit_weights) > 0:
             fail("`exit_weights` needs at least one positive weight")
         if self.k_cpt_set is not None and not self.dynamic_k_cpt:
@@ -446,6 +496,16 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+#: The exit-training recipe's options (``dynroute.train.recipes``), boosting apart.
+RECIPE_OPTIONS = (
+    "exit_weights",
+    "exit_weight_schedule",
+    "learned_exit_weights",
+    "distill",
+    "distill_temperature",
+    "distill_teacher",
+    "gradient_equilibrium",
+)
 #: Options that say how a run executes, not what it computes (marked on their fields).
 EXECUTION_ONLY = tuple(name for name, f in _FIELDS.items() if f.metadata["execution"])
 

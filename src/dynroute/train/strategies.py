@@ -25,6 +25,7 @@ from dynroute.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import DenseOutput, RoutedTree, k_cpt_per_example
 from dynroute.train.choices import CRITIC_TARGETS, ERROR_MEASURES, STRATEGY_NAMES
+from dynroute.train.recipes import ExitRecipe
 
 
 @dataclass
@@ -93,6 +94,17 @@ class Strategy:
     def check(self, tree: RoutedTree) -> None:
         """Refuse a tree this strategy cannot train."""
 
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the loss learns beside the tree's (trained and checkpointed with it)."""
+        return []
+
+    def gradient_scales(self, tree: RoutedTree) -> dict[int, float] | None:
+        """Factors on the gradient each node sends its parent (``forward_dense``), if any."""
+        return None
+
+    def set_progress(self, progress: float) -> None:
+        """How far the run is (0 to 1), for losses that change over a run."""
+
     def loss(
         self,
         tree: RoutedTree,
@@ -144,8 +156,20 @@ class StaticStrategy(Strategy):
 
 
 @dataclass
-class ActorStrategy(Strategy):
-    """Minimise E[c_inf] exactly, by weighting every node's terms by p_train."""
+class ExitTraining(ExitRecipe, Strategy):
+    """A strategy that trains every exit, with the exit-training recipe's options."""
+
+    def check(self, tree):
+        self.check_recipe(tree)
+
+    def extra_parameters(self):
+        return self.recipe_parameters()
+
+
+@dataclass
+class ActorStrategy(ExitTraining):
+    """Minimise E[c_inf] exactly, by weighting every node's terms by p_train; each exit's
+    cross-entropy is its recipe's loss (``ExitRecipe``), its weights averaging 1."""
 
     k_dec: float = 0.01
     regularise_policy: bool = False
@@ -157,7 +181,8 @@ class ActorStrategy(Strategy):
         branches = tree.branch_probabilities(dense.scores, tau, self.epsilon)
         arrival = tree.arrival_probabilities(branches, batch, like)
         fixed = [p.detach() for p in arrival]
-        error = expected_error(tree, dense, labels, arrival)
+        losses = self.weighted_exit_losses(tree, dense, labels, total=len(tree.leaves))
+        error = sum(arrival[leaf] * losses[leaf] for leaf in tree.leaves)
         k = k_cpt_per_example(k_cpt, batch, like)
         compute = k * tree_costs(tree).expected_macs(arrival)
         regularised = arrival if self.regularise_policy else fixed
@@ -258,35 +283,27 @@ class CriticStrategy(Strategy):
 
 
 @dataclass
-class MultiExitStrategy(Strategy):
+class MultiExitStrategy(ExitTraining):
     """The field's standard training (BranchyNet, MSDNet, Shallow-Deep Networks): every exit
-    learns every example, the mean of the exits' cross-entropies (``exit_weights`` weighs
-    them, in pre-order of the exits); routers are not trained. Such a net exits by a
-    confidence or entropy threshold at inference (``dynroute.nn.routing``)."""
+    learns every example, the weighted mean of the exits' losses (equal weights and plain
+    cross-entropy unless a recipe says otherwise, ``ExitRecipe``; with gradient equilibrium
+    their sum); routers are not trained. Such a net exits by a confidence or entropy
+    threshold at inference (``dynroute.nn.routing``)."""
 
-    exit_weights: tuple[float, ...] | None = None
     name = "multi-exit"
     trains_routers = False
 
     def check(self, tree):
         if len(tree.leaves) < 2:
             raise DynrouteError("the multi-exit strategy needs a tree with two or more exits")
-        if self.exit_weights is not None and len(self.exit_weights) != len(tree.leaves):
-            raise DynrouteError(
-                f"`exit_weights` has {len(self.exit_weights)} values but the model has "
-                f"{len(tree.leaves)} exits"
-            )
+        super().check(tree)
 
     def loss(self, tree, dense, labels, k_cpt, tau):
         like = _like(dense)
         batch = labels.shape[0]
         arrival = tree.arrival_probabilities({}, batch, like)  # every node, every example
-        weights = self.exit_weights or (1.0,) * len(tree.leaves)
-        total = sum(weights)
-        error = sum(
-            (w / total) * F.cross_entropy(dense.logits[leaf].float(), labels, reduction="none")
-            for w, leaf in zip(weights, tree.leaves, strict=True)
-        )
+        total = float(len(tree.leaves)) if self.gradient_equilibrium else 1.0
+        error = sum(self.weighted_exit_losses(tree, dense, labels, total).values())
         l2 = self._l2(tree, arrival)
         terms = {"error": error.mean(), "l2": l2.mean()}
         return LossOutput((error + l2).mean(), arrival, terms)

@@ -92,6 +92,9 @@ class Trainer:
             self.tree.to(memory_format=torch.channels_last)
         self.strategy = make_strategy(config.strategy, **config.strategy_options())
         self.strategy.check(self.tree)
+        for p in self.strategy.extra_parameters():  # learned exit weights: beside the tree
+            p.data = p.data.to(self.device)
+        self._gradient_scales = self.strategy.gradient_scales(self.tree)
         if not self.strategy.trains_routers:  # left as built: zero last layer, undecided
             for node in self.tree.nodes:
                 if node.router is not None:
@@ -100,7 +103,7 @@ class Trainer:
         # Fused: one kernel (one launch on a GPU) instead of a Python loop over the chain's
         # 166 parameters (3.9 -> 0.7 ms per step on the development CPU).
         self.optimizer = torch.optim.SGD(
-            self.tree.parameters(),
+            [*self.tree.parameters(), *self.strategy.extra_parameters()],
             lr=self.schedule.lr,
             momentum=config.momentum,
             fused=True if self.device.type in ("cpu", "cuda") else None,
@@ -149,7 +152,12 @@ class Trainer:
             )
         if tree is None:
             built = build_model(
-                cfg.model, self.data.num_classes, cfg.width, cfg.dynamic_k_cpt, cfg.image_size
+                cfg.model,
+                self.data.num_classes,
+                cfg.width,
+                cfg.dynamic_k_cpt,
+                cfg.image_size,
+                boost=cfg.boost,
             )
             if cfg.pretrained_weights is not None:
                 load_pretrained(built, cfg.pretrained_weights)
@@ -165,6 +173,11 @@ class Trainer:
         if tree.dynamic_k_cpt != cfg.dynamic_k_cpt:
             state = "routes" if tree.dynamic_k_cpt else "does not route"
             raise DynrouteError(f"the tree {state} on k_cpt: set dynamic_k_cpt to match")
+        if tree.boost != cfg.boost:
+            raise DynrouteError(
+                f"the tree's exits are boosted by {tree.boost:g}, the config says {cfg.boost:g}: "
+                "build the tree with RoutedTree(..., boost=...) to match"
+            )
         if cfg.pretrained_weights is not None:
             raise DynrouteError(
                 "pretrained_weights loads into registered backbones only; load your own "
@@ -202,6 +215,7 @@ class Trainer:
             "loader": self.data.loader.state_dict(),
             "train_seconds": self.train_seconds,
             "config": self.config.to_dict(),
+            "loss_parameters": [p.detach().cpu() for p in self.strategy.extra_parameters()],
         }
 
     def verify_finite(self) -> None:
@@ -263,6 +277,13 @@ class Trainer:
             self.generator.set_state(extra["generator"])
             self.data.loader.load_state_dict(extra["loader"])
             step, seconds = int(extra["step"]), float(extra["train_seconds"])
+            saved = extra.get("loss_parameters", [])
+            own = self.strategy.extra_parameters()
+            if len(saved) != len(own) or any(s.shape != p.shape for s, p in zip(saved, own)):
+                raise ValueError("the loss's own parameters do not match this run's")
+            with torch.no_grad():
+                for p, value in zip(own, saved, strict=True):
+                    p.copy_(value)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise DynrouteError(
                 f"{source} holds a damaged training state ({type(exc).__name__}: {exc}); "
@@ -294,6 +315,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images, labels, k_cpt = self.next_batch()
+        self.strategy.set_progress(self.step / cfg.iterations)
         self.tree.train()
         # A tensor (a fill, not a host copy) so that tau's decay does not recompile.
         tau_value = torch.full((), tau, device=self.device) if cfg.compile else tau
@@ -339,7 +361,9 @@ class Trainer:
         TALR gradient scales (computed here so that ``--compile`` fuses them too)."""
         use_bf16 = self.config.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            dense = self.tree.forward_dense(images, k_cpt if self.config.dynamic_k_cpt else None)
+            dense = self.tree.forward_dense(
+                images, k_cpt if self.config.dynamic_k_cpt else None, self._gradient_scales
+            )
         if use_bf16:  # the loss in float32: k_cpt * MACs would lose digits in bf16
             dense = DenseOutput(
                 {i: s.float() for i, s in dense.scores.items()},
