@@ -163,6 +163,21 @@ def boosted(logits: np.ndarray, history: np.ndarray | None, boost: float) -> np.
     return z + np.float32(boost) * history[:, -1]
 
 
+def boosted_exits(
+    shape: Shape, heads: dict[int, np.ndarray], boost: float
+) -> dict[int, np.ndarray]:
+    """Every exit's answer from every exit head's output on a dense pass (``boosted``, in
+    path order; what ``RoutedTree.boosted_logits`` computes in PyTorch)."""
+    if not boost:
+        return heads
+    answers: dict[int, np.ndarray] = {}
+    for leaf in sorted(heads, key=lambda leaf: len(shape.history[leaf])):
+        passed = shape.history[leaf]
+        last = log_softmax(answers[passed[-1]])[:, None] if passed else None
+        answers[leaf] = boosted(heads[leaf], last, boost)
+    return answers
+
+
 #: The scheduler's inputs, computed from what an example has already run.
 SCHEDULER_FEATURES = (
     "max_probability",  # of the exit's answer

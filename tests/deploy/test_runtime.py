@@ -96,6 +96,18 @@ def test_random_conv_trees(tmp_path: Path, seed: int, dynamic: bool) -> None:
     assert any(r.exits.unique().numel() >= 3 for r in references)
 
 
+def test_boosted_trees(tmp_path: Path) -> None:
+    """A boosted tree's export composes every answer as the PyTorch tree does, routed and
+    dense, and records the boost in its manifest."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 3, 4, 4, generator=gen) * torch.rand(64, 1, 1, 1, generator=gen)
+    tree = scramble_routing(random_conv_tree(3, boost=0.5), x)
+    model = exported(tree, tmp_path / "export")
+    assert model.manifest["model"]["boost"] == 0.5
+    references = check(model, tree, x)
+    assert any(r.exits.unique().numel() >= 3 for r in references)
+
+
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)

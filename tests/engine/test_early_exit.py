@@ -207,3 +207,22 @@ def test_fitted_policies_refuse_another_trees_parameters() -> None:
     tree = random_tree(0).eval()
     with pytest.raises(DynrouteError, match="fitted on another network"):
         EarlyExitEngine(tree, policy=Policy("budgeted", thresholds=[0.5]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_boosted_trees_under_every_policy(seed: int) -> None:
+    """Boosted exits (each answer builds on the exits passed): the engine carries the
+    answers it passed and pays for their heads even under the routers."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(64, 3, 4, 4, generator=gen) * torch.rand(64, 1, 1, 1, generator=gen)
+    tree = scramble_routing(random_conv_tree(seed, boost=0.7), x)
+    plain = scramble_routing(random_conv_tree(seed), x)
+    plain.load_state_dict(tree.state_dict())
+    for policy in [LEARNED, *THRESHOLD_POLICIES, *fitted_policies(tree, seed)]:
+        check_tree(tree, x, policy=policy)
+    boosted, unboosted = predict_dense(tree, x), predict_dense(plain, x)
+    assert torch.equal(boosted.exits, unboosted.exits)  # the routers see the same features
+    passed = [leaf for leaf in tree.leaves if tree.shape.history[leaf]]
+    deep = torch.isin(boosted.exits, torch.tensor(passed))
+    assert deep.any() and bool((boosted.macs[deep] > unboosted.macs[deep]).all())
+    assert not torch.allclose(boosted.logits[deep], unboosted.logits[deep])

@@ -42,7 +42,12 @@ class ConvBlock(nn.Sequential):
 
 
 def random_conv_tree(
-    seed: int, channels: int = 4, num_classes: int = 5, max_depth: int = 4, dynamic: bool = False
+    seed: int,
+    channels: int = 4,
+    num_classes: int = 5,
+    max_depth: int = 4,
+    dynamic: bool = False,
+    boost: float = 0.0,
 ) -> RoutedTree:
     """A random tree of conv nodes on 3x4x4 images with junction fan-outs of 2 or 3."""
     gen = torch.Generator().manual_seed(seed)
@@ -61,7 +66,7 @@ def random_conv_tree(
     torch.manual_seed(seed)
     root = Node(ConvBlock(3, channels), [build(1, channels), build(1, channels)],
                 Router(features, 2, k_cpt_input=dynamic), name="root")  # fmt: skip
-    return RoutedTree(root, (3, 4, 4), num_classes, dynamic_k_cpt=dynamic)
+    return RoutedTree(root, (3, 4, 4), num_classes, dynamic_k_cpt=dynamic, boost=boost)
 
 
 def random_scheduler(tree, gen: torch.Generator) -> dict:

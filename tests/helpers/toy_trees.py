@@ -15,8 +15,10 @@ def random_tree(
     num_classes: int = 3,
     max_depth: int = 3,
     dynamic_k_cpt: bool = False,
+    boost: float = 0.0,
 ) -> RoutedTree:
-    """A random tree of Linear+ReLU nodes with 1-3 sinks and non-zero routers."""
+    """A random tree of Linear+ReLU nodes with 1-3 sinks and non-zero routers (boosted
+    exits with ``boost``)."""
     gen = torch.Generator().manual_seed(seed)
     counter = iter(range(10_000))
 
@@ -34,4 +36,4 @@ def random_tree(
         return Node(transform, sinks, router, name=f"node{i}")
 
     torch.manual_seed(seed)
-    return RoutedTree(build(0), (features,), num_classes, dynamic_k_cpt=dynamic_k_cpt)
+    return RoutedTree(build(0), (features,), num_classes, dynamic_k_cpt=dynamic_k_cpt, boost=boost)

@@ -403,6 +403,7 @@ def export_tree(
             "input_shape": list(tree.input_shape),
             "num_classes": tree.num_classes,
             "dynamic_k_cpt": tree.dynamic_k_cpt,
+            "boost": tree.boost,
             "k_cpt_input_scale": K_CPT_INPUT_SCALE,
             "dtype": "float32",
         },

@@ -255,6 +255,9 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
         raise check.fail(f"model.input_shape {shape_!r} is not a square image")
     if not isinstance(model.get("dynamic_k_cpt"), bool):
         raise check.fail("model.dynamic_k_cpt must be true or false")
+    boost = model.get("boost", 0.0)
+    if not _number(boost) or not 0 <= boost <= 1:
+        raise check.fail("model.boost must be a number in [0, 1]")
     scale = model.get("k_cpt_input_scale", 1e7)
     if not _number(scale) or not 0 < scale < 1e15:
         raise check.fail("model.k_cpt_input_scale must be a positive number")

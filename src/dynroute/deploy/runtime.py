@@ -157,6 +157,8 @@ class ExportedModel:
         self.input_shape = tuple(m["model"]["input_shape"])
         self.num_classes = int(m["model"]["num_classes"])
         self.dynamic_k_cpt = bool(m["model"]["dynamic_k_cpt"])
+        #: Boosted exits (``decisions.boosted``): every answer builds on the exits passed.
+        self.boost = float(m["model"].get("boost", 0.0))
         self.k_cpt_scale = np.float32(m["model"].get("k_cpt_input_scale", 1e7))
         self.class_names: tuple[str, ...] = tuple(m["class_names"])
         self.exit_names = {leaf: self.nodes[leaf]["name"] for leaf in self.leaves}
@@ -328,7 +330,7 @@ class ExportedModel:
         while stack:
             index, parts, rows, k, history = stack.pop()
             if self.is_leaf[index]:
-                out = self._heads[index](parts)[0]
+                out = decisions.boosted(self._heads[index](parts)[0], history, self.boost)
                 if rule.reads_exits:
                     out = rule.answer(position[index], history, out)
                 finish(index, rows, out)
@@ -343,14 +345,19 @@ class ExportedModel:
             answers: dict[int, np.ndarray] = {}
             measures: dict[int, np.ndarray] = {}
             deeper = history
-            if rule.reads_exits:
+            if rule.reads_exits or self.boost:
                 raw = {
-                    s: self._heads[c](parts)[0] for s, c in enumerate(children) if self.is_leaf[c]
+                    s: decisions.boosted(self._heads[c](parts)[0], history, self.boost)
+                    for s, c in enumerate(children)
+                    if self.is_leaf[c]
                 }
                 for s, z in raw.items():
+                    if not rule.reads_exits:  # boosted answers under the routers
+                        answers[s] = z
+                        continue
                     answers[s] = rule.answer(position[children[s]], history, z)
                     measures[s] = rule.measure(position[children[s]], history, answers[s])
-                if rule.needs_history and raw:
+                if (rule.needs_history or self.boost) and raw:
                     passed = np.stack([decisions.log_softmax(z) for z in raw.values()], axis=1)
                     deeper = passed if history is None else np.concatenate([history, passed], 1)
             decision = rule.choose(end, scores, measures)
@@ -404,7 +411,8 @@ class ExportedModel:
             )
         k_feature = self._k_feature(self.k_cpt if k_cpt is None else k_cpt, n)
         outputs = model([x], k_feature)
-        leaf_logits = dict(zip(self.leaves, outputs[: len(self.leaves)], strict=True))
+        heads = dict(zip(self.leaves, outputs[: len(self.leaves)], strict=True))
+        leaf_logits = decisions.boosted_exits(self.shape, heads, self.boost)
         scores = dict(zip(self.junctions, outputs[len(self.leaves) :], strict=True))
         rule = self.decider
         answers, measures = rule.every_exit(leaf_logits)

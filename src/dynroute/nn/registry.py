@@ -4,9 +4,9 @@ A *spec* is the plain data a model is built from and a checkpoint stores::
 
     {"name": "chain", "num_classes": 10, "width": 1, "dynamic_k_cpt": False}
 
-(``image_size`` too, where it is not 32, and ``boost`` for boosted exits). ``validate_spec`` is the one place a spec is
-checked; ``dynroute.nn.models.build_model`` builds a spec after checking it, and checkpoints
-check theirs before anything is built.
+(``image_size`` too, where it is not 32, and ``boost`` for boosted exits).
+``validate_spec`` is the one place a spec is checked; ``dynroute.nn.models.build_model``
+builds a spec after checking it, and checkpoints check theirs before anything is built.
 
 Builders register themselves here with ``@register_model("name")``: the paper's chain,
 tree and static nets (``dynroute.nn.models``) and the torchvision backbones

@@ -279,7 +279,9 @@ class Trainer:
             step, seconds = int(extra["step"]), float(extra["train_seconds"])
             saved = extra.get("loss_parameters", [])
             own = self.strategy.extra_parameters()
-            if len(saved) != len(own) or any(s.shape != p.shape for s, p in zip(saved, own)):
+            if len(saved) != len(own) or any(
+                s.shape != p.shape for s, p in zip(saved, own, strict=False)
+            ):
                 raise ValueError("the loss's own parameters do not match this run's")
             with torch.no_grad():
                 for p, value in zip(own, saved, strict=True):
