@@ -37,10 +37,12 @@ from dynroute.policy import Policy
 @dataclass(frozen=True)
 class Shape:
     """A routed tree's structure: each node's parent (-1 for the root) and its sinks, in
-    pre-order. ``RoutedTree.shape`` and an export's manifest both give one."""
+    pre-order, and how its exits' answers build on each other (``boost``: ``boosted``).
+    ``RoutedTree.shape`` and an export's manifest both give one."""
 
     parent: tuple[int, ...]
     children: tuple[tuple[int, ...], ...]
+    boost: float = 0.0
 
     @cached_property
     def leaves(self) -> list[int]:
@@ -249,6 +251,10 @@ class Decider:
         policy.check(len(leaves), classes, [len(shape.history[leaf]) for leaf in leaves])
         self.reads_exits = policy.uses_threshold
         self.needs_history = policy.answers == "combined" or policy.name == "scheduler"
+        #: Whether the heads of the exits an example passes run (to decide, or because an
+        #: answer builds on theirs), and whether an exit's answer is more than its logits.
+        self.runs_heads = self.reads_exits or self.needs_history or bool(shape.boost)
+        self.transforms = self.reads_exits or policy.answers != "raw"
         self._weights = [np.asarray(w, np.float32) for w in policy.weights or ()]
         self._biases = [np.asarray(b, np.float32) for b in policy.biases or ()]
         self._thresholds = (
@@ -443,11 +449,12 @@ def _scheduler_measure(
 
 def decision_macs(policy: Policy, shape: Shape, classes: int) -> list[int]:
     """Per exit (leaf order), the multiply-adds its answer and measure cost beyond its head:
-    a multiply-add per class and answer combined (calibrated: one), and the scheduler's
-    models (one per deeper exit weighed, a multiply-add per feature)."""
+    a multiply-add per class and answer combined (calibrated: one; a boosted exit adds the
+    answer before it: one more), and the scheduler's models (one per deeper exit weighed, a
+    multiply-add per feature)."""
     out = []
     for position, leaf in enumerate(shape.leaves):
-        macs = 0
+        macs = classes if shape.boost and shape.history[leaf] else 0
         if policy.answers == "calibrated":
             macs += classes
         elif policy.answers == "combined":
@@ -465,13 +472,29 @@ def path_macs(
 ) -> list[int]:
     """Per node, what an example classified there costs under ``policy``: ``base`` (path
     MACs by cost model: ``learned``, ``threshold``, ``oracle``) for its cost model, plus
-    what deciding costs at every exit it evaluates on the way (``decision_macs``)."""
+    what deciding costs at every exit it evaluates on the way (``decision_macs``). Under
+    the routers an example pays for the answer of the exit it takes, and where that answer
+    builds on the exits passed (combined answers, boosted exits), for their heads too."""
     table = list(base[policy.cost_model])
-    if not policy.uses_threshold:
+    if policy.name == "oracle":
         return [int(m) for m in table]
     extra = decision_macs(policy, shape, classes)
     where = shape.leaf_position
-    return [
-        int(table[node]) + sum(extra[where[e]] for e in shape.evaluated[node])
-        for node in range(len(table))
-    ]
+    if policy.uses_threshold:
+        return [
+            int(table[node]) + sum(extra[where[e]] for e in shape.evaluated[node])
+            for node in range(len(table))
+        ]
+    oracle = base["oracle"]
+    passed_heads = policy.answers == "combined" or bool(shape.boost)
+    out = []
+    for node in range(len(table)):
+        macs = int(table[node])
+        leaf = shape.is_leaf(node)
+        if passed_heads:
+            passed = shape.history[node] if leaf else shape.evaluated[node]
+            macs += sum(int(oracle[e]) - int(oracle[shape.parent[e]]) for e in passed)
+        if leaf:
+            macs += extra[where[node]]
+        out.append(macs)
+    return out

@@ -9,7 +9,8 @@ A policy is two choices and their parameters:
   passed, plus a bias per class: a running ensemble, as in Zero Time Waste);
 - its **rule**, how the answers decide (``RULES``): the paper's learned routers, a
   threshold on the answers' confidence or entropy, MSDNet's per-exit thresholds, the
-  learned scheduler, or the oracle (a bound, never deployed).
+  learned scheduler, or the oracle (a bound, never deployed). The routers decide without
+  reading the answers; the exit they choose still answers as the policy says.
 
 Only ``learned`` and ``scheduler`` make *learned* per-example decisions; the others are
 fixed rules on (possibly recalibrated or combined) answers. The old name ``ensemble``
@@ -191,8 +192,6 @@ class Policy:
                     "raw answers take no `weights` or `biases` (calibrated or combined ones do)"
                 )
             return
-        if not rule.reads_exits and rule.name != "oracle":
-            raise DynrouteError(f"the {self.name} policy reads no exit answers: use raw answers")
         if self.weights is None or self.biases is None:
             raise DynrouteError(
                 f"{self.answers} answers need `weights` and `biases` fitted on held-out data: "
@@ -359,6 +358,8 @@ def override_policy(
     if spec.parameter == "none":
         if threshold is not None:
             raise DynrouteError(f"the {rule} policy takes no `threshold`")
+        if kind != "raw":  # the routers decide; the exit taken answers as fitted
+            return Policy(rule, answers=kind, weights=current.weights, biases=current.biases)
         return Policy(rule)
     if threshold is None:
         if current.name == rule and current.answers == kind:

@@ -37,7 +37,13 @@ RESULT_KEYS = {
 
 
 def test_registry_covers_every_curve_and_expands_to_networks():
-    assert len(EXPERIMENTS) == 26
+    # 26 curves of the paper and its baselines, 18 of the exit-training recipes.
+    assert len(EXPERIMENTS) == 44
+    (distill,) = expand("cifar10-multi-exit-distill", "cpu")
+    assert distill.config.distill == 0.5 and distill.config.strategy == "multi-exit"
+    (boost,) = expand("cifar10-resnet18-multi-exit-boost", "smoke")
+    assert boost.config.boost == 1.0 and boost.config.model == "resnet18-exits"
+    assert expand("hybrid-actor-distill", "smoke")[0].config.distill == 0.5
     assert [n.name for n in expand("hybrid-static", "quick")] == [
         f"static-{n}" for n in range(1, 9)
     ]

@@ -95,7 +95,8 @@ def random_scheduler(tree, gen: torch.Generator) -> dict:
 
 def fitted_policies(tree, seed: int) -> list[Policy]:
     """Policies with random fitted parameters for ``tree``'s exits: per-exit thresholds on
-    raw answers, rules on calibrated and combined answers, and a scheduler."""
+    raw answers, rules on calibrated and combined answers, a scheduler, and the routers with
+    calibrated and combined answers."""
     gen = torch.Generator().manual_seed(seed)
     leaves = tree.leaves
     thresholds = (0.5 + 0.45 * torch.rand(len(leaves), generator=gen)).tolist()
@@ -115,4 +116,6 @@ def fitted_policies(tree, seed: int) -> list[Policy]:
         Policy("budgeted", thresholds=thresholds, **combined),
         Policy("entropy", 0.6, **calibrated),
         Policy("scheduler", -0.02, scheduler=random_scheduler(tree, gen), **combined),
+        Policy("learned", **calibrated),
+        Policy("learned", **combined),
     ]

@@ -73,7 +73,11 @@ NODE_KINDS = ("node", "junction", "leaf")
 def shape(manifest: dict[str, Any]) -> Shape:
     """The exported tree's structure."""
     nodes = manifest["nodes"]
-    return Shape(tuple(n["parent"] for n in nodes), tuple(tuple(n["children"]) for n in nodes))
+    return Shape(
+        tuple(n["parent"] for n in nodes),
+        tuple(tuple(n["children"]) for n in nodes),
+        float(manifest["model"].get("boost", 0.0)),
+    )
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

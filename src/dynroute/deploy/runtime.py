@@ -157,8 +157,6 @@ class ExportedModel:
         self.input_shape = tuple(m["model"]["input_shape"])
         self.num_classes = int(m["model"]["num_classes"])
         self.dynamic_k_cpt = bool(m["model"]["dynamic_k_cpt"])
-        #: Boosted exits (``decisions.boosted``): every answer builds on the exits passed.
-        self.boost = float(m["model"].get("boost", 0.0))
         self.k_cpt_scale = np.float32(m["model"].get("k_cpt_input_scale", 1e7))
         self.class_names: tuple[str, ...] = tuple(m["class_names"])
         self.exit_names = {leaf: self.nodes[leaf]["name"] for leaf in self.leaves}
@@ -216,6 +214,8 @@ class ExportedModel:
 
     def _set_policy(self, policy: dict[str, Any]) -> None:
         self.shape = shape(self.manifest)
+        #: Boosted exits (``decisions.boosted``): every answer builds on the exits passed.
+        self.boost = self.shape.boost
         chosen = check_policy(dict(policy), self.shape, self.num_classes)
         self.policy = chosen.to_dict()
         self.decider = decisions.Decider(chosen, self.shape, self.num_classes)
@@ -331,7 +331,7 @@ class ExportedModel:
             index, parts, rows, k, history = stack.pop()
             if self.is_leaf[index]:
                 out = decisions.boosted(self._heads[index](parts)[0], history, self.boost)
-                if rule.reads_exits:
+                if rule.transforms:
                     out = rule.answer(position[index], history, out)
                 finish(index, rows, out)
                 continue
@@ -345,18 +345,16 @@ class ExportedModel:
             answers: dict[int, np.ndarray] = {}
             measures: dict[int, np.ndarray] = {}
             deeper = history
-            if rule.reads_exits or self.boost:
+            if rule.runs_heads:
                 raw = {
                     s: decisions.boosted(self._heads[c](parts)[0], history, self.boost)
                     for s, c in enumerate(children)
                     if self.is_leaf[c]
                 }
                 for s, z in raw.items():
-                    if not rule.reads_exits:  # boosted answers under the routers
-                        answers[s] = z
-                        continue
                     answers[s] = rule.answer(position[children[s]], history, z)
-                    measures[s] = rule.measure(position[children[s]], history, answers[s])
+                    if rule.reads_exits:
+                        measures[s] = rule.measure(position[children[s]], history, answers[s])
                 if (rule.needs_history or self.boost) and raw:
                     passed = np.stack([decisions.log_softmax(z) for z in raw.values()], axis=1)
                     deeper = passed if history is None else np.concatenate([history, passed], 1)

@@ -104,12 +104,13 @@ class EarlyExitEngine:
         self._runs_router = [
             node.is_junction and self.decider.runs_router(i) for i, node in enumerate(tree.nodes)
         ]
-        # A boosted tree's answers build on the exits passed: their heads always run.
+        # Where answers build on the exits passed (boosted exits, combined answers), their
+        # heads run and their answers are carried even under the routers.
         self.boost = tree.boost
         self._carries = self.decider.needs_history or bool(tree.boost)
         self._exit_sinks = [
             [c for c in tree.children_of[i] if tree.nodes[c].is_leaf]
-            if policy.uses_threshold or tree.boost
+            if self.decider.runs_heads
             else []
             for i in range(len(tree.nodes))
         ]
@@ -198,9 +199,9 @@ class EarlyExitEngine:
             out = tree.nodes[index].transform(signal)
             children = children_of[index]
             if not children:
-                if rule.reads_exits or self.boost:
+                if rule.transforms or self.boost:
                     answer = boosted(to_numpy(out), history, self.boost)
-                    if rule.reads_exits:
+                    if rule.transforms:
                         answer = rule.answer(position[index], history, answer)
                     out = torch.from_numpy(answer).to(out.device)
                 if logits is None:

@@ -188,11 +188,8 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
         learned = [sum(macs[j] for j in path) for path in paths]
         charged_at = list(range(len(tree.nodes)))
         if tree.boost:  # every answer needs the answers of the exits passed: their heads run
-            shape = tree.shape
             for i in range(len(tree.nodes)):
-                passed = shape.history[i] if tree.nodes[i].is_leaf else shape.evaluated[i]
-                learned[i] += sum(transform[e] for e in passed)
-                if tree.nodes[i].is_leaf and shape.decided_at_junction(i):
+                if tree.nodes[i].is_leaf and tree.shape.decided_at_junction(i):
                     charged_at[i] = tree.parent[i]
         costs = TreeCosts(
             node_macs=tuple(macs),

@@ -128,7 +128,8 @@ def predict_dense(
         leaf_position = reached[:, leaves].to(torch.uint8).argmax(dim=1)
         logits = leaf_logits[torch.arange(n, device=x.device), leaf_position]
         exits = torch.tensor(leaves, device=x.device)[leaf_position]
-        if policy.name == "learned" and not tree.boost:  # node by node: not the path table
+        if policy.name == "learned" and policy.answers == "raw" and not tree.boost:
+            # summed node by node: independent of the path table
             node_macs = torch.tensor(costs.node_macs, dtype=torch.long, device=x.device)
             macs = (reached.long() * node_macs).sum(dim=1)
         else:

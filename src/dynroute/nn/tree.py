@@ -186,7 +186,7 @@ class RoutedTree(nn.Module):
         """The tree's structure without torch (what ``dynroute.decisions`` decides on)."""
         shape = self.__dict__.get("_shape")
         if shape is None:
-            shape = Shape(tuple(self.parent), tuple(tuple(c) for c in self.children_of))
+            shape = Shape(tuple(self.parent), tuple(tuple(c) for c in self.children_of), self.boost)
             self.__dict__["_shape"] = shape
         return shape
 

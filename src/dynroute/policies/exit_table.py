@@ -183,8 +183,13 @@ class ExitTable:
 
     def exits(self, policy: Policy) -> np.ndarray:
         """Position (in leaf order) of each example's exit under an exit rule, exactly as
-        ``Decider.choose`` decides junction by junction."""
+        ``Decider.choose`` decides junction by junction (the routers: as they choose)."""
         self._check_answers(policy)
+        if policy.name == "learned":
+            rule = self.decider(policy)
+            exits = rule.reached_exits(rule.dense_choices({}, self.outputs.scores), len(self))
+            where = self.facts.shape.leaf_position
+            return np.asarray([where[int(e)] for e in exits], dtype=np.int64)
         n, depth, width = self.candidates.shape
         if depth == 0:
             return self.terminal.copy()
