@@ -6,11 +6,13 @@ An operating point is anything with ``mean_macs`` and ``accuracy`` (measured on 
 data). A MAC budget takes the most accurate point that spends at most the budget (the
 dearest of equally accurate ones: nothing says the cheaper one is better); an accuracy
 target takes the cheapest point that reaches it (the most accurate of equally cheap ones).
-Ties beyond that go to the first point given, so the choice is reproducible.
+Ties beyond that go to the first point given, so the choice is reproducible. For
+measurements, ``sufficient_within_budget`` adds the one-standard-error rule.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -34,6 +36,21 @@ def within_budget(points: Sequence[Point], target_macs: float) -> Point | None:
         ):
             best = p
     return best
+
+
+def sufficient_within_budget(
+    points: Sequence[Point], target_macs: float, examples: int
+) -> Point | None:
+    """The cheapest point within one standard error of the most accurate point spending at
+    most ``target_macs`` (the accuracies measured on ``examples`` examples): where more
+    spend buys nothing distinguishable from noise, it is not spent (the one-standard-error
+    rule; the equal-footing tables choose this way)."""
+    best = within_budget(points, target_macs)
+    if best is None:
+        return None
+    error = math.sqrt(best.accuracy * (1.0 - best.accuracy) / examples) if examples > 0 else 0.0
+    affordable = [p for p in points if p.mean_macs <= target_macs]
+    return reaching(affordable, best.accuracy - error)
 
 
 def reaching(points: Sequence[Point], target_accuracy: float) -> Point | None:

@@ -519,7 +519,7 @@ def test_policy_claims_read_the_equal_footing_tables(tmp_path) -> None:
     path.write_text(json.dumps(result))
     claims = check_claims(load_results(root, SCALE))
     recalibration = find(claims, "recalibrating each exit")
-    assert "distinct (network, budget) cells" in recalibration.evidence
+    assert "distinct binding (network, budget) cells" in recalibration.evidence
     assert "Holm-corrected" in recalibration.evidence
     combination = find(claims, "combining the answers already computed")
     gains = [
@@ -546,20 +546,21 @@ def test_policy_claims_read_the_equal_footing_tables(tmp_path) -> None:
     assert "**hybrid-multi-exit/multi-exit**" in text
 
 
-def test_the_gap_claim_takes_the_median_share(tmp_path, monkeypatch) -> None:
-    # A cell whose baseline nearly meets the oracle gives a share of any size (here -500 %):
-    # the claim reads the median, so one such cell neither sinks nor lifts it.
+def test_the_saving_claim_reads_the_median_and_its_bootstrap_interval(monkeypatch) -> None:
     from dynroute.experiments import claims as claims_module
+    from dynroute.experiments.policy_claims import Savings
 
     checker = claims_module.ClaimChecker({})
-    monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [-5.0, 0.3, 0.4])
-    claim = checker.gap_closed()
+    found = Savings([-0.5, 0.2, 0.3], [0.1 + 0.001 * k for k in range(200)])
+    monkeypatch.setattr(claims_module.policy_claims, "mac_savings", lambda _: found)
+    claim = checker.learned_saves_macs()
     assert claim.verdict == SUPPORTED, claim.evidence
-    assert "median share 30.0 % over 3 distinct cells" in claim.evidence
-    monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [9.0, 0.1, 0.2])
-    assert checker.gap_closed().verdict == NOT_SUPPORTED
-    monkeypatch.setattr(claims_module.policy_claims, "gap_shares", lambda _: [])
-    assert checker.gap_closed().verdict == NOT_RUN
+    assert "median saving +20.0 % of the baseline's MACs over 3 cells" in claim.evidence
+    spread = Savings([0.2, 0.3], [-0.05 + 0.001 * k for k in range(200)])
+    monkeypatch.setattr(claims_module.policy_claims, "mac_savings", lambda _: spread)
+    assert checker.learned_saves_macs().verdict == NOT_SUPPORTED  # its interval reaches 0
+    monkeypatch.setattr(claims_module.policy_claims, "mac_savings", lambda _: None)
+    assert checker.learned_saves_macs().verdict == NOT_RUN
 
 
 def _guarantee_study(violations: dict[str, float], saved: dict[str, float]) -> dict:

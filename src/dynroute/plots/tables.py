@@ -29,27 +29,44 @@ def _cell(test: dict[str, float] | None) -> str:
 
 
 def _versus(test: dict[str, Any] | None) -> str:
+    """A comparison's gain and p-value, both sides' test MACs, and "not binding" where the
+    budget changes neither side's choice (such cells count in no claim)."""
     if test is None:
         return "–"
-    return f"{100 * test['accuracy_difference']:+.2f} (p = {test['p_value']:.2g})"
+    text = f"{100 * test['accuracy_difference']:+.2f} (p = {test['p_value']:.2g}"
+    if "test_macs" in test:
+        first, second = test["test_macs"]
+        text += f"; {_macs(first)} vs {_macs(second)}"
+    text += ")"
+    return text + (", not binding" if test.get("binding") is False else "")
 
 
 def describe_family(key: str) -> str:
-    """``confidence/combined`` -> ``confidence on combined``; ``learned`` -> ``routers``."""
-    if key == "learned":
-        return "routers"
+    """``confidence/combined`` -> ``confidence on combined``; ``learned/raw`` (or an old
+    table's ``learned``) -> ``routers on raw``."""
     rule, _, answers = key.partition("/")
-    return f"{rule} on {answers}"
+    name = "routers" if rule == "learned" else rule
+    return f"{name} on {answers or 'raw'}"
+
+
+def _saving(entry: dict[str, Any]) -> str:
+    """A learned decision's MAC saving over the best baseline (an old table: the share of
+    the gap to the oracle it closed)."""
+    if "mac_saving" in entry:
+        saving = entry["mac_saving"]["saving"]
+        return "–" if saving is None else f"{100 * saving:+.0f} % MACs saved"
+    share = entry["gap_closed"]["share"]
+    return "–" if share is None else f"{100 * share:.0f} % of the gap"
 
 
 def policy_table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per budget: the best baseline (chosen on validation) and its test point, each
     decomposition step's policy, test point and gain over the step before, and every
-    learned decision against the best baseline with the share of the gap it closes."""
+    learned decision against the best baseline with the MACs it saves."""
     learned = [f["key"] for f in table.get("families", []) if f["learned"]]
     header = ["budget", "best baseline", "test"]
     header += [STEP_TITLES.get(s, s) for s in STEP_TITLES][1:]
-    header += [f"{describe_family(k)} vs best (gap closed)" for k in learned]
+    header += [f"{describe_family(k)} vs best (MAC saving)" for k in learned]
     rows = []
     for row in table["budgets"]:
         cells = [_macs(row["budget"])]
@@ -66,9 +83,7 @@ def policy_table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]
             if entry is None:
                 cells.append("–")
                 continue
-            share = entry["gap_closed"]["share"]
-            gap = "–" if share is None else f"{100 * share:.0f} %"
-            cells.append(f"{_versus(entry['versus_best_baseline'])} ({gap})")
+            cells.append(f"{_versus(entry['versus_best_baseline'])} ({_saving(entry)})")
         rows.append(cells)
     return header, rows
 

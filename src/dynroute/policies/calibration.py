@@ -82,13 +82,9 @@ def families(name: str, answers: str | None = None) -> list[tuple[str, str]]:
     rule on every kind of answer; an alias (``ensemble``) its rules and answers; a rule its
     answers (default raw, the scheduler every kind); ``answers`` ``any``: every kind."""
     if name == BEST:
-        rules = ("confidence", "entropy", "budgeted", "scheduler")
-        return [("learned", "raw"), *((r, a) for r in rules for a in ANSWERS)]
+        rules = ("learned", "confidence", "entropy", "budgeted", "scheduler")
+        return [(r, a) for r in rules for a in ANSWERS]
     rule, implied = resolve_name(name)
-    if rule == "learned":
-        if answers not in (None, "raw"):
-            raise DynrouteError("the learned routers read no exit answers: give no `answers`")
-        return [("learned", "raw")]
     if rule == "oracle":
         raise DynrouteError("the oracle policy needs labels: it cannot be calibrated")
     if implied is not None:  # ensemble: a threshold or one per exit, on combined answers
@@ -124,10 +120,7 @@ def candidates(
     out: list[Candidate] = []
     answers: dict[str, Policy] = {}
     for rule, kind in wanted:
-        if rule == "learned":
-            out += _learned(run, tree, outputs, images)
-            continue
-        if tree.dynamic_k_cpt and k_cpt is None:
+        if rule != "learned" and tree.dynamic_k_cpt and k_cpt is None:
             raise DynrouteError("a dynamic-k_cpt net needs `k_cpt` for its routers' choices")
         if kind not in answers:
             if fitted is not None and fitted.answers == kind:
@@ -140,6 +133,9 @@ def candidates(
                 )
         table = exit_table(tree, outputs, answers[kind])
         key = f"{rule}/{kind}"
+        if rule == "learned":
+            out += _learned(run, tree, table, images)
+            continue
         if rule == "budgeted":
             members = budgeted_family(table)
         elif rule == "scheduler":
@@ -167,11 +163,17 @@ def candidates(
 
 
 def _learned(
-    run: int, tree: RoutedTree, outputs: DenseOutputs, images: torch.Tensor | None
+    run: int, tree: RoutedTree, table: ExitTable, images: torch.Tensor | None
 ) -> list[Candidate]:
-    """The routers' operating points: one, or one per k_cpt of a grid (dynamic nets)."""
-    table = exit_table(tree, outputs)
-    macs = table.facts.leaf_macs(LEARNED)
+    """The routers' operating points, the exit they choose answering with ``table``'s
+    answers: one, or one per k_cpt of a grid (dynamic nets)."""
+    outputs = table.outputs
+    kind = table.answers.answers
+    policy = LEARNED
+    if kind != "raw":
+        policy = Policy("learned", answers=kind, weights=table.answers.weights,
+                        biases=table.answers.biases)  # fmt: skip
+    macs = table.facts.leaf_macs(policy)
     where = tree.shape.leaf_position
     if tree.dynamic_k_cpt:
         if images is None:
@@ -193,8 +195,8 @@ def _learned(
         positions = np.asarray([where[int(e)] for e in chosen], dtype=np.int16)
         accuracy = float(table.correctness(positions).mean())
         out.append(
-            Candidate(run, LEARNED, None if k is None else float(k), accuracy,
-                      float(macs[positions].mean()), "learned/raw", positions, table)
+            Candidate(run, policy, None if k is None else float(k), accuracy,
+                      float(macs[positions].mean()), f"learned/{kind}", positions, table)
         )  # fmt: skip
     return out
 
@@ -268,6 +270,8 @@ def _positions_on(
 ) -> np.ndarray:
     """The candidate's exits on ``outputs`` (a table per family of answers, built once)."""
     policy = candidate.policy
+    if candidate.family not in tables and policy.answers != "raw":
+        tables[candidate.family] = exit_table(tree, outputs, policy)
     if policy.name == "learned":
         where = tree.shape.leaf_position
         if tree.dynamic_k_cpt:

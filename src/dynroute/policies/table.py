@@ -9,16 +9,23 @@ The protocol (docs/policies.md), the same for every policy:
   kinds of answer: raw exits, recalibrated exits (a temperature and a bias per class per
   exit) and combined exits (a running combination of the answers already computed, Zero
   Time Waste); each budget also lists the best single exit (a truncation of the net);
-- **selection**: at every budget each policy takes its member that is most accurate on
-  validation among those spending at most the budget there (``dynroute.selection``), and
-  the best baseline is the baseline most accurate on validation;
+- **selection**: at every budget each policy takes, among its members spending at most
+  the budget on validation, the cheapest one within one standard error of the most
+  accurate (``dynroute.selection.sufficient_within_budget``): more spend that buys nothing
+  distinguishable from noise is not spent. The best baseline is the baseline most
+  accurate on validation. A budget **binds** a policy where its choice there differs from
+  its choice without a budget; a comparison binds where it binds either side, and only
+  such comparisons count in the report's claims;
 - **decomposition**: the steps raw rule -> + recalibration -> + combination -> + learned
   decisions each take the best (on validation) of what is available so far; each step's
   gain is its test accuracy minus the previous step's, with an exact McNemar p-value;
-- **learned decisions** (the paper's routers, the scheduler: ``dynroute.policy``) are
-  compared with the best baseline (McNemar), and the share of the baseline-to-oracle MAC
-  gap they close is measured like for like: on the test envelopes of both families and of
-  the oracle on the same answers, so a policy identical to the baseline closes 0 %.
+- **learned decisions** (the paper's routers and the scheduler, each on raw, recalibrated
+  or combined answers: ``dynroute.policy``) are compared with the best baseline (McNemar),
+  and their **MAC saving** is measured on the test envelopes of both families: at the
+  accuracy the baseline's envelope reaches at the budget, one minus the policy's MACs
+  there over the baseline's; only where both envelopes still rise (the accuracy at least
+  one standard error below both peaks: a flat top turns a few test images into millions
+  of MACs), with bootstrap draws over the test examples (the members' test MACs held).
 
 Statistics across cells (Holm's correction over a claim's family of distinct cells) are
 the report's (``dynroute.experiments.claims``).
@@ -34,10 +41,8 @@ from typing import Any
 import numpy as np
 
 from dynroute import selection
-from dynroute.decisions import Decider
 from dynroute.errors import DynrouteError
 from dynroute.nn.tree import RoutedTree
-from dynroute.policies.analysis import oracle_curve
 from dynroute.policies.curves import CurvePoint, accuracy_at, as_points, macs_for_accuracy
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, TreeFacts, exit_table
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
@@ -45,8 +50,12 @@ from dynroute.policies.scheduler import fit_scheduler, scheduler_family
 from dynroute.policies.statistics import mcnemar, pack_bits, unpack_bits
 from dynroute.policy import LEARNED, Policy
 
-#: The table format: 2 puts every baseline on equal footing (this module's docstring).
-TABLE_VERSION = 2
+#: The table format: 2 puts every baseline on equal footing; 3 adds the one-standard-error
+#: selection, binding budgets, the routers on every kind of answers and MAC savings.
+TABLE_VERSION = 3
+#: Bootstrap draws (over test examples) behind every MAC saving, and their seed.
+SAVING_DRAWS = 200
+SAVING_SEED = 0
 #: Default budgets as shares of the deepest exit's path MACs: on the paper's chain
 #: (20.6 M MACs) 2.1, 3.1, 4.1, 5.2, 6.2, 8.2, 10.3, 12.4 and 15.0 M, its 2-15 M band.
 BUDGET_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.73)
@@ -63,9 +72,11 @@ STEPS = (
     ("+ learned decisions", ANSWER_KINDS, True),
 )
 PROTOCOL = (
-    "every policy fitted on the validation split; at each budget each policy takes its "
-    "member most accurate on validation among those spending at most the budget there, and "
-    "the best baseline is the one most accurate on validation; the test split only scores"
+    "every policy fitted on the validation split; at each budget each policy takes, among "
+    "its members spending at most the budget on validation, the cheapest within one "
+    "standard error of the most accurate there; the best baseline is the one most accurate "
+    "on validation; a budget binds a policy where it changes its choice; the test split "
+    "only scores"
 )
 
 
@@ -170,27 +181,14 @@ def _truncations(validation: ExitTable, test: ExitTable, names: list[str]) -> li
     return out
 
 
-def _routers(tree: RoutedTree, validation: DenseOutputs, test: DenseOutputs) -> Family:
-    """The paper's learned routers: one operating point (a fixed-k_cpt net)."""
-    facts = TreeFacts.of(tree)
-    rule = Decider(LEARNED, facts.shape, facts.classes)
-    macs = facts.leaf_macs(LEARNED)
-    points = []
-    for outputs in (validation, test):
-        exits = rule.reached_exits(rule.dense_choices({}, outputs.scores), len(outputs))
-        positions = np.asarray([facts.shape.leaf_position[int(e)] for e in exits], np.int64)
-        table = exit_table(facts, outputs)
-        correct = table.correctness(positions)
-        points.append(
-            (
-                {"accuracy": float(correct.mean()), "mean_macs": float(macs[positions].mean())},
-                correct,
-            )
-        )
-    (val, _), (tst, correct) = points
-    return Family(
-        "learned", "learned", "raw", True, [Member({"name": "learned"}, val, tst, correct)]
-    )
+def _routers(kind: str, on_validation: ExitTable, on_test: ExitTable, fitted: Policy) -> Family:
+    """The paper's learned routers (one operating point: a fixed-k_cpt net), the exit they
+    choose answering with ``kind`` answers."""
+    policy = LEARNED
+    if kind != "raw":
+        policy = Policy("learned", answers=kind, weights=fitted.weights, biases=fitted.biases)
+    (member,) = _members([policy], on_validation, on_test)
+    return Family(f"learned/{kind}", "learned", kind, True, [member])
 
 
 def policy_families(
@@ -251,15 +249,15 @@ def policy_families(
                 for (p, point), e in zip(pairs, _replay(on_test, policies), strict=True)
             ]
             families.append(Family(f"scheduler/{kind}", "scheduler", kind, True, members))
+        if routers:
+            families.append(_routers(kind, on_validation, on_test, fitted[kind]))
         if progress is not None:
             progress(f"{kind} answers fitted")
-    if routers:
-        families.append(_routers(tree, validation, test))
     return families, test_tables, fitted
 
 
-def _chosen(family: Family, budget: float) -> Member | None:
-    return selection.within_budget(family.members, budget)
+def _chosen(family: Family, budget: float, examples: int) -> Member | None:
+    return selection.sufficient_within_budget(family.members, budget, examples)
 
 
 def _pair_key(first: np.ndarray, second: np.ndarray) -> str:
@@ -268,31 +266,81 @@ def _pair_key(first: np.ndarray, second: np.ndarray) -> str:
     return digest.hexdigest()[:12]
 
 
-def _compare(first: Member, second: Member) -> dict[str, Any]:
+def _compare(first: Member, second: Member, binding: bool) -> dict[str, Any]:
     return {
         **mcnemar(first.correct, second.correct),
         "pair": _pair_key(first.correct, second.correct),
+        "binding": binding,
+        "test_macs": [first.test["mean_macs"], second.test["mean_macs"]],
     }
 
 
-def _gap_closed(
-    budget: float, baseline: Family, policy: Family, oracle: list[CurvePoint]
+class _Draws:
+    """Bootstrap draws over the test examples: every member's test accuracy in each draw
+    (its test MACs held), the same draws for every family of a table."""
+
+    def __init__(self, examples: int) -> None:
+        rng = np.random.default_rng(SAVING_SEED)
+        self.counts = rng.multinomial(examples, np.full(examples, 1.0 / examples), SAVING_DRAWS)
+        self.counts = self.counts.astype(np.float32).T / np.float32(examples)  # (n, draws)
+        self._curves: dict[str, list[list[CurvePoint]]] = {}
+
+    def curves(self, family: Family) -> list[list[CurvePoint]]:
+        """The family's test curve in each draw."""
+        if family.key not in self._curves:
+            correct = np.stack([m.correct for m in family.members]).astype(np.float32)
+            accuracies = correct @ self.counts  # (members, draws)
+            macs = [m.test["mean_macs"] for m in family.members]
+            self._curves[family.key] = [
+                as_points(
+                    [
+                        {"mean_macs": m, "accuracy": float(a)}
+                        for m, a in zip(macs, column, strict=True)
+                    ]
+                )
+                for column in accuracies.T
+            ]
+        return self._curves[family.key]
+
+
+def _saving(budget: float, baseline: list[CurvePoint], policy: list[CurvePoint], examples: int):
+    """(accuracy, baseline MACs, policy MACs, saving) at the baseline envelope's accuracy at
+    the budget, or None where an envelope no longer rises there (module docstring)."""
+    accuracy = accuracy_at(baseline, budget)
+    if accuracy is None or not baseline or not policy:
+        return None
+    error = (accuracy * (1 - accuracy) / examples) ** 0.5
+    tops = (max(p.accuracy for p in baseline), max(p.accuracy for p in policy))
+    if accuracy > min(tops) - error:
+        return None
+    base = macs_for_accuracy(baseline, accuracy)
+    mine = macs_for_accuracy(policy, accuracy)
+    if base is None or mine is None or base <= 0:
+        return None
+    return accuracy, base, mine, 1.0 - mine / base
+
+
+def _mac_saving(
+    budget: float, baseline: Family, policy: Family, examples: int, draws: _Draws
 ) -> dict[str, Any]:
-    """Like for like, on test envelopes: at the baseline family's envelope accuracy at the
-    budget, its MACs, the policy family's and the oracle's (on the policy's answers), and
-    the share of the baseline-oracle gap the policy closes."""
-    accuracy = accuracy_at(baseline.test_curve(), budget)
-    out: dict[str, Any] = {"accuracy": accuracy, "baseline_macs": None, "policy_macs": None,
-                           "oracle_macs": None, "share": None}  # fmt: skip
-    if accuracy is None:
-        return out
-    base = macs_for_accuracy(baseline.test_curve(), accuracy)
-    mine = macs_for_accuracy(policy.test_curve(), accuracy)
-    bound = macs_for_accuracy(oracle, accuracy)
-    out.update(baseline_macs=base, policy_macs=mine, oracle_macs=bound)
-    if base is not None and mine is not None and bound is not None and base - bound > 0:
-        out["share"] = (base - mine) / (base - bound)
-    return out
+    """The policy family's MAC saving over the baseline family's at the budget (module
+    docstring), with its value in every bootstrap draw (None where it is not measured)."""
+    found = _saving(budget, baseline.test_curve(), policy.test_curve(), examples)
+    if found is None:
+        return {"rising": False, "saving": None}
+    accuracy, base, mine, saving = found
+    values = []
+    for first, second in zip(draws.curves(baseline), draws.curves(policy), strict=True):
+        drawn = _saving(budget, first, second, examples)
+        values.append(None if drawn is None else round(drawn[3], 5))
+    return {
+        "rising": True,
+        "accuracy": accuracy,
+        "baseline_macs": base,
+        "policy_macs": mine,
+        "saving": saving,
+        "draws": values,
+    }
 
 
 def budget_table(
@@ -310,17 +358,25 @@ def budget_table(
     if not tree.junctions:
         raise DynrouteError("a network without junctions has one operating point: no table")
     budgets = list(budgets or default_budgets(tree))
-    families, test_tables, fitted = policy_families(tree, validation, test, progress, routers)
+    families, _, fitted = policy_families(tree, validation, test, progress, routers)
     by_key = {f.key: f for f in families}
-    oracles = {kind: as_points(oracle_curve(t)) for kind, t in test_tables.items()}
+    n_val, n_test = len(validation), len(test)
+    unconstrained = {f.key: _chosen(f, float("inf"), n_val) for f in families}
+    draws = _Draws(n_test)
     rows = []
     shared_bits: dict[str, str] = {}
     for budget in budgets:
-        chosen = {f.key: m for f in families if (m := _chosen(f, budget)) is not None}
+        chosen = {f.key: m for f in families if (m := _chosen(f, budget, n_val)) is not None}
+        binds = {key: m is not unconstrained[key] for key, m in chosen.items()}
         row: dict[str, Any] = {
             "budget": budget,
             "policies": {
-                key: {"parameters": m.parameters, "validation": m.validation, "test": m.test}
+                key: {
+                    "parameters": m.parameters,
+                    "validation": m.validation,
+                    "test": m.test,
+                    "binding": binds[key],
+                }
                 for key, m in chosen.items()
             },
         }
@@ -340,7 +396,8 @@ def budget_table(
                 key = max(keys, key=lambda k: (chosen[k].accuracy, chosen[k].mean_macs))
                 step: dict[str, Any] = {"step": title, "policy": key, "test": chosen[key].test}
                 if previous is not None:
-                    step["versus_previous"] = _compare(chosen[key], chosen[previous])
+                    binding = binds[key] or binds[previous]
+                    step["versus_previous"] = _compare(chosen[key], chosen[previous], binding)
                 steps.append(step)
                 bits.add(key)
                 previous = key
@@ -350,11 +407,10 @@ def budget_table(
                 if not family.learned or family.key not in chosen:
                     continue
                 bits.add(family.key)
+                binding = binds[family.key] or binds[best]
                 row["learned"][family.key] = {
-                    "versus_best_baseline": _compare(chosen[family.key], chosen[best]),
-                    "gap_closed": _gap_closed(
-                        budget, by_key[best], family, oracles[family.answers]
-                    ),
+                    "versus_best_baseline": _compare(chosen[family.key], chosen[best], binding),
+                    "mac_saving": _mac_saving(budget, by_key[best], family, n_test, draws),
                 }
         for key in bits:  # stored once per distinct vector (saturated budgets repeat them)
             packed = pack_bits(chosen[key].correct)
