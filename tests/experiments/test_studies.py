@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dynroute.cli import main
+from dynroute.errors import DynrouteError
 from dynroute.experiments import studies
 
 METHODS = {"per-exit thresholds", "one shared threshold", "naive point estimate"}
@@ -59,3 +60,35 @@ def test_the_study_command_writes_what_the_report_reads(run_copy, tmp_path) -> N
     assert json.loads(out.read_text())["study"] == "guarantees"
     with pytest.raises(SystemExit):
         main(["study", "nonsense", str(run_copy)])
+
+
+def _static(validation: float, test: float, macs: float, correct: list[bool]) -> dict:
+    from dynroute.policies.statistics import pack_bits
+
+    return {
+        "validation": {"accuracy": validation, "mean_macs": macs},
+        "accuracy": test,
+        "mean_macs": macs,
+        "correct_bits": pack_bits(correct),
+    }
+
+
+def test_the_lead_holds_the_cheapest_sufficient_point_against_the_best_static(run_copy) -> None:
+    """The static net is chosen on validation (not the one best on test), the routed point
+    is the cheapest on validation reaching its accuracy; both are scored on test."""
+    statics = {
+        "static-2": _static(0.20, 0.9, 3e6, [True] * 90),  # best on test, worse on validation
+        "static-3": _static(0.25, 0.3, 7e6, [k % 3 == 0 for k in range(90)]),
+    }
+    study = studies.lead([run_copy], statics)
+    assert study["static"]["network"] == "static-3" and study["target_accuracy"] == 0.25
+    routed = study["routed"]
+    assert routed["validation"]["accuracy"] >= 0.25
+    ratio = 7e6 / routed["test"]["mean_macs"]
+    assert study["mac_ratio"] == pytest.approx(ratio)
+    low, high = study["mac_ratio_interval"]
+    assert low <= ratio <= high
+    assert study["versus_static"]["only_first"] + study["versus_static"]["only_second"] > 0
+    assert study["best_validation_accuracy"] >= routed["validation"]["accuracy"]
+    with pytest.raises(DynrouteError, match="validation point"):
+        studies.lead([run_copy], {"old": {"accuracy": 0.5, "mean_macs": 1e6}})

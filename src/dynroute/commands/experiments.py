@@ -83,9 +83,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"  {message}", flush=True)
 
+    source = studies.Source(args.data_dir, args.dataset, args.allow_checksum_mismatch)
     if args.study == "held-out":
         result = studies.held_out(
-            args.run, args.sisters or (), args.larger, data_dir=args.data_dir, progress=say
+            args.run, args.sisters or (), args.larger, source=source, progress=say
+        )
+    elif args.study == "lead":
+        from dynroute.errors import DynrouteError
+        from dynroute.experiments.results import load_results
+
+        if not args.static:
+            raise DynrouteError("the lead study needs --static EXPERIMENT (its static networks)")
+        statics = load_results(args.results, args.scale).get(args.static, {})
+        result = studies.lead(
+            [args.run, *(args.sisters or ())], statics, source=source, progress=say
         )
     else:
         result = studies.guarantees(
@@ -93,7 +104,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             args.targets,
             partitions=args.partitions,
             calibration_size=args.calibration_size,
-            data_dir=args.data_dir,
+            source=source,
             progress=say,
         )
     name = Path(args.run).name if Path(args.run).name not in ("", ".") else "run"
@@ -212,15 +223,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser(
         "study",
         help="the studies behind the policy evidence: held-out data for the scheduler, "
-        "guaranteed targets over random partitions",
+        "guaranteed targets over random partitions, the lead over the best static network",
     )
-    study.add_argument("study", choices=("held-out", "guarantees"))
+    study.add_argument("study", choices=("held-out", "guarantees", "lead"))
     study.add_argument("run", metavar="RUN", help="run directory (with a validation split)")
     _results_arguments(study)
     study.add_argument(
         "--sisters", nargs="*", metavar="RUN", help="held-out: runs of the same network trained "
-        "on other validation splits (sweep --seed)"
+        "on other validation splits (sweep --seed); lead: more routed runs to choose from"
     )  # fmt: skip
+    study.add_argument(
+        "--static", metavar="EXPERIMENT", help="lead: the static experiment whose networks "
+        "(in RESULTS/SCALE) the routed runs are held against"
+    )  # fmt: skip
+    study.add_argument("--dataset", default=None, help="defaults to the run's dataset")
+    add_checksum_argument(study)
     study.add_argument(
         "--larger", metavar="RUN", help="held-out: the same network with a larger validation "
         "split (sweep --validation-size)"

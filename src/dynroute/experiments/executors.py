@@ -31,6 +31,7 @@ from dynroute.errors import DynrouteError, Interrupted
 from dynroute.experiments.results import build_result
 from dynroute.policies.analysis import RESULT_PAIRED_POINTS, analyse, analysis_k_values
 from dynroute.policies.exit_table import dense_outputs
+from dynroute.policies.statistics import pack_bits
 from dynroute.policies.table import budget_table
 from dynroute.runs import CONFIG_FILE, METRICS_FILE, read_metrics
 from dynroute.train.config import TrainConfig
@@ -130,8 +131,19 @@ def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> d
     result = build_result(task.experiment, task.network, summary, records, task.eval_subset)
     result["train_points"] = train_points(trainer, task.eval_subset or TRAIN_EVAL_SIZE)
     tree = trainer.tree
+    split = data.evaluation[result["split"]]
+    if data.held_out is not None and not tree.dynamic_k_cpt:  # choices on validation read it
+        held = data.held_out
+        stats = evaluate(tree, held.images, held.labels)
+        result["validation"] = {
+            "num_examples": stats.num_examples,
+            "accuracy": stats.accuracy,
+            "mean_macs": stats.mean_macs,
+        }
+    if len(tree.leaves) == 1:  # a static net: its test correctness, for paired comparisons
+        outputs = dense_outputs(tree, split.images, split.labels)
+        result["correct_bits"] = pack_bits(outputs.logits[:, 0].argmax(1) == outputs.labels)
     if len(tree.leaves) > 1:  # every routing policy on this net's exits, for the report
-        split = data.evaluation[result["split"]]
         paired = RESULT_PAIRED_POINTS if config.strategy == "multi-exit" else 0
         k_values = analysis_k_values(tree, config.k_cpt_set)
         result["policies"] = analyse(

@@ -12,6 +12,8 @@ guaranteed targets hold (``dynroute study``; ``results/<scale>/studies/``).
 - ``guarantees``: guaranteed calibration (``dynroute.policies.guarantees``) over many
   random partitions of a run's held-out examples into calibration and evaluation data,
   against the naive point estimate and one threshold shared by every exit.
+- ``lead``: the MACs routed runs need to be as accurate as the best static network, each
+  chosen on validation, scored on test, with a bootstrap interval over test examples.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,9 +50,22 @@ Progress = Callable[[str], None] | None
 TRAIN_SAMPLE = 10_000
 
 
-def _outputs(run: Run, split: str, data_dir: Any, limit: int | None = None) -> DenseOutputs:
+@dataclass(frozen=True)
+class Source:
+    """Where a study reads the runs' data: the data folder, another dataset than the run's
+    own, and whether a copy whose checksums differ from the official files is accepted
+    (the options every other verb takes)."""
+
+    data_dir: Any = None
+    dataset: str | None = None
+    allow_checksum_mismatch: bool = False
+
+
+def _outputs(run: Run, split: str, source: Source, limit: int | None = None) -> DenseOutputs:
     tree = run.load_tree().eval()
-    images, labels, _ = run.split(split, data_dir)
+    images, labels, _ = run.split(
+        split, source.data_dir, source.dataset, source.allow_checksum_mismatch
+    )
     if limit is not None and len(labels) > limit:
         rows = np.sort(np.random.default_rng(0).choice(len(labels), limit, replace=False))
         images, labels = images[rows], labels[rows]
@@ -79,12 +95,12 @@ class _Member:
 class _Setting:
     """One run's held-out outputs, its baselines and its combined-answer exit tables."""
 
-    def __init__(self, run: Run, data_dir: Any) -> None:
+    def __init__(self, run: Run, source: Source) -> None:
         self.run = run
         self.tree = run.load_tree().eval()
         self.facts = TreeFacts.of(self.tree)
-        self.validation = _outputs(run, "validation", data_dir)
-        self.test = _outputs(run, "test", data_dir)
+        self.validation = _outputs(run, "validation", source)
+        self.test = _outputs(run, "test", source)
         strategy = (run.config or {}).get("strategy", "actor")
         families, _, _ = policy_families(
             self.tree, self.validation, self.test, routers=trains_routers(strategy)
@@ -134,13 +150,13 @@ def held_out(
     sisters: Sequence[str | os.PathLike[str]] = (),
     larger: str | os.PathLike[str] | None = None,
     budgets: Sequence[float] | None = None,
-    data_dir: Any = None,
+    source: Source = Source(),
     progress: Progress = None,
 ) -> dict[str, Any]:
     """The held-out study of one run (see the module's docstring): JSON-ready."""
     say = progress or (lambda message: None)
     run = open_run(run_path)
-    setting = _Setting(run, data_dir)
+    setting = _Setting(run, source)
     facts, answers, val_table = setting.facts, setting.answers, setting.val_table
     budgets = list(budgets or default_budgets(setting.tree))
     say("dense passes of the run done")
@@ -148,7 +164,7 @@ def held_out(
     sister_tables = []
     for path in sisters:
         sister = open_run(path)
-        outputs = _outputs(sister, "validation", data_dir)
+        outputs = _outputs(sister, "validation", source)
         sister_facts = TreeFacts.of(sister.load_tree().eval())
         sister_answers = fit_answers(sister_facts, outputs, "combined")
         sister_tables.append(exit_table(facts, outputs, _reanswer(sister_answers, answers)))
@@ -159,7 +175,7 @@ def held_out(
             cross_fitted_measures(val_table, extra=sister_tables),
         )
         say("pooled scheduler fitted")
-    train_outputs = _outputs(run, "train", data_dir, TRAIN_SAMPLE)
+    train_outputs = _outputs(run, "train", source, TRAIN_SAMPLE)
     train_table = exit_table(facts, train_outputs, answers)
     corrected = fit_scheduler([train_table], recalibrate_on=val_table)
     halves = np.random.default_rng(1).permutation(len(val_table)) % 2 == 0
@@ -181,7 +197,7 @@ def held_out(
     if larger is not None:
         # Another network (trained on fewer images), so its own baselines: what the larger
         # split buys the scheduler there, beside what it costs the exits.
-        bigger = _Setting(open_run(larger), data_dir)
+        bigger = _Setting(open_run(larger), source)
         study["larger_validation"] = {
             "run": str(bigger.run.path),
             "num_validation": len(bigger.validation),
@@ -217,7 +233,7 @@ def guarantees(
     deltas: Sequence[float] = (0.05, 0.1, 0.2),
     partitions: int = 500,
     calibration_size: int = 5000,
-    data_dir: Any = None,
+    source: Source = Source(),
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Guaranteed accuracy targets over random partitions of the run's held-out examples
@@ -231,7 +247,7 @@ def guarantees(
     run = open_run(run_path)
     tree = run.load_tree().eval()
     facts = TreeFacts.of(tree)
-    held = _concat(_outputs(run, "validation", data_dir), _outputs(run, "test", data_dir))
+    held = _concat(_outputs(run, "validation", source), _outputs(run, "test", source))
     whole = exit_table(facts, held)
     deepest = float(facts.leaf_macs(whole.answers).max())
     rng = np.random.default_rng(0)
@@ -333,3 +349,86 @@ def _concat(first: DenseOutputs, second: DenseOutputs) -> DenseOutputs:
         {j: np.concatenate([s, second.scores[j]]) for j, s in first.scores.items()},
         np.concatenate([first.labels, second.labels]),
     )
+
+
+#: Bootstrap draws behind the lead's intervals, and their seed.
+LEAD_DRAWS = 2000
+
+
+def lead(
+    run_paths: Sequence[str | os.PathLike[str]],
+    static_results: dict[str, dict[str, Any]],
+    source: Source = Source(),
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """How many fewer MACs the routed runs need than the best static network for its
+    accuracy. The static network is the most accurate on validation among
+    ``static_results`` (result documents by name, trained as long); the routed operating
+    point is the cheapest on validation, over every family of ``calibrate --policy best``
+    of every run, whose validation accuracy reaches the static network's. Both are scored
+    on test: accuracies (exact McNemar, paired), mean MACs and their ratio, with 95 %
+    bootstrap intervals over the test examples."""
+    from dynroute.policies.calibration import BEST, candidates, families, positions_on
+    from dynroute.policies.statistics import unpack_bits
+
+    say = progress or (lambda message: None)
+    usable = {n: r for n, r in static_results.items() if "validation" in r and "correct_bits" in r}
+    if not usable:
+        raise DynrouteError(
+            "the lead needs static results with a validation point and test correctness "
+            "(trained by this version's sweep with a validation split)"
+        )
+    name, static = max(
+        usable.items(), key=lambda nr: (nr[1]["validation"]["accuracy"], -nr[1]["mean_macs"])
+    )
+    target = static["validation"]["accuracy"]
+    runs, pool, tests = [], [], []
+    for index, path in enumerate(run_paths):
+        run = open_run(path)
+        tree = run.load_tree().eval()
+        validation = _outputs(run, "validation", source)
+        runs.append((run, tree))
+        tests.append(_outputs(run, "test", source))
+        pool += candidates(index, tree, validation, families(BEST))
+        say(f"{run.path}: {len(pool)} operating points so far")
+    chosen = selection.reaching(pool, target)
+    out: dict[str, Any] = {
+        "runs": [str(run.path) for run, _ in runs],
+        "static": {
+            "network": name,
+            "validation": static["validation"],
+            "test": {"accuracy": static["accuracy"], "mean_macs": static["mean_macs"]},
+        },
+        "target_accuracy": target,
+        "best_validation_accuracy": max(c.accuracy for c in pool),
+        "routed": None,
+    }
+    if chosen is None:
+        return out
+    run, tree = runs[chosen.run]
+    test = tests[chosen.run]
+    positions = positions_on(tree, test, chosen, None, tables := {})
+    table = tables.get(chosen.family) or exit_table(tree, test)
+    correct = table.correctness(positions)
+    macs = table.facts.leaf_macs(chosen.policy)[positions]
+    static_correct = unpack_bits(static["correct_bits"], len(correct))
+    static_macs = float(static["mean_macs"])
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(correct), (LEAD_DRAWS, len(correct)))
+    ratios = static_macs / macs[draws].mean(axis=1)
+    differences = correct[draws].mean(axis=1) - static_correct[draws].mean(axis=1)
+    out["routed"] = {
+        "run": str(run.path),
+        "policy": chosen.policy.to_dict(),
+        "family": chosen.family,
+        "k_cpt": chosen.k_cpt,
+        "validation": {"accuracy": chosen.accuracy, "mean_macs": chosen.mean_macs},
+        "test": {"accuracy": float(correct.mean()), "mean_macs": float(macs.mean())},
+    }
+    out["mac_ratio"] = static_macs / float(macs.mean())
+    out["mac_ratio_interval"] = [float(v) for v in np.percentile(ratios, [2.5, 97.5])]
+    out["accuracy_difference_interval"] = [
+        float(v) for v in np.percentile(differences, [2.5, 97.5])
+    ]
+    out["versus_static"] = mcnemar(correct, static_correct)
+    return out

@@ -230,7 +230,7 @@ def guaranteed_choice(
     tables: dict[str, ExitTable] = {}
     paths: dict[str, list[PathPoint]] = {}
     for candidate in fitting:
-        positions = _positions_on(tree, tested, candidate, test_images, tables)
+        positions = positions_on(tree, tested, candidate, test_images, tables)
         table = tables.get(candidate.family, raw)
         if target == "mean_macs":
             losses = table.facts.leaf_macs(candidate.policy)[positions]
@@ -261,7 +261,7 @@ def _deepest_answers(table: ExitTable) -> np.ndarray:
     return table.outputs.logits[np.arange(len(table)), table.terminal].argmax(axis=1)
 
 
-def _positions_on(
+def positions_on(
     tree: RoutedTree,
     outputs: DenseOutputs,
     candidate: Candidate,
