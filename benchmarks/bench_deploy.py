@@ -24,8 +24,11 @@ same batch-256 comparison at other operating points of the export (chosen as
 ``--target-macs`` chooses), each against the static net of its own test accuracy. Serving
 over HTTP is ``bench_serve.py``'s.
 
+With ``--int8``, the int8 export of the run (``dynroute export --int8``) against the float32
+one and against the static net of its test accuracy quantized the same way.
+
 Run: python benchmarks/bench_deploy.py RUN [--static-results results/cpu/hybrid-static]
-     [--threads 1] [--rounds 5] [--singles 400] [--budgets 4,6,8] [--json FILE]
+     [--threads 1] [--rounds 5] [--singles 400] [--budgets 4,6,8] [--int8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -138,6 +141,66 @@ def budget_shares(routed, x: np.ndarray, args: argparse.Namespace, folder: Path)
     return rows
 
 
+def int8_comparison(
+    args: argparse.Namespace, pair: dict, x: np.ndarray, folder: Path, float32_macs: float
+) -> dict:
+    """The int8 routed export (its operating point re-fitted on int8 answers for the run's
+    own target) against the float32 one and against the int8 static net of the same test
+    accuracy, in interleaved rounds at batch 256 and in single images."""
+    from dynroute.delivery.export import export_run, write_quantized
+
+    _, how, check = export_run(args.run, folder / "routed-int8", int8=True, check=0)
+    routed8 = load(folder / "routed-int8", threads=args.threads)
+    accuracy8 = test_accuracy(routed8, args.run)
+    static_name, _, _ = pick_static(args.static_results, accuracy8)
+    static_dir = export_static(static_name, folder / "static-int8-source")
+    write_quantized(static_dir, folder / "static-int8", x[:512])
+    static8 = load(folder / "static-int8", threads=args.threads)
+    models = {"routed": pair["routed"].predict, "routed int8": routed8.predict,
+              "static int8": static8.predict}  # fmt: skip
+    seconds = throughput(models, x, args.rounds)
+    singles = latency(models, x, min(args.singles, len(x)))
+    macs8 = float(routed8.predict(x).macs.mean())
+    static_macs = float(static8.path_macs()["exit"])
+    over_float = statistics.median(
+        f / i for f, i in zip(seconds["routed"], seconds["routed int8"], strict=True)
+    )
+    over_static = statistics.median(
+        s / i for s, i in zip(seconds["static int8"], seconds["routed int8"], strict=True)
+    )
+    out = {
+        "how": how,
+        "check_on_test": check,
+        "test_accuracy": {"float32": pair["test_accuracy"], "int8": accuracy8},
+        "macs": {"float32": float32_macs, "int8": macs8, "static int8": static_macs},
+        "static": static_name,
+        "batch256_int8_over_float32": over_float,
+        "batch256_int8_over_static_int8": over_static,
+        "mac_ratio_vs_static_int8": static_macs / macs8,
+        "share_of_mac_ratio": over_static / (static_macs / macs8),
+        "batch1_ms": {
+            k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99))}
+            for k, v in singles.items()
+        },
+    }
+    one = out["batch1_ms"]
+    print(
+        f"int8 ({how}): test accuracy {100 * accuracy8:.2f} % against float32's "
+        f"{100 * pair['test_accuracy']:.2f} % ({100 * (accuracy8 - pair['test_accuracy']):+.2f} "
+        f"points; goal within 0.3), {macs8 / 1e6:.2f} M MACs against {float32_macs / 1e6:.2f} M"
+    )
+    print(
+        f"batch 256: int8 routed {over_float:.2f}x the float32 routed export (goal 1.8); "
+        f"{over_static:.2f}x {static_name} in int8 for a MAC ratio of "
+        f"{static_macs / macs8:.2f} ({out['share_of_mac_ratio']:.2f} of it; goal 0.85)"
+    )
+    print(
+        "batch 1 p50/p99 ms: "
+        + ", ".join(f"{k} {v['p50']:.3f}/{v['p99']:.3f}" for k, v in one.items())
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run directory (calibrated, or learned routers)")
@@ -151,6 +214,12 @@ def main() -> None:
         default="",
         type=lambda text: [float(b) for b in text.split(",") if b],
         help="also compare at these budgets (M MACs, comma-separated), at batch 256",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also export int8 (routed: re-fitted on int8 answers; static: quantized the same "
+        "way) and compare them with the float32 routed export in the same rounds",
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -217,6 +286,8 @@ def main() -> None:
         )
         if args.budgets:
             results["budgets"] = budget_shares(routed, x, args, Path(temporary) / "statics")
+        if args.int8:
+            results["int8"] = int8_comparison(args, pair, x, Path(temporary), routed_macs)
 
     print(f"{args.run} at {results['operating_point']['policy']} ({how}): test accuracy "
           f"{accuracy:.4f}, {routed_macs / 1e6:.2f} M MACs on the sample; static: {static_name} "

@@ -41,13 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deployed import export_pair, png_bytes, test_sample, throughput
-from timing import save_results
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 class Server:
+    """``dynroute serve`` in a subprocess on a free port (``--threads 1`` unless given)."""
+
     def __init__(self, export: str, *options: str) -> None:
         args = ["serve", export, "--port", "0", "--threads", "1", *options]
         code = f"import sys\nfrom dynroute.cli import main\nsys.exit(main({args!r}))\n"
@@ -71,14 +70,37 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_mb(self.process.pid)
+
+    def tree(self) -> list[int]:
+        """The server's process and its descendants (workers, decoding processes)."""
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parents[int(entry.name)] = int(stat[1])
+        found = [self.process.pid]
+        for pid in found:
+            found += [child for child, parent in parents.items() if parent == pid]
+        return found
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (0 once it has gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def npy_bytes(images: np.ndarray) -> bytes:
@@ -95,13 +117,19 @@ async def _client(port: int, requests: list[bytes], count: int, latencies: list[
     try:
         for k in range(count):
             started = time.perf_counter()
-            writer.write(requests[k % len(requests)])
-            head = await reader.readuntil(b"\r\n\r\n")
-            at = head.lower().index(b"content-length:") + 15
-            await reader.readexactly(int(head[at : head.index(b"\r\n", at)]))
+            await exchange(reader, writer, requests[k % len(requests)])
             latencies.append(time.perf_counter() - started)
     finally:
         writer.close()
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes):
+    """Send one whole HTTP request on a kept-alive connection; its status and body."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    at = head.lower().index(b"content-length:") + 15
+    body = await reader.readexactly(int(head[at : head.index(b"\r\n", at)]))
+    return int(head[9:12]), body
 
 
 def drive(
@@ -183,7 +211,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="in-process rounds")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from deployed import export_pair, png_bytes, test_sample, throughput
     from dynroute.devices import configure_cpu, machine_description
+    from timing import save_results
 
     configure_cpu(1)
     x, _ = test_sample(args.run)

@@ -4,9 +4,15 @@ A file is written to a temporary sibling, flushed and fsynced, renamed over the
 target, and then the folder is fsynced so that the rename itself survives a power
 cut. A reader therefore sees the old file or the new one, never half of one; a
 killed writer leaves at most a hidden ``.*.tmp`` file, which is removed if the
-writer fails normally. A write that fails (a full disk, a read-only or unwritable
-folder) is a ``DynrouteError`` naming the path and the reason, and the previous
-version of the file is left as it was.
+writer fails or is stopped normally. ``AtomicFile`` does this for a file written as
+it goes (``predict``'s rows, a download); ``write_atomic`` for one written at once. A
+write that fails (a full disk, a read-only or unwritable folder) is a ``DynrouteError``
+naming the path and the reason (``dynroute.gate.os_reason``, the one wording of a
+failed file operation), and the previous version of the file is left as it was.
+
+Only regular files are written: a target that is a device (``/dev/null``), a FIFO, a
+socket, a folder or a link is refused, never replaced by a file (a rename would replace
+the device node itself, or the link rather than what it points to).
 
 Lines appended to a log (``append_line``) are written whole or not at all, and a
 ``FolderLock`` keeps a folder to one writing process at a time.
@@ -18,34 +24,21 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 from dynroute import gate
 from dynroute.errors import DynrouteError
+from dynroute.gate import os_reason
 
 try:  # POSIX; elsewhere a folder lock is a no-op
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
-
-#: What a failed write's errno means for the user, where ``strerror`` is not enough.
-_REASONS = {
-    errno.ENOSPC: "no space left on the device (the disk is full)",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.EISDIR: "it is a folder",
-}
-
-
-def os_reason(exc: OSError) -> str:
-    """The short reason of a failed file operation ("the file system is read-only")."""
-    return _REASONS.get(exc.errno, exc.strerror or str(exc))
 
 
 def cannot_write(
@@ -103,35 +96,6 @@ def fsync_folder(folder: str | os.PathLike[str]) -> None:
         os.close(handle)
 
 
-class _RecordingFile:
-    """A binary file that remembers the first ``OSError`` of a write.
-
-    Some writers (``torch.save``) report a failed write as their own error and drop the
-    ``OSError``; this keeps it, so a full disk is still called a full disk.
-    """
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self._file = file
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self._file.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def flush(self) -> None:
-        try:
-            self._file.flush()
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-
 def current_umask() -> int:
     """The process's file-creation mask (read without changing it, as far as POSIX allows:
     set and restored at once)."""
@@ -140,40 +104,156 @@ def current_umask() -> int:
     return mask
 
 
+def check_target(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` exists; a ``DynrouteError`` if it is anything but a regular file
+    (a device, FIFO, socket, folder or link), which a write must never replace."""
+    try:
+        status = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    if stat.S_ISLNK(status.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:  # pragma: no cover - removed since
+            target = "?"
+        raise DynrouteError(
+            f"cannot write {path}: it is a link (to {target}); a link is never written "
+            "through or replaced: name a regular file"
+        )
+    if not stat.S_ISREG(status.st_mode):
+        raise DynrouteError(
+            f"cannot write {path}: it is {gate.file_kind(status.st_mode)}, not a regular file; "
+            "it is never replaced"
+        )
+    return True
+
+
+class AtomicFile:
+    """A file written as it goes and put in place whole: ``with AtomicFile(path) as f:
+    f.write(data)``.
+
+    Bytes go to a hidden temporary sibling (the user's umask, not ``mkstemp``'s 0600); at
+    the end of the block it is flushed, fsynced and renamed over ``path`` (checked again to
+    be a regular file or nothing), and the folder fsynced. If the block fails or is stopped
+    (Ctrl-C, SIGTERM) the temporary file is removed, whatever state its buffer is in, and
+    ``path`` keeps its previous version. A failed write is a ``DynrouteError`` naming
+    ``path`` and the reason, even where a writer (``torch.save``) wraps the ``OSError`` in an
+    error of its own: the first one is remembered.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.error: OSError | None = None
+        self.kept = False
+        self._file: IO[bytes] | None = None
+        self._temporary: Path | None = None
+
+    def __enter__(self) -> AtomicFile:
+        self.kept = check_target(self.path)
+        make_folder(self.path.parent)
+        try:
+            handle, name = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise cannot_write(self.path, exc, self.kept) from None
+        self._temporary = Path(name)
+        try:
+            os.fchmod(handle, 0o666 & ~current_umask())
+            self._file = os.fdopen(handle, "wb")
+        except OSError as exc:
+            os.close(handle)
+            self._discard()
+            raise cannot_write(self.path, exc, self.kept) from None
+        return self
+
+    @property
+    def temporary(self) -> Path:
+        """Where the bytes are until the block ends (to check them first: a download)."""
+        assert self._temporary is not None, "inside the with block"
+        return self._temporary
+
+    def write(self, data: Any) -> int:
+        assert self._file is not None, "write inside the with block"
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        assert self._file is not None, "flush inside the with block"
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, fileno...: what writers ask
+        if self._file is None:
+            raise AttributeError(name)
+        return getattr(self._file, name)
+
+    def _discard(self) -> None:
+        """Close and remove the temporary file, whatever fails on the way (a full disk
+        refuses the buffer's last bytes on close: the file goes all the same)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self._temporary is not None:
+            with contextlib.suppress(OSError):
+                self._temporary.unlink()
+            self._temporary = None
+
+    def _commit(self) -> None:
+        assert self._file is not None and self._temporary is not None
+        try:
+            self.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            check_target(self.path)  # still nothing but a regular file, or nothing
+            os.replace(self._temporary, self.path)
+            self._temporary = None
+        except OSError as exc:
+            self._discard()
+            raise cannot_write(self.path, self.error or exc, self.kept) from None
+        except BaseException:
+            self._discard()
+            raise
+        fsync_folder(self.path.parent)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self._commit()
+            return
+        self._discard()
+        if self.error is not None and not issubclass(kind, KeyboardInterrupt):
+            raise cannot_write(self.path, self.error, self.kept) from None
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file and move it to ``path`` durably.
+    """Call ``write(binary_file)`` on an ``AtomicFile`` and move it to ``path`` durably.
 
     On any failure the temporary file is removed and ``path`` is left as it was; a failed
     file operation (full disk, read-only folder, ...) is a ``DynrouteError`` naming ``path``.
     """
-    path = Path(path)
-    make_folder(path.parent)
-    kept = os.path.lexists(path)
-    try:
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
-    except OSError as exc:
-        raise cannot_write(path, exc, kept) from None
-    recorder = None
-    try:
-        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 is not the user's choice
-        with os.fdopen(handle, "wb") as f:
-            recorder = _RecordingFile(f)
-            write(recorder)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
-        raise cannot_write(path, exc, kept) from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        if recorder is not None and recorder.error is not None:
-            raise cannot_write(path, recorder.error, kept) from None
-        raise
-    fsync_folder(path.parent)
-    return path
+    target = AtomicFile(path)
+    with target as handle:
+        try:
+            write(handle)  # type: ignore[arg-type]
+        except OSError as exc:
+            target.error = target.error or exc
+            raise
+    return target.path
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -240,6 +320,8 @@ def read_json_object(path: str | os.PathLike[str], what: str, hint: str = "") ->
         raise DynrouteError(f"{what} {path} is unreadable ({exc}){tail}") from None
     except ValueError as exc:
         raise DynrouteError(f"{what} {path} is unreadable or corrupt ({exc}){tail}") from None
+    except RecursionError:
+        raise DynrouteError(f"{what} {path} is nested too deeply to be read{tail}") from None
     if not isinstance(data, dict):
         raise DynrouteError(f"{what} {path} does not hold a JSON object{tail}")
     return data

@@ -447,6 +447,36 @@ def _scheduler_measure(
 # --------------------------------------------------------------------------- costs
 
 
+def base_path_macs(
+    shape: Shape, transform: Sequence[int], router: Sequence[int]
+) -> dict[str, list[int]]:
+    """Per cost model, what an example classified at each node has cost, from each node's
+    transform and router MACs (``dynroute.nn.macs.TreeCosts.base_path_macs`` says what the
+    models count). Torch-free and linear in the nodes (pre-order: a parent comes first), so
+    the export runtime recomputes a manifest's path costs from its nodes' costs."""
+    count = len(shape.parent)
+    # What a threshold rule pays at each node it passes: the exit heads its junction
+    # evaluates, and the router only where it still chooses among several inner sinks.
+    heads, routers = [0] * count, [0] * count
+    for j in shape.junctions:
+        kids = shape.children[j]
+        heads[j] = sum(transform[c] for c in kids if shape.is_leaf(c))
+        inner = sum(not shape.is_leaf(c) for c in kids)
+        routers[j] = router[j] if inner != 1 else 0
+    learned, oracle, threshold, passed = [0] * count, [0] * count, [0] * count, [0] * count
+    for i in range(count):
+        parent = shape.parent[i]
+        above = (learned[parent], oracle[parent], passed[parent]) if parent >= 0 else (0, 0, 0)
+        own = transform[i] + heads[i] + routers[i]
+        learned[i] = above[0] + transform[i] + router[i]
+        oracle[i] = above[1] + transform[i]
+        passed[i] = above[2] + own
+        # An exit decided at a junction had its head paid there; other nodes pay their own.
+        paid_at_junction = shape.is_leaf(i) and shape.decided_at_junction(i)
+        threshold[i] = above[2] + (0 if paid_at_junction else own)
+    return {"learned": learned, "threshold": threshold, "oracle": oracle}
+
+
 def decision_macs(policy: Policy, shape: Shape, classes: int) -> list[int]:
     """Per exit (leaf order), the multiply-adds its answer and measure cost beyond its head:
     a multiply-add per class and answer combined (calibrated: one; a boosted exit adds the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
 import torch
 
@@ -81,9 +82,29 @@ def keep_freed_memory() -> bool:
     return trimmed and mapped
 
 
-def use_channels_last(device: torch.device) -> bool:
-    """Channels-last convolutions are ~1.4x faster on CPU (oneDNN) and on tensor cores."""
+def use_channels_last(device: torch.device, bf16: bool = False) -> bool:
+    """Channels-last convolutions are ~1.4x faster on CPU (oneDNN) and on tensor cores; but
+    bfloat16 on a CPU is fast in NCHW and many times slower channels-last (oneDNN's bf16
+    kernels), so bf16 on a CPU keeps NCHW."""
+    if bf16 and device.type == "cpu":
+        return False
     return device.type in ("cpu", "cuda")
+
+
+def bf16_on(device: torch.device, asked: bool, warn: bool = True) -> bool:
+    """Whether to compute in bfloat16: asked for, and on CUDA or on a CPU that computes it
+    natively (``machine.native_bf16``); elsewhere one warning line says it stays float32."""
+    if not asked:
+        return False
+    if device.type == "cuda" or (device.type == "cpu" and machine.native_bf16()):
+        return True
+    if warn:
+        print(
+            f"dynroute: warning: bf16 asked for on a {device.type} without native bfloat16 "
+            "instructions (avx512_bf16 or amx_bf16): computing in float32",
+            file=sys.stderr,
+        )
+    return False
 
 
 def machine_description() -> dict[str, object]:

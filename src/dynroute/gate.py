@@ -8,8 +8,12 @@ for every surface, today's and tomorrow's:
   a socket is refused by its status, before it is opened;
 - a file's size is bounded before it is read, and a sparse file (long, but small on disk)
   is refused, since it expands to its length when read;
-- folders are walked without following a link back into a folder already walked, so a
-  link loop ends;
+- every read has a byte limit: a file is read up to the size its status gives, never "to
+  the end" (a file that says it is empty, like ``/proc/kmsg``, is read as empty, however
+  long it would make a reader wait);
+- folders are walked in the order of their sorted paths as they are read, without
+  following a link that leaves the folder given (a link to ``/etc`` is named and
+  skipped, not walked) or one back into a folder already walked (a link loop ends);
 - decoded sizes are bounded: pixels per image, bytes an array or archive member expands to;
 - names are made safe to print and to write: bytes that are not UTF-8 are escaped, and a
   table cell that a spreadsheet would run as a formula is neutralised.
@@ -19,11 +23,12 @@ Torch-free: the export runtime reads its manifests here too.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from dynroute.errors import DynrouteError
 
@@ -42,14 +47,25 @@ MAX_JSON_BYTES = 256 << 20
 MAX_ARRAY_FILE_BYTES = 2 << 30
 
 
-def os_error_text(exc: OSError) -> str:
-    """The short reason of an OSError ("Permission denied"), without errno noise."""
-    return exc.strerror or str(exc)
+#: What a failed file operation's errno means for the user, where ``strerror`` is not enough.
+_REASONS = {
+    errno.ENOSPC: "no space left on the device (the disk is full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """The one short reason of a failed file operation, read or write ("Permission denied",
+    "the file system is read-only"), without errno noise."""
+    return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
 
 
 def cannot_read(path: Path | str, exc: OSError) -> DynrouteError:
     """The one message for a file that exists but cannot be read (permissions, I/O)."""
-    return DynrouteError(f"cannot read {path}: {os_error_text(exc)}")
+    return DynrouteError(f"cannot read {path}: {os_reason(exc)}")
 
 
 def utf8_name(name: str, where: Path | str) -> str:
@@ -89,11 +105,20 @@ def expansion_problem(expanded: int, stored: int) -> str | None:
     )
 
 
-def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], Any, int]:
-    """An ``.npy`` stream's shape, dtype and the bytes its values declare, from the header
-    alone, before numpy allocates anything (a forged shape is caught by comparing the
-    declared bytes with the bytes that hold them). ValueError or EOFError on a bad header;
-    the stream is left after the header."""
+class NpyHeader(NamedTuple):
+    """What an ``.npy`` header declares: enough to size, check and stream its values."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    fortran_order: bool
+    #: Bytes its values take: shape times item size.
+    declared: int
+
+
+def read_npy_header(handle: IO[bytes]) -> NpyHeader:
+    """An ``.npy`` stream's header, before numpy allocates anything (a forged shape is caught
+    by comparing ``declared`` with the bytes that hold it). ValueError or EOFError on a bad
+    header, a negative dimension included; the stream is left after the header."""
     import numpy as np
 
     version = np.lib.format.read_magic(handle)
@@ -102,8 +127,18 @@ def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], Any, int]:
         if version == (1, 0)
         else np.lib.format.read_array_header_2_0
     )
-    shape, _, dtype = read_header(handle, max_header_size=10_000)
-    return shape, dtype, int(np.prod(shape, dtype=object)) * dtype.itemsize
+    shape, fortran_order, dtype = read_header(handle, max_header_size=10_000)
+    if any(side < 0 for side in shape):
+        raise ValueError(f"the header declares a negative dimension, shape {shape}")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return NpyHeader(tuple(shape), dtype, bool(fortran_order), declared)
+
+
+def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], Any, int]:
+    """An ``.npy`` stream's shape, dtype and the bytes its values declare
+    (``read_npy_header``)."""
+    header = read_npy_header(handle)
+    return header.shape, header.dtype, header.declared
 
 
 def check_regular(path: Path, status: os.stat_result) -> None:
@@ -139,53 +174,110 @@ def open_regular(path: Path) -> IO[bytes]:
         raise
 
 
+def read_exactly(handle: IO[bytes], count: int, where: Path | str) -> bytes:
+    """The next ``count`` bytes of ``handle`` and not one more (every read here has a limit):
+    a stream that ends sooner is a ``DynrouteError`` naming ``where``."""
+    parts, left = [], count
+    try:
+        while left > 0:
+            part = handle.read(min(left, 1 << 24))
+            if not part:
+                raise DynrouteError(
+                    f"{where} ends after {count - left} of the {count} bytes it should hold "
+                    "(truncated, or changed while it was read)"
+                )
+            parts.append(part)
+            left -= len(part)
+    except OSError as exc:
+        raise cannot_read(where, exc) from exc
+    return b"".join(parts)
+
+
 def read_bytes(path: Path, limit: int | None = None) -> bytes:
-    """A regular file's bytes; ``limit``: refuse a larger file (by its size) before reading."""
+    """A regular file's bytes, as many as its status says it holds and never more (a file
+    that claims to be empty but would block or never end, ``/proc/kmsg``, reads as empty);
+    ``limit``: refuse a larger file (by its size) before reading."""
     with open_regular(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         if limit is not None and size > limit:
             raise DynrouteError(f"{path} holds {size} bytes, more than the limit of {limit}")
-        try:
-            return handle.read()
-        except OSError as exc:
-            raise cannot_read(path, exc) from exc
+        return read_exactly(handle, size, path)
 
 
-def walk(root: Path, hidden: Iterable[str] = ()) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Every entry below folder ``root`` that is not a folder, sorted by path, and the
-    entries that are neither regular files nor folders (FIFOs, devices, sockets: never
-    opened) with what they are. Links are followed, but a folder already walked (a link
-    loop, or two links to one folder) is walked once; names starting with one of
-    ``hidden`` are skipped."""
-    seen: set[str] = set()
-    files: list[Path] = []
-    odd: list[tuple[Path, str]] = []
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest (``hashlib`` ``algorithm``: "md5", "sha256") of a regular file,
+    streamed a block at a time and read up to the size its status gives, never to the end
+    (a file that claims to be empty but would block is the digest of nothing)."""
+    import hashlib
+
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open_regular(path) as handle:
+        left = os.fstat(handle.fileno()).st_size
+        while left > 0:
+            block = read_exactly(handle, min(left, 1 << 20), path)
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def _inside(real: str, top: str) -> bool:
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def walk(root: Path, hidden: Iterable[str] = ()) -> Iterator[tuple[Path, str | None]]:
+    """Every entry below folder ``root`` that is not a folder, in the order of its sorted
+    path, as it is found (only the names of the folders on the way down are held, never the
+    tree's): ``(path,
+    None)`` for a regular file, ``(path, why it is skipped)`` for one never opened (a FIFO,
+    a device, a socket, a broken link, a folder that cannot be listed, or a link that leaves
+    ``root``: it is not followed, so a link to ``/etc`` is one line, not ``/etc``). Links
+    inside ``root`` are followed, but a folder already walked (a link loop, two links to one
+    folder) is walked once; names starting with one of ``hidden`` are skipped. A ``root``
+    that cannot be listed is a ``DynrouteError``."""
     skip = tuple(hidden)
-
-    def fail(exc: OSError) -> None:
-        raise cannot_read(exc.filename or root, exc)
-
-    for folder, subfolders, names in os.walk(root, onerror=fail, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
+    top = os.path.realpath(root)
+    try:
+        first = os.stat(root)
+    except OSError as exc:
+        raise cannot_read(root, exc) from None
+    seen = {(first.st_dev, first.st_ino)}
+    try:
+        listing = sorted(os.listdir(root))
+    except OSError as exc:
+        raise cannot_read(root, exc) from None
+    stack: list[tuple[Path, Iterator[str]]] = [(root, iter(listing))]
+    while stack:
+        folder, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
             continue
-        seen.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not (skip and d.startswith(skip)))
-        for name in names:
-            if skip and name.startswith(skip):
+        if skip and name.startswith(skip):
+            continue
+        path = folder / name
+        try:
+            status = os.lstat(path)
+            if stat.S_ISLNK(status.st_mode):
+                real = os.path.realpath(path)
+                if not _inside(real, top):
+                    yield path, f"a link out of {root} (to {real}): not followed"
+                    continue
+                status = os.stat(path)
+        except OSError:
+            yield path, "a broken link: skipped"
+            continue
+        if stat.S_ISDIR(status.st_mode):
+            if (status.st_dev, status.st_ino) in seen:
                 continue
-            path = Path(folder) / name
+            seen.add((status.st_dev, status.st_ino))
             try:
-                status = path.stat()
-            except OSError:
-                odd.append((path, "a broken link"))
-                continue
-            if stat.S_ISREG(status.st_mode):
-                files.append(path)
-            else:
-                odd.append((path, file_kind(status.st_mode)))
-    return sorted(files), odd
+                stack.append((path, iter(sorted(os.listdir(path)))))
+            except OSError as exc:
+                yield path, f"a folder that cannot be listed ({os_reason(exc)}): skipped"
+        elif stat.S_ISREG(status.st_mode):
+            yield path, None
+        else:
+            yield path, f"{file_kind(status.st_mode)}, not a file: skipped"
 
 
 def printable(text: str) -> str:

@@ -23,11 +23,11 @@ and the policy tables alike.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dynroute.checks import finite_numbers, is_finite_number
 from dynroute.errors import DynrouteError
 
 
@@ -100,21 +100,10 @@ ALIASES = {"ensemble": ("confidence", "combined")}
 POLICY_NAMES = (*POLICIES, *ALIASES)
 
 
-def _numbers(values: Any, what: str) -> tuple[float, ...]:
-    if not isinstance(values, Sequence) or isinstance(values, str):
-        raise DynrouteError(f"`{what}` must be a list of numbers")
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DynrouteError(f"`{what}` must hold numbers, got {value!r}")
-        if not math.isfinite(value):
-            raise DynrouteError(f"`{what}` must hold finite numbers, got {value!r}")
-        out.append(float(value))
-    return tuple(out)
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+#: Fitted answers already checked, by the id of their weights (kept alive here, so an id
+#: is never reused while listed): a family of thousands of thresholds on the same answers
+#: checks their numbers once, not once per threshold.
+_CHECKED_ANSWERS: dict[int, tuple[Any, Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -161,11 +150,11 @@ class Policy:
     def _check_thresholds(self, rule: Rule) -> None:
         if rule.parameter in ("threshold", "scheduler"):
             value = self.threshold
-            if rule.bounded and not (_real(value) and 0 <= value <= 1):
+            if rule.bounded and not (is_finite_number(value) and 0 <= value <= 1):
                 raise DynrouteError(
                     f"the {self.name} policy needs a `threshold` in [0, 1], got {value!r}"
                 )
-            if not rule.bounded and not _real(value):
+            if not rule.bounded and not is_finite_number(value):
                 raise DynrouteError(
                     f"the {self.name} policy needs a finite `threshold`, got {value!r}"
                 )
@@ -178,7 +167,7 @@ class Policy:
                     f"the {self.name} policy needs `thresholds` (one per exit): fit them with "
                     "`calibrate` and a budget"
                 )
-            values = _numbers(self.thresholds, "thresholds")
+            values = finite_numbers(self.thresholds, "thresholds")
             if any(not -1 <= v <= 2 for v in values):  # beyond [0, 1]: always / never exit
                 raise DynrouteError(f"`thresholds` must lie in [-1, 2], got {values}")
             object.__setattr__(self, "thresholds", values)
@@ -199,14 +188,20 @@ class Policy:
             )
         if len(self.weights) != len(self.biases):
             raise DynrouteError("a policy needs as many `weights` as `biases` (one per exit)")
-        weights = tuple(_numbers(w, "weights") for w in self.weights)
-        biases = tuple(_numbers(b, "biases") for b in self.biases)
+        known = _CHECKED_ANSWERS.get(id(self.weights))
+        if known is not None and known[0] is self.weights and known[1] is self.biases:
+            return  # the very tuples an earlier policy checked (``replace`` of a threshold)
+        weights = tuple(finite_numbers(w, "weights") for w in self.weights)
+        biases = tuple(finite_numbers(b, "biases") for b in self.biases)
         if any(not w for w in weights):
             raise DynrouteError("every exit needs at least its own weight")
         if self.answers == "calibrated" and any(any(w[:-1]) for w in weights):
             raise DynrouteError("calibrated answers weigh only each exit's own answer")
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "biases", biases)
+        if len(_CHECKED_ANSWERS) >= 256:
+            _CHECKED_ANSWERS.clear()
+        _CHECKED_ANSWERS[id(weights)] = (weights, biases)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -19,15 +19,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from dynroute import checks
 from dynroute.atomic import FolderLock, read_json_object, write_json_atomic
+from dynroute.deploy.manifest import sha256_file
 from dynroute.errors import DynrouteError
+from dynroute.guarantee import MALFORMED, Guarantee, certified, read_policy
 from dynroute.nn import checkpoint
 from dynroute.nn.tree import RoutedTree
 from dynroute.policy import LEARNED, Policy
@@ -47,6 +50,33 @@ DATA_FORMAT = 1
 RUN_FILES = (CONFIG_FILE, DATA_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE, CALIBRATION_FILE)
 #: Class names shown in a message before "...".
 SHOWN_CLASSES = 5
+#: The splits a run's data has (a calibration names the one it was chosen on).
+SPLITS = ("train", "validation", "test")
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object file of a run (``read_json_object``), one nested too deeply to parse
+    refused in one line like any other corrupt file."""
+    try:
+        return read_json_object(path, what)
+    except RecursionError:
+        raise DynrouteError(f"{what} {path} is nested too deeply to read") from None
+
+
+def _file_state(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+    """What changes when a file is rewritten or replaced: its inode, size and mtime."""
+    out = []
+    for path in paths:
+        status = path.stat()
+        out.append((status.st_ino, status.st_size, status.st_mtime_ns))
+    return tuple(out)
+
+
+def checkpoint_fingerprint(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a checkpoint file: what a calibration records of the network it was
+    fitted on (``Calibration.checkpoint``), so that a checkpoint replaced or copied in from
+    another run is never used with this run's calibrated operating point."""
+    return sha256_file(path)
 
 
 def run_lock(run_dir: str | os.PathLike[str], doing: str = "training") -> FolderLock:
@@ -167,7 +197,7 @@ def read_data_record(run_dir: Path) -> DataRecord | None:
     if not path.exists():
         return None
     where = f"the data record {path}"
-    return DataRecord.from_dict(read_json_object(path, "data record"), where)
+    return DataRecord.from_dict(_read_object(path, "data record"), where)
 
 
 def write_data_record(run_dir: Path, record: DataRecord) -> None:
@@ -214,6 +244,9 @@ class Run:
     path: Path
     checkpoint_path: Path
     config: dict[str, Any] | None
+    #: The checked calibration and the file state it was read from: checking costs a
+    #: checkpoint load, so a command that asks twice checks once.
+    _calibration: tuple[Any, Calibration] | None = field(default=None, repr=False, compare=False)
 
     @property
     def directory(self) -> Path | None:
@@ -277,7 +310,7 @@ class Run:
         summary_path = self.directory / SUMMARY_FILE
         summary = {}
         if summary_path.exists():
-            summary = read_json_object(summary_path, "run summary")
+            summary = _read_object(summary_path, "run summary")
         dataset = (self.config or {}).get("dataset")
         if not isinstance(dataset, str):
             return None
@@ -328,7 +361,7 @@ class Run:
         if summary is not None and summary.exists():
             try:
                 names = json.loads(summary.read_text()).get("class_names")
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError, AttributeError, RecursionError):
                 names = None
         dataset = (self.config or {}).get("dataset")
         if not names and dataset in DATASETS:
@@ -339,16 +372,51 @@ class Run:
 
     # ------------------------------------------------------------ calibration
     def calibration(self) -> Calibration | None:
-        """The operating point ``dynroute calibrate`` chose for this run, if any."""
+        """The operating point ``dynroute calibrate`` chose for this run, if any: checked
+        (``Calibration.from_dict``), bound to this run's checkpoint where it records one,
+        and its MACs within what the checkpoint's exits cost under its policy."""
         path = self.calibration_path
         if path is None or not path.exists():
             return None
+        state = _file_state(path, self.checkpoint_path)
+        if self._calibration is not None and self._calibration[0] == state:
+            return self._calibration[1]
         try:
-            return Calibration.from_dict(read_json_object(path, "calibration"))
+            record = Calibration.from_dict(_read_object(path, "calibration"))
         except DynrouteError as exc:
             raise DynrouteError(
                 f"{path} is unreadable or corrupt ({exc}); run `dynroute calibrate` again"
             ) from None
+        if record.checkpoint is not None and record.checkpoint != checkpoint_fingerprint(
+            self.checkpoint_path
+        ):
+            raise DynrouteError(
+                f"{path} was fitted on another network than {self.checkpoint_path} (the "
+                "checkpoint's SHA-256 differs: it was retrained, replaced or copied from another "
+                "run); run `dynroute calibrate` again"
+            )
+        costs = self.exit_costs(record.policy)
+        try:
+            record.check_costs(costs)
+        except DynrouteError as exc:
+            message = f"{path} is corrupt ({exc}); run `dynroute calibrate` again"
+            raise DynrouteError(message) from None
+        self._calibration = (state, record)
+        return record
+
+    def exit_costs(self, policy: Policy) -> tuple[int, int]:
+        """What the cheapest and the dearest exit of the run's network cost under
+        ``policy``: every mean MAC count the policy can spend lies between them."""
+        from dynroute.nn.macs import policy_path_macs
+
+        tree = self.load_tree()
+        try:
+            policy.check(len(tree.leaves), tree.num_classes)
+            macs = policy_path_macs(tree, policy)
+        except MALFORMED as exc:
+            raise DynrouteError(f"a malformed {policy.name} policy ({exc})") from None
+        leaf_macs = [macs[leaf] for leaf in tree.leaves]
+        return min(leaf_macs), max(leaf_macs)
 
     @property
     def calibration_path(self) -> Path | None:
@@ -372,8 +440,9 @@ class Run:
 class Calibration:
     """What ``dynroute calibrate`` chose for a run (``calibration.json``): the policy and
     k_cpt input, the target, where it was chosen, what it measured there and on test, the
-    runs it was chosen among, and the guarantee it holds with (``guarantee``: None for a
-    point estimate)."""
+    runs it was chosen among, the guarantee it holds with (``guarantee``: None for a point
+    estimate), and the SHA-256 of the checkpoint it was fitted on (``checkpoint``: the
+    writer sets it with ``checkpoint_fingerprint``; None in a calibration from before)."""
 
     policy: Policy
     k_cpt: float | None
@@ -382,9 +451,10 @@ class Calibration:
     measured: dict[str, dict[str, float]]
     candidates_from: list[str]
     guarantee: dict[str, Any] | None = None
+    checkpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": CALIBRATION_FORMAT,
             "policy": self.policy.to_dict(),
             "k_cpt": self.k_cpt,
@@ -394,24 +464,96 @@ class Calibration:
             "candidates_from": self.candidates_from,
             "guarantee": self.guarantee,
         }
+        if self.checkpoint is not None:
+            data["checkpoint_sha256"] = self.checkpoint
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        try:
-            if data.get("format") != CALIBRATION_FORMAT:
-                raise ValueError(f"format {data.get('format')!r}")
-            split = data["split"]
-            return cls(
-                policy=Policy.from_dict(data["policy"]),
-                k_cpt=data.get("k_cpt"),
-                target=dict(data.get("target") or {}),
-                split=split,
-                measured={s: data[s] for s in dict.fromkeys((split, "test")) if s in data},
-                candidates_from=list(data.get("candidates_from") or []),
-                guarantee=data.get("guarantee"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DynrouteError(f"a malformed calibration ({exc})") from None
+        """A calibration from ``to_dict``'s data, every field checked: the policy, the
+        k_cpt input and the target in range, the measurements accuracies and MAC counts,
+        the guarantee consistent (``dynroute.guarantee.certified``), certifying the
+        calibrated point at its target, and never on the training split."""
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise DynrouteError(f"a malformed calibration (format {_format_of(data)!r})")
+        if "policy" not in data or data.get("split") not in SPLITS:
+            raise DynrouteError("a malformed calibration: it needs a policy and a split")
+        policy = read_policy(data["policy"])
+        k_cpt = checks.k_cpt(data.get("k_cpt"))
+        split = data["split"]
+        target = _calibration_target(data.get("target"))
+        measured = {
+            s: _measurement(data[s], s) for s in dict.fromkeys((split, "test")) if s in data
+        }
+        sources = data.get("candidates_from") or []
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise DynrouteError("a calibration's `candidates_from` must list run directories")
+        guarantee = data.get("guarantee")
+        if guarantee is not None:
+            if split == "train":
+                raise DynrouteError("a guarantee certified on the training split holds nothing")
+            try:
+                guarantee = certified(guarantee, policy, k_cpt)
+            except DynrouteError as exc:
+                raise DynrouteError(f"its guarantee: {exc}") from None
+            if (
+                target.get(guarantee["target"]) != guarantee["level"]
+                or target.get("delta") != guarantee["delta"]
+            ):
+                raise DynrouteError("its guarantee certifies another target than it was given")
+        digest = data.get("checkpoint_sha256")
+        if digest is not None and (
+            not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef")
+        ):
+            raise DynrouteError("a calibration's `checkpoint_sha256` must be 64 hex digits")
+        return cls(policy, k_cpt, target, split, measured, list(sources), guarantee, digest)
+
+    def check_costs(self, costs: tuple[float, float]) -> None:
+        """Refuse MAC counts (measured, or guaranteed) that the network's exits cannot
+        spend under the calibrated policy: ``costs`` is (cheapest, dearest)."""
+        cheapest, dearest = costs
+        for split, values in self.measured.items():
+            if not cheapest * (1 - 1e-9) <= values["mean_macs"] <= dearest * (1 + 1e-9):
+                raise DynrouteError(
+                    f"its {split} mean MACs {values['mean_macs'] / 1e6:.4g} M lie outside what "
+                    f"the exits cost ({cheapest / 1e6:.4g} to {dearest / 1e6:.4g} M)"
+                )
+        if self.guarantee is not None:
+            Guarantee.from_dict(self.guarantee).check_costs(cheapest)
+
+
+def _format_of(data: Any) -> Any:
+    return data.get("format") if isinstance(data, dict) else type(data).__name__
+
+
+def _calibration_target(value: Any) -> dict[str, Any]:
+    """A calibration's target: at most a MAC budget, an accuracy, a disagreement and a
+    delta, each in its range (the ranges ``calibrate`` takes)."""
+    value = value or {}
+    ranges = {
+        "accuracy": checks.TARGET_ACCURACY,
+        "disagreement": checks.MAX_DISAGREEMENT,
+        "delta": checks.DELTA,
+    }
+    if not isinstance(value, dict) or set(value) - {"mean_macs", *ranges}:
+        raise DynrouteError("a calibration's `target` must name mean_macs, accuracy, "
+                            "disagreement and delta only")  # fmt: skip
+    checks.target_macs(value.get("mean_macs"))
+    for key, allowed in ranges.items():
+        if value.get(key) is not None:
+            checks.in_range(value[key], key, allowed)
+    return dict(value)
+
+
+def _measurement(value: Any, split: str) -> dict[str, float]:
+    """What a calibration measured on one split: an accuracy and a mean MAC count."""
+    if not isinstance(value, dict):
+        raise DynrouteError(f"a calibration's `{split}` must hold accuracy and mean_macs")
+    accuracy = checks.unit_interval(value.get("accuracy"), f"{split} accuracy")
+    macs = value.get("mean_macs")
+    if not checks.is_number(macs) or not 0 < macs <= checks.MAX_MACS:
+        raise DynrouteError(f"a calibration's {split} mean_macs must be a positive count")
+    return {"accuracy": accuracy, "mean_macs": float(macs)}
 
 
 def check_one_dataset(runs: list[Run]) -> None:
@@ -434,6 +576,37 @@ def check_one_dataset(runs: list[Run]) -> None:
             )
 
 
+#: What a run's config must hold for its data to be rebuilt (``Run.split``): the finer
+#: ranges are the training options' own (``TrainConfig``) and the data's.
+_CONFIG_TYPES = {
+    "dataset": str,
+    "validation_size": int,
+    "seed": int,
+    "image_size": int,
+    "test_fraction": float,
+}
+
+
+def _check_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Refuse a run config whose data settings are of the wrong type (a validation size
+    given as text), in one line naming the field, before anything is loaded."""
+    for key, kind in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        fits = (
+            isinstance(value, str)
+            if kind is str
+            else checks.is_integer(value) and value >= 0
+            if kind is int
+            else checks.is_finite_number(value)
+        )
+        if not fits:
+            what = {str: "text", int: "an integer >= 0", float: "a finite number"}[kind]
+            raise DynrouteError(f"run config {path}: `{key}` must be {what}, got {value!r}")
+    return config
+
+
 def open_run(path: str | os.PathLike[str]) -> Run:
     """A run directory (its checkpoint and config) or a checkpoint file."""
     path = Path(path)
@@ -442,7 +615,9 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         if not file.exists():
             raise DynrouteError(f"no checkpoint in run directory {path}")
         config_path = path / CONFIG_FILE
-        config = read_json_object(config_path, "run config") if config_path.exists() else None
+        config = None
+        if config_path.exists():
+            config = _check_config(_read_object(config_path, "run config"), config_path)
         return Run(path, file, config)
     if not path.exists():
         raise DynrouteError(f"no such run directory or checkpoint: {path}")
@@ -464,7 +639,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             broken += 1
             continue
         if isinstance(record, dict) and isinstance(record.get("iteration"), int):

@@ -197,7 +197,7 @@ def test_full_disk_during_build(data_root, cache_dir, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / name))
 
     monkeypatch.setattr(datasets, "_write_split", full)
-    with pytest.raises(DynrouteError, match="cannot write the dataset cache .*No space left"):
+    with pytest.raises(DynrouteError, match="cannot write the dataset cache .*no space left"):
         load_dataset("cifar2", data_root, cache_dir=cache_dir)
     assert not list(cache_dir.glob(".tmp-*")) and not list(cache_dir.glob("cifar2-*"))
 

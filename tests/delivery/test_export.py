@@ -195,3 +195,23 @@ def test_a_dynamic_k_cpt_run_exports_without_a_k_cpt(tmp_path: Path, capsys) -> 
         assert "Traceback" not in printed.err and "callers must pass" in printed.out
     assert main(["export", str(run), "--out", str(tmp_path / "k"), "--k-cpt", "4e-9"]) == 0
     assert "exits as PyTorch's dense reference" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_force_replaces_an_export_whole_and_nothing_beside_it(tmp_path: Path) -> None:
+    """The old export is moved aside under a fresh name of its own, not a fixed one that a
+    user's folder may already hold; nothing is left behind but the new export."""
+    from dynroute.delivery.export import export_tree
+    from dynroute.nn.models import build_model
+
+    tree = build_model("chain", num_classes=3, image_size=SIZE)
+    out = tmp_path / "chain"
+    export_tree(tree, out)
+    (tmp_path / ".chain.old").mkdir()
+    (tmp_path / ".chain.old" / "mine.txt").write_text("keep")
+    with pytest.raises(DynrouteError, match="pass `force`"):
+        export_tree(tree, out)
+    export_tree(tree, out, policy=Policy("confidence", 0.5), force=True)
+    assert (tmp_path / ".chain.old" / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".chain.old", "chain"]
+    assert load(out).policy["threshold"] == 0.5

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dynroute.cli import main
 from dynroute.data.datasets import to_linear
-from dynroute.data.files import read_arrays, read_file
+from dynroute.data.files import read_file
 from dynroute.data.readers.common import Source
 from dynroute.data.readers.image_tree import ImageFolderReader
 from dynroute.data.readers.npz_arrays import NpzReader
@@ -54,7 +54,7 @@ def test_files_are_read_exactly_as_training_reads_them(tmp_path: Path) -> None:
     npz = tmp_path / "arrays.npz"
     np.savez(npz, x_train=images, y_train=labels, x_test=images[:3], y_test=labels[:3])
     arrays, _ = NpzReader(image_size=SIZE).read(Source("npz", npz, NpzReader(image_size=SIZE)))
-    names, ours = read_arrays(npz, SIZE)
+    names, ours = read_file(npz, SIZE)
     train = [i for i, name in enumerate(names) if ":x_train[" in name]
     np.testing.assert_array_equal(ours[train], to_linear(arrays.raw.train_images))
 
@@ -91,7 +91,7 @@ def test_predict_writes_rows_and_totals_and_skips_what_it_cannot_read(
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [line["file"] for line in lines] == [row["file"] for row in rows]
     model = load(export)
-    pixels = [read_file(folder / "a.png", SIZE)[1], read_arrays(folder / "h.npz", SIZE)[1]]
+    pixels = [read_file(folder / "a.png", SIZE)[1], read_file(folder / "h.npz", SIZE)[1]]
     direct = model.predict(np.concatenate(pixels))
     chosen = [line for line in lines if line["file"].endswith(("/a.png", "]"))]
     assert [line["class"] for line in chosen] == [CLASSES[c] for c in direct.predictions]
@@ -127,6 +127,47 @@ def test_predict_on_an_export_overrides_the_policy_and_needs_no_torch(
     assert result.returncode == 0, result.stderr
     assert main(["predict", str(export), str(folder), "--no-progress"]) == 0
     assert result.stdout == capsys.readouterr().out
+
+
+def test_arrays_in_pieces_are_the_arrays_whole(tmp_path: Path) -> None:
+    """Read a few rows at a time, an array gives what it gives read whole, in order and
+    named alike, whatever its layout, dtype or storage (compressed, Fortran-ordered, a
+    member in a folder of the zip)."""
+    from dynroute.data.formats import file_pieces
+
+    images, _ = coloured(11, 2, 20)
+    floats = images.transpose(0, 3, 1, 2).astype(np.float32) / 255
+    path = tmp_path / "mixed.npz"
+    np.savez_compressed(path, nhwc=images, nchw=floats, gray=images[..., 0], labels=np.arange(11))
+    for rows in (1, 3, 64):
+        names, whole = [], []
+        for piece_names, piece in file_pieces(path, SIZE, rows):
+            assert len(piece) <= rows and piece.dtype == np.float32
+            names += piece_names
+            whole.append(piece)
+        assert names == read_file(path, SIZE)[0]
+        np.testing.assert_array_equal(np.concatenate(whole), read_file(path, SIZE)[1])
+    assert names[:2] == [f"{path}:gray[0]", f"{path}:gray[1]"] and len(names) == 33
+    fortran = tmp_path / "fortran.npy"
+    np.save(fortran, np.asfortranarray(images))
+    contiguous = tmp_path / "contiguous.npy"
+    np.save(contiguous, images)
+    np.testing.assert_array_equal(read_file(fortran, SIZE)[1], read_file(contiguous, SIZE)[1])
+
+
+def test_folders_are_walked_in_the_order_of_sorted_paths(tmp_path: Path) -> None:
+    """Walked as they are read, folders still give their files in sorted-path order (a
+    folder ``a`` before a file ``a.png``, as ``sorted`` orders paths)."""
+    from dynroute.data.files import Failure, expand
+
+    names = ["b.png", "a.png", "a/z.png", "a/b/c.png", "a-b.png", "a b/x.png", "A.png", ".h.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = list(expand([tmp_path, tmp_path / "nowhere"]))
+    files = [entry for entry in found if isinstance(entry, Path)]
+    assert files == sorted(tmp_path / name for name in names if not name.startswith("."))
+    assert found[-1] == Failure(str(tmp_path / "nowhere"), "no such file or folder")
 
 
 # ---------------------------------------------------------------------- serving

@@ -105,6 +105,95 @@ def test_the_server_reports_metrics_model_and_readiness_and_serves_arrays(
         server.stop()
 
 
+def _format_samples(folder: Path) -> list[Path]:
+    """Files of every registered format, a few layouts each: image files of many modes
+    and sizes, arrays NHW, NHWC and NCHW, uint8 and float, an .npz of several."""
+    import numpy as np
+
+    from helpers.delivery import coloured
+
+    folder.mkdir()
+    images, _ = coloured(6, 7, 40)
+    rgb = [Image.fromarray(a) for a in images]
+    rgb[0].save(folder / "rgb.png")
+    rgb[1].convert("L").save(folder / "grey.png")
+    rgb[2].convert("RGBA").save(folder / "rgba.png")
+    rgb[3].resize((57, 23)).save(folder / "photo.jpg", quality=90)
+    rgb[4].convert("P").save(folder / "palette.gif")
+    rgb[5].resize((5, 7)).save(folder / "tiny.bmp")
+    wide = np.asarray(rgb[0].convert("L")).astype(np.uint16) * 257
+    Image.fromarray(wide).save(folder / "grey-16bit.png")
+    np.save(folder / "nhw.npy", images[:4, :32, :32, 0])  # (4, 32, 32) uint8
+    np.save(folder / "nhwc.npy", images[:3])  # (N, H, W, C) uint8
+    np.save(folder / "nchw.npy", images[:2].transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    np.save(folder / "grey-channel.npy", images[:2, ..., :1])
+    floats = images[4:].astype(np.float64) / 255
+    np.savez_compressed(
+        folder / "arrays.npz", x=images[:2], grey=images[2:4, ..., 1], floats=floats, labels=[0, 1]
+    )
+    return sorted(folder.iterdir())
+
+
+def test_serve_classifies_every_format_as_predict_does(
+    export: Path, tmp_path: Path, capsys
+) -> None:
+    """For every registered format and a few layouts each, ``predict`` on the file and
+    ``serve`` on the same bytes as a body (no content type: its first bytes tell) give the
+    same rows: names, classes, exits, MACs and confidences."""
+    import json
+
+    from dynroute.data.formats import FORMATS, by_suffix
+
+    files = _format_samples(tmp_path / "inputs")
+    assert {by_suffix(path).name for path in files} == set(FORMATS)
+    out = tmp_path / "rows.jsonl"
+    assert main(["predict", str(export), *map(str, files), "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "unreadable" not in capsys.readouterr().err
+    expected = [json.loads(line) for line in out.read_text().splitlines()]
+    server = Server(export, "--batch-size", "8")
+    try:
+        served = []
+        for path in files:
+            status, answer = server.request(f"/predict?name={path}", path.read_bytes())
+            assert status == 200, (path.name, answer)
+            served += [answer] if by_suffix(path).one_example else answer
+    finally:
+        server.stop()
+    assert len(served) == len(expected) > len(files)
+    for mine, theirs in zip(served, expected, strict=True):
+        assert {k: mine[k] for k in ("file", "class", "exit", "macs")} == {
+            k: theirs[k] for k in ("file", "class", "exit", "macs")
+        }
+        assert mine["confidence"] == pytest.approx(theirs["confidence"], abs=1e-5)
+
+
+def test_a_body_is_read_as_its_format_declares_or_its_first_bytes_say(
+    export: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((3, 8, 8), np.uint8), labels=np.arange(3))
+    arrays = buffer.getvalue()
+    server = Server(export, "--max-images", "4")
+    try:
+        status, rows = server.request("/predict?name=a.npz", arrays)
+        assert status == 200 and [r["file"] for r in rows] == [f"a.npz:x[{i}]" for i in range(3)]
+        zipped = {"Content-Type": "application/zip"}
+        assert server.request("/predict?format=npz", arrays, headers=zipped)[0] == 200
+        status, error = server.request("/predict", arrays, headers={"Content-Type": "image/png"})
+        assert status == 400 and "its first bytes are those of an .npz archive" in error["error"]
+        status, error = server.request("/predict?format=tiff", arrays)
+        assert status == 400 and "unknown format 'tiff'" in error["error"]
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((5, 8, 8), np.uint8))
+        status, error = server.request("/predict", buffer.getvalue())
+        assert status == 413 and "holds 5 images, over the limit of 4" in error["error"]
+    finally:
+        server.stop()
+
+
 def test_accepted_connections_never_wait_for_nagle() -> None:
     """The listening socket is a TCP socket (IPPROTO_TCP) with TCP_NODELAY, which every
     accepted connection inherits: a kept-alive answer goes out at once."""
@@ -125,7 +214,7 @@ def test_accepted_connections_never_wait_for_nagle() -> None:
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(export: Path, tmp_path: Path) -> None:
-    server = Server(export, "--max-wait-ms", "1500", "--batch-size", "64")
+    server = Server(export, "--max-wait-ms", "1000", "--batch-size", "64")
     folder = image_folder(tmp_path)
     body = (folder / "a.png").read_bytes()
     with ThreadPoolExecutor(4) as pool:
@@ -137,40 +226,66 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(export: Path, tmp_path: P
     assert server.process.wait(30) == 0
 
 
-def test_a_fast_model_runs_on_the_event_loop_and_a_slow_one_in_its_thread() -> None:
-    """The warm-up batch decides; either way every request gets its own rows back."""
+def test_batches_hold_at_most_the_batch_size_and_run_in_the_models_thread() -> None:
+    """Requests of 1 to 10 images (an array is split) share batches of at most 4; the
+    model never runs on the event loop's thread; every request gets its own rows, in order."""
     import asyncio
+    import threading
 
     import numpy as np
 
-    from dynroute.delivery.serve import INLINE_MODEL_SECONDS, Batcher
+    from dynroute.delivery.serve import Batcher
 
     class Model:
-        def __init__(self, seconds: float) -> None:
-            self.seconds = seconds
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+            self.threads: set[str] = set()
 
         def predict(self, x: np.ndarray) -> np.ndarray:
-            time.sleep(self.seconds)
+            self.batches.append(len(x))
+            self.threads.add(threading.current_thread().name)
+            time.sleep(0.01)
             return x.reshape(len(x), -1).sum(axis=1)
 
         def rows(self, names: None, sums: np.ndarray) -> list[dict]:
             return [{"sum": float(v)} for v in sums]
 
-    async def ask(batcher: Batcher) -> list[float]:
+    sizes = [1, 5, 3, 10, 2, 4]
+
+    async def ask(batcher: Batcher) -> list[list[float]]:
         batcher.start()
         try:
-            images = [np.full((1, 3, 2, 2), float(i), np.float32) for i in range(6)]
-            answers = await asyncio.gather(*(batcher.submit(x) for x in images))
+            requests = [np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1) + 100 * k
+                        for k, n in enumerate(sizes)]  # fmt: skip
+            answers = await asyncio.gather(*(batcher.submit(x) for x in requests))
         finally:
-            await batcher.stop()
-        return [table[row]["sum"] for (_, table), row in answers]
+            batcher.stop()
+        return [[table[r]["sum"] for _, table, first, count in parts
+                 for r in range(first, first + count)] for parts in answers]  # fmt: skip
 
-    for seconds, inline in ((0.0, True), (3 * INLINE_MODEL_SECONDS, False)):
-        batcher = Batcher(Model(seconds), batch_size=4, max_wait_ms=5, max_queue=16)
-        batcher.warm_up((3, 2, 2))
-        assert batcher.inline is inline
-        assert asyncio.run(ask(batcher)) == [12.0 * i for i in range(6)]
-        assert batcher.served == 6 and batcher.batches >= 2  # at most 4 a batch
+    model = Model()
+    batcher = Batcher(model, batch_size=4, max_wait_ms=5, max_queue=64)
+    sums = asyncio.run(ask(batcher))
+    assert sums == [[100.0 * k + i for i in range(n)] for k, n in enumerate(sizes)]
+    assert max(model.batches) <= 4 and sum(model.batches) == sum(sizes)
+    assert model.threads == {"dynroute-model"}
+    assert batcher.served == sum(sizes) and batcher.queued == 0
+
+
+def test_a_full_queue_answers_503() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from dynroute.delivery.serve import Batcher, ClientError
+
+    async def ask() -> int:
+        batcher = Batcher(None, batch_size=4, max_wait_ms=0, max_queue=8)  # never started
+        with pytest.raises(ClientError) as refused:
+            await batcher.submit(np.zeros((9, 3, 2, 2), np.float32))
+        return refused.value.status
+
+    assert asyncio.run(ask()) == 503
 
 
 def test_serve_holds_a_budget_and_reports_it(trained: dict, tmp_path: Path) -> None:

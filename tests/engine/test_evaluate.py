@@ -155,3 +155,21 @@ def test_oracle_takes_the_cheapest_correct_exit(hand_tree: RoutedTree) -> None:
 def test_policy_validation(name, threshold, message) -> None:
     with pytest.raises(DynrouteError, match=message):
         Policy(name, threshold)
+
+
+@pytest.mark.parametrize("boost", [0.0, 0.6])
+def test_a_dynamic_net_at_every_k_cpt_from_one_dense_pass(boost: float) -> None:
+    """The trainer evaluates a dynamic-k_cpt net at its whole k_cpt set: the columns once,
+    the routers per value, with exactly the statistics one pass per value gives."""
+    from dynroute.train.evaluation import routing_statistics, routing_statistics_by_k
+    from helpers.routing import random_conv_tree, scramble_routing
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(96, 3, 4, 4, generator=gen) * torch.rand(96, 1, 1, 1, generator=gen)
+    y = torch.randint(0, 5, (96,), generator=gen)
+    tree = scramble_routing(random_conv_tree(7, dynamic=True, boost=boost), x, 1e-8)
+    k_values = [0.0, 1e-9, 8e-9, 6.4e-8]
+    together = routing_statistics_by_k(tree, x, y, k_values, batch_size=40)
+    apart = [routing_statistics(tree, x, y, batch_size=40, k_cpt=k) for k in k_values]
+    assert [e.to_dict() for e in together] == [e.to_dict() for e in apart]
+    assert len({e.mean_macs for e in apart}) > 1  # the routers read k_cpt: values differ

@@ -10,7 +10,13 @@ from dynroute.cli import main
 from dynroute.errors import DynrouteError
 from dynroute.experiments import studies
 
-METHODS = {"per-exit thresholds", "one shared threshold", "naive point estimate"}
+METHODS = {
+    "calibrate --policy best",
+    "calibrate --policy best, cost-ordered path",
+    "per-exit thresholds",
+    "one shared threshold",
+    "naive point estimate",
+}
 
 
 def test_held_out_measures_every_variant_against_the_best_baseline(run_copy) -> None:
@@ -35,19 +41,23 @@ def test_held_out_measures_every_variant_against_the_best_baseline(run_copy) -> 
 
 
 def test_a_target_every_point_meets_is_certified_on_every_draw(run_copy) -> None:
-    study = studies.guarantees(run_copy, targets=[0.05], partitions=6, calibration_size=100)
+    study = studies.guarantees(run_copy, targets=[0.05], partitions=2, calibration_size=100)
     assert study["held_out"] == 150 and study["calibration_size"] == 100
     assert {row["method"] for row in study["rows"]} == METHODS
     assert {row["delta"] for row in study["rows"]} == {0.05, 0.1, 0.2}
     for row in study["rows"]:
-        assert row["certified"] == 6 and row["violation_rate"] == 0.0
+        assert row["certified"] == 2 and row["violation_rate"] == 0.0
         # The cheapest point reaches 5 %: the first exit, which saves MACs.
         assert 0 < row["macs_saved"] < 1
+        if row["method"] != "naive point estimate":  # calibrate's estimate, checked
+            assert row["estimated_certification"] == 1.0
 
 
 def test_an_unreachable_target_is_refused_not_counted(run_copy) -> None:
-    study = studies.guarantees(run_copy, targets=[0.999], partitions=3, calibration_size=100)
+    study = studies.guarantees(run_copy, targets=[0.999], partitions=1, calibration_size=100)
     for row in study["rows"]:
+        if row["method"] == "naive point estimate":  # may "reach" it on 100 examples
+            continue
         # Nothing promised, nothing broken: the rate counts every draw.
         assert row["certified"] == 0 and row["violation_rate"] == 0.0
         assert row["violation_rate_when_certified"] is None
@@ -56,7 +66,7 @@ def test_an_unreachable_target_is_refused_not_counted(run_copy) -> None:
 def test_the_study_command_writes_what_the_report_reads(run_copy, tmp_path) -> None:
     out = tmp_path / "studies" / "guarantees-small.json"
     assert main(["study", "guarantees", str(run_copy), "--targets", "0.05", "--partitions",
-                 "2", "--calibration-size", "100", "--out", str(out)]) == 0  # fmt: skip
+                 "1", "--calibration-size", "100", "--out", str(out)]) == 0  # fmt: skip
     assert json.loads(out.read_text())["study"] == "guarantees"
     with pytest.raises(SystemExit):
         main(["study", "nonsense", str(run_copy)])

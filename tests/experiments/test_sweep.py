@@ -144,7 +144,8 @@ def test_sweep_writes_results_and_skips_finished_networks(tmp_path):
     assert len(report.trained) == 9 and not report.failed
     results = load_results(tmp_path / "results", "smoke")
     static3 = results["hybrid-static"]["static-3"]
-    assert RESULT_KEYS | {"accuracy", "mean_macs"} == set(static3)
+    # A static net keeps its test correctness, for paired comparisons with routed points.
+    assert RESULT_KEYS | {"accuracy", "mean_macs", "correct_bits"} == set(static3)
     assert static3["config"]["model"] == "static-3" and static3["eval_subset"] == 500
     assert static3["exits"] == ["exit"] and static3["points"][0]["k_cpt"] is None
     assert [m["iteration"] for m in static3["metrics"]] == [2, 4]

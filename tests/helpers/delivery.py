@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -150,3 +151,94 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+# ---------------------------------------------------------------------- serve, hostile
+
+
+def serve_process(export: Path, *options: str) -> subprocess.Popen:
+    """``dynroute serve`` in a subprocess where torch cannot be imported, not waited for
+    (``Server`` waits until it serves)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    args = ["serve", str(export), "--port", "0", "--threads", "1", *options]
+    code = NO_TORCH + f"from dynroute.cli import main\nsys.exit(main({args!r}))\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line holds ``text`` (a test's unique export path): a server's
+    workers are forks of it and carry the same command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def png_of_many_chunks(chunks: int) -> bytes:
+    """A 16x16 PNG with ``chunks`` empty ancillary chunks after its header: a few bytes
+    each, and seconds of pure-Python parsing for Pillow at 800,000 of them."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    header_end = 8 + 8 + 13 + 4  # the signature, then the IHDR chunk
+    chunk = struct.pack(">I", 0) + b"zzZz" + struct.pack(">I", zlib.crc32(b"zzZz"))
+    return data[:header_end] + chunk * chunks + data[header_end:]
+
+
+def jpeg_of_many_comments(markers: int) -> bytes:
+    """A 16x16 JPEG with ``markers`` empty comment markers after its start: four bytes each."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    return data[:2] + b"\xff\xfe\x00\x02" * markers + data[2:]
+
+
+def npy_body(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def slowest_livez_during(server: Server, work) -> tuple[object, float]:
+    """``work()``'s result, and the slowest ``GET /livez`` (seconds) of a client asking
+    every 10 ms on its own kept-alive connection while the work ran."""
+    import http.client
+
+    host, port = server.address
+    done = threading.Event()
+    slowest = [0.0]
+
+    def probe() -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        while not done.is_set():
+            started = time.perf_counter()
+            connection.request("GET", "/livez")
+            connection.getresponse().read()
+            slowest[0] = max(slowest[0], time.perf_counter() - started)
+            time.sleep(0.01)
+        connection.close()
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    try:
+        result = work()
+        time.sleep(0.1)
+    finally:
+        done.set()
+        thread.join(30)
+    return result, slowest[0]

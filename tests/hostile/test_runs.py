@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dynroute.runs import DATA_FILE
+from dynroute.runs import CALIBRATION_FILE, DATA_FILE, checkpoint_fingerprint
 from helpers.hostile import (
     SWEEP,
     TRAIN,
@@ -169,3 +169,121 @@ def test_tampered_checkpoints_are_refused_in_one_line(workspace, tmp_path, capsy
     path.write_bytes(damage(path.read_bytes()))
     line = refused(capsys, "evaluate", run, "--threads", "1")
     assert str(path) in line
+
+
+# ------------------------------------------------------------------ checked calibrations
+def _calibrated(workspace: Path, tmp_path: Path, capsys) -> Path:
+    """A copy of the routed run calibrated as a point estimate (confidence, 3 M MACs)."""
+    run = copy_run(workspace, "routed", tmp_path)
+    calibrate = ["calibrate", run, "--policy", "confidence", "--target-macs", "3", "--threads", "1"]
+    assert cli(capsys, *calibrate)[0] == 0
+    return run
+
+
+def _edit_calibration(run: Path, edit) -> None:
+    path = run / CALIBRATION_FILE
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def _consistent_guarantee(record: dict, **changes) -> None:
+    """Give ``record`` a guarantee its numbers could hold (60 errors in 1000 certify accuracy
+    0.9 at delta 0.1), certifying its own policy, with ``changes`` on top."""
+    from dynroute.guarantee import METHOD_BINARY, binary_p_value, lower_bound
+
+    record["target"] = {"mean_macs": None, "accuracy": 0.9, "disagreement": None, "delta": 0.1}
+    record["guarantee"] = {
+        "target": "accuracy",
+        "level": 0.9,
+        "delta": 0.1,
+        "method": METHOD_BINARY,
+        "n": 1000,
+        "fit_examples": 1000,
+        "bound": lower_bound(940, 1000, 0.1),
+        "p_value": binary_p_value(60, 1000, 0.1),
+        "policy": record["policy"],
+        "k_cpt": None,
+        **changes,
+    }
+
+
+FORGED_CALIBRATIONS = {
+    "level 2, n 1, promise FORGED": lambda r: _consistent_guarantee(
+        r, level=2, n=1, promise="FORGED"
+    ),
+    "a level given as text": lambda r: _consistent_guarantee(r, level="0.9"),
+    "a level given as true": lambda r: _consistent_guarantee(r, level=True),
+    "n = 1 with p = 0.01": lambda r: _consistent_guarantee(r, n=1, p_value=0.01),
+    "a guarantee of another target": lambda r: (
+        _consistent_guarantee(r),
+        r["target"].update(accuracy=0.5),
+    ),
+    "a guarantee certified on the training split": lambda r: (
+        _consistent_guarantee(r),
+        r.update(split="train", train=r.pop("validation")),
+    ),
+    "a guarantee of another policy": lambda r: _consistent_guarantee(
+        r, policy={"name": "confidence", "threshold": 0.77}
+    ),
+    "measured mean MACs of 1": lambda r: r["validation"].update(mean_macs=1),
+    "a measured accuracy of 2": lambda r: r["test"].update(accuracy=2),
+    "a k_cpt of 5": lambda r: r.update(k_cpt=5),
+    "a policy name that is a list": lambda r: r["policy"].update(name=["confidence"]),
+    "a target given as text": lambda r: r.update(target="3 M"),
+    "a checkpoint digest that is not one": lambda r: r.update(checkpoint_sha256="abc"),
+}
+
+
+@pytest.mark.parametrize("name", list(FORGED_CALIBRATIONS))
+def test_a_forged_calibration_is_refused_in_one_line(workspace, tmp_path, capsys, name):
+    run = _calibrated(workspace, tmp_path, capsys)
+    _edit_calibration(run, FORGED_CALIBRATIONS[name])
+    line = refused(capsys, "evaluate", run, "--threads", "1")
+    assert str(run / CALIBRATION_FILE) in line and "run `dynroute calibrate` again" in line
+
+
+def test_a_calibrations_promise_is_written_from_its_numbers(workspace, tmp_path, capsys):
+    """``predict`` reports the promise dynroute writes from the checked numbers, whatever
+    the file says (``"promise": 12345``)."""
+    run = _calibrated(workspace, tmp_path, capsys)
+    _edit_calibration(run, lambda r: _consistent_guarantee(r, promise=12345))
+    (tmp_path / "x.png").write_bytes(png(90))
+    code, _, err = cli(
+        capsys, "predict", run, tmp_path / "x.png", "--no-progress", "--threads", "1"
+    )
+    assert code == 0, err
+    assert "guaranteed: accuracy >= 0.9 on new data like the calibration split" in err
+    assert "12345" not in err
+
+
+def test_a_calibration_is_bound_to_its_checkpoint(workspace, tmp_path, capsys):
+    """A calibration that records its checkpoint's SHA-256 is refused once the checkpoint is
+    replaced (copied from another run): its threshold was fitted on another network."""
+    run = _calibrated(workspace, tmp_path, capsys)
+    digest = checkpoint_fingerprint(run / "checkpoint.pt")
+    _edit_calibration(run, lambda r: r.update(checkpoint_sha256=digest))
+    assert cli(capsys, "evaluate", run, "--threads", "1")[0] == 0
+    other = copy_run(workspace, "routed", tmp_path / "other")
+    assert cli(capsys, "train", "--dataset", f"npz:{workspace / 'a.npz'}", "--out", other,
+               "--overwrite", "--seed", "1", "--validation-size", "6", *TRAIN)[0] == 0  # fmt: skip
+    shutil.copy(other / "checkpoint.pt", run / "checkpoint.pt")
+    line = refused(capsys, "evaluate", run, "--threads", "1")
+    assert "was fitted on another network than" in line and "SHA-256 differs" in line
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (json.dumps({"dataset": "hybrid", "validation_size": "x"}), "`validation_size` must be"),
+        (json.dumps({"dataset": ["hybrid"]}), "must be text, got ['hybrid']"),
+        (json.dumps({"seed": 1.5}), "`seed` must be an integer"),
+        (json.dumps({"test_fraction": float("nan")}), "`test_fraction` must be a finite number"),
+    ],
+)
+def test_a_hostile_run_config_is_one_line(workspace, tmp_path, capsys, config, message):
+    run = copy_run(workspace, "routed", tmp_path)
+    (run / "config.json").write_text(config)
+    line = refused(capsys, "evaluate", run, "--threads", "1")
+    assert message in line and str(run / "config.json") in line

@@ -181,3 +181,63 @@ def test_sigkill_mid_training_resumes_to_the_same_weights(workspace, tmp_path):
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ predict stops at once
+#: ``dynroute ARGV`` with a reader that blocks forever on ``block.png`` (as a read of a file
+#: that never ends, or of a hung disk, would): it writes ``sys.argv[1]`` when it blocks.
+_BLOCKING_READER = """
+import pathlib, sys, threading
+from dynroute import gate
+real = gate.read_bytes
+def read_bytes(path, limit=None):
+    if pathlib.Path(path).name == "block.png":
+        pathlib.Path(sys.argv[1]).write_text("blocked")
+        threading.Event().wait()
+    return real(path, limit)
+gate.read_bytes = read_bytes
+from dynroute.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    from helpers.delivery import make_export
+
+    return make_export(tmp_path_factory.mktemp("stops-export") / "chain")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_predict_stops_within_a_second_whatever_a_reader_is_doing(export, tmp_path, signum):
+    from helpers.hostile import png
+
+    for name in ("a.png", "block.png", "c.png"):
+        (tmp_path / name).write_bytes(png(40))
+    out = tmp_path / "rows.csv"
+    out.write_text("the previous rows\n")
+    marker = tmp_path / "blocked"
+    argv = [sys.executable, "-c", _BLOCKING_READER, str(marker), "predict", str(export)]
+    argv += [str(tmp_path / n) for n in ("a.png", "block.png", "c.png")]
+    argv += ["--out", str(out), "--no-progress", "--readers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    command = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and command.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), command.stderr.read() if command.poll() is not None else ""
+        time.sleep(0.2)
+        command.send_signal(signum)
+        started = time.monotonic()
+        _, err = command.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        command.kill()
+    assert command.returncode == 128 + signum, err
+    assert took < 3, took  # generous: it takes a few hundredths
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1] == f"dynroute: interrupted ({name})"
+    assert "Traceback" not in err
+    assert out.read_text() == "the previous rows\n"
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -19,7 +19,10 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "custom_resnet_tree.py"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
+    try:
+        status = main(list(argv))
+    except SystemExit as stop:  # refused by the parser
+        status = stop.code
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -61,7 +64,7 @@ def test_summary_static_and_tree(capsys) -> None:
     [
         (["nope"], "unknown model 'nope'"),
         (["static-8", "--dynamic-k-cpt"], "dynamic k_cpt does not apply"),
-        (["chain", "--width", "0"], "width must be an integer in 1..16"),
+        (["chain", "--width", "0"], "--width: must be an integer >= 1 and <= 16, got 0"),
     ],
 )
 def test_summary_errors(capsys, argv: list[str], message: str) -> None:

@@ -13,7 +13,6 @@ from dynroute.experiments.claims import (
     NOT_SUPPORTED,
     SUPPORTED,
     check_claims,
-    on_shared_k_cpt,
 )
 from dynroute.experiments.results import curve, load_results
 from dynroute.policies.curves import CurvePoint, error_at, macs_for_accuracy
@@ -446,17 +445,6 @@ def test_ablations_need_a_difference_above_the_noise(tmp_path):
     assert verdict == NOT_RUN and "hybrid-critic-notalr" in evidence
 
 
-def test_on_shared_k_cpt_cuts_to_the_budgets_every_curve_has():
-    full = [CurvePoint("a", f"k{k}", k, 1e6 * (i + 1), 0.9) for i, k in enumerate((0, 1, 2, 3))]
-    half = [CurvePoint("b", f"k{k}", k, 1e6 * (i + 1), 0.8) for i, k in enumerate((0, 2))]
-    (cut_full, cut_half), note = on_shared_k_cpt(full, half)
-    assert [p.k_cpt for p in cut_full] == [0, 2] and cut_half == half
-    assert note == "; on the 2 k_cpt values all of them trained"
-    assert on_shared_k_cpt(full, full) == ([full, full], "")  # nothing to cut
-    static = [CurvePoint("s", "static-1", None, 1e6, 0.7)]
-    assert on_shared_k_cpt(static, half) == ([static, half], "")  # no budget to match
-
-
 def test_ablations_thinned_at_a_scale_compare_on_the_shared_k_cpt(tmp_path):
     # At the cpu scale the ablations train every other k_cpt; the actor trains all 8. Here
     # the actor gains 5 points only at the k_cpt values the ablations skip, so on the shared
@@ -546,52 +534,13 @@ def test_policy_claims_read_the_equal_footing_tables(tmp_path) -> None:
     assert "**hybrid-multi-exit/multi-exit**" in text
 
 
-def test_the_saving_claim_reads_the_median_and_its_bootstrap_interval(monkeypatch) -> None:
-    from dynroute.experiments import claims as claims_module
-    from dynroute.experiments.policy_claims import Savings
-
-    checker = claims_module.ClaimChecker({})
-    found = Savings([-0.5, 0.2, 0.3], [0.1 + 0.001 * k for k in range(200)])
-    monkeypatch.setattr(claims_module.policy_claims, "mac_savings", lambda _: found)
-    claim = checker.learned_saves_macs()
-    assert claim.verdict == SUPPORTED, claim.evidence
-    assert "median saving +20.0 % of the baseline's MACs over 3 cells" in claim.evidence
-    spread = Savings([0.2, 0.3], [-0.05 + 0.001 * k for k in range(200)])
-    monkeypatch.setattr(claims_module.policy_claims, "mac_savings", lambda _: spread)
-    assert checker.learned_saves_macs().verdict == NOT_SUPPORTED  # its interval reaches 0
-    monkeypatch.setattr(claims_module.policy_claims, "mac_savings", lambda _: None)
-    assert checker.learned_saves_macs().verdict == NOT_RUN
-
-
-def _guarantee_study(violations: dict[str, float], saved: dict[str, float]) -> dict:
-    rows = [
-        {"method": method, "target": 0.9, "delta": 0.1, "partitions": 500, "certified": 500,
-         "violation_rate": rate, "standard_error": math.sqrt(0.1 * 0.9 / 500),
-         "macs_saved": saved[method], "mean_accuracy": 0.91}
-        for method, rate in violations.items()
-    ]  # fmt: skip
-    return {"study": "guarantees", "run": "runs/cpu/net/multi-exit", "rows": rows}
-
-
-def test_guarantee_claims_read_the_violation_rate_and_the_macs_saved() -> None:
-    from dynroute.experiments.claims import ClaimChecker
+def test_the_studies_section_shows_each_guarantee_row() -> None:
     from dynroute.plots.report import _studies_section
 
-    saved = {"per-exit thresholds": 0.6, "one shared threshold": 0.5, "naive point estimate": 0.7}
-    held = {"per-exit thresholds": 0.09, "one shared threshold": 0.11, "naive point estimate": 0.5}
-    checker = ClaimChecker({}, studies={"guarantees-net": _guarantee_study(held, saved)})
-    hold, save = checker.guarantees_hold(), checker.per_exit_guarantees_save_more()
-    assert hold.verdict == SUPPORTED, hold.evidence
-    assert "2 of 2" in hold.evidence and "on net," in hold.evidence  # the network, not its run
-    assert "naive point estimate violates at 50–50 %" in hold.evidence
-    assert save.verdict == SUPPORTED and "+10.0 to +10.0 points" in save.evidence
-    # Beyond delta by more than two standard errors (0.027 here): the promise is broken.
-    broken = {**held, "one shared threshold": 0.16}
-    worse = {**saved, "per-exit thresholds": 0.4}
-    checker = ClaimChecker({}, studies={"guarantees-net": _guarantee_study(broken, worse)})
-    assert checker.guarantees_hold().verdict == NOT_SUPPORTED
-    assert checker.per_exit_guarantees_save_more().verdict == NOT_SUPPORTED
-    assert ClaimChecker({}).guarantees_hold().verdict == NOT_RUN
-    section = "\n".join(_studies_section({"guarantees-net": _guarantee_study(held, saved)}, []))
-    row = "| net | per-exit thresholds | 0.9 | 0.1 | 500/500 | 9.0 ± 1.3 % | – | 60.0 % |"
-    assert row in section
+    row = {"method": "per-exit thresholds", "target": 0.9, "delta": 0.1, "partitions": 500,
+           "certified": 500, "violation_rate": 0.09, "standard_error": math.sqrt(0.09 / 500),
+           "macs_saved": 0.6, "mean_accuracy": 0.91}  # fmt: skip
+    study = {"study": "guarantees", "run": "runs/cpu/net/multi-exit", "rows": [row]}
+    section = "\n".join(_studies_section({"guarantees-net": study}, []))
+    shown = "| net | per-exit thresholds | 0.9 | 0.1 | 500/500 | 9.0 ± 1.3 % | – | 60.0 % |"
+    assert shown in section

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dynroute.errors import DynrouteError
-from dynroute.guarantee import Guarantee
+from dynroute.guarantee import METHOD_BINARY, Guarantee
 from dynroute.policies.guarantees import (
     PathPoint,
     binomial_cdf,
@@ -100,7 +100,9 @@ def test_a_budget_certifies_the_most_accurate_point_it_affords() -> None:
 
 
 def test_a_guarantee_is_checked_when_read() -> None:
-    good = Guarantee("accuracy", 0.9, 0.1, "m", 1000, 1000, 0.91, 0.05)
+    n, errors = 1000, 60  # a bound and a p-value that 60 errors in 1000 give at delta 0.1
+    bound, p_value = lower_bound(n - errors, n, 0.1), binomial_cdf(errors, n, 0.1)
+    good = Guarantee("accuracy", 0.9, 0.1, METHOD_BINARY, n, 1000, bound, p_value)
     assert Guarantee.from_dict(good.to_dict()) == good
     assert "accuracy >= 0.9" in good.promise()
     for broken in (
@@ -111,3 +113,45 @@ def test_a_guarantee_is_checked_when_read() -> None:
     ):
         with pytest.raises(DynrouteError):
             Guarantee.from_dict(broken)
+
+
+@pytest.mark.slow
+def test_ordering_the_path_by_fitted_accuracy_certifies_more_and_misses_less() -> None:
+    """The issue's case: accuracy peaks at 0.962 mid-way and the deepest point has 0.958;
+    target 0.96, delta 0.1. Testing the dearest point first certifies only when that point
+    happens to look good (a lucky draw, which then misses); the most accurate on the fitting
+    half first certifies more often, and what it certifies misses less often."""
+    rng = np.random.default_rng(4)
+    accuracy = np.concatenate([np.linspace(0.90, 0.962, 30), np.linspace(0.962, 0.958, 10)])
+    macs = np.linspace(1e6, 20e6, len(accuracy))
+    target, delta, n = 0.96, 0.1, 2500
+    outcome = {"fit": [0, 0], "cost": [0, 0]}  # certified, certified and missed
+    for _ in range(400):
+        fit_u, test_u = rng.random(n), rng.random(n)
+        path = [
+            PathPoint(i, float(macs[i]), float((fit_u < a).mean()), (test_u >= a).astype(float))
+            for i, a in enumerate(accuracy)
+        ]
+        for by in outcome:
+            try:
+                chosen, _ = certify(order_path(path, "accuracy", by), "accuracy", target, delta)
+            except DynrouteError:
+                continue
+            outcome[by][0] += 1
+            outcome[by][1] += accuracy[chosen.item] < target
+    assert outcome["fit"][0] > 1.5 * outcome["cost"][0]
+    fit_miss = outcome["fit"][1] / max(1, outcome["fit"][0])
+    cost_miss = outcome["cost"][1] / max(1, outcome["cost"][0])
+    assert fit_miss < cost_miss
+    assert outcome["fit"][1] / 400 <= delta + 2 * math.sqrt(delta * (1 - delta) / 400)
+
+
+def test_certification_estimates_how_often_a_sample_certifies_and_flags_the_ceiling() -> None:
+    from dynroute.policies.guarantees import certification
+
+    rng = np.random.default_rng(5)
+    path = _draw_path(rng, np.linspace(0.02, 0.3, 40), 2000)
+    easy = certification(path, "accuracy", 0.9, 0.1, fit_examples=2000)
+    assert easy["chance"] == 1.0 and not easy["near_ceiling"]
+    hard = certification(path, "accuracy", 0.978, 0.1, fit_examples=2000)
+    assert 0.0 <= hard["chance"] < 0.9 and hard["near_ceiling"]

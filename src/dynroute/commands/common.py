@@ -1,6 +1,8 @@
 """Arguments that several commands share, defined once: data folders, threads, k_cpt,
-operating points, sizes. Each parses and range-checks its value, so every command that
-takes an option refuses the same bad values with the same message."""
+operating points, sizes; and ``ranged``, the argument type every numeric option is parsed
+with. Each parses and range-checks its value (``dynroute.checks``) before any work
+starts, so every command that takes an option refuses the same bad values with the same
+one-line message: the option, its range and why."""
 
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ from dynroute import checks
 from dynroute.data.sources import DATA_DIR_ENV
 from dynroute.errors import DynrouteError
 
-#: More threads than this is a typo, not a machine.
-MAX_THREADS = 4096
 #: Policy names the operating-point options accept (``best``: chosen among every policy).
 OPERATING_POLICIES = (
     "learned",
@@ -51,13 +51,58 @@ def add_checksum_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _parse(text: str, integer: bool) -> int | float:
+    """An option's text as an int or a float, or the argparse refusal."""
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+
+
+def ranged(allowed: checks.Range) -> Callable[[str], Any]:
+    """The argparse ``type`` of an option whose values lie in ``allowed`` (a
+    ``dynroute.checks.Range``): the text parsed and checked before any work starts, a value
+    out of range refused in one line with the range and why (argparse names the flag)."""
+
+    def parse(text: str) -> int | float:
+        value = _parse(text, allowed.integer)
+        if not allowed.bounds.contains(value):
+            raise argparse.ArgumentTypeError(allowed.refusal(value))
+        return value
+
+    return parse
+
+
+def ranged_list(allowed: checks.Range, most: int = checks.MAX_LIST) -> Callable[[str], list]:
+    """The argparse ``type`` of a comma-separated list of values in ``allowed``: one to
+    ``most`` of them."""
+    one = ranged(allowed)
+
+    def parse(text: str) -> list:
+        values = [one(part.strip()) for part in text.split(",") if part.strip()]
+        if not 1 <= len(values) <= most:
+            raise argparse.ArgumentTypeError(
+                f"expected 1 to {most} comma-separated values, got {len(values)}"
+            )
+        return values
+
+    return parse
+
+
+def config_range(name: str) -> checks.Range:
+    """The range of training option ``name`` (``TrainConfig``), for a command that takes the
+    same value (a seed, a validation size): one range for both."""
+    from dynroute.train.config import TrainConfig
+
+    field = TrainConfig.__dataclass_fields__[name]
+    return checks.Range(field.metadata["bounds"], field.metadata["integer"], field.metadata["help"])
+
+
 def _checked(text: str, check: Callable[[float], Any]) -> float:
     """``text`` as a number that passes ``check`` (a ``dynroute.checks`` function), with
     the same message the library gives."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _parse(text, integer=False)
     try:
         check(value)
     except DynrouteError as exc:  # "`k_cpt` must be ...": argparse names the flag itself
@@ -70,14 +115,8 @@ def k_cpt_value(text: str) -> float:
     return _checked(text, checks.k_cpt)
 
 
-def threads_value(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_THREADS}, got {value}")
-    return value
+#: The argparse type of a thread count (``checks.THREADS``).
+threads_value = ranged(checks.THREADS)
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -90,44 +129,17 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-#: The largest batch a command decodes and runs at once (more only holds more in memory).
-MAX_BATCH = 4096
-
-
-def batch_size(text: str) -> int:
-    """A batch size: an integer in 1..MAX_BATCH."""
-    value = positive_int(text)
-    if value > MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+#: A batch size: an integer in ``checks.BATCH_SIZE``.
+batch_size = ranged(checks.BATCH_SIZE)
 
 
 def megabytes(text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
-    if not 0 < value <= 4096:
-        raise argparse.ArgumentTypeError(f"must be in (0, 4096] MB, got {text}")
-    return int(value * (1 << 20))
+    """A size in megabytes (``checks.MEGABYTES``), as bytes."""
+    return int(ranged(checks.MEGABYTES)(text) * (1 << 20))
 
 
-def seconds(text: str) -> float:
-    """A duration in seconds: a positive, finite number."""
-    value = finite_number(text)
-    if not 0 < value <= 86_400:
-        raise argparse.ArgumentTypeError(f"must be in (0, 86400] seconds, got {text}")
-    return value
+#: A duration in seconds (``checks.SECONDS``).
+seconds = ranged(checks.SECONDS)
 
 
 def finite_number(text: str) -> float:
@@ -136,8 +148,8 @@ def finite_number(text: str) -> float:
 
 
 def millions_of_macs(text: str) -> float:
-    """A budget in millions of MACs: a positive, finite number."""
-    return _checked(text, checks.target_macs)
+    """A budget in millions of MACs: positive, at most ``checks.MAX_MACS`` MACs."""
+    return _checked(text, lambda value: checks.target_macs(value * 1e6))
 
 
 def unit_interval(text: str) -> float:

@@ -32,9 +32,11 @@ def _user_kinds() -> list[str]:
 
 def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``--image-size`` and ``--test-fraction``, for datasets from the user's own files."""
+    from dynroute.commands.common import config_range, ranged
+
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=ranged(config_range("image_size")),
         default=IMAGE_SIZE,
         metavar="N",
         help=f"folder:/npz: datasets: resize images to N x N (default {IMAGE_SIZE}; "
@@ -42,7 +44,7 @@ def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--test-fraction",
-        type=float,
+        type=ranged(config_range("test_fraction")),
         default=DEFAULT_TEST_FRACTION,
         metavar="F",
         help="folder: datasets without train/ and test/ folders: share of each class held "
@@ -51,7 +53,12 @@ def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from dynroute.commands.common import add_checksum_argument, add_data_dir_argument
+    from dynroute.commands.common import (
+        add_checksum_argument,
+        add_data_dir_argument,
+        config_range,
+        ranged,
+    )
 
     data = subparsers.add_parser("data", help="download and inspect datasets")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -78,8 +85,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_data_dir_argument(info)
     add_checksum_argument(info)
     add_user_data_arguments(info)
-    info.add_argument("--validation-size", type=int, default=0, metavar="N")
-    info.add_argument("--seed", type=int, default=0, help="colouring / data-split seed")
+    info.add_argument(
+        "--validation-size", type=ranged(config_range("validation_size")), default=0, metavar="N"
+    )
+    info.add_argument(
+        "--seed", type=ranged(config_range("seed")), default=0, help="colouring / data-split seed"
+    )
     info.set_defaults(func=run_info)
 
 

@@ -9,13 +9,12 @@ batching. Given an export, ``predict`` and ``serve`` never import torch. See doc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
-import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,21 +50,13 @@ def _format(args: argparse.Namespace) -> str:
     return "csv"
 
 
-def _check_outputs(args: argparse.Namespace, files: list[Path]) -> None:
-    """Refuse an ``--out`` or ``--totals`` that names an input file (it would be overwritten
-    with rows before being read), and remove a stale totals file (it would describe another
-    run)."""
-    for option, name in (("--out", args.out), ("--totals", args.totals)):
-        if name is None:
-            continue
-        target = Path(name)
-        for path in files:
-            try:
-                same = target.exists() and os.path.samefile(target, path)
-            except OSError:
-                same = False
-            if same:
-                raise DynrouteError(f"{option} {target} is one of the inputs; write elsewhere")
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` or ``--totals`` that would replace what it must not
+    (``dynroute.delivery.predict.check_outputs``), then remove a stale totals file (it
+    would describe another run)."""
+    from dynroute.delivery.predict import check_outputs
+
+    check_outputs(args.model, args.inputs, {"--out": args.out, "--totals": args.totals})
     if args.totals:
         Path(args.totals).unlink(missing_ok=True)
 
@@ -87,6 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dynroute.data.files import batches, expand
     from dynroute.delivery.predict import ROW_FIELDS, Totals
 
+    _check_outputs(args)
     predictor = _open(args)
     size = predictor.image_size
     if size is None:
@@ -94,26 +86,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{args.model} reads inputs of shape {predictor.input_shape}, not RGB images; "
             "classify arrays with dynroute.deploy or the engine from Python"
         )
-    files, missing = expand(args.inputs)
-    _check_outputs(args, files)
     print(f"dynroute: {predictor.describe()}", file=sys.stderr)
     totals = Totals(predictor.exit_names)
-    totals.failures.extend(missing)
     fmt = _format(args)
+    seen = 0
     with RowWriter(args.out) as out:
         if fmt == "csv":
             out.write(",".join(ROW_FIELDS) + "\n")
         from tqdm import tqdm
 
         bar = tqdm(
-            total=len(files),
             unit="file",
             disable=True if args.no_progress else None,
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        try:
-            for batch in batches(files, size, args.batch_size, workers=args.readers):
+        reading = batches(expand(args.inputs), size, args.batch_size, workers=args.readers)
+        with contextlib.closing(reading), contextlib.closing(bar):
+            for batch in reading:
                 totals.failures.extend(batch.failures)
                 if len(batch.names):
                     started = time.perf_counter()
@@ -124,72 +114,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             _row_text(row, fmt) for row in predictor.rows(batch.names, prediction)
                         )
                     )
+                seen += batch.files
                 bar.update(batch.files)
-        finally:
-            bar.close()
     print(totals.format(), file=sys.stderr)
     if args.totals:
         write_json_atomic(args.totals, {"model": predictor.describe(), **totals.summary()})
-    return 0 if totals.count or not (files or missing) else 1
+    return 0 if totals.count or not seen else 1
 
 
 class RowWriter:
-    """Rows to stdout as they come, or to ``--out`` written whole: into a temporary file
-    beside it, renamed into place at the end (a full disk or Ctrl-C leaves the previous file,
-    or none, never half a row), with the user's umask; a failure names the file."""
+    """Rows to stdout as they come, or to ``--out`` through a ``dynroute.atomic.AtomicFile``:
+    streamed into a temporary file beside it and renamed into place at the end, so a full
+    disk, an error or Ctrl-C leaves the previous file, or none, never half of one; a failure
+    names the file."""
 
     def __init__(self, path: str | None) -> None:
-        self.path = None if path is None else Path(path)
-        self.handle: Any = None
-        self.temporary: Path | None = None
+        from dynroute.atomic import AtomicFile
+
+        self.file = None if path is None else AtomicFile(path)
 
     def __enter__(self) -> RowWriter:
-        if self.path is not None:
-            from dynroute.atomic import cannot_write, current_umask
-
-            folder = self.path.parent
-            try:
-                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-                os.fchmod(fd, 0o666 & ~current_umask())
-            except OSError as exc:
-                raise cannot_write(self.path, exc, self.path.exists()) from None
-            self.temporary = Path(name)
-            self.handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        if self.file is not None:
+            self.file.__enter__()
         return self
 
     def write(self, text: str) -> None:
-        if self.handle is None:
+        if self.file is None:
             sys.stdout.write(text)
             sys.stdout.flush()
-            return
-        try:
-            self.handle.write(text)
-        except OSError as exc:
-            self._fail(exc)
+        else:
+            self.file.write(text.encode("utf-8"))
 
-    def _fail(self, exc: OSError) -> None:
-        from dynroute.atomic import cannot_write
-
-        assert self.path is not None and self.temporary is not None
-        self.handle.close()
-        self.temporary.unlink(missing_ok=True)
-        self.handle = None
-        raise cannot_write(self.path, exc, self.path.exists()) from None
-
-    def __exit__(self, kind: Any, *exc_info: Any) -> None:
-        if self.handle is None or self.temporary is None:
-            return
-        if kind is not None:
-            self.handle.close()
-            self.temporary.unlink(missing_ok=True)
-            return
-        try:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-            os.replace(self.temporary, self.path)
-        except OSError as exc:
-            self._fail(exc)
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.file is not None:
+            self.file.__exit__(*exc_info)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -210,6 +168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         allow_checksum_mismatch=args.allow_checksum_mismatch,
         check=args.check,
         operating_points=not args.no_operating_points,
+        int8=args.int8,
     )
     from dynroute.decisions import path_macs
     from dynroute.deploy.manifest import shape
@@ -242,7 +201,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"  one operating point only ({policy.describe()}): predict and serve cannot "
             "choose another budget; export with --policy and --target-macs for one that can"
         )
-    if check is not None:
+    if check is not None and args.int8:
+        print(
+            f"  int8 against float32 on the test split ({check['examples']} images, each at "
+            f"its own operating point): accuracy {100 * check['int8']['accuracy']:.2f} % "
+            f"against {100 * check['float32']['accuracy']:.2f} % "
+            f"({100 * check['accuracy_difference']:+.2f} points), mean MACs "
+            f"{check['int8']['mean_macs'] / 1e6:.2f} M against "
+            f"{check['float32']['mean_macs'] / 1e6:.2f} M, same class on "
+            f"{100 * check['same_class']:.1f} %"
+        )
+    elif check is not None:
         print(
             f"  checked with onnxruntime on {check['examples']} random inputs: "
             f"{check['same_exits']}/{check['examples']} exits as PyTorch's dense reference, "
@@ -252,22 +221,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dynroute.delivery.serve import Limits, ServeApp, serve
+    from dynroute.delivery.serve import Limits, ServeApp, default_decode_threads, serve
     from dynroute.errors import Interrupted
+    from dynroute.machine import threads_per_worker
 
     if args.hold and args.target_macs is None:
         raise DynrouteError("--hold keeps a budget: give it with --target-macs")
+    if args.threads is None:  # the workers share the cores rather than each taking them all
+        args.threads = threads_per_worker(args.workers)
     limits = Limits(
         max_bytes=args.max_bytes,
         max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        max_queue=args.max_queue,
         decode_budget=args.decode_budget,
-        max_connections=args.max_connections,
+        decode_threads=args.decode_threads or default_decode_threads(args.workers),
+        max_connections=args.max_connections or 0,
         header_timeout=args.header_timeout,
         request_timeout=args.request_timeout,
         idle_timeout=args.idle_timeout,
         shutdown_timeout=args.shutdown_timeout,
     )
-    described: list[str] = []
 
     def make_app() -> Any:
         predictor = _open(args)
@@ -285,7 +259,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 raise DynrouteError("--dense serves an export's dense.onnx: export with --dense")
             predictor.backend = predictor.model.predict_dense
             predictor.how += "; every exit on every image (dense.onnx)"
-        described.append(predictor.describe())
         return ServeApp(
             predictor,
             batch_size=args.batch_size,
@@ -295,16 +268,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             hold=hold,
         )
 
-    if args.workers <= 1:  # open the model now: a bad option fails before listening
-        app = make_app()
-        factory = lambda: app  # noqa: E731
-    else:
-        factory = make_app
-
-    def ready(host: str, port: int) -> None:
+    def ready(host: str, port: int, summary: str) -> None:
+        """Said once every worker has loaded its model and serves, never before."""
         shown = f"[{host}]" if ":" in host else host
-        if described:
-            print(f"dynroute: {described[0]}", flush=True)
+        print(f"dynroute: {summary}", flush=True)
         print(
             f"dynroute: serving on http://{shown}:{port} with {args.workers} worker(s) (POST "
             "/predict with an image as the body; GET /model, /health, /metrics); Ctrl-C or "
@@ -313,15 +280,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     try:
+        if args.workers == 1:  # open the model now: a bad option fails before listening
+            app = make_app()
+            factory = lambda: app  # noqa: E731
+        else:  # each worker opens its own, after the fork
+            factory = make_app
         serve(factory, args.host, args.port, workers=args.workers, limits=limits, on_ready=ready)
-    except Interrupted as exc:  # SIGTERM after a graceful drain is a normal stop
+    except Interrupted as exc:  # SIGTERM (while starting or after the drain) is a normal stop
         if exc.signum != signal.SIGTERM:
             raise
     print("dynroute: stopped", flush=True)
     return 0
 
 
+def _serve_range(name: str) -> Any:
+    """The argparse type of ``serve`` option ``name``: its range on this machine
+    (``dynroute.delivery.serve.limits``), read only when the option is given, so that other
+    commands never import the server."""
+
+    def parse(text: str) -> Any:
+        from dynroute.commands.common import ranged
+        from dynroute.delivery.serve.limits import ranges
+
+        return ranged(ranges()[name])(text)
+
+    return parse
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dynroute import checks
     from dynroute.commands.common import (
         add_checksum_argument,
         add_data_dir_argument,
@@ -329,9 +316,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         add_threads_argument,
         batch_size,
         megabytes,
-        positive_int,
+        ranged,
         seconds,
     )
+    from dynroute.machine import available_cores
 
     predict = sub.add_parser(
         "predict", help="classify image files and .npz arrays with a run or an export"
@@ -349,7 +337,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--totals", default=None, metavar="FILE", help="also write the totals as JSON here"
     )
     predict.add_argument(
-        "--readers", type=positive_int, default=2, help="threads decoding files ahead"
+        "--readers",
+        type=ranged(checks.READERS),
+        default=min(2, available_cores()),
+        help="threads decoding files ahead (default: 2, or 1 on a single core)",
     )
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(predict)
@@ -367,10 +358,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--force", action="store_true", help="replace an export at --out")
     export.add_argument(
         "--check",
-        type=int,
+        type=ranged(checks.CHECK_INPUTS),
         default=64,
         metavar="N",
         help="compare the export with PyTorch on N random inputs (0: skip)",
+    )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize every model to int8 (static, per-channel weights, calibrated on the "
+        "validation split), re-fit the operating point on the int8 answers and check it "
+        "against float32 on the test split; needs a validation split",
     )
     export.add_argument(
         "--no-operating-points",
@@ -385,14 +383,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="an HTTP endpoint classifying images, batched")
     serve.add_argument("model", metavar="EXPORT_OR_RUN", help="export folder or run directory")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    serve.add_argument("--batch-size", type=batch_size, default=32, help="largest batch")
     serve.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=5.0,
-        help="how long a request waits for others to batch with",
+        "--port", type=_serve_range("port"), default=8000, help="0..65535; 0 picks a free port"
     )
+    serve.add_argument("--batch-size", type=batch_size, default=32, help="largest batch, "
+                       "for every kind of body (default 32)")  # fmt: skip
+    serve.add_argument(
+        "--max-wait-ms", type=_serve_range("max_wait_ms"), default=5.0, help="how long a "
+        "batch waits for requests still arriving, 0..1000 (default 5)",
+    )  # fmt: skip
     serve.add_argument(
         "--max-mb",
         dest="max_bytes",
@@ -402,11 +401,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="largest request body (default 10)",
     )
     serve.add_argument(
-        "--max-pixels", type=positive_int, default=40_000_000, help="largest image accepted"
-    )
+        "--max-pixels", type=_serve_range("max_pixels"), default=40_000_000,
+        help="largest image accepted (default 40 million)",
+    )  # fmt: skip
     serve.add_argument(
-        "--workers", type=positive_int, default=1, help="server processes (one per core: the "
-        "model is loaded in each; default 1)"
+        "--max-images", type=_serve_range("max_images"), default=1024,
+        help="most images in one array request, .npy or .npz (default 1024)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-queue", type=_serve_range("max_queue"), default=4096,
+        help="most images waiting for the model; beyond, 503 (default 4096)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--workers", type=_serve_range("workers"), default=1, help="server processes, "
+        "supervised (each loads its own model; at most 2 per core and what memory holds; "
+        "default 1)"
     )  # fmt: skip
     serve.add_argument(
         "--hold", action="store_true", help="keep --target-macs on drifting inputs: move "
@@ -421,7 +430,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--decode-budget-mb", dest="decode_budget", type=megabytes, default=512 << 20,
         metavar="MB", help="decoded pixels held at once, across requests (default 512)",
     )  # fmt: skip
-    serve.add_argument("--max-connections", type=positive_int, default=256)
+    serve.add_argument(
+        "--decode-threads", type=_serve_range("decode_threads"), default=None, help="threads "
+        "decoding bodies in each worker (default: the worker's share of the cores, at least 2)"
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-connections", type=_serve_range("max_connections"), default=None,
+        help="open connections in each worker (default 256, or what ulimit -n allows)",
+    )  # fmt: skip
     serve.add_argument(
         "--header-timeout", type=seconds, default=10.0, help="seconds a connection has to send "
         "a request head (default 10)"
@@ -436,7 +452,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     serve.add_argument(
         "--shutdown-timeout", type=seconds, default=10.0, help="seconds in-flight requests get "
-        "on SIGTERM (default 10)"
+        "on SIGTERM; what is left then gets 503 (default 10)"
     )  # fmt: skip
     add_operating_point_arguments(serve, "the run's calibration, or the export's")
     add_threads_argument(serve)

@@ -79,7 +79,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(format_every_exit_table(every, class_names))
         return 0
     stats = evaluate(
-        tree, images, labels, k_cpt=k_cpt, method="engine", progress=True, policy=policy
+        tree,
+        images,
+        labels,
+        k_cpt=k_cpt,
+        method="engine",
+        progress=True,
+        policy=policy,
+        bf16=args.bf16,
     ).to_dict()
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -108,6 +115,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    evaluate.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the nodes in bfloat16 (CUDA, or a CPU with native bf16 instructions; "
+        "elsewhere a warning and float32)",
+    )
     evaluate.add_argument(
         "--every-exit",
         action="store_true",

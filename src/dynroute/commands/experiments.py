@@ -115,11 +115,15 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from dynroute.plots import docs
     from dynroute.plots.report import write_report
 
     markdown, html = write_report(args.results, args.scale)
     print(markdown)
     print(html)
+    documents = docs.default_documents() if args.docs is None else args.docs
+    for path in docs.rewrite(documents, args.results, args.scale):
+        print(f"{path} (its generated {args.scale}/... blocks)")
     return 0
 
 
@@ -154,10 +158,14 @@ def _results_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dynroute import checks
     from dynroute.commands.common import (
         add_checksum_argument,
         add_data_dir_argument,
         add_threads_argument,
+        config_range,
+        ranged,
+        ranged_list,
     )
 
     listing = sub.add_parser("experiments", help="list the named experiments and scales")
@@ -167,7 +175,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("experiments", nargs="+", metavar="EXPERIMENT", choices=list(EXPERIMENTS))
     _results_arguments(sweep)
     sweep.add_argument("--runs", default="runs", help="training state folder (default: runs)")
-    sweep.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
+    sweep.add_argument(
+        "--workers",
+        type=ranged(checks.WORKERS),
+        default=1,
+        help="local worker processes (default: 1; at most the machine's cores help)",
+    )
     sweep.add_argument("--ray-address", help="run one Ray task per network on this cluster")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument(
@@ -191,14 +204,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     sweep.add_argument(
         "--seed",
-        type=int,
+        type=ranged(config_range("seed")),
         default=None,
         help="train every network with this seed instead of 0: a fresh validation split, "
         "initialisation and batch order; results go to RESULTS/SCALE-seedN",
     )
     sweep.add_argument(
         "--validation-size",
-        type=int,
+        type=ranged(config_range("validation_size")),
         default=None,
         help="hold this many training images out instead of the scale's own; results go "
         "to RESULTS/SCALE-valN",
@@ -244,14 +257,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     study.add_argument(
         "--targets",
-        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
+        type=ranged_list(checks.GUARANTEED_ACCURACY),
         default=[0.9],
         metavar="A,A,...",
         help="guarantees: accuracy targets (default 0.9)",
     )
-    study.add_argument("--partitions", type=int, default=500, help="guarantees: random draws")
     study.add_argument(
-        "--calibration-size", type=int, default=5000, help="guarantees: calibration examples"
+        "--partitions",
+        type=ranged(checks.PARTITIONS),
+        default=500,
+        help="guarantees: random draws",
+    )
+    study.add_argument(
+        "--calibration-size",
+        type=ranged(checks.CALIBRATION_SIZE),
+        default=5000,
+        help="guarantees: calibration examples",
     )
     study.add_argument("--out", default=None, help="file (default RESULTS/SCALE/studies/...)")
     add_threads_argument(study)
@@ -269,6 +290,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _results_arguments(imported)
     imported.set_defaults(func=cmd_import_run)
 
-    report = sub.add_parser("report", help="write report.md and report.html with every figure")
+    report = sub.add_parser(
+        "report",
+        help="write report.md and report.html with every figure, and the documents' "
+        "generated blocks of the scale",
+    )
     _results_arguments(report)
+    report.add_argument(
+        "--docs",
+        nargs="*",
+        metavar="FILE",
+        default=None,
+        help="documents whose generated blocks to rewrite (default: README.md and docs/*.md "
+        "here that hold one)",
+    )
     report.set_defaults(func=cmd_report)

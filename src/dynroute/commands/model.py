@@ -10,6 +10,10 @@ if TYPE_CHECKING:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from dynroute.checks import Bounds, Range
+    from dynroute.commands.common import config_range, ranged
+    from dynroute.nn.registry import MAX_CLASSES
+
     parser = subparsers.add_parser("model", help="inspect the built-in models")
     sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
@@ -20,8 +24,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "summary", help="print a model's tree with parameters and MACs per node and per exit"
     )
     summary.add_argument("name", help="model name (see `dynroute model list`)")
-    summary.add_argument("--width", type=int, default=1, help="channel multiplier (1, 2, 3)")
-    summary.add_argument("--num-classes", type=int, default=10)
+    summary.add_argument(
+        "--width", type=ranged(config_range("width")), default=1, help="channel multiplier"
+    )
+    summary.add_argument(
+        "--num-classes",
+        type=ranged(Range(Bounds(2, MAX_CLASSES), True, "a classifier answers 2 classes or more")),
+        default=10,
+    )
     summary.add_argument(
         "--dynamic-k-cpt", action="store_true", help="routers also see k_cpt (paper §4.6)"
     )

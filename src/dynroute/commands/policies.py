@@ -190,6 +190,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"    method: {guarantee['method']}; n = {guarantee['n']} testing examples "
             f"({guarantee['fit_examples']} fitting), bound at this point {guarantee['bound']:.6g}"
         )
+        chances = guarantee.get("certification") or {}
+        if "chance" in chances:
+            print(
+                f"    this procedure certified on {100 * chances['chance']:.0f} % of "
+                f"{chances['draws']} resamples of the testing half: the lower that is, the "
+                "more a certificate here is a lucky draw"
+            )
     print(
         f"saved: {record['saved']} (used by `dynroute evaluate {record['run']}`, export, "
         "predict, serve and EarlyExitEngine.from_run)"
@@ -201,6 +208,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dynroute import checks
     from dynroute.commands.common import (
         ANSWER_CHOICES,
         OPERATING_POLICIES,
@@ -209,7 +217,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         add_threads_argument,
         k_cpt_value,
         millions_of_macs,
-        unit_interval,
+        ranged,
+        ranged_list,
+    )
+
+    # A budget of the policy table, in millions of MACs.
+    budget_millions = checks.Range(
+        checks.Bounds(0, checks.MAX_MACS / 1e6, low_open=True), False, "a mean-MAC budget"
     )
 
     policies = sub.add_parser(
@@ -221,7 +235,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     policies.add_argument("--out", default=None, help="folder for the files (default: each run)")
     policies.add_argument(
         "--budgets",
-        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
+        type=ranged_list(budget_millions),
         default=None,
         metavar="M,M,...",
         help="budgets of the policy table, in millions of MACs (default: 10-73 %% of the "
@@ -259,17 +273,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--target-macs", type=millions_of_macs, default=None, metavar="M",
         help="mean MACs, in millions",
     )  # fmt: skip
-    calibrate.add_argument("--target-accuracy", type=unit_interval, default=None, metavar="A")
+    calibrate.add_argument(
+        "--target-accuracy", type=ranged(checks.TARGET_ACCURACY), default=None, metavar="A"
+    )
     calibrate.add_argument(
         "--max-disagreement",
-        type=unit_interval,
+        type=ranged(checks.MAX_DISAGREEMENT),
         default=None,
         metavar="E",
         help="answer as the full network does on all but this share of inputs (guaranteed)",
     )
     calibrate.add_argument(
         "--delta",
-        type=unit_interval,
+        type=ranged(checks.DELTA),
         default=None,
         metavar="D",
         help="guarantee the target with probability at least 1 - D over the calibration "

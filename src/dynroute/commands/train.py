@@ -73,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config the options ask for; dataset and weight paths are made absolute (workers
     and resumed runs may start in other folders)."""
     from dynroute.data import absolute_dataset_name
+    from dynroute.data.readers.common import expand_user
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     if values["strategy"] is None:  # not given: a static model trains as one
@@ -82,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig(**values)
     weights = config.pretrained_weights
     if weights is not None:
-        weights = str(Path(weights).expanduser().absolute())
+        weights = str(expand_user(weights, "`pretrained_weights`"))
     return replace(
         config, dataset=absolute_dataset_name(config.dataset), pretrained_weights=weights
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dynroute.data.readers.common import CACHE_DIR_ENV, check_labels, os_error_text
+from dynroute.data.readers.common import CACHE_DIR_ENV, check_labels, os_reason
 from dynroute.errors import DynrouteError
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise BrokenCache("no manifest; an earlier build was probably interrupted") from None
     except OSError as exc:
-        raise BrokenCache(f"unreadable {MANIFEST_NAME} ({os_error_text(exc)})") from None
+        raise BrokenCache(f"unreadable {MANIFEST_NAME} ({os_reason(exc)})") from None
     except ValueError as exc:
         raise BrokenCache(f"unreadable {MANIFEST_NAME} ({exc})") from None
     if not isinstance(manifest, dict):
@@ -163,7 +163,7 @@ def verify(folder: Path, key: str, layout: CacheLayout) -> dict[str, Any]:
         try:
             digest = hash_file(folder / name)
         except OSError as exc:
-            raise BrokenCache(f"unreadable {name} ({os_error_text(exc)})") from None
+            raise BrokenCache(f"unreadable {name} ({os_reason(exc)})") from None
         if digest != manifest[HASH_ALGORITHM][name]:
             raise BrokenCache(f"{name} has changed since it was built (SHA-256 mismatch)")
     for split in layout.splits:
@@ -224,7 +224,7 @@ def cached_build(
         temp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     except OSError as exc:
         raise DynrouteError(
-            f"cannot write the dataset cache in {target.parent} ({os_error_text(exc)}){problem}; "
+            f"cannot write the dataset cache in {target.parent} ({os_reason(exc)}){problem}; "
             f"choose a writable folder with {CACHE_DIR_ENV}"
         ) from exc
     try:
@@ -238,12 +238,12 @@ def cached_build(
                 return verify(target, key, layout)  # a concurrent build got there first
             except BrokenCache:
                 raise DynrouteError(
-                    f"cannot replace the dataset cache {target} ({os_error_text(exc)}){problem}; "
+                    f"cannot replace the dataset cache {target} ({os_reason(exc)}){problem}; "
                     f"delete it or choose another folder with {CACHE_DIR_ENV}"
                 ) from exc
     except OSError as exc:
         raise DynrouteError(
-            f"cannot write the dataset cache {exc.filename or target} ({os_error_text(exc)}); "
+            f"cannot write the dataset cache {exc.filename or target} ({os_reason(exc)}); "
             f"free some space or choose another folder with {CACHE_DIR_ENV}"
         ) from exc
     finally:

@@ -35,6 +35,11 @@ from dynroute.data.cache import (
     cached_build,
     load_split,
 )
+from dynroute.data.formats.pixels import (  # noqa: F401  (GAMMA, to_linear: re-exported)
+    GAMMA,
+    gamma_decode,
+    to_linear,
+)
 from dynroute.data.readers.common import (
     PROVENANCE_SCHEMA,
     SPLITS,
@@ -42,6 +47,7 @@ from dynroute.data.readers.common import (
     RawData,
     Source,
     check_labels,
+    expand_user,
     resolve_cache_dir,
     resolve_data_dir,
 )
@@ -56,7 +62,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEED = 0
 IMAGE_SIZE = 32
 DEFAULT_TEST_FRACTION = 0.2
-GAMMA = 2.2
 MIN_COLOUR_DISTANCE = 0.3
 CHUNK = 4096
 
@@ -204,7 +209,7 @@ def absolute_dataset_name(name: str) -> str:
     if user is None:
         return name
     kind, path = user
-    return f"{kind}:{Path(path).expanduser().absolute()}"
+    return f"{kind}:{expand_user(path, f'dataset {kind}:')}"
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -297,21 +302,6 @@ def _short_hash(text: str) -> str:
 
 
 # ------------------------------------------------------------------ transforms
-
-_GAMMA_TABLE = ((np.arange(256, dtype=np.float64) / 255.0) ** GAMMA).astype(np.float32)
-
-
-def gamma_decode(images: np.ndarray) -> np.ndarray:
-    """uint8 sRGB-ish pixels -> linear intensity (x/255)^2.2, via a lookup table."""
-    return _GAMMA_TABLE[images]
-
-
-def to_linear(images: np.ndarray) -> np.ndarray:
-    """Network input from decoded pixels: uint8 gamma-decoded (``gamma_decode``), float
-    pixels (already intensities in [0, 1]) kept as float32."""
-    if images.dtype == np.uint8:
-        return gamma_decode(images)
-    return np.asarray(images, dtype=np.float32)
 
 
 def digit_colours(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,6 @@ message that lists what was tried and how to use a local copy instead.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,12 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dynroute.atomic import AtomicFile
 from dynroute.data import sources
 from dynroute.data.readers.common import (
-    DATA_DIR_ENV,
     md5_bytes,
     md5_file,
-    os_error_text,
     read_bytes,
 )
 from dynroute.data.readers.mnist_idx import gunzip
@@ -47,25 +44,27 @@ def _gunzipped_md5(path: Path) -> str:
         return "not-a-valid-gzip-file"
 
 
-def _download(url: str, destination: Path, timeout: float, progress: bool) -> None:
-    """Stream ``url`` to ``destination`` (a temp path) with a progress bar."""
+def _download(url: str, handle: AtomicFile, timeout: float, progress: bool) -> None:
+    """Stream ``url`` into ``handle`` with a progress bar."""
     request = urllib.request.Request(url, headers={"User-Agent": "dynroute"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with (
-            destination.open("wb") as handle,
-            tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=url.rsplit("/", 1)[-1],
-                disable=None if progress else True,  # None: only on a terminal
-                leave=False,
-            ) as bar,
-        ):
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=url.rsplit("/", 1)[-1],
+            disable=None if progress else True,  # None: only on a terminal
+            leave=False,
+        ) as bar:
             for block in iter(lambda: response.read(1 << 16), b""):
                 handle.write(block)
                 bar.update(len(block))
+        handle.flush()
+
+
+class _Rejected(Exception):
+    """A mirror's download failed or did not match its checksum: try the next one."""
 
 
 def fetch_file(
@@ -77,39 +76,29 @@ def fetch_file(
     timeout: float = CONNECT_TIMEOUT,
     progress: bool = True,
 ) -> bool:
-    """Make ``destination`` a verified copy; returns False if it already was one."""
+    """Make ``destination`` a verified copy; returns False if it already was one. Each try
+    goes to an ``AtomicFile``, put in place only once its checksum matched, so that an
+    interrupted or corrupt download never looks like a valid copy; a full disk stops at
+    once, naming the file."""
     if destination.is_file() and checksum(destination) == expected_md5:
         return False
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
-        os.close(handle)
-    except OSError as exc:
-        raise DynrouteError(
-            f"cannot write to {destination.parent} ({os_error_text(exc)}); "
-            f"choose a writable folder with `data_dir` or {DATA_DIR_ENV}"
-        ) from exc
-    temp = Path(temp_name)
     failures = []
-    try:
-        for url in urls:
-            try:
-                _download(url, temp, timeout, progress)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                failures.append(f"{url} ({getattr(exc, 'reason', None) or exc})")
-                continue
-            actual = checksum(temp)
-            if actual == expected_md5:
+    for url in urls:
+        try:
+            with AtomicFile(destination) as handle:
                 try:
-                    os.replace(temp, destination)
-                except OSError as exc:
-                    raise DynrouteError(
-                        f"cannot write {destination} ({os_error_text(exc)})"
-                    ) from exc
-                return True
-            failures.append(f"{url} (wrong MD5 {actual}, expected {expected_md5})")
-    finally:
-        temp.unlink(missing_ok=True)
+                    _download(url, handle, timeout, progress)
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    if handle.error is not None:  # writing failed, not the mirror
+                        raise
+                    raise _Rejected(f"{url} ({getattr(exc, 'reason', None) or exc})") from None
+                actual = checksum(handle.temporary)
+                if actual != expected_md5:
+                    raise _Rejected(f"{url} (wrong MD5 {actual}, expected {expected_md5})")
+        except _Rejected as rejected:
+            failures.append(str(rejected))
+            continue
+        return True
     raise DynrouteError(
         f"could not download {destination.name}; tried: {'; '.join(failures)}. "
         f"Without internet access, {LOCAL_COPY_HINT}"

@@ -1,17 +1,20 @@
-"""Files to classify: images of any size and mode, and NumPy arrays, read as network input
-exactly as a run's training images were (``dynroute predict`` and ``dynroute serve``).
+"""Files to classify, read as network input exactly as a run's training images were
+(``dynroute predict``): walked, read a few ahead in threads, and batched.
 
-- An image file (PNG, JPEG, BMP, GIF, WebP, TIFF, ... whatever Pillow opens) is decoded as a
-  user's image tree is for training (``dynroute.data.readers.image_tree.decode_image``):
-  turned upright by its EXIF orientation, made RGB (grayscale repeated, alpha dropped,
-  palettes expanded; 16-bit grayscale rounded to 8 bits first), resized to the run's square
-  image size with Pillow's bilinear filter (stretched, not cropped), then gamma-decoded to
-  linear intensity, (x / 255)^2.2 (``dynroute.data.datasets.to_linear``).
-- An ``.npz`` file: each array with 3 or 4 axes holds images (NHW, NHWC or NCHW; uint8, or
-  float intensities in [0, 1]); other arrays (labels, class names) are ignored. An ``.npy``
-  file is one such array. They are read as an npz dataset's images
-  (``dynroute.data.readers.npz_arrays.array_images``): resized the same way, uint8
-  gamma-decoded, floats kept.
+What a file becomes is its input format's to say (``dynroute.data.formats``: image files
+through Pillow, ``.npy`` and ``.npz`` arrays), the same module a request body of
+``dynroute serve`` and a training dataset go through; this module finds the files, reads
+them in daemon threads, and joins their examples into batches.
+
+Memory is bounded by what is produced, not only by what is read: a file's examples come in
+pieces of at most a batch (an array is read a block of rows at a time, never whole), a
+few batches' worth are decoded ahead, and folders are walked as they are read. An 8x8
+uint8 image becomes 192 times larger as network input (3 x 32 x 32 float32), so a 6 KB
+compressed array of 100,000 of them would be 1.2 GB at once; in pieces it is a few MB.
+What a file may hold is reserved before it is read, from its suffix (an image file one
+example, anything else a few batches); a file whose first bytes contradict its suffix is
+refused (``formats.choose``). Reading happens in daemon threads: one blocked in a read
+never keeps ``predict`` from stopping on SIGTERM or Ctrl-C.
 
 The built-in datasets' digits (``mnist``, ``hybrid``) are MNIST digits recoloured with a
 random pair of colours each; files are read like the CIFAR images beside them, so a digit
@@ -22,30 +25,37 @@ Nothing here needs torch: an export is run on files without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import stat
+import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from dynroute import gate
-from dynroute.data.datasets import GAMMA, to_linear
-from dynroute.data.readers.image_tree import decode_image
-from dynroute.data.readers.npz_arrays import ArrayFile, array_images
+from dynroute.data.formats import Piece, file_pieces, holds_one_example, read_file
+from dynroute.data.formats.images import read_image_bytes
+from dynroute.data.formats.pixels import GAMMA
 from dynroute.errors import DynrouteError
 from dynroute.gate import file_kind, printable
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-ARRAY_SUFFIXES = (".npz", ".npy")
-#: Files this small on a side are still classified (upscaled); training refuses them.
-MIN_SIDE = 1
+# ``read_file`` (one file's examples at once) and ``read_image_bytes`` (one image file's
+# bytes as input) are re-exported for Python callers.
+__all__ = [
+    "Batch",
+    "Failure",
+    "batches",
+    "expand",
+    "preprocessing",
+    "read_file",
+    "read_image_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -93,151 +103,149 @@ def preprocessing(dataset: str | None, image_size: int) -> dict[str, Any]:
     return record
 
 
-def expand(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Failure]]:
-    """The files named, and every file below the folders named (hidden ones skipped, sorted
-    by path, each folder walked once however many links lead to it: ``dynroute.gate.walk``);
-    a path that does not exist, or is no regular file (a FIFO, a device), is a failure named,
-    never opened."""
-    files: list[Path] = []
-    failures: list[Failure] = []
+def expand(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Path | Failure]:
+    """The files named, and every file below the folders named, as they are found (hidden
+    ones skipped, in the order of sorted paths, links that leave a folder not followed,
+    each folder walked once however many links lead to it: ``dynroute.gate.walk``); a path
+    that does not exist, or is no regular file (a FIFO, a device), comes as a ``Failure``
+    naming it, never opened."""
     for given in paths:
         path = Path(given)
         try:
             status = path.stat()
-        except OSError:
-            failures.append(Failure(printable(str(path)), "no such file or folder"))
+        except FileNotFoundError:
+            yield Failure(printable(str(path)), "no such file or folder")
+            continue
+        except OSError as exc:  # a link loop, a denied folder on the way
+            yield Failure(printable(str(path)), f"cannot read it: {gate.os_reason(exc)}")
             continue
         if stat.S_ISDIR(status.st_mode):
             try:
-                found, odd = gate.walk(path, hidden=(".",))
+                for found, skipped in gate.walk(path, hidden=(".",)):
+                    if skipped is None:
+                        yield found
+                    else:
+                        yield Failure(printable(str(found)), printable(skipped))
             except DynrouteError as exc:
-                failures.append(Failure(printable(str(path)), str(exc)))
-                continue
-            files += found
-            failures += [
-                Failure(printable(str(p)), f"{kind}, not a file: skipped") for p, kind in odd
-            ]
+                yield Failure(printable(str(path)), printable(str(exc)))
         elif stat.S_ISREG(status.st_mode):
-            files.append(path)
+            yield path
         else:
-            failures.append(
-                Failure(printable(str(path)), f"{file_kind(status.st_mode)}, not a file")
-            )
-    return files, failures
+            yield Failure(printable(str(path)), f"{file_kind(status.st_mode)}, not a file")
 
 
-def read_image_bytes(blob: bytes | Image.Image, name: str, size: int) -> np.ndarray:
-    """One image file's bytes (or the file, opened by Pillow and not yet decoded) as
-    (3, size, size) float32 network input."""
-    return to_linear(decode_image(blob, name, size, min_size=MIN_SIDE, wide=True))
+def failure_reason(path: Path, exc: BaseException, done: int = 0) -> str:
+    """Why ``path`` could not be read, in one printable line (``done``: how many of its
+    examples came before the fault)."""
+    if isinstance(exc, DynrouteError):  # the line names the file: said once is enough
+        reason = str(exc)
+        for prefix in (f"{path}: ", f"{path}:", f"{path} "):  # "F: why", "F:member: why", "F is"
+            if reason.startswith(prefix):
+                reason = reason.removeprefix(prefix)
+                break
+    elif isinstance(exc, MemoryError):
+        reason = "too large to decode"
+    elif isinstance(exc, OSError):
+        reason = f"cannot read it: {gate.os_reason(exc)}"
+    else:  # a decoder's own error on a hostile file: the file fails, not the run
+        reason = f"cannot read it ({type(exc).__name__}: {exc})"
+    if done:
+        reason += f" (after its first {done} examples, which were classified)"
+    return printable(" ".join(reason.split()))
 
 
-#: An array to classify may hold at most this many values (its images, before resizing).
-MAX_ARRAY_VALUES = 1 << 28
+@dataclass(frozen=True)
+class _End:
+    """The last item of a file's queue: the file is done, or failed (``failure``)."""
+
+    failure: Failure | None = None
 
 
-def _load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz or .npy file, through the gate: a regular file of bounded size,
-    each array's declared size checked against the bytes that hold it (and a compressed
-    member's expansion bounded) before anything is allocated."""
-    status = path.stat()
-    gate.check_regular(path, status)
-    if status.st_size > gate.MAX_ARRAY_FILE_BYTES:
-        raise DynrouteError(
-            f"{path}: {status.st_size} bytes, more than the limit of {gate.MAX_ARRAY_FILE_BYTES}"
-        )
-    if path.suffix.lower() == ".npz":
-        with ArrayFile(path) as arrays:
-            return {name: np.asarray(arrays.get(name)) for name in sorted(arrays.names)}
-    with gate.open_regular(path) as handle:
-        try:
-            shape, dtype, declared = gate.npy_header(handle)
-        except (ValueError, EOFError) as exc:
-            raise DynrouteError(f"{path}: cannot read the array ({exc})") from None
-        if declared > status.st_size:
-            raise DynrouteError(
-                f"{path} declares shape {shape} of {dtype} ({declared} bytes) but holds only "
-                f"{status.st_size} bytes; the file is damaged or forged"
-            )
-        handle.seek(0)
-        try:
-            return {"": np.load(handle, allow_pickle=False)}
-        except (ValueError, EOFError) as exc:
-            raise DynrouteError(f"{path}: cannot read the array ({exc})") from None
+class _FileJob:
+    """A file being read: its pieces queue up here, a few at most, in order."""
+
+    #: Pieces a file may have decoded and waiting.
+    AHEAD = 2
+
+    def __init__(self, path: Path, cost: int) -> None:
+        self.path = path
+        self.cost = cost  # examples it may hold decoded at once
+        self.pieces: queue.Queue[Piece | _End] = queue.Queue(self.AHEAD)
 
 
-def read_arrays(path: Path, size: int) -> tuple[list[str], np.ndarray]:
-    """The images of an .npz or .npy file: names and (N, 3, size, size) float32."""
-    try:
-        arrays = _load_arrays(path)
-    except OSError as exc:
-        raise DynrouteError(f"{path}: cannot read the arrays ({exc.strerror or exc})") from None
-    names: list[str] = []
-    parts: list[np.ndarray] = []
-    for key, array in arrays.items():
-        if array.ndim not in (3, 4):
-            continue
-        where = f"{path}:{key}" if key else str(path)
-        if array.size > MAX_ARRAY_VALUES:
-            raise DynrouteError(
-                f"{where}: {array.size} values, more than the limit of {MAX_ARRAY_VALUES} "
-                "(MAX_ARRAY_VALUES); split it into smaller files"
-            )
-        if len(array) == 0:
-            continue
-        images = to_linear(array_images(array, where, size))
-        names += [f"{where}[{i}]" for i in range(len(images))]
-        parts.append(images)
-    if not parts:
-        shapes = ", ".join(f"{k or 'array'} {a.shape}" for k, a in arrays.items()) or "nothing"
-        raise DynrouteError(
-            f"{path}: no image (an array with 3 or 4 axes: NHW, NHWC or NCHW, and at least one "
-            f"image) in it; found {shapes}"
-        )
-    return names, np.concatenate(parts)
+class _Readers:
+    """Daemon threads that read files, one file each at a time, in the order submitted.
+
+    Daemon threads, left behind rather than waited for when the reading stops: a thread
+    blocked in a read (a file that never ends, a hung disk) can never keep ``predict`` from
+    ending on SIGTERM or Ctrl-C, nor the process from exiting.
+    """
+
+    def __init__(self, workers: int, size: int, rows: int) -> None:
+        self.size = size
+        self.rows = rows
+        self.jobs: queue.SimpleQueue[_FileJob | None] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._work, name=f"dynroute-reader-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: _FileJob) -> None:
+        self.jobs.put(job)
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            job = self.jobs.get()
+            if job is None:
+                return
+            self._read(job)
+
+    def _read(self, job: _FileJob) -> None:
+        done = 0
+        end = _End()
+        with contextlib.closing(file_pieces(job.path, self.size, self.rows)) as items:
+            try:
+                for piece in items:
+                    if not self._put(job, piece):
+                        return
+                    done += len(piece[0])
+            except Exception as exc:  # noqa: BLE001 - any fault of a file is its failure
+                end = _End(Failure(printable(str(job.path)), failure_reason(job.path, exc, done)))
+        self._put(job, end)
+
+    def _put(self, job: _FileJob, item: Piece | _End) -> bool:
+        while not self.stopping.is_set():
+            try:
+                job.pieces.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop: threads waiting to queue a piece end at once, one in a read when it
+        returns; nothing waits for them."""
+        self.stopping.set()
+        for _ in self.threads:
+            self.jobs.put(None)
 
 
-def read_file(path: Path, size: int) -> tuple[list[str], np.ndarray]:
-    """One file's examples: names and (N, 3, size, size) float32; ``DynrouteError`` if it is
-    unreadable."""
-    if path.suffix.lower() in ARRAY_SUFFIXES:
-        return read_arrays(path, size)
-    blob = gate.read_bytes(path, gate.MAX_IMAGE_FILE_BYTES)
-    return [str(path)], read_image_bytes(blob, str(path), size)[None]
-
-
-def _read(path: Path, size: int) -> tuple[list[str], np.ndarray] | Failure:
-    try:
-        return read_file(path, size)
-    except DynrouteError as exc:
-        return Failure(printable(str(path)), printable(str(exc).removeprefix(f"{path}: ")))
-    except MemoryError:
-        return Failure(printable(str(path)), "too large to decode")
-
-
-def _read_ahead(files: Sequence[Path], size: int, workers: int, window: int) -> Iterator[Any]:
-    """``_read`` of every file in order, ``workers`` threads at most ``window`` files ahead."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: deque[Future] = deque()
-        for path in files:
-            pending.append(pool.submit(_read, path, size))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def batches(files: Sequence[Path], size: int, batch_size: int, workers: int = 1) -> Iterator[Batch]:
-    """The examples of ``files`` in batches of ``batch_size`` (the last may be smaller), in
-    file order. ``workers`` threads decode ahead of the consumer (Pillow and NumPy release
-    the GIL), a few batches' worth at most. Unreadable files come back as failures with
-    the batch that would have held them."""
+def batches(
+    entries: Iterable[Path | Failure], size: int, batch_size: int, workers: int = 1
+) -> Iterator[Batch]:
+    """The examples of ``entries`` (files, and failures to report: ``expand``) in batches of
+    ``batch_size`` (the last may be smaller), in order. ``workers`` daemon threads decode
+    ahead of the consumer (Pillow and NumPy release the GIL), a few batches' worth at most
+    however large a file is. Unreadable files come back as failures with the batch that
+    would have held them."""
     if batch_size < 1:
         raise DynrouteError(f"`batch_size` must be at least 1, got {batch_size}")
     names: list[str] = []
     chunks: deque[np.ndarray] = deque()
     failures: list[Failure] = []
-
     done = 0
 
     def take() -> Batch:
@@ -260,15 +268,50 @@ def batches(files: Sequence[Path], size: int, batch_size: int, workers: int = 1)
         failures, done = [], 0
         return batch
 
-    window = max(2 * batch_size, 4 * workers)
-    for result in _read_ahead(files, size, workers, window):
-        done += 1
-        if isinstance(result, Failure):
-            failures.append(result)
-            continue
-        names.extend(result[0])
-        chunks.append(result[1])
-        while len(names) >= batch_size:
+    # An image file holds one example, any other file up to a piece per queue slot and one
+    # being decoded: what may be in flight is bounded in examples, not files.
+    window = max(4 * batch_size, 4 * workers)
+    array_cost = (_FileJob.AHEAD + 1) * batch_size
+    source = iter(entries)
+    pending: deque[_FileJob | Failure] = deque()
+    in_flight = 0
+    readers = _Readers(workers, size, batch_size)
+    try:
+        while True:
+            while not pending or in_flight < window:
+                entry = next(source, None)
+                if entry is None:
+                    break
+                if isinstance(entry, Failure):
+                    pending.append(entry)
+                    in_flight += 1
+                    continue
+                job = _FileJob(entry, 1 if holds_one_example(entry) else array_cost)
+                readers.submit(job)
+                pending.append(job)
+                in_flight += job.cost
+            if not pending:
+                break
+            head = pending[0]
+            if isinstance(head, Failure):
+                failures.append(head)
+                item: Piece | _End = _End()
+                cost = 1
+            else:
+                item = head.pieces.get()  # a signal interrupts this wait
+                cost = head.cost
+            if isinstance(item, _End):
+                pending.popleft()
+                in_flight -= cost
+                done += 1
+                if item.failure is not None:
+                    failures.append(item.failure)
+                continue
+            names.extend(item[0])
+            chunks.append(item[1])
+            while len(names) >= batch_size:
+                yield take()
+        while names or failures or done:
             yield take()
-    while names or failures or done:
-        yield take()
+    finally:
+        readers.close()

@@ -41,10 +41,17 @@ from dynroute.data.datasets import (
     cache_key,
     new_image_array,
     stratified_positions,
-    to_linear,
     validation_positions,
 )
-from dynroute.data.readers.common import SPLITS, Provenance, RawData, Source, cannot_read
+from dynroute.data.formats.pixels import to_linear
+from dynroute.data.readers.common import (
+    SPLITS,
+    Provenance,
+    RawData,
+    Source,
+    cannot_read,
+    expand_user,
+)
 from dynroute.data.readers.image_tree import ImageFolderReader, ImageZipReader
 from dynroute.data.readers.npz_arrays import NpzReader
 from dynroute.data.registry import register_source_kind
@@ -206,7 +213,7 @@ def load_user_dataset(
     test_fraction: float,
 ) -> DatasetSplits:
     """Load ``folder:PATH`` or ``npz:PATH`` (see ``load_dataset``), building it on first use."""
-    path = Path(path_text).expanduser().absolute()
+    path = expand_user(path_text, f"dataset {kind}:")
     found = _find(name, kind, path, image_size)
     if found.own_test_split and test_fraction != DEFAULT_TEST_FRACTION:
         raise DynrouteError(

@@ -33,13 +33,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dynroute import __version__, selection
 from dynroute.atomic import (
+    cannot_write,
     current_umask,
     fsync_folder,
+    make_folder,
+    os_reason,
+    read_json_object,
     write_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -266,8 +271,9 @@ def export_tree(
         raise DynrouteError(
             f"{len(labels)} class names for a network of {tree.num_classes} classes"
         )
-    out = Path(out)
-    _check_target(out, force)
+    out = Path(os.path.abspath(out))  # `.` and `..` resolved: `--out .` has a name to check
+    run = (source or {}).get("run")
+    _check_target(out, force, run)
     costs = tree_costs(tree)
     folded = copy.deepcopy(tree).float().cpu().eval()
     folded.to(memory_format=torch.contiguous_format)
@@ -430,49 +436,114 @@ def export_tree(
             "path_macs": {model: list(costs.base_path_macs()[model]) for model in fmt.COST_MODELS},
         },
     }
+    fmt.bind_models(manifest, files)  # each model's SHA-256 in its entry
     fmt.validate(manifest)
-    _write(out, files, manifest, force)
+    _write(out, files, manifest, force, run)
     return manifest
 
 
-def _check_target(out: Path, force: bool) -> None:
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _export_files(out: Path) -> set[str] | None:
+    """The names of the files an export folder is made of, from its manifest (read through
+    the gate: a FIFO or a huge file in its place is refused, not read); None if ``out``
+    holds no dynroute export."""
+    try:
+        manifest = read_json_object(out / fmt.MANIFEST_FILE, "export manifest")
+        if manifest.get("format") != fmt.FORMAT:
+            return None
+        models = fmt.model_files(manifest)
+    except (DynrouteError, KeyError, TypeError, AttributeError):
+        return None
+    return {*map(str, models), fmt.MANIFEST_FILE, fmt.CHECKSUM_FILE}
+
+
+def _check_target(out: Path, force: bool, run: str | None = None) -> None:
     """Write only into a new or empty folder, or, with ``force``, over a dynroute export
-    (its manifest says so): never over anything else."""
-    if not out.exists():
+    (its manifest says so) that holds nothing but its own files: never over anything else
+    (a user's files beside an export included), nor over a link, the folder the command
+    runs in (or one holding it), or one holding the run exported (``run``)."""
+    if not out.name:
+        raise DynrouteError(f"`out` {out} cannot be an export folder; name a folder inside it")
+    if os.path.islink(out):
+        raise DynrouteError(
+            f"`out` {out} is a link (to {os.readlink(out)}); give the folder itself"
+        )
+    if not os.path.lexists(out):
+        above = out.parent
+        while not os.path.lexists(above) and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise DynrouteError(f"`out` {out} cannot be made: {above} is a file, not a folder")
         return
     if not out.is_dir():
         raise DynrouteError(f"`out` {out} exists and is not a folder")
-    if any(out.iterdir()):
-        if not fmt.is_export_folder(out):
-            raise DynrouteError(
-                f"`out` {out} is a folder with other files (not a dynroute export); choose an "
-                "empty one"
-            )
-        if not force:
-            raise DynrouteError(f"`out` {out} already holds an export; pass `force` to replace it")
-
-
-def _write(out: Path, files: dict[str, bytes], manifest: dict[str, Any], force: bool) -> None:
-    """Write the export into a hidden sibling folder, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is not the user's choice
+    real = os.path.realpath(out)
+    if _within(os.path.realpath(os.getcwd()), real):
+        raise DynrouteError(
+            f"`out` {out} is the current folder or holds it; run export from another folder "
+            "(replacing it would pull the folder from under you)"
+        )
+    if run is not None and _within(os.path.realpath(run), real):
+        raise DynrouteError(f"`out` {out} holds the run {run} being exported; choose another")
     try:
+        present = sorted(os.listdir(out))
+    except OSError as exc:
+        raise DynrouteError(f"cannot read `out` {out}: {os_reason(exc)}") from None
+    if not present:
+        return
+    own = _export_files(out)
+    if own is None:
+        raise DynrouteError(
+            f"`out` {out} is a folder with other files (not a dynroute export); choose an empty one"
+        )
+    if not force:
+        raise DynrouteError(f"`out` {out} already holds an export; pass `force` to replace it")
+    others = [name for name in present if name not in own]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise DynrouteError(
+            f"`out` {out} holds an export and files that are not the export's ({shown}); "
+            "`force` replaces only an export: move them, or choose another folder"
+        )
+
+
+def _write(
+    out: Path, files: dict[str, bytes], manifest: dict[str, Any], force: bool, run: str | None
+) -> None:
+    """Write the export into a hidden sibling folder, then rename it into place (the old
+    export, checked again, is first renamed to a fresh hidden name of its own, and put back
+    if the new one cannot take its place)."""
+    make_folder(out.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise cannot_write(out, exc, os.path.lexists(out)) from None
+    try:
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 is not the user's choice
         for name, data in files.items():
             write_atomic(staging / name, lambda f, data=data: f.write(data))
         write_json_atomic(staging / fmt.MANIFEST_FILE, manifest)
         listed = [*files, fmt.MANIFEST_FILE]
         write_text_atomic(staging / fmt.CHECKSUM_FILE, fmt.checksum_lines(staging, listed))
-        if out.exists():
-            _check_target(out, force)
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            staging.rename(out)
+        if os.path.lexists(out):
+            _check_target(out, force, run)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rename(out, old)  # onto the empty folder just made: no one else's name
+            try:
+                os.rename(staging, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            staging.rename(out)
+            os.rename(staging, out)
         fsync_folder(out.parent)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise cannot_write(out, exc, os.path.lexists(out)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -518,6 +589,7 @@ def export_run(
     allow_checksum_mismatch: bool = False,
     check: int = 64,
     operating_points: bool = True,
+    int8: bool = False,
 ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
     """Export a run directory at its operating point (its calibration, or the one
     ``policy``/``threshold``/``target_macs`` give: ``dynroute.policies.resolve``), then, if
@@ -525,8 +597,11 @@ def export_run(
     reference on ``check`` random inputs. With ``operating_points``, the export also carries
     its policy's operating points measured on the run's validation split (when that split can
     be read; those the resolver measured for a budget are reused), so that ``dynroute predict
-    EXPORT --target-macs`` chooses a budget without data, exactly as the run would. Returns
-    the manifest, how the operating point was chosen, and the check (None if skipped)."""
+    EXPORT --target-macs`` chooses a budget without data, exactly as the run would. With
+    ``int8``, every model is quantized and the operating point re-fitted on the int8 answers
+    (``dynroute.delivery.quantize``); the check is then the int8 export against the float32
+    one on the test split. Returns the manifest, how the operating point was chosen, and the
+    check (None if skipped)."""
     from dynroute.data.files import preprocessing
     from dynroute.policies.resolve import resolve_operating_point
     from dynroute.runs import open_run
@@ -534,6 +609,7 @@ def export_run(
     run = open_run(path)
     if run.directory is None:
         raise DynrouteError("export takes a run directory (its config says how to read images)")
+    _check_target(Path(os.path.abspath(out)), force, str(run.path.resolve()))  # before the work
     point = resolve_operating_point(
         run,
         policy,
@@ -555,12 +631,10 @@ def export_run(
     images = len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]
     points = (
         _held_out_points(run, point, data_dir, allow_checksum_mismatch, policy, answers)
-        if operating_points
+        if operating_points and not int8  # an int8 export measures its own
         else None
     )
-    manifest = export_tree(
-        tree,
-        out,
+    arguments = dict(
         policy=point.policy,
         k_cpt=point.k_cpt,
         class_names=run.class_names(tree.num_classes),
@@ -577,6 +651,12 @@ def export_run(
         operating_points=points,
         guarantee=point.guarantee,
     )
+    if int8:
+        manifest, how, result = int8_export(
+            run, tree, point, out, arguments, target_macs, data_dir, allow_checksum_mismatch
+        )
+        return manifest, how, result
+    manifest = export_tree(tree, out, **arguments)
     result = None
     if check > 0 and tree.dynamic_k_cpt and point.k_cpt is None:
         print("dynroute: note: no k_cpt input given: the export was not run to check it")
@@ -614,6 +694,12 @@ def _held_out_points(
     except DynrouteError as exc:
         print(f"dynroute: note: no operating points stored ({exc})")
         return None
+    return points_record(measured)
+
+
+def points_record(measured: list[Any]) -> dict[str, Any]:
+    """Measured operating points (``Candidate``s) as manifest data: the frontier the
+    selection rule can choose from, each family's fitted answers and models stored once."""
     shared: dict[str, dict[str, Any]] = {}
     rows = []
     for candidate in selection.frontier(measured):
@@ -634,3 +720,114 @@ def _held_out_points(
         )
     examples = len(measured[0].positions) if measured and measured[0].positions is not None else 0
     return {"split": "validation", "examples": examples, "shared": shared, "points": rows}
+
+
+def _split(run: Any, name: str, data_dir: Any, allow_checksum_mismatch: bool):
+    """A split of the run's data as float32 (N, C, H, W) images and int64 labels."""
+    images, labels, _ = run.split(name, data_dir, None, allow_checksum_mismatch)
+    images = np.asarray(images)
+    if images.dtype != np.float32:
+        images = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def write_quantized(
+    folder: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    images: np.ndarray,
+    k_cpt: float | None = None,
+    force: bool = False,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The float32 export in ``folder`` with every model quantized on ``images``
+    (``dynroute.delivery.quantize.quantize_models``), written to ``out`` at the same
+    operating point: its manifest (``precision`` int8, no guarantee: it was certified on
+    float32 answers) and its files. ``int8_export`` then re-fits the operating point."""
+    import json
+
+    from dynroute.delivery.quantize import quantize_models
+
+    manifest = json.loads((Path(folder) / fmt.MANIFEST_FILE).read_text(encoding="utf-8"))
+    files = {name: (Path(folder) / name).read_bytes() for name in fmt.model_files(manifest)}
+    files.update(quantize_models(folder, images, k_cpt))
+    manifest["model"]["precision"] = "int8"
+    manifest["guarantee"] = None
+    fmt.bind_models(manifest, files)
+    fmt.validate(manifest)
+    _write(Path(out), files, manifest, force, None)
+    return manifest, files
+
+
+def int8_export(
+    run: Any,
+    tree: Any,
+    point: Any,
+    out: str | os.PathLike[str],
+    arguments: dict[str, Any],
+    target_macs: float | None,
+    data_dir: Any,
+    allow_checksum_mismatch: bool,
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Write ``out`` as the int8 export of ``run`` at ``point``
+    (``dynroute.delivery.quantize``): the manifest, how its operating point was chosen,
+    and its check against float32."""
+
+    from dynroute.delivery.quantize import CALIBRATION_IMAGES, compare, exit_outputs
+    from dynroute.policies.calibration import candidates, choose, families
+    from dynroute.policies.resolve import family_name
+
+    if tree.dynamic_k_cpt:
+        raise DynrouteError("int8 exports take fixed-k_cpt networks (their routers' k_cpt input)")
+    validation, validation_labels = _split(run, "validation", data_dir, allow_checksum_mismatch)
+    test, test_labels = _split(run, "test", data_dir, allow_checksum_mismatch)
+    k = point.k_cpt
+    with tempfile.TemporaryDirectory(prefix="dynroute-int8-") as scratch:
+        fp32 = Path(scratch) / "float32"
+        export_tree(tree, fp32, **{**arguments, "force": False, "operating_points": None})
+        staged = Path(scratch) / "int8"
+        manifest, files = write_quantized(fp32, staged, validation[:CALIBRATION_IMAGES], k)
+        outputs = exit_outputs(staged, validation, validation_labels, k)
+        name, kind = family_name(point.policy)
+        measured = candidates(
+            0, tree, outputs, families(name, kind), k, torch.from_numpy(validation.copy())
+        )
+        target = _target(run, target_macs)
+        if target is None:  # a policy given as it is: its parameters are kept
+            chosen_policy = point.policy
+            how = f"{point.how}; kept as given on int8 answers (no target to re-fit for)"
+        else:
+            chosen = choose(measured, *target)
+            chosen_policy = chosen.policy
+            what = (
+                f"{target[0] / 1e6:g} M MACs" if target[0] is not None else f"accuracy {target[1]}"
+            )
+            how = (
+                f"{chosen.policy.label()} re-fitted for {what} on the int8 answers of the "
+                f"validation split (accuracy {chosen.accuracy:.4f} at "
+                f"{chosen.mean_macs / 1e6:.3f} M there)"
+            )
+        manifest["policy"] = chosen_policy.to_dict()
+        manifest["operating_points"] = points_record(measured)
+        manifest["source"]["operating_point"] = how
+        fmt.validate(manifest)
+        _write(staged, files, manifest, True, None)
+        check = compare(fp32, staged, test, test_labels, k)
+        manifest["source"]["int8_check"] = check
+        fmt.validate(manifest)
+        _write(Path(out), files, manifest, arguments["force"], str(run.path.resolve()))
+    return manifest, how, check
+
+
+def _target(run: Any, target_macs: float | None) -> tuple[float | None, float | None] | None:
+    """What the operating point was chosen for: a budget given now, else the run's
+    calibrated budget or accuracy target (None: a policy given as it is)."""
+    if target_macs is not None:
+        return target_macs, None
+    calibration = run.calibration()
+    if calibration is None:
+        return None
+    target = calibration.target
+    if target.get("mean_macs") is not None:
+        return float(target["mean_macs"]), None
+    if target.get("accuracy") is not None:
+        return None, float(target["accuracy"])
+    return None

@@ -34,6 +34,65 @@ def is_export(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
+def _entry(path: str | os.PathLike[str]) -> str:
+    """The real path of the directory entry ``path`` names (its folder resolved, its own
+    name kept): what a rename onto ``path`` replaces."""
+    path = Path(path)
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _within(real: str, folder: str) -> bool:
+    return real == folder or real.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_outputs(
+    model: str | os.PathLike[str],
+    inputs: list[str],
+    outputs: dict[str, str | os.PathLike[str] | None],
+) -> None:
+    """Refuse, before any work, an output (option -> path: ``--out``, ``--totals``) that
+    would replace what it must not: anything but a regular file (a device such as
+    ``/dev/null``, a FIFO, a link, a folder: ``dynroute.atomic.check_target``), a file of
+    the run or export being run, an input (a file named, or one a folder named would
+    read), or another output."""
+    from dynroute.atomic import check_target
+
+    model = Path(model)
+    real_model = os.path.realpath(model)
+    kind = "export folder" if is_export(model) else "run directory"
+    claimed: dict[str, str] = {}
+    for option, name in outputs.items():
+        if name is None:
+            continue
+        if not str(name):
+            raise DynrouteError(f"{option} is empty: name a file")
+        try:
+            exists = check_target(name)
+        except DynrouteError as exc:
+            raise DynrouteError(f"{option}: {exc}") from None
+        real = _entry(name)
+        if model.is_dir() and _within(real, real_model):
+            raise DynrouteError(
+                f"{option} {name} is inside the {kind} {model}, which is being run; write elsewhere"
+            )
+        if real == real_model:
+            raise DynrouteError(f"{option} {name} is the checkpoint being run; write elsewhere")
+        for other, taken in claimed.items():
+            if taken == real:
+                raise DynrouteError(f"{other} and {option} name the same file {name}")
+        claimed[option] = real
+        if not exists:
+            continue  # a new file is no input: the folders are walked before it is created
+        for given in inputs:
+            folder = os.path.realpath(given)
+            if real == folder or (
+                os.path.isdir(folder)
+                and _within(real, folder)
+                and not any(part.startswith(".") for part in Path(real[len(folder) :]).parts)
+            ):
+                raise DynrouteError(f"{option} {name} is one of the inputs; write elsewhere")
+
+
 @dataclass
 class Predictor:
     """A network ready to classify: ``predict(x)`` on float32 (N, *input_shape) batches."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from dynroute import checks
 from dynroute.errors import DynrouteError
 from dynroute.selection import frontier, within_budget
 
@@ -27,6 +28,12 @@ from dynroute.selection import frontier, within_budget
 DEFAULT_WINDOW = 1024
 #: How far (a share of the budget) the window mean may stray before the point moves.
 DEFAULT_TOLERANCE = 0.03
+WINDOW = checks.Range(
+    checks.Bounds(1, 10**7), True, "examples whose MACs are remembered to estimate the drift"
+)
+TOLERANCE = checks.Range(
+    checks.Bounds(0, 1, high_open=True), False, "a share of the budget the mean may stray by"
+)
 
 
 @dataclass
@@ -49,8 +56,9 @@ class BudgetHold:
     ) -> None:
         from dynroute.deploy.manifest import operating_points
 
-        if not 0 < target_macs < float("inf"):
-            raise DynrouteError("`target_macs` must be a positive, finite number")
+        checks.target_macs(target_macs, required=True)
+        checks.in_range(window, "window", WINDOW)
+        checks.in_range(tolerance, "tolerance", TOLERANCE)
         points = [
             _Point(p["mean_macs"], p["accuracy"], p) for p in operating_points(model.manifest)
         ]

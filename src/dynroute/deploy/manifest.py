@@ -14,7 +14,8 @@ An export folder holds:
 - ``manifest.json``: the tree (nodes, parents, sinks), what every model reads and how many
   multiply-accumulates (MACs) it costs, the MACs of every root-to-exit path under each
   cost model, the routing policy with its calibrated parameters, the k_cpt input, class
-  names, the preprocessing of the training images, and the SHA-256 of every model file;
+  names, the preprocessing of the training images, and in each model's entry the SHA-256
+  of its file (``bind_models``), which binds the file to its place in the tree;
 - ``SHA256SUMS``: the SHA-256 of every file, the manifest included, in the format of
   ``sha256sum -c``.
 
@@ -32,20 +33,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-from dynroute import gate
+from dynroute import checks, decisions, gate
 from dynroute.decisions import Decider, Shape
 from dynroute.errors import DynrouteError
-from dynroute.guarantee import Guarantee
+from dynroute.guarantee import MALFORMED, certified, read_policy
 from dynroute.policy import Policy
 
 FORMAT = "dynroute-export"
-#: 2: policies as a rule on raw, calibrated or combined answers (``dynroute.policy``).
-FORMAT_VERSION = 2
+#: 2: policies as a rule on raw, calibrated or combined answers (``dynroute.policy``);
+#: 3: every model entry binds its file's SHA-256, every node its MACs.
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 CHECKSUM_FILE = "SHA256SUMS"
 DENSE_FILE = "dense.onnx"
@@ -147,8 +148,10 @@ def is_export_folder(folder: Path) -> bool:
 
 
 def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
-    """The manifest of an export folder, its files checked first (``verify``) and its
-    structure validated."""
+    """The manifest of an export folder, its files checked first (``verify``: each against
+    ``SHA256SUMS`` and against the digest its manifest entry binds it to) and its structure,
+    costs, operating points and guarantee validated. The guarantee comes back rewritten from
+    its checked numbers (``dynroute.guarantee.certified``), never as the file has it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DynrouteError(f"no such export folder: {folder}")
@@ -159,20 +162,47 @@ def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict[s
         manifest = json.loads(gate.read_json_bytes(folder / MANIFEST_FILE))
     except ValueError as exc:
         raise DynrouteError(f"{folder / MANIFEST_FILE} is unreadable ({exc})") from None
-    validate(manifest, folder)
+    except RecursionError:
+        raise DynrouteError(f"{folder / MANIFEST_FILE} is nested too deeply to read") from None
+    guarantee = validate(manifest, folder)
     if sums is not None:
-        missing = sorted(set(model_files(manifest)) - set(sums))
-        if missing:
-            raise DynrouteError(f"export {folder}: {CHECKSUM_FILE} does not list {missing[0]}")
+        for entry in model_entries(manifest):
+            name = entry["file"]
+            if name not in sums:
+                raise DynrouteError(f"export {folder}: {CHECKSUM_FILE} does not list {name}")
+            if sums[name] != entry["sha256"]:
+                raise DynrouteError(
+                    f"export {folder}: {name} is not the model its manifest entry was exported "
+                    "with (another SHA-256): export the run again"
+                )
+    if guarantee is not None:
+        manifest["guarantee"] = guarantee
     return manifest
+
+
+#: What the models of an export compute in (``dynroute export --int8``: quantized models).
+PRECISIONS = ("float32", "int8")
+
+
+def bind_models(manifest: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Record in each model entry of ``manifest`` the SHA-256 of its file's bytes
+    (``files``): the manifest, itself listed in ``SHA256SUMS``, then binds every model to
+    its place in the tree, so two files swapped (and ``SHA256SUMS`` rewritten) are refused."""
+    for entry in model_entries(manifest):
+        entry["sha256"] = hashlib.sha256(files[entry["file"]]).hexdigest()
+
+
+def model_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every model entry of the manifest (segments, heads, routers, the dense graph)."""
+    entries = [entry for key in ("segments", "heads", "routers") for entry in manifest[key]]
+    if manifest.get("dense"):
+        entries.append(manifest["dense"])
+    return entries
 
 
 def model_files(manifest: dict[str, Any]) -> list[str]:
     """Every ONNX file the manifest refers to."""
-    files = [entry["file"] for key in ("segments", "heads", "routers") for entry in manifest[key]]
-    if manifest.get("dense"):
-        files.append(manifest["dense"]["file"])
-    return files
+    return [entry["file"] for entry in model_entries(manifest)]
 
 
 def _fail(folder: Path | None, what: str) -> DynrouteError:
@@ -183,8 +213,10 @@ def _fail(folder: Path | None, what: str) -> DynrouteError:
 #: Bounds of a manifest's numbers: a tree's nodes, an image's side, a path's MACs.
 MAX_NODES = 100_000
 MAX_IMAGE_SIDE = 1024
-MAX_MACS = 10**15
+MAX_MACS = checks.MAX_MACS
 MAX_CLASSES = 100_000
+#: How far a mean of per-example MACs may stray outside its exits' costs (float rounding).
+MACS_TOLERANCE = 1e-9
 
 
 class _Schema:
@@ -207,8 +239,13 @@ class _Schema:
         return value
 
     def integer(self, value: Any, where: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if not checks.is_integer(value) or not low <= value <= high:
             raise self.fail(f"{where} must be an integer in {low}..{high}, got {value!r}")
+        return value
+
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(f"{where} must be true or false, got {value!r}")
         return value
 
     def text(self, value: Any, where: str) -> str:
@@ -226,12 +263,27 @@ class _Schema:
         parts = self.array(value, where, 64)
         return [self.integer(part, f"{where}[{k}]", 0, 63) for k, part in enumerate(parts)]
 
+    def model(self, entry: Any, where: str) -> dict[str, Any]:
+        """A model entry: its file, the SHA-256 that binds it, what it reads and costs."""
+        entry = self.object(entry, where)
+        self.file(entry.get("file"), f"{where}.file")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
+            raise self.fail(f"{where}.sha256 must be the SHA-256 of its file (64 hex digits)")
+        self.reads(entry.get("reads"), f"{where}.reads")
+        self.integer(entry.get("macs"), f"{where}.macs", 0, MAX_MACS)
+        self.flag(entry.get("k_cpt_input", False), f"{where}.k_cpt_input")
+        return entry
 
-def validate(manifest: Any, folder: Path | None = None) -> None:
+
+def validate(manifest: Any, folder: Path | None = None) -> dict[str, Any] | None:
     """Refuse a manifest of another format or version, or one whose fields are missing, of
-    the wrong type or out of bounds, or whose tree does not hold together: a damaged or
-    hand-edited file is one line naming what is wrong, never a traceback or a run that
-    routes examples nowhere (or resizes them to 20000 x 20000)."""
+    the wrong type or out of bounds, whose tree does not hold together, whose costs disagree
+    with one another (a path's MACs are recomputed from its nodes', a node's from its
+    models'), or whose operating points or guarantee claim what its exits cannot cost: a
+    damaged or hand-edited file is one line naming what is wrong, never a traceback, a run
+    that routes examples nowhere (or resizes them to 20000 x 20000) or a cost it does not
+    have. Returns the guarantee as checked (``_checked_guarantee``), None without one."""
     check = _Schema(folder)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _fail(folder, f"not a {FORMAT} manifest")
@@ -245,80 +297,113 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
     for key in required:
         if key not in manifest:
             raise _fail(folder, f"no {key!r} entry")
+    classes = _check_model(check, manifest)
+    nodes = _check_nodes(check, manifest["nodes"])
+    _check_models(check, manifest, nodes)
+    base = _check_costs(check, manifest, nodes)
+    if manifest.get("k_cpt") is not None and not (
+        checks.is_number(manifest["k_cpt"]) and 0 <= manifest["k_cpt"] <= 1
+    ):
+        raise check.fail("k_cpt must be a number in [0, 1]")
+    tree = shape(manifest)
+    try:
+        check_policy(manifest["policy"], tree, classes)
+    except DynrouteError as exc:
+        raise _fail(folder, f"its policy: {exc}") from None
+    guarantee = None
+    if manifest.get("guarantee") is not None:
+        guarantee = _checked_guarantee(manifest, folder)
+    if manifest.get("operating_points") is not None:
+        try:
+            for point in operating_points(manifest):
+                chosen = check_policy(point["policy"], tree, classes)
+                cheapest, dearest = exit_costs(chosen, tree, classes, base)
+                _within_costs(point["mean_macs"], cheapest, dearest, "an operating point")
+                checks.k_cpt(point.get("k_cpt"))
+        except DynrouteError as exc:
+            raise _fail(folder, f"its operating points: {exc}") from None
+    return guarantee
+
+
+def _check_model(check: _Schema, manifest: dict[str, Any]) -> int:
+    """The network's description and class names; returns the number of classes."""
     model = check.object(manifest["model"], "model")
     classes = check.integer(model.get("num_classes"), "model.num_classes", 2, MAX_CLASSES)
     shape_ = check.array(model.get("input_shape"), "model.input_shape", 4)
-    if not shape_ or any(
-        isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE
-        for v in shape_
-    ):
+    if not shape_ or any(not checks.is_integer(v) or not 1 <= v <= MAX_IMAGE_SIDE for v in shape_):
         raise check.fail(
             f"model.input_shape must hold sizes in 1..{MAX_IMAGE_SIDE}, got {shape_!r}"
         )
     if len(shape_) == 3 and shape_[0] == 3 and shape_[1] != shape_[2]:
         raise check.fail(f"model.input_shape {shape_!r} is not a square image")
-    if not isinstance(model.get("dynamic_k_cpt"), bool):
-        raise check.fail("model.dynamic_k_cpt must be true or false")
+    check.flag(model.get("dynamic_k_cpt"), "model.dynamic_k_cpt")
     boost = model.get("boost", 0.0)
-    if not _number(boost) or not 0 <= boost <= 1:
+    if not checks.is_finite_number(boost) or not 0 <= boost <= 1:
         raise check.fail("model.boost must be a number in [0, 1]")
+    if model.get("precision", "float32") not in PRECISIONS:
+        raise check.fail(f"model.precision must be one of {', '.join(PRECISIONS)}")
     scale = model.get("k_cpt_input_scale", 1e7)
-    if not _number(scale) or not 0 < scale < 1e15:
+    if not checks.is_finite_number(scale) or not 0 < scale < 1e15:
         raise check.fail("model.k_cpt_input_scale must be a positive number")
     names = check.array(manifest["class_names"], "class_names", MAX_CLASSES)
     if len(names) != classes or not all(isinstance(n, str) for n in names):
         raise check.fail("class names do not match the number of classes")
-    nodes = check.array(manifest["nodes"], "nodes")
+    return classes
+
+
+def _check_nodes(check: _Schema, value: Any) -> list[dict[str, Any]]:
+    """The tree: pre-order nodes whose parents and sinks agree, each with its MACs."""
+    nodes = check.array(value, "nodes")
     count = len(nodes)
     if not count:
-        raise _fail(folder, "the tree has no nodes")
+        raise check.fail("the tree has no nodes")
     for index, node in enumerate(nodes):
         node = check.object(node, f"node {index}")
         check.text(node.get("name"), f"node {index}'s name")
         parent = node.get("parent")
         children = node.get("children")
         if node.get("kind") not in NODE_KINDS or not isinstance(children, list):
-            raise _fail(folder, f"node {index} is malformed")
-        if isinstance(parent, bool) or not isinstance(parent, int):
-            raise _fail(folder, f"node {index} has parent {parent!r}: nodes must be in pre-order")
+            raise check.fail(f"node {index} is malformed")
+        if not checks.is_integer(parent):
+            raise check.fail(f"node {index} has parent {parent!r}: nodes must be in pre-order")
         if (index == 0) != (parent == -1) or not -1 <= parent < index:
-            raise _fail(folder, f"node {index} has parent {parent!r}: nodes must be in pre-order")
-        if any(
-            isinstance(c, bool) or not isinstance(c, int) or not index < c < count for c in children
-        ):
-            raise _fail(folder, f"node {index} has sinks outside the tree")
+            raise check.fail(f"node {index} has parent {parent!r}: nodes must be in pre-order")
+        if any(not checks.is_integer(c) or not index < c < count for c in children):
+            raise check.fail(f"node {index} has sinks outside the tree")
         if any(nodes[c].get("parent") != index for c in children if isinstance(nodes[c], dict)):
-            raise _fail(folder, f"node {index}'s sinks do not name it as their parent")
+            raise check.fail(f"node {index}'s sinks do not name it as their parent")
         expected = "leaf" if not children else "junction" if len(children) >= 2 else "node"
         if node["kind"] != expected:
-            raise _fail(folder, f"node {index} is a {node['kind']} with {len(children)} sinks")
+            raise check.fail(f"node {index} is a {node['kind']} with {len(children)} sinks")
         for key in ("macs", "router_macs"):
-            if key in node:
-                check.integer(node[key], f"node {index}'s {key}", 0, MAX_MACS)
+            check.integer(node.get(key), f"node {index}'s {key}", 0, MAX_MACS)
+    return nodes
+
+
+def _check_models(check: _Schema, manifest: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    """The model entries: one segment chain from the root and every inner sink, a head per
+    exit, a router per junction, each file once, each entry's MACs its nodes'."""
+    count = len(nodes)
     leaves = [i for i, node in enumerate(nodes) if node["kind"] == "leaf"]
     junctions = [i for i, node in enumerate(nodes) if node["kind"] == "junction"]
     for key in ("segments", "heads", "routers"):
         for k, entry in enumerate(check.array(manifest[key], key)):
-            entry = check.object(entry, f"{key}[{k}]")
-            check.file(entry.get("file"), f"{key}[{k}].file")
-            check.reads(entry.get("reads"), f"{key}[{k}].reads")
-            check.integer(entry.get("macs", 0), f"{key}[{k}].macs", 0, MAX_MACS)
+            check.model(entry, f"{key}[{k}]")
     if [h.get("leaf") for h in manifest["heads"]] != leaves:
-        raise _fail(folder, "needs one exit head per leaf, in pre-order")
+        raise check.fail("needs one exit head per leaf, in pre-order")
     if [r.get("junction") for r in manifest["routers"]] != junctions:
-        raise _fail(folder, "needs one router per junction, in pre-order")
+        raise check.fail("needs one router per junction, in pre-order")
     starts: set[int] = set()
     for k, segment in enumerate(manifest["segments"]):
         chain = check.array(segment.get("nodes"), f"segments[{k}].nodes")
         if not chain or any(
-            isinstance(i, bool)
-            or not isinstance(i, int)
-            or not 0 <= i < count
-            or nodes[i]["kind"] == "leaf"
+            not checks.is_integer(i) or not 0 <= i < count or nodes[i]["kind"] == "leaf"
             for i in chain
         ):
             raise check.fail(f"segments[{k}].nodes must name inner nodes of the tree")
         check.integer(segment.get("outputs"), f"segments[{k}].outputs", 1, 64)
+        if segment["macs"] != sum(nodes[i]["macs"] for i in chain):
+            raise check.fail(f"segments[{k}].macs is not the MACs of its nodes")
         starts.add(chain[0])
     needed = {
         0,
@@ -326,33 +411,87 @@ def validate(manifest: Any, folder: Path | None = None) -> None:
     }
     if not needed <= starts:
         raise check.fail("needs a segment starting at the root and at every inner sink")
+    for k, head in enumerate(manifest["heads"]):
+        if head["macs"] != nodes[head["leaf"]]["macs"]:
+            raise check.fail(f"heads[{k}].macs is not the MACs of its exit")
+    for k, router in enumerate(manifest["routers"]):
+        if router["macs"] != nodes[router["junction"]]["router_macs"]:
+            raise check.fail(f"routers[{k}].macs is not the MACs of its junction's router")
+    dense = manifest.get("dense")
+    if dense is not None:
+        check.model(dense, "dense")
+        outputs = check.array(dense.get("outputs"), "dense.outputs")
+        if len(outputs) != len(leaves) + len(junctions):
+            raise check.fail("dense.outputs must name every exit's and router's output")
+        if dense["macs"] != sum(node["macs"] + node["router_macs"] for node in nodes):
+            raise check.fail("dense.macs is not the MACs of the whole tree")
+    files = [entry["file"] for entry in model_entries(manifest)]
+    if len(set(files)) != len(files):
+        raise check.fail("names one model file for two models")
+
+
+def _check_costs(
+    check: _Schema, manifest: dict[str, Any], nodes: list[dict[str, Any]]
+) -> dict[str, list[int]]:
+    """``costs`` as the nodes' MACs say they are: each node's total, and each path's under
+    every cost model, recomputed (``dynroute.decisions.base_path_macs``). Returns the path
+    MACs."""
     costs = check.object(manifest["costs"], "costs")
-    path_macs = check.object(costs.get("path_macs", {}), "costs.path_macs")
+    count = len(nodes)
+    node_macs = costs.get("node_macs")
+    if not isinstance(node_macs, list) or node_macs != [
+        node["macs"] + node["router_macs"] for node in nodes
+    ]:
+        raise check.fail("costs.node_macs must be each node's MACs and its router's")
+    path_macs = check.object(costs.get("path_macs"), "costs.path_macs")
+    transform = [node["macs"] for node in nodes]
+    router = [node["router_macs"] for node in nodes]
+    recomputed = decisions.base_path_macs(shape(manifest), transform, router)
     for name in COST_MODELS:
         values = path_macs.get(name)
         if not isinstance(values, list) or len(values) != count:
-            raise _fail(folder, "needs the path MACs of every node under every cost model")
+            raise check.fail("needs the path MACs of every node under every cost model")
         for index, value in enumerate(values):
             check.integer(value, f"costs.path_macs.{name}[{index}]", 0, MAX_MACS)
-    if manifest.get("k_cpt") is not None and not (
-        _number(manifest["k_cpt"]) and 0 <= manifest["k_cpt"] <= 1
-    ):
-        raise check.fail("k_cpt must be a number in [0, 1]")
+        wrong = [i for i, value in enumerate(recomputed[name]) if values[i] != value]
+        if wrong:
+            raise check.fail(
+                f"costs.path_macs.{name}[{wrong[0]}] is {values[wrong[0]]}, but its nodes cost "
+                f"{recomputed[name][wrong[0]]}"
+            )
+    return recomputed
+
+
+def exit_costs(
+    policy: Policy, tree: Shape, classes: int, base: dict[str, list[int]]
+) -> tuple[int, int]:
+    """What the cheapest and the dearest exit cost under ``policy``: every mean MAC count
+    it can spend lies between them."""
+    macs = decisions.path_macs(policy, tree, classes, base)
+    leaf_macs = [macs[leaf] for leaf in tree.leaves]
+    return min(leaf_macs), max(leaf_macs)
+
+
+def _within_costs(mean_macs: float, cheapest: float, dearest: float, what: str) -> None:
+    if not cheapest * (1 - MACS_TOLERANCE) <= mean_macs <= dearest * (1 + MACS_TOLERANCE):
+        raise DynrouteError(
+            f"{what} spends {mean_macs / 1e6:.4g} M mean MACs, outside what its exits cost "
+            f"({cheapest / 1e6:.4g} to {dearest / 1e6:.4g} M)"
+        )
+
+
+def _checked_guarantee(manifest: dict[str, Any], folder: Path | None) -> dict[str, Any]:
+    """The manifest's guarantee, checked against the exported operating point and its
+    exits' costs, as ``dynroute.guarantee.certified`` writes it."""
+    tree = shape(manifest)
+    classes = manifest["model"]["num_classes"]
     try:
-        check_policy(manifest["policy"], shape(manifest), classes)
+        policy = check_policy(manifest["policy"], tree, classes)
+        base = {name: list(v) for name, v in manifest["costs"]["path_macs"].items()}
+        cheapest, _ = exit_costs(policy, tree, classes, base)
+        return certified(manifest["guarantee"], policy, manifest.get("k_cpt"), cheapest)
     except DynrouteError as exc:
-        raise _fail(folder, f"its policy: {exc}") from None
-    if manifest.get("guarantee") is not None:
-        try:
-            check_guarantee(manifest["guarantee"], manifest["policy"], manifest.get("k_cpt"))
-        except DynrouteError as exc:
-            raise _fail(folder, f"its guarantee: {exc}") from None
-    if manifest.get("operating_points") is not None:
-        try:
-            for point in operating_points(manifest):
-                check_policy(point["policy"], shape(manifest), classes)
-        except DynrouteError as exc:
-            raise _fail(folder, f"its operating points: {exc}") from None
+        raise _fail(folder, f"its guarantee: {exc}") from None
 
 
 def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -373,43 +512,31 @@ def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(point, dict) or not isinstance(point.get("policy"), dict):
             raise DynrouteError("an operating point needs a `policy` object")
         macs, accuracy = point.get("mean_macs"), point.get("accuracy")
-        if not (_number(macs) and macs > 0 and _in_unit(accuracy)):
+        if not (
+            checks.is_number(macs)
+            and 0 < macs <= MAX_MACS
+            and checks.is_finite_number(accuracy)
+            and 0 <= accuracy <= 1
+        ):
             raise DynrouteError("an operating point needs `mean_macs` > 0 and `accuracy` in [0, 1]")
         policy = dict(point["policy"])
         refers = policy.pop("shared", None)
         if refers is not None:
-            if refers not in shared or not isinstance(shared[refers], dict):
+            if not isinstance(refers, str) or not isinstance(shared.get(refers), dict):
                 raise DynrouteError(f"an operating point refers to unknown shared data {refers!r}")
             policy.update(shared[refers])
         out.append({**point, "policy": policy})
     return out
 
 
-def check_guarantee(guarantee: Any, policy: Any, k_cpt: Any) -> dict[str, Any]:
-    """A guarantee as plain data (``dynroute.policies.guarantees``), refused unless it is
-    consistent and certifies exactly the exported operating point."""
-    checked = Guarantee.from_dict(guarantee)
-    certified = guarantee.get("policy")
-    if certified is None or Policy.from_dict(certified) != Policy.from_dict(policy):
-        raise DynrouteError("it certifies another policy than the exported one")
-    if certified.get("scheduler") != policy.get("scheduler") or guarantee.get("k_cpt") != k_cpt:
-        raise DynrouteError("it certifies another operating point than the exported one")
-    return {**guarantee, **checked.to_dict()}
-
-
 def check_policy(policy: Any, tree: Shape, classes: int) -> Policy:
     """A deployable policy from plain data (``dynroute.policy.Policy.to_dict``), checked
     against the exported tree's exits and classes; returns it."""
-    chosen = Policy.from_dict(policy)
+    chosen = read_policy(policy)
     if not chosen.deployable:
         raise DynrouteError(f"the {chosen.name} policy is a bound to compare with; it cannot run")
-    Decider(chosen, tree, classes)  # checks every parameter against the tree
+    try:
+        Decider(chosen, tree, classes)  # checks every parameter against the tree
+    except MALFORMED as exc:
+        raise DynrouteError(f"a malformed {chosen.name} policy ({exc})") from None
     return chosen
-
-
-def _in_unit(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

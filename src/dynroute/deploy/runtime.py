@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dynroute import decisions
+from dynroute import checks, decisions
 from dynroute.deploy.manifest import (
     K_FEATURE,
     check_policy,
@@ -238,8 +238,7 @@ class ExportedModel:
         """The same models at the operating point that spends at most ``target_macs`` mean
         MACs per example on the export's held-out points (chosen as ``dynroute calibrate``
         chooses), and that point (its policy, k_cpt input, accuracy and mean MACs there)."""
-        if not 0 < target_macs < float("inf"):
-            raise DynrouteError("`target_macs` must be a positive, finite number")
+        checks.target_macs(target_macs, required=True)
         points = operating_points(self.manifest)
         if not points:
             raise DynrouteError(
@@ -392,6 +391,42 @@ class ExportedModel:
                     )
                 )
         return logits
+
+    def every_exit(
+        self, x: Any, k_cpt: Any = None, feeds: dict[str, list[dict[str, np.ndarray]]] | None = None
+    ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Every exit's answer (N, exits, classes; boosted exits composed) and every
+        router's scores on every example, through the segment models (no dense graph
+        needed): what re-fitting an operating point on this export's own answers reads.
+        ``feeds``: where given, every model's inputs are recorded in it by file (what
+        calibrating a quantized export reads)."""
+        x = self.check_inputs(x)
+        n = x.shape[0]
+        k = self._k_feature(self.k_cpt if k_cpt is None else k_cpt, n)
+        heads: dict[int, np.ndarray] = {}
+        scores: dict[int, np.ndarray] = {}
+
+        def run(model: _Model, parts: list, with_k: bool = False) -> list[np.ndarray]:
+            if feeds is not None:
+                feed = {input_name(i): parts[i] for i in model.reads}
+                if model.k_input:
+                    feed[K_FEATURE] = k
+                feeds.setdefault(model.file, []).append(feed)
+            return model(parts, k)
+
+        stack: list[tuple[int, list]] = [(0, [x])]
+        while stack:
+            index, parts = stack.pop()
+            if self.is_leaf[index]:
+                heads[index] = run(self._heads[index], parts)[0]
+                continue
+            segment, end = self._segments[index]
+            parts = run(segment, parts)
+            if end in self._routers:
+                scores[end] = run(self._routers[end], parts)[0]
+            stack.extend((child, parts) for child in self.children[end])
+        answers = decisions.boosted_exits(self.shape, heads, self.boost)
+        return np.stack([answers[leaf] for leaf in self.leaves], axis=1), scores
 
     def predict_dense(self, x: Any, k_cpt: Any = None) -> ExportPrediction:
         """Every exit on every example (``dense.onnx``), then the same decisions."""

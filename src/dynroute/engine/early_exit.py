@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dynroute.decisions import boosted, log_softmax
+from dynroute.devices import bf16_on, use_channels_last
 from dynroute.engine.fold import fold_batchnorm as fold_batchnorm_into
 from dynroute.errors import DynrouteError
 from dynroute.nn.macs import policy_path_macs
@@ -79,6 +80,8 @@ class EarlyExitEngine:
     tensor cores on GPU); the default follows the layout the tree already has.
     ``fold_batchnorm=True`` folds the (eval-mode) tree's batch norms into the
     layers before them, in place: faster, equal to the dense pass up to rounding.
+    ``bf16=True`` runs the nodes in bfloat16 where the device computes it natively (NCHW
+    on a CPU); answers then differ from float32 ones by bf16's rounding.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class EarlyExitEngine:
         channels_last: bool | None = None,
         fold_batchnorm: bool = False,
         policy: Policy = LEARNED,
+        bf16: bool = False,
     ) -> None:
         if not policy.deployable:
             raise DynrouteError(
@@ -117,8 +121,12 @@ class EarlyExitEngine:
         self._position = {leaf: k for k, leaf in enumerate(tree.leaves)}
         if fold_batchnorm:
             fold_batchnorm_into(tree)
+        device = next(tree.parameters()).device
+        #: bfloat16 autocast for the nodes (``devices.bf16_on``: CUDA, or a CPU that has it);
+        #: answers and decisions stay float32.
+        self.bf16 = bf16_on(device, bf16)
         if channels_last is None:
-            channels_last = is_channels_last(tree)
+            channels_last = is_channels_last(tree) and use_channels_last(device, self.bf16)
         self.channels_last = channels_last
         if channels_last:
             tree.to(memory_format=torch.channels_last)
@@ -179,8 +187,9 @@ class EarlyExitEngine:
                 logits = x.new_empty((0, tree.num_classes))
                 return Prediction(logits, exits, exits.clone())
             k_feature = tree.router_k_cpt(k_cpt, n, x)
-            logits = self._run(x, n, k_feature, exits)
-            return Prediction(logits, exits, self._path_macs_on(device)[exits])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self._run(x, n, k_feature, exits)
+            return Prediction(logits.float(), exits, self._path_macs_on(device)[exits])
 
     def _run(
         self, x: torch.Tensor, n: int, k_feature: torch.Tensor | None, exits: torch.Tensor

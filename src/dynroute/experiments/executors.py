@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
+from dynroute.data.readers.common import expand_user
 from dynroute.devices import configure_cpu, resolve_device
 from dynroute.engine.evaluate import evaluate
 from dynroute.errors import DynrouteError, Interrupted
@@ -342,7 +343,7 @@ class RayRunner:
         if not ray.is_initialized():
             # Ray workers start in their own folders: hand them absolute paths.
             env = {
-                k: str(Path(v).expanduser().absolute()) if k in PATH_VARIABLES else v
+                k: str(expand_user(v, f"${k}")) if k in PATH_VARIABLES else v
                 for k, v in os.environ.items()
                 if k.startswith("DYNROUTE_")
             }

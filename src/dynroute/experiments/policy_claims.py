@@ -1,13 +1,15 @@
-"""What the policy tables support, on equal footing (``dynroute.policies.table``).
+"""The statistics behind the claims on the equal-footing policy tables
+(``dynroute.policies.table``): cells, Holm's judge, MAC savings and the split spread. The
+claims themselves are in ``dynroute.experiments.claims.footing``; the report and the
+documents' tables read the same cells from here.
 
-Every claim here names the family of cells it tests: one cell per (network, distinct pair
+Every claim names the family of cells it tests: one cell per (network, distinct pair
 of operating points) at a budget that binds (it changes the choice of at least one side on
 validation; format 3 tables say so, older ones count every budget), so saturated budgets
 count once or not at all, and Holm's correction runs over the family. "Ahead" always
 means significantly ahead after the correction (exact McNemar, family-wise 0.05); a claim
 is supported when its side is ahead in half the cells or more and significantly behind in
-none. Tables made before the
-equal-footing protocol (format 1) are listed, never counted.
+none. Tables made before the equal-footing protocol (format 1) are listed, never counted.
 
 The decomposition's steps (raw rule -> + recalibration -> + combination -> + learned
 decisions) each get a claim; the learned decision is the learned policy (the paper's

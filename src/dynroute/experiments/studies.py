@@ -37,8 +37,7 @@ from dynroute.policies.exit_table import (
     dense_outputs,
     exit_table,
 )
-from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
-from dynroute.policies.guarantees import PathPoint, certify, order_path
+from dynroute.policies.fitting import fit_answers
 from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler, scheduler_family
 from dynroute.policies.statistics import mcnemar
 from dynroute.policies.table import default_budgets, policy_families
@@ -227,84 +226,96 @@ def _exit_accuracy(table: ExitTable) -> list[float]:
 # --------------------------------------------------------------------------- guarantees
 
 
+#: The ways of choosing a guaranteed point the guarantee study compares: calibrate's own
+#: (every family of ``--policy best``; the path ordered by fitted accuracy, or by cost as
+#: before), and calibrate restricted to one family: per-exit thresholds, or one threshold
+#: shared by every exit (the "Fast yet Safe" baseline).
+GUARANTEE_METHODS: dict[str, tuple[str, str | None]] = {
+    "calibrate --policy best": ("fit", None),
+    "calibrate --policy best, cost-ordered path": ("cost", None),
+    "per-exit thresholds": ("fit", "budgeted/raw"),
+    "one shared threshold": ("fit", "confidence/raw"),
+}
+NAIVE = "naive point estimate"
+
+
 def guarantees(
     run_path: str | os.PathLike[str],
     targets: Sequence[float],
     deltas: Sequence[float] = (0.05, 0.1, 0.2),
-    partitions: int = 500,
+    partitions: int = 200,
     calibration_size: int = 5000,
     source: Source = Source(),
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Guaranteed accuracy targets over random partitions of the run's held-out examples
     (validation and test together) into ``calibration_size`` calibration examples and the
-    rest for evaluation: per target and delta, how often a point is certified and misses the
-    target on the evaluation examples (the violation rate over all draws, to stay at most
-    delta; a refused draw promises nothing), and the MACs it
-    saves against the deepest exit; beside the naive point estimate and one threshold shared
-    by every exit under the same guarantee."""
+    rest for evaluation, each draw running exactly ``calibrate --policy best
+    --target-accuracy A --delta D``'s pipeline (``policies.calibration.guarantee_paths``:
+    every family, the scheduler and the routers included, fitted afresh on the draw). Per
+    method, target and delta: how often a point is certified, how often a certified point
+    misses the target on the evaluation examples (over all draws: the rate the guarantee
+    bounds by delta; and given certification), the certification chance ``calibrate``
+    estimated, and the MACs saved against the deepest exit; beside the naive point
+    estimate (``calibrate`` without ``--delta``)."""
+    from dynroute.policies.calibration import (
+        BEST,
+        candidates,
+        families,
+        guarantee_paths,
+    )
+
     say = progress or (lambda message: None)
     run = open_run(run_path)
     tree = run.load_tree().eval()
+    if tree.dynamic_k_cpt:
+        raise DynrouteError("the guarantee study takes fixed-k_cpt networks")
     facts = TreeFacts.of(tree)
     held = _concat(_outputs(run, "validation", source), _outputs(run, "test", source))
-    whole = exit_table(facts, held)
-    deepest = float(facts.leaf_macs(whole.answers).max())
+    deepest = float(facts.leaf_macs(exit_table(facts, held).answers).max())
+    wanted = families(BEST)
     rng = np.random.default_rng(0)
+    methods = (*GUARANTEE_METHODS, NAIVE)
     records = {
-        (method, target, delta): {"violations": 0, "saved": [], "refused": 0, "accuracy": []}
-        for method in ("per-exit thresholds", "one shared threshold", "naive point estimate")
+        (method, target, delta): {
+            "violations": 0,
+            "saved": [],
+            "refused": 0,
+            "accuracy": [],
+            "chance": [],
+        }  # fmt: skip
+        for method in methods
         for target in targets
         for delta in deltas
     }
     for draw in range(partitions):
         order = rng.permutation(len(held))
-        calibration, evaluation = order[:calibration_size], order[calibration_size:]
-        cut = calibration_size // 2
-        fit, test = _rows(whole, calibration[:cut]), _rows(whole, calibration[cut:])
-        unseen = _rows(whole, evaluation)
-        families = {
-            "per-exit thresholds": [p for p, _ in budgeted_family(fit, count=101)],
-            "one shared threshold": [p for p, _ in threshold_family(fit, "confidence", count=201)],
-        }
-        paths = {
-            method: order_path(
-                [
-                    PathPoint(
-                        p,
-                        (fp := fit.point(fit.exits(p), p))["mean_macs"],
-                        fp["accuracy"],
-                        (~test.correctness(test.exits(p))).astype(np.float64),
-                    )
-                    for p in policies
-                ],
-                "accuracy",
-            )
-            for method, policies in families.items()
-        }
-        naive_table = _rows(whole, calibration)
-        naive_points = [
-            _Member(**naive_table.point(naive_table.exits(p), p), policy=p)
-            for policies in families.values()
-            for p in policies
-        ]
+        calibration = held.subset(np.sort(order[:calibration_size]))
+        unseen = held.subset(np.sort(order[calibration_size:]))
+        unseen_scorer = _Scorer(tree, facts, unseen, deepest)
+        paths = guarantee_paths(0, tree, calibration, wanted, "accuracy", seed=draw)
+        naive_points = candidates(0, tree, calibration, wanted)
         for target in targets:
             naive = selection.reaching(naive_points, target)
             for delta in deltas:
-                for method, path in paths.items():
+                for method, (path_order, family) in GUARANTEE_METHODS.items():
                     record = records[(method, target, delta)]
+                    if family is not None and family not in paths.paths:
+                        record["refused"] += 1
+                        continue
                     try:
-                        chosen, _ = certify(path, "accuracy", target, delta)
+                        chosen, _, chances = paths.certify(target, delta, path_order, family, draw)
                     except DynrouteError:  # nothing certified on this draw
                         record["refused"] += 1
                         continue
-                    _score(record, unseen, chosen.item, target, deepest)
-                record = records[("naive point estimate", target, delta)]
+                    record["chance"].append(chances["chance"])
+                    unseen_scorer.score(record, chosen, target)
+                record = records[(NAIVE, target, delta)]
                 if naive is None:
                     record["refused"] += 1
                 else:
-                    _score(record, unseen, naive.policy, target, deepest)
-        if progress is not None and (draw + 1) % 50 == 0:
+                    unseen_scorer.score(record, naive, target)
+        if progress is not None and (draw + 1) % 10 == 0:
             say(f"{draw + 1} of {partitions} partitions")
     rows = []
     for (method, target, delta), record in records.items():
@@ -323,12 +334,16 @@ def guarantees(
                 "violation_rate": record["violations"] / partitions,
                 "violation_rate_when_certified": record["violations"] / done if done else None,
                 "standard_error": math.sqrt(delta * (1 - delta) / partitions),
+                "estimated_certification": (
+                    float(np.mean(record["chance"])) if record["chance"] else None
+                ),
                 "macs_saved": float(np.mean(record["saved"])) if record["saved"] else None,
                 "mean_accuracy": float(np.mean(record["accuracy"])) if record["accuracy"] else None,
             }
         )
     return {
         "run": str(run.path),
+        "pipeline": "calibrate --policy best (Learn-then-Test), fitted afresh on every draw",
         "held_out": len(held),
         "calibration_size": calibration_size,
         "deepest_macs": deepest,
@@ -336,11 +351,23 @@ def guarantees(
     }
 
 
-def _score(record: dict, unseen: ExitTable, policy: Any, target: float, deepest: float) -> None:
-    point = unseen.point(unseen.exits(policy), policy)
-    record["violations"] += point["accuracy"] < target
-    record["saved"].append(1 - point["mean_macs"] / deepest)
-    record["accuracy"].append(point["accuracy"])
+class _Scorer:
+    """Scores chosen operating points on one draw's evaluation examples."""
+
+    def __init__(self, tree: Any, facts: TreeFacts, unseen: DenseOutputs, deepest: float) -> None:
+        self.tree, self.facts, self.unseen, self.deepest = tree, facts, unseen, deepest
+        self.tables: dict[str, ExitTable] = {}
+
+    def score(self, record: dict, chosen: Any, target: float) -> None:
+        from dynroute.policies.calibration import positions_on
+
+        positions = positions_on(self.tree, self.unseen, chosen, None, self.tables)
+        table = self.tables.get(chosen.family) or exit_table(self.facts, self.unseen)
+        accuracy = float(table.correctness(positions).mean())
+        macs = float(table.facts.leaf_macs(chosen.policy)[positions].mean())
+        record["violations"] += accuracy < target
+        record["saved"].append(1 - macs / self.deepest)
+        record["accuracy"].append(accuracy)
 
 
 def _concat(first: DenseOutputs, second: DenseOutputs) -> DenseOutputs:
@@ -393,6 +420,7 @@ def lead(
         say(f"{run.path}: {len(pool)} operating points so far")
     chosen = selection.reaching(pool, target)
     out: dict[str, Any] = {
+        "dataset": runs[0][0].dataset_name(),
         "runs": [str(run.path) for run, _ in runs],
         "static": {
             "network": name,

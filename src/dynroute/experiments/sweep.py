@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dynroute import machine
 from dynroute.atomic import FolderLock, check_writable, write_json_atomic
 from dynroute.data.datasets import absolute_dataset_name, load_dataset
+from dynroute.data.readers.common import expand_user
 from dynroute.errors import DynrouteError, Interrupted, stop_signals
 from dynroute.experiments.executors import (
     DataLoaderFn,
@@ -289,7 +290,7 @@ def _task(
         network=network.name,
         config=config.to_dict(),
         run_dir=str(run_dir),
-        data_dir=None if data_dir is None else str(Path(data_dir).expanduser().absolute()),
+        data_dir=None if data_dir is None else str(expand_user(data_dir, "the data folder")),
         eval_subset=network.eval_subset,
         # A Ray task asks the cluster for one CPU; locally the pool shares this machine's.
         threads=1 if ray_address else machine.threads_per_worker(workers),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dynroute.decisions import path_macs
+from dynroute.decisions import base_path_macs, path_macs
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 from dynroute.policy import Policy
 
@@ -156,27 +156,6 @@ class TreeCosts:
 _CACHE_ATTRIBUTE = "_dynroute_costs"
 
 
-def _threshold_path_macs(tree: RoutedTree, transform: list[int], router: list[int]) -> list[int]:
-    """Path costs when exit heads decide (see ``TreeCosts.policy_path_macs``)."""
-    leaf_heads = [0] * len(tree.nodes)  # MACs of the exit heads a junction evaluates
-    routers = [0] * len(tree.nodes)  # router MACs a threshold policy still pays
-    for j in tree.junctions:
-        kids = tree.children_of[j]
-        leaf_heads[j] = sum(transform[c] for c in kids if tree.nodes[c].is_leaf)
-        inner = sum(not tree.nodes[c].is_leaf for c in kids)
-        routers[j] = router[j] if inner != 1 else 0
-    costs = []
-    for i, node in enumerate(tree.nodes):
-        path = tree.path_to(i)
-        total = sum(transform[n] + leaf_heads[n] + routers[n] for n in path if n != i)
-        parent = tree.parent[i]
-        decided_here = parent >= 0 and tree.nodes[parent].is_junction and node.is_leaf
-        # An exit's head was already paid at its junction; other nodes pay their own.
-        total += 0 if decided_here else transform[i] + leaf_heads[i] + routers[i]
-        costs.append(total)
-    return costs
-
-
 def tree_costs(tree: RoutedTree) -> TreeCosts:
     """The tree's cost table, counted on first use (a traced pass) and kept with the tree."""
     costs = tree.__dict__.get(_CACHE_ATTRIBUTE)
@@ -184,8 +163,7 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
         transform, router = count_macs(tree)
         macs = [t + r for t, r in zip(transform, router, strict=True)]
         paths = tuple(tuple(tree.path_to(i)) for i in range(len(tree.nodes)))
-        threshold = _threshold_path_macs(tree, transform, router)
-        learned = [sum(macs[j] for j in path) for path in paths]
+        base = base_path_macs(tree.shape, transform, router)
         charged_at = list(range(len(tree.nodes)))
         if tree.boost:  # every answer needs the answers of the exits passed: their heads run
             for i in range(len(tree.nodes)):
@@ -195,9 +173,9 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
             node_macs=tuple(macs),
             router_macs=tuple(router),
             paths=paths,
-            path_macs=tuple(learned),
-            threshold_path_macs=tuple(threshold),
-            oracle_path_macs=tuple(sum(transform[j] for j in path) for path in paths),
+            path_macs=tuple(base["learned"]),
+            threshold_path_macs=tuple(base["threshold"]),
+            oracle_path_macs=tuple(base["oracle"]),
             charged_at=tuple(charged_at),
         )
         tree.__dict__[_CACHE_ATTRIBUTE] = costs

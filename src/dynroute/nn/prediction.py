@@ -19,7 +19,7 @@ from torch import nn
 from dynroute.errors import DynrouteError
 from dynroute.nn.macs import policy_path_macs, tree_costs
 from dynroute.nn.routing import dense_choices, oracle_exits
-from dynroute.nn.tree import RoutedTree
+from dynroute.nn.tree import DenseOutput, RoutedTree
 from dynroute.policy import LEARNED, Policy
 
 
@@ -99,7 +99,19 @@ def predict_dense(
     with torch.inference_mode():
         weight = next(tree.parameters())
         x = check_images(x, tree.input_shape, weight.dtype).to(weight.device)
-        out = tree.forward_dense(x, k_cpt)
+        return predict_from_outputs(tree, tree.forward_dense(x, k_cpt), x, policy, labels)
+
+
+def predict_from_outputs(
+    tree: RoutedTree,
+    out: DenseOutput,
+    x: torch.Tensor,
+    policy: Policy = LEARNED,
+    labels: torch.Tensor | None = None,
+) -> Prediction:
+    """``predict_dense`` from a dense pass already made (``out``, a ``DenseOutput`` of the
+    batch ``x``): what routing it under ``policy`` gives."""
+    with torch.inference_mode():
         n = x.shape[0]
         leaves = tree.leaves
         costs = tree_costs(tree)

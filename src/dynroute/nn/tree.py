@@ -262,6 +262,37 @@ class RoutedTree(nn.Module):
             result.logits = self.boosted_logits(result.logits)
         return result
 
+    def forward_dense_by_k(self, x: torch.Tensor, k_values: list[float]) -> list[DenseOutput]:
+        """``forward_dense`` at every k_cpt of ``k_values``, running every node once: only
+        the routers read k_cpt, so only they run again per value (a dynamic-k_cpt net's
+        evaluation at its whole k_cpt set costs one pass, not one per value)."""
+        if not self.dynamic_k_cpt or not k_values:
+            out = self.forward_dense(x, None)
+            return [out for _ in k_values]
+        first = float(k_values[0])
+        kept: dict[int, Any] = {}
+        base = DenseOutput()
+        k_feature = self.router_k_cpt(first, x.shape[0], x)
+
+        def visit(index: int, signal: Any) -> list[tuple[int, Any]]:
+            out, scores = self.run_node(index, signal, k_feature)
+            if scores is not None:
+                base.scores[index] = scores
+                kept[index] = out
+            if self.nodes[index].is_leaf:
+                base.logits[index] = out
+            return [(child, out) for child in self.children_of[index]]
+
+        self.walk(x, visit)
+        if self.boost:
+            base.logits = self.boosted_logits(base.logits)
+        results = [base]
+        for k in k_values[1:]:
+            feature = self.router_k_cpt(float(k), x.shape[0], x)
+            scores = {j: self.router_scores(j, out, feature) for j, out in kept.items()}
+            results.append(DenseOutput(scores, base.logits))
+        return results
+
     def boosted_logits(self, heads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Each exit's answer from every exit head's output: its own output plus ``boost``
         times the log-softmax of the answer of the exit it passed last (the running

@@ -15,7 +15,7 @@ import numpy as np
 
 from dynroute.atomic import write_text_atomic
 from dynroute.experiments import policy_claims
-from dynroute.experiments.claims import Claim, ClaimChecker, check_claims, mmacs, peak
+from dynroute.experiments.claims import Claim, Context, check_claims, mmacs, peak
 from dynroute.experiments.results import (
     Results,
     learned_macs,
@@ -75,14 +75,14 @@ def _markdown(
     lines += _coverage(scale, results)
     lines += ["", "## Experiments", "", "| experiment | networks | best accuracy | at MACs |"]
     lines += ["| --- | --- | --- | --- |"]
-    checker = ClaimChecker(results)
+    checker = Context(results)
     for name, points in checker.curves.items():
         if points:
             best = peak(points)
             lines.append(
                 f"| {name} | {len(results[name])} | {best.accuracy:.4f} | {mmacs(best.mean_macs)} |"
             )
-    pngs = [p for p in figures if p.suffix == ".png"]
+    pngs = sorted((p for p in figures if p.suffix == ".png"), key=lambda p: p.name)
     policy_figures = [
         p for p in pngs if p.stem.startswith("policies-") or p.stem == "routing-quality"
     ]
@@ -130,7 +130,7 @@ def _coverage(scale: str, results: Results) -> list[str]:
     ]
 
 
-def _policy_table_section(checker: ClaimChecker, variants: dict[str, Results]) -> list[str]:
+def _policy_table_section(checker: Context, variants: dict[str, Results]) -> list[str]:
     """Per network with an equal-footing policy table: the best baseline at each budget,
     the decomposition's steps and every learned decision against the baseline; then each
     step's gain across validation splits drawn afresh (``sweep --seed``)."""
@@ -170,10 +170,7 @@ def _policy_table_section(checker: ClaimChecker, variants: dict[str, Results]) -
             f"counted): {', '.join(old)}. `dynroute policies RUN --into-result FILE` on each "
             "run's directory measures them again.",
         ]
-    spread = policy_claims.split_spread(
-        {"0": checker.results, **variants}, sorted({label for label, _ in tables})
-    )
-    spread = {label: steps for label, steps in spread.items() if max(map(len, steps.values())) > 1}
+    spread = spread_table(checker.results, variants)
     if spread:
         lines += [
             "",
@@ -185,25 +182,84 @@ def _policy_table_section(checker: ClaimChecker, variants: dict[str, Results]) -
             "initialisation and batch order). A positive mean within its standard error is a "
             "sign, not a finding.",
             "",
-            "| network | step | gain per split | mean ± SD over splits |",
-            "| --- | --- | --- | --- |",
+            *spread,
         ]
-        for label, steps in spread.items():
-            for step, gains in steps.items():
-                shown = ", ".join(
-                    f"{100 * g.mean:+.2f} ± {100 * g.standard_error:.2f}" for g in gains
-                )
-                means = [g.mean for g in gains]
-                sd = 100 * float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
-                lines.append(
-                    f"| {label} | {step} | {shown} | {100 * float(np.mean(means)):+.2f} ± "
-                    f"{sd:.2f} |"
-                )
+    return lines
+
+
+def spread_table(results: Results, variants: dict[str, Results]) -> list[str]:
+    """Each step's gain per validation split, for every network trained on several (the
+    report's and the documents' table; empty when none is)."""
+    tables, _ = policy_claims.equal_footing_tables(results)
+    spread = policy_claims.split_spread(
+        {"0": results, **variants}, sorted({label for label, _ in tables})
+    )
+    spread = {label: steps for label, steps in spread.items() if max(map(len, steps.values())) > 1}
+    if not spread:
+        return []
+    lines = [
+        "| network | step | gain per split | mean ± SD over splits |",
+        "| --- | --- | --- | --- |",
+    ]
+    for label, steps in spread.items():
+        for step, gains in steps.items():
+            shown = ", ".join(f"{100 * g.mean:+.2f} ± {100 * g.standard_error:.2f}" for g in gains)
+            means = [g.mean for g in gains]
+            sd = 100 * float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
+            lines.append(
+                f"| {label} | {step} | {shown} | {100 * float(np.mean(means)):+.2f} ± {sd:.2f} |"
+            )
     return lines
 
 
 def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]:
     """The studies behind the policy evidence (``dynroute study``)."""
+    lines: list[str] = []
+    lines += held_out_lines(studies)
+    found = {name: s for name, s in studies.items() if s.get("study") == "guarantees"}
+    if found:
+        lines += [
+            "",
+            "### Guaranteed targets over random partitions",
+            "",
+            "`dynroute study guarantees RUN --targets A,...`: the run's held-out examples "
+            "(validation and test) drawn apart many times into a calibration sample and "
+            "evaluation data; on each draw, exactly `calibrate --policy best --target-accuracy "
+            "A --delta D`'s pipeline runs afresh (every family, the scheduler and the routers "
+            "fitted on half the sample, the path tested on the other half), and the chosen "
+            "point is scored on the evaluation data. What the guarantee bounds is the violation "
+            "rate over all draws (a point certified and missing the target; a refused draw "
+            "promises nothing): at most delta, ± its binomial standard error. Given "
+            "certification it can be higher, since lucky draws certify near the limit. Beside "
+            "it: the same pipeline with the path in cost order (the old order), calibrate "
+            "restricted to per-exit thresholds or to one shared threshold, and the naive point "
+            "estimate (`calibrate` without `--delta`: the cheapest point whose calibration "
+            "accuracy reaches the target). `calibrate` estimates how often it certifies by "
+            "resampling the testing half; its mean estimate is beside the certified share.",
+            "",
+            *guarantee_table(found),
+        ]
+        lines += ["", *(f"![{p.stem}](figures/{p.name})" + "\n" for p in figures)]
+    leads = {name: s for name, s in studies.items() if s.get("study") == "lead"}
+    if leads:
+        lines += [
+            "",
+            "### The lead over the best static network",
+            "",
+            "`dynroute study lead RUN --sisters RUN... --static EXPERIMENT`: the static network "
+            "most accurate on validation, and the cheapest operating point on validation (any "
+            "family of `calibrate --policy best`, any of the runs) that reaches its validation "
+            "accuracy; both scored on test, with 95 % bootstrap intervals over test examples.",
+            "",
+            *lead_table(leads),
+        ]
+    if lines:
+        lines = ["", "## Studies", *lines]
+    return lines
+
+
+def held_out_lines(studies: dict[str, dict]) -> list[str]:
+    """The held-out studies' sections (the report's and the documents')."""
     lines: list[str] = []
     held = {name: s for name, s in studies.items() if s.get("study") == "held-out"}
     for name, study in held.items():
@@ -261,52 +317,69 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
                     f"| {mmacs(row['budget'])} | {best['policy']}: "
                     f"{100 * best['test']['accuracy']:.2f} % | {cell} |"
                 )
-    found = {name: s for name, s in studies.items() if s.get("study") == "guarantees"}
-    if found:
-        lines += [
-            "",
-            "### Guaranteed targets over random partitions",
-            "",
-            "`dynroute study guarantees RUN --targets A,...`: the run's held-out examples "
-            "(validation and test) drawn apart many times into a calibration sample and "
-            "evaluation data; on each draw, calibration certifies an accuracy target with "
-            "probability 1 − delta (Learn-then-Test: half the sample fits the path, half tests "
-            "it), and the chosen point is scored on the evaluation data. The violation rate, the "
-            "share of all draws on which a point was certified and missed the target (a refused "
-            "draw promises nothing), must stay at most delta (± its binomial standard error); "
-            "given certification it can be higher, since lucky draws certify near the limit. "
-            "The naive point estimate picks the cheapest point whose calibration accuracy "
-            "reaches the target.",
-            "",
-            "| network | method | target | delta | certified draws | violation rate | given "
-            "certification | MACs saved vs the deepest exit | mean accuracy |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, study in found.items():
-            for row in study["rows"]:
-                rate = (
-                    "–"
-                    if row["violation_rate"] is None
-                    else f"{100 * row['violation_rate']:.1f} ± {100 * row['standard_error']:.1f} %"
-                )
-                given = row.get("violation_rate_when_certified")
-                given = "–" if given is None else f"{100 * given:.1f} %"
-                saved = "–" if row["macs_saved"] is None else f"{100 * row['macs_saved']:.1f} %"
-                accuracy = (
-                    "–" if row["mean_accuracy"] is None else f"{100 * row['mean_accuracy']:.2f} %"
-                )
-                lines.append(
-                    f"| {study_label(name, study)} | {row['method']} | {row['target']:g} | "
-                    f"{row['delta']:g} | {row['certified']}/{row['partitions']} | {rate} | "
-                    f"{given} | {saved} | {accuracy} |"
-                )
-        lines += ["", *(f"![{p.stem}](figures/{p.name})" + "\n" for p in figures)]
-    if lines:
-        lines = ["", "## Studies", *lines]
     return lines
 
 
-def _policy_section(checker: ClaimChecker, figures: list[Path]) -> list[str]:
+def lead_table(studies: dict[str, dict]) -> list[str]:
+    """The lead studies as a table (the report's and the documents')."""
+    lines = [
+        "| data | best static net (on validation) | its test accuracy, MACs | routed point "
+        "(chosen on validation) | its test accuracy, MACs | fewer MACs [95 % interval] |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, study in sorted(studies.items()):
+        static = study["static"]
+        routed = study.get("routed")
+        left = (
+            f"| {study.get('dataset', name)} | {static['network']} | "
+            f"{100 * static['test']['accuracy']:.2f} %, {static['test']['mean_macs'] / 1e6:.2f} M"
+        )
+        if routed is None:
+            best = 100 * study["best_validation_accuracy"]
+            lines.append(f"{left} | none reaches it on validation (best {best:.2f} %) | – | – |")
+            continue
+        low, high = study["mac_ratio_interval"]
+        run = "/".join(Path(routed["run"]).parts[-2:])
+        lines.append(
+            f"{left} | {run}, {routed['family'].replace('/', ' on ')} | "
+            f"{100 * routed['test']['accuracy']:.2f} %, {routed['test']['mean_macs'] / 1e6:.2f} M"
+            f" | {study['mac_ratio']:.2f}× [{low:.2f}–{high:.2f}] |"
+        )
+    return lines
+
+
+def guarantee_table(studies: dict[str, dict]) -> list[str]:
+    """Every guarantee study's rows (the report's and the documents' table)."""
+    lines = [
+        "| network | method | target | delta | certified draws (calibrate's estimate) | "
+        "violation rate | given certification | MACs saved vs the deepest exit | mean "
+        "accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, study in sorted(studies.items()):
+        for row in study["rows"]:
+            rate = (
+                "–"
+                if row["violation_rate"] is None
+                else f"{100 * row['violation_rate']:.1f} ± {100 * row['standard_error']:.1f} %"
+            )
+            given = row.get("violation_rate_when_certified")
+            given = "–" if given is None else f"{100 * given:.1f} %"
+            saved = "–" if row["macs_saved"] is None else f"{100 * row['macs_saved']:.1f} %"
+            accuracy = (
+                "–" if row["mean_accuracy"] is None else f"{100 * row['mean_accuracy']:.2f} %"
+            )
+            estimate = row.get("estimated_certification")
+            estimate = "" if estimate is None else f" ({100 * estimate:.0f} %)"
+            lines.append(
+                f"| {study_label(name, study)} | {row['method']} | {row['target']:g} | "
+                f"{row['delta']:g} | {row['certified']}/{row['partitions']}{estimate} | {rate} | "
+                f"{given} | {saved} | {accuracy} |"
+            )
+    return lines
+
+
+def _policy_section(checker: Context, figures: list[Path]) -> list[str]:
     """Per network: the learned point, what the other policies need for its accuracy, and
     the confidence threshold at its mean MACs (``dynroute.policies.operating_points``)."""
     if not checker.policies:
@@ -383,16 +456,25 @@ def _html(markdown: str) -> str:
     )
 
 
+def report_markdown(
+    results_dir: str | os.PathLike[str], scale: str, figures: list[Path] | None = None
+) -> str:
+    """The report's Markdown from the result files, with ``figures`` (default: those already
+    drawn in the scale's figures folder): what a committed report must equal."""
+    if figures is None:
+        figures = sorted((Path(results_dir) / scale / "figures").glob("*.png"))
+    results = load_results(results_dir, scale)
+    variants = load_variants(results_dir, scale)
+    studies = load_studies(results_dir, scale)
+    claims = check_claims(results, variants, studies)
+    return _markdown(scale, results, claims, figures, variants, studies)
+
+
 def write_report(results_dir: str | os.PathLike[str], scale: str) -> tuple[Path, Path]:
     """Draw every figure, check every claim, write report.md and report.html."""
     from dynroute.plots.figures import render
 
-    results = load_results(results_dir, scale)
-    variants = load_variants(results_dir, scale)
-    studies = load_studies(results_dir, scale)
-    figures = render(results_dir, scale)
-    claims = check_claims(results, variants, studies)
-    markdown = _markdown(scale, results, claims, figures, variants, studies)
+    markdown = report_markdown(results_dir, scale, render(results_dir, scale))
     out = Path(results_dir) / scale
     # Each written whole or not at all: a full disk leaves the previous report as it was.
     write_text_atomic(out / "report.md", markdown)

@@ -24,15 +24,18 @@ import torch
 
 from dynroute import checks, selection
 from dynroute.errors import DynrouteError
+from dynroute.guarantee import TARGETS
 from dynroute.nn.prediction import as_tensor
 from dynroute.nn.tree import RoutedTree
 from dynroute.policies.analysis import exits_for_k, router_inputs
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, dense_outputs, exit_table
 from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
 from dynroute.policies.guarantees import (
+    CEILING_ERRORS,
     DEFAULT_DELTA,
     Guarantee,
     PathPoint,
+    certification,
     certify,
     check_request,
     lower_bound,
@@ -42,7 +45,7 @@ from dynroute.policies.guarantees import (
 )
 from dynroute.policies.scheduler import fit_scheduler, scheduler_family
 from dynroute.policy import ANSWERS, LEARNED, POLICY_NAMES, Policy, resolve_name
-from dynroute.runs import Calibration, Run, check_one_dataset, open_run
+from dynroute.runs import Calibration, Run, check_one_dataset, checkpoint_fingerprint, open_run
 from dynroute.train.evaluation import routing_statistics
 
 #: k_cpt inputs tried for a dynamic-k_cpt net: 0 and a log grid over this range.
@@ -201,24 +204,53 @@ def _learned(
     return out
 
 
-def guaranteed_choice(
+@dataclass
+class GuaranteePaths:
+    """What Learn-then-Test fixes on the fitting half of a calibration sample: every
+    family's operating points with their losses on the testing half (``paths``), the rows
+    of each half, and the largest loss of a budget (``scale``)."""
+
+    target: str
+    paths: dict[str, list[PathPoint]]
+    fit_rows: np.ndarray
+    test_rows: np.ndarray
+    scale: float
+
+    def certify(
+        self,
+        level: float,
+        delta: float,
+        order: str = "fit",
+        family: str | None = None,
+        seed: int = 0,
+    ) -> tuple[Candidate, Guarantee, dict[str, Any]]:
+        """The guaranteed choice at ``level`` and ``delta`` (the family that meets it most
+        cheaply on the fitting half, or ``family``), and how often the procedure certifies
+        on resamples of the testing half (``guarantees.certification``); a refusal raises."""
+        check_request(self.target, level, delta)
+        fit_examples = len(self.fit_rows)
+        if family is None:
+            family = _family_for(self.paths, self.target, level, delta, self.scale, fit_examples)
+        path = order_path(self.paths[family], self.target, order)
+        chances = certification(path, self.target, level, delta, self.scale, fit_examples, seed)
+        chosen, guarantee = certify(path, self.target, level, delta, self.scale, fit_examples)
+        return chosen.item, guarantee, chances
+
+
+def guarantee_paths(
     run: int,
     tree: RoutedTree,
     outputs: DenseOutputs,
     wanted: Sequence[tuple[str, str]],
     target: str,
-    level: float,
-    delta: float,
     k_cpt: float | None = None,
     images: torch.Tensor | None = None,
     seed: int = 0,
-) -> tuple[Candidate, Guarantee]:
-    """The cheapest operating point that meets ``target`` (``accuracy`` at least ``level``,
-    ``disagreement`` with the full network at most ``level``) or the most accurate within a
-    budget (``mean_macs`` at most ``level``), with probability at least 1 - ``delta``
-    (``dynroute.policies.guarantees``): half of ``outputs`` fits the families and orders
-    the path, the other half tests it."""
-    check_request(target, level, delta)
+) -> GuaranteePaths:
+    """Half of ``outputs`` (drawn with ``seed``) fits every family of ``wanted`` and
+    measures its points; the other half gives each point's losses for ``target``."""
+    if target not in TARGETS:
+        raise DynrouteError(f"a guarantee's target is one of {', '.join(TARGETS)}")
     fit_rows, test_rows = split_for_guarantee(len(outputs), seed)
     fit_images = None if images is None else images[torch.from_numpy(fit_rows)]
     test_images = None if images is None else images[torch.from_numpy(test_rows)]
@@ -249,10 +281,32 @@ def guaranteed_choice(
             )
         point = PathPoint(candidate, candidate.mean_macs, candidate.accuracy, losses, disagreement)
         paths.setdefault(candidate.family, []).append(point)
-    family = _family_for(paths, target, level, delta, scale, len(fit_rows))
-    path = order_path(paths[family], target)
-    chosen, guarantee = certify(path, target, level, delta, scale, len(fit_rows))
-    return chosen.item, guarantee
+    return GuaranteePaths(target, paths, fit_rows, test_rows, scale)
+
+
+def guaranteed_choice(
+    run: int,
+    tree: RoutedTree,
+    outputs: DenseOutputs,
+    wanted: Sequence[tuple[str, str]],
+    target: str,
+    level: float,
+    delta: float,
+    k_cpt: float | None = None,
+    images: torch.Tensor | None = None,
+    seed: int = 0,
+    order: str = "fit",
+) -> tuple[Candidate, Guarantee, dict[str, Any]]:
+    """The cheapest operating point that meets ``target`` (``accuracy`` at least ``level``,
+    ``disagreement`` with the full network at most ``level``) or the most accurate within a
+    budget (``mean_macs`` at most ``level``), with probability at least 1 - ``delta``
+    (``dynroute.policies.guarantees``): half of ``outputs`` fits the families and orders
+    the path (``order``: ``guarantees.PATH_ORDERS``), the other half tests it. Also returns
+    how often the procedure certifies on resamples of that half, and whether the target
+    sits near the ceiling (``guarantees.certification``); a refusal raises."""
+    check_request(target, level, delta)
+    paths = guarantee_paths(run, tree, outputs, wanted, target, k_cpt, images, seed)
+    return paths.certify(level, delta, order, seed=seed)
 
 
 def _deepest_answers(table: ExitTable) -> np.ndarray:
@@ -413,6 +467,11 @@ def calibrate(
     if policy not in (*POLICY_NAMES, BEST):
         raise DynrouteError(f"`policy` must be one of {', '.join((*POLICY_NAMES, BEST))}")
     wanted = families(policy, answers)
+    if split == "train" and delta is not None:
+        raise DynrouteError(
+            "a guarantee is certified on data training never saw: calibrate on the "
+            "validation split (train the run with `validation_size` N to hold N examples out)"
+        )
     if split != "validation":
         print(
             f"dynroute: warning: calibrating on the {split} split, as asked; its numbers "
@@ -437,9 +496,19 @@ def calibrate(
             if target_accuracy is not None
             else ("disagreement", max_disagreement)
         )
-        chosen, guarantee, trees = _guaranteed(
+        chosen, guarantee, chances, trees = _guaranteed(
             opened, wanted, split, k_cpt, target, level, delta, data_dir, allow_checksum_mismatch
         )
+        if chances.get("near_ceiling"):
+            print(
+                f"dynroute: warning: the target {level:g} is within {CEILING_ERRORS:g} standard "
+                f"errors of the best accuracy the calibration data show "
+                f"({chances['best_fit_accuracy']:.4f} ± {chances['standard_error']:.4f}): the "
+                f"procedure certifies on about {100 * chances['chance']:.0f} % of calibration "
+                "samples, and a point certified this close to the network's ceiling misses the "
+                "target far more often than delta",
+                file=sys.stderr,
+            )
     run, tree = opened[chosen.run], trees[chosen.run]
     test = measure_on(
         run, tree, chosen.policy, chosen.k_cpt, "test", data_dir, allow_checksum_mismatch
@@ -459,9 +528,15 @@ def calibrate(
             "test": test,
         },
         candidates_from=[str(r.path) for r in opened],
+        checkpoint=checkpoint_fingerprint(run.checkpoint_path),
         guarantee=None
         if guarantee is None
-        else {**guarantee.to_dict(), "policy": chosen.policy.to_dict(), "k_cpt": chosen.k_cpt},
+        else {
+            **guarantee.to_dict(),
+            "policy": chosen.policy.to_dict(),
+            "k_cpt": chosen.k_cpt,
+            "certification": chances,
+        },
     )
     path = run.save_calibration(record)
     return {**record.to_dict(), "run": str(run.path), "saved": str(path)}
@@ -477,7 +552,7 @@ def _guaranteed(
     delta: float,
     data_dir: str | os.PathLike[str] | None,
     allow_checksum_mismatch: bool,
-) -> tuple[Candidate, Guarantee, list[RoutedTree]]:
+) -> tuple[Candidate, Guarantee, dict[str, Any], list[RoutedTree]]:
     """``guaranteed_choice`` on one run (a guarantee holds for one calibration sample)."""
     if len(runs) != 1:
         raise DynrouteError("a guaranteed target is certified on one run at a time")
@@ -486,12 +561,13 @@ def _guaranteed(
     run.check_routed(tree, "calibration")
     images, labels, class_names = run.split(split, data_dir, None, allow_checksum_mismatch)
     run.check_classes(tree, class_names, run.dataset_name())
+    checks.in_range(len(labels), f"the {split} split's examples", checks.CALIBRATION_SIZE)
     images_t, labels_t = as_tensor(images, torch.float32), as_tensor(labels, torch.long)
     outputs = dense_outputs(tree, images_t, labels_t, dense_k_cpt(tree, k_cpt))
-    chosen, guarantee = guaranteed_choice(
+    chosen, guarantee, chances = guaranteed_choice(
         0, tree, outputs, wanted, target, level, delta, k_cpt, images_t
     )
-    return chosen, guarantee, [tree]
+    return chosen, guarantee, chances, [tree]
 
 
 def measure_on(

@@ -1,5 +1,5 @@
 """Targets with a guarantee: operating points whose accuracy, agreement or cost holds on
-new data with probability at least 1 - delta over the calibration sample.
+new data, where the chance that the procedure certifies a point that misses is at most delta.
 
 The method is Learn-then-Test (Angelopoulos et al. 2021) with fixed-sequence testing:
 
@@ -7,13 +7,24 @@ The method is Learn-then-Test (Angelopoulos et al. 2021) with fixed-sequence tes
    parameter is fitted (recalibrated or combined answers, the scheduler's models, the
    budgeted scheme's per-exit thresholds) and every family of operating points is built;
    the family that meets the target most cheaply there is kept, and its members ordered
-   by their cost there: a path fixed before the second part is looked at;
+   by how likely each is to meet the target as the first part measures it (the most
+   accurate, or agreeing, first; for a budget the cheapest first): a path fixed before the
+   second part is looked at. Ordering by accuracy rather than cost matters: a cost order
+   tests the dearest point first, and where the deepest exit is not the most accurate
+   that one point decides alone whether anything is certified;
 2. on the second part (``test``), each member along the path is tested in turn, the null
    hypothesis being that it misses the target on new data; it is rejected when its
    p-value is at most delta, and the walk stops at the first member that is not;
 3. every member rejected before the stop meets the target, all of them at once, with
    probability at least 1 - delta; the cheapest of them is chosen (for a MAC budget: the
    dearest, the most accurate one it affords).
+
+What is bounded is the chance, over calibration samples, that the procedure certifies a
+point that misses the target: not the chance that the point in hand misses. Near the
+network's ceiling most samples certify nothing, and the few that do are lucky draws, so a
+certified point there misses far more often than delta; ``certification`` estimates how
+often the procedure certifies (resampling the testing part) and flags a target within a
+few standard errors of the best accuracy the fitting part shows.
 
 The p-values are finite-sample: for a 0/1 risk (an error, a disagreement with the full
 model) the exact binomial tail (what Clopper-Pearson bounds invert); for mean MACs, a
@@ -32,94 +43,30 @@ from typing import Any
 import numpy as np
 
 from dynroute.errors import DynrouteError
-from dynroute.guarantee import TARGETS, Guarantee
+from dynroute.guarantee import (
+    METHOD_BINARY,
+    METHOD_BOUNDED,
+    TARGETS,
+    Guarantee,
+    binary_p_value,
+    binomial_cdf,
+    bounded_p_value,
+    lower_bound,
+    upper_bound_mean,
+)
+
+__all__ = [  # the finite-sample functions live with the torch-free guarantee, used here
+    "binomial_cdf",
+    "binary_p_value",
+    "bounded_p_value",
+    "lower_bound",
+    "upper_bound_mean",
+]
 
 #: The share of the calibration split that fits the path; the rest tests it.
 FIT_SHARE = 0.5
 #: The default probability that a guarantee fails.
 DEFAULT_DELTA = 0.1
-METHOD_BINARY = (
-    "Learn-then-Test, fixed-sequence testing along a cost-ordered path fitted on half the "
-    "calibration split; exact binomial tail p-values on the other half"
-)
-METHOD_BOUNDED = (
-    "Learn-then-Test, fixed-sequence testing along a cost-ordered path fitted on half the "
-    "calibration split; Hoeffding-Bentkus p-values on the other half"
-)
-
-
-def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k), summed in log space (exact for the sizes used here)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0:
-        return 1.0
-    if p >= 1:
-        return 0.0
-    i = np.arange(k + 1, dtype=np.float64)
-    choose = np.concatenate([[0.0], np.cumsum(np.log(n - i[1:] + 1) - np.log(i[1:]))])
-    logs = choose + i * math.log(p) + (n - i) * math.log1p(-p)
-    top = logs.max()
-    return float(min(1.0, math.exp(top) * np.exp(logs - top).sum()))
-
-
-def binary_p_value(failures: int, n: int, level: float) -> float:
-    """p-value of "the failure rate exceeds ``level``" after ``failures`` in ``n``."""
-    if n == 0:
-        return 1.0
-    return binomial_cdf(failures, n, level)
-
-
-def _kl(a: float, b: float) -> float:
-    """Bernoulli relative entropy h(a, b) (0 log 0 = 0)."""
-    out = 0.0
-    if a > 0:
-        out += a * math.log(a / b)
-    if a < 1:
-        out += (1 - a) * math.log((1 - a) / (1 - b))
-    return out
-
-
-def bounded_p_value(mean: float, n: int, level: float) -> float:
-    """Hoeffding-Bentkus p-value of "the mean of a [0, 1] variable exceeds ``level``"
-    given a sample mean ``mean`` of ``n`` draws."""
-    if n == 0 or level >= 1:
-        return 1.0
-    if level <= 0:
-        return 1.0 if mean > 0 else 0.0
-    hoeffding = math.exp(-n * _kl(min(mean, level), level))
-    bentkus = math.e * binomial_cdf(math.ceil(n * mean), n, level)
-    return min(1.0, hoeffding, bentkus)
-
-
-def lower_bound(successes: int, n: int, delta: float) -> float:
-    """One-sided (1 - delta) Clopper-Pearson lower bound of a success rate."""
-    if n == 0 or successes == 0:
-        return 0.0
-    low, high = 0.0, successes / n
-    for _ in range(60):  # P(Binomial(n, 1 - q) <= n - successes) is rising in q
-        middle = (low + high) / 2
-        if binary_p_value(n - successes, n, 1 - middle) <= delta:
-            low = middle
-        else:
-            high = middle
-    return low
-
-
-def upper_bound_mean(mean: float, n: int, delta: float) -> float:
-    """(1 - delta) Hoeffding-Bentkus upper bound of a [0, 1] mean."""
-    low, high = mean, 1.0
-    if bounded_p_value(mean, n, high - 1e-12) > delta:
-        return 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if bounded_p_value(mean, n, middle) <= delta:
-            high = middle
-        else:
-            low = middle
-    return high
 
 
 @dataclass
@@ -267,13 +214,64 @@ def _examples_needed(rate: float, risk: float, delta: float, bounded: bool) -> i
     return high
 
 
-def order_path(points: Sequence[PathPoint], target: str) -> list[PathPoint]:
-    """The fixed order a path is tested in, from what the fitting part says: from the dearest
-    (likeliest to meet an accuracy or agreement target) down, or from the cheapest (likeliest
-    to meet a MAC budget) up."""
+#: Path orders: ``fit`` (by what the fitting part measures of the target itself) and
+#: ``cost`` (by MACs on the fitting part, dearest first; the order before format 3).
+PATH_ORDERS = ("fit", "cost")
+
+
+def order_path(points: Sequence[PathPoint], target: str, by: str = "fit") -> list[PathPoint]:
+    """The fixed order a path is tested in, from what the fitting part says: for an
+    accuracy target the most accurate first, for agreement the least disagreeing first
+    (``by="cost"``: the dearest first), for a MAC budget the cheapest first."""
     if target == "mean_macs":
         return sorted(points, key=lambda p: (p.fit_macs, -p.fit_accuracy))
-    return sorted(points, key=lambda p: (-p.fit_macs, -p.fit_accuracy))
+    if by == "cost":
+        return sorted(points, key=lambda p: (-p.fit_macs, -p.fit_accuracy))
+    if target == "disagreement":
+        return sorted(points, key=lambda p: (p.fit_disagreement, -p.fit_macs))
+    return sorted(points, key=lambda p: (-p.fit_accuracy, -p.fit_macs))
+
+
+#: Resamples of the testing part behind the certification chance, and how many standard
+#: errors below the best fitted accuracy a target may sit before it is flagged.
+CERTIFICATION_DRAWS = 200
+CEILING_ERRORS = 3.0
+
+
+def certification(
+    path: Sequence[PathPoint],
+    target: str,
+    level: float,
+    delta: float,
+    scale: float = 1.0,
+    fit_examples: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How often fixed-sequence testing along ``path`` certifies a point when the testing
+    part is resampled (with replacement), and whether the target sits within
+    ``CEILING_ERRORS`` standard errors of the best accuracy the fitting part reaches (an
+    accuracy target only): the two things a user needs beside the promise."""
+    rng = np.random.default_rng(seed)
+    n = len(path[0].losses) if path else 0
+    certified = 0  # a sample certifies something exactly when the path's first point passes
+    for _ in range(CERTIFICATION_DRAWS if n else 0):
+        first = path[0]
+        drawn = PathPoint(first.item, first.fit_macs, first.fit_accuracy,
+                          first.losses[rng.integers(0, n, n)])  # fmt: skip
+        certified += _p_value(drawn, target, level, scale) <= delta
+    out: dict[str, Any] = {
+        "chance": certified / CERTIFICATION_DRAWS if n else 0.0,
+        "draws": CERTIFICATION_DRAWS,
+    }
+    if target == "accuracy" and path and fit_examples:
+        best = max(p.fit_accuracy for p in path)
+        error = math.sqrt(max(best * (1 - best), 1e-12) / fit_examples)
+        out.update(
+            best_fit_accuracy=best,
+            standard_error=error,
+            near_ceiling=level > best - CEILING_ERRORS * error,
+        )
+    return out
 
 
 def split_for_guarantee(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

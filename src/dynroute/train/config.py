@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from dynroute.checks import NON_NEGATIVE, POSITIVE, Bounds
 from dynroute.errors import DynrouteError
 from dynroute.nn.registry import MAX_IMAGE_SIZE, MAX_WIDTH, MIN_IMAGE_SIZE
 from dynroute.train.choices import (
@@ -69,38 +69,6 @@ def default_lr_warmup(iterations: int) -> int:
     return round(SHORT_RUN_WARMUP_FRACTION * iterations)
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """The valid range of a numeric option (every bound optional, each open or closed)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def describe(self, integer: bool = False) -> str:
-        """E.g. 'a finite number > 0', 'an integer >= 1 and <= 16'."""
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return " ".join(["an integer" if integer else "a finite number", " and ".join(parts)])
-
-    def describe_range(self) -> str:
-        """The range alone, for help texts: '>= 0 and < 1'."""
-        return self.describe().removeprefix("a finite number ")
-
-
-NON_NEGATIVE = Bounds(0)
-POSITIVE = Bounds(0, low_open=True)
 MAX_ITERATIONS = 10**9
 MAX_BATCH = 1 << 16
 
@@ -328,7 +296,11 @@ class TrainConfig:
     )
     seed: int = option(0, "random seed", bounds=Bounds(0, 2**63 - 1), integer=True)
     device: str = option("auto", "cpu, cuda, cuda:N or auto", execution=True)
-    bf16: bool = option(False, "bfloat16 autocast on CUDA")
+    bf16: bool = option(
+        False,
+        "bfloat16 autocast: on CUDA, or on a CPU with native bf16 instructions (NCHW layout "
+        "there, chosen automatically); elsewhere a warning and float32",
+    )
     compile: bool = option(False, "torch.compile the forward pass and the loss", execution=True)
     compile_mode: str = option(
         "default",

@@ -17,7 +17,13 @@ import torch
 from tqdm import tqdm
 
 from dynroute.nn.macs import policy_path_macs, tree_costs
-from dynroute.nn.prediction import Prediction, as_tensor, predict_dense
+from dynroute.nn.prediction import (
+    Prediction,
+    as_tensor,
+    check_images,
+    predict_dense,
+    predict_from_outputs,
+)
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 from dynroute.policy import LEARNED, Policy
 
@@ -60,6 +66,49 @@ class Evaluation:
         return asdict(self)
 
 
+class _Tally:
+    """What one evaluation counts, batch by batch: nodes reached, examples classified per
+    node and class, correct answers per node, MACs spent."""
+
+    def __init__(self, tree: RoutedTree, device: torch.device) -> None:
+        n_nodes, n_classes = len(tree.nodes), tree.num_classes
+        self.reached = torch.zeros(n_nodes, dtype=torch.long, device=device)
+        self.counts = torch.zeros(n_nodes, n_classes, dtype=torch.long, device=device)
+        self.correct = torch.zeros(n_nodes, dtype=torch.long, device=device)
+        self.path_nodes = tree_costs(tree).path_matrix().to(device)
+        self.total_macs = torch.zeros((), dtype=torch.long, device=device)
+
+    def add(self, pred: Any, y: torch.Tensor) -> None:
+        self.reached += self.path_nodes[pred.exits].sum(dim=0)
+        self.counts.index_put_((pred.exits, y), torch.ones_like(y), accumulate=True)
+        hits = pred.exits[pred.predictions == y]
+        self.correct += torch.bincount(hits, minlength=len(self.correct))
+        self.total_macs += pred.macs.sum()
+
+    def result(self, tree: RoutedTree, k_cpt: float | None, policy: Policy) -> Evaluation:
+        return _summarise(
+            tree,
+            self.reached.tolist(),
+            self.counts.tolist(),
+            self.correct.tolist(),
+            int(self.total_macs),
+            k_cpt,
+            policy,
+        )
+
+
+def _inputs(
+    tree: RoutedTree, images: Any, labels: Any, device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    images = as_tensor(images, torch.float32)
+    labels = as_tensor(labels, torch.long)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if device is not None:
+        tree.to(device)
+    return images, labels, next(tree.parameters()).device
+
+
 def routing_statistics(
     tree: RoutedTree,
     images: torch.Tensor | np.ndarray,
@@ -78,19 +127,8 @@ def routing_statistics(
     early-exit engine), else by the dense reference. The tree's training mode is restored
     afterwards.
     """
-    images = as_tensor(images, torch.float32)
-    labels = as_tensor(labels, torch.long)
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-    if device is not None:
-        tree.to(device)
-    device = next(tree.parameters()).device
-    n_nodes, n_classes = len(tree.nodes), tree.num_classes
-    reached = torch.zeros(n_nodes, dtype=torch.long, device=device)
-    counts = torch.zeros(n_nodes, n_classes, dtype=torch.long, device=device)
-    correct = torch.zeros(n_nodes, dtype=torch.long, device=device)
-    path_nodes = tree_costs(tree).path_matrix().to(device)
-    total_macs = torch.zeros((), dtype=torch.long, device=device)
+    images, labels, device = _inputs(tree, images, labels, device)
+    tally = _Tally(tree, device)
     starts = range(0, images.shape[0], batch_size)
     with evaluation_mode(tree), torch.inference_mode():
         for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
@@ -100,14 +138,31 @@ def routing_statistics(
                 pred = predictor(x, k_cpt, y)
             else:
                 pred = predict_dense(tree, x, k_cpt, policy=policy, labels=y)
-            reached += path_nodes[pred.exits].sum(dim=0)
-            counts.index_put_((pred.exits, y), torch.ones_like(y), accumulate=True)
-            hits = pred.exits[pred.predictions == y]
-            correct += torch.bincount(hits, minlength=n_nodes)
-            total_macs += pred.macs.sum()
-    return _summarise(
-        tree, reached.tolist(), counts.tolist(), correct.tolist(), int(total_macs), k_cpt, policy
-    )
+            tally.add(pred, y)
+    return tally.result(tree, k_cpt, policy)
+
+
+def routing_statistics_by_k(
+    tree: RoutedTree,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    k_values: list[float],
+    batch_size: int = 500,
+) -> list[Evaluation]:
+    """``routing_statistics`` of a dynamic-k_cpt net under its routers at every k_cpt of
+    ``k_values``, each batch's columns and exits run once and only the routers per value
+    (``RoutedTree.forward_dense_by_k``): the same numbers, one dense pass instead of one
+    per value."""
+    images, labels, device = _inputs(tree, images, labels, None)
+    tallies = [_Tally(tree, device) for _ in k_values]
+    with evaluation_mode(tree), torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            y = labels[start : start + batch_size].to(device)
+            x = check_images(images[start : start + batch_size], tree.input_shape, torch.float32)
+            x = x.to(device)
+            for tally, out in zip(tallies, tree.forward_dense_by_k(x, k_values), strict=True):
+                tally.add(predict_from_outputs(tree, out, x), y)
+    return [tally.result(tree, k, LEARNED) for tally, k in zip(tallies, k_values, strict=True)]
 
 
 def every_exit_accuracy(

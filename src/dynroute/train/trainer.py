@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from dynroute.atomic import append_line, write_json_atomic
-from dynroute.devices import resolve_device, to_device, use_channels_last
+from dynroute.devices import bf16_on, resolve_device, to_device, use_channels_last
 from dynroute.errors import DynrouteError
 from dynroute.nn import checkpoint
 from dynroute.nn.backbones import load_pretrained
@@ -41,7 +41,7 @@ from dynroute.runs import (
 )
 from dynroute.train.config import TrainConfig
 from dynroute.train.data import TrainingData
-from dynroute.train.evaluation import routing_statistics
+from dynroute.train.evaluation import routing_statistics, routing_statistics_by_k
 from dynroute.train.resume import prepare_run_dir, truncate_metrics, validate_config
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy
@@ -87,7 +87,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.tree: RoutedTree = self._network(tree).to(self.device)
-        self.channels_last = config.channels_last and use_channels_last(self.device)
+        self.bf16 = bf16_on(self.device, config.bf16)
+        self.channels_last = config.channels_last and use_channels_last(self.device, self.bf16)
         if self.channels_last:
             self.tree.to(memory_format=torch.channels_last)
         self.strategy = make_strategy(config.strategy, **config.strategy_options())
@@ -359,9 +360,10 @@ class Trainer:
         k_cpt: torch.Tensor | float,
         tau: torch.Tensor | float,
     ) -> tuple[LossOutput, torch.Tensor | None]:
-        """Dense forward pass (bf16 autocast on CUDA if asked), the strategy's loss and the
-        TALR gradient scales (computed here so that ``--compile`` fuses them too)."""
-        use_bf16 = self.config.bf16 and self.device.type == "cuda"
+        """Dense forward pass (bf16 autocast if asked, on CUDA or a CPU with native bf16), the
+        strategy's loss and the TALR gradient scales (computed here so that ``--compile``
+        fuses them too)."""
+        use_bf16 = self.bf16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             dense = self.tree.forward_dense(
                 images, k_cpt if self.config.dynamic_k_cpt else None, self._gradient_scales
@@ -378,13 +380,13 @@ class Trainer:
         """Hard-routing statistics on every evaluation split (and every k_cpt if dynamic)."""
         self.verify_finite()
         record: dict[str, Any] = {"iteration": self.step, "train_seconds": self.train_seconds}
-        k_values = list(self.config.resolved_k_cpt_set) if self.config.dynamic_k_cpt else [None]
         for name, split in self.data.evaluation.items():
-            results = {}
-            for k in k_values:
-                stats = routing_statistics(self.tree, split.images, split.labels, k_cpt=k)
-                results["default" if k is None else repr(k)] = stats.to_dict()
-            record[name] = results if self.config.dynamic_k_cpt else results["default"]
+            if self.config.dynamic_k_cpt:  # the columns once, the routers at every k_cpt
+                k_values = list(self.config.resolved_k_cpt_set)
+                by_k = routing_statistics_by_k(self.tree, split.images, split.labels, k_values)
+                record[name] = {repr(k): s.to_dict() for k, s in zip(k_values, by_k, strict=True)}
+            else:
+                record[name] = routing_statistics(self.tree, split.images, split.labels).to_dict()
         return record
 
     def _log(self, record: dict[str, Any]) -> None:

@@ -24,10 +24,12 @@ from dynroute.gate import (  # noqa: F401  (re-exported: the readers' names)
     cannot_read,
     check_regular,
     expansion_problem,
+    file_digest,
     file_kind,
     open_regular,
-    os_error_text,
+    os_reason,
     read_bytes,
+    read_exactly,
     utf8_name,
 )
 from dynroute.nn.registry import MAX_CLASSES
@@ -41,34 +43,45 @@ SPLITS = ("train", "test")
 # anything is allocated, read or expanded; each message names the limit and the number.
 # Classes a dataset may have: labels are 0..MAX_CLASSES-1, as many as a model may answer
 # (a label of 10^12 is a mistake, and would otherwise cost memory per label value).
+def expand_user(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded, absolute (worker processes
+    started elsewhere see the same folder); a user without a home folder (``~nouser/x``)
+    is one line naming ``what`` gave it, not a traceback."""
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        user = str(path).split("/", 1)[0]
+        raise DynrouteError(
+            f"{what} {str(path)!r} starts with {user!r}, but there is no such user or home "
+            "folder to expand it to: give the full path"
+        ) from None
+
+
 def user_cache_dir() -> Path:
     """Per-user cache root, following XDG so it can be moved without code changes."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "dynroute"
-
-
-def _absolute(path: str | os.PathLike[str]) -> Path:
-    """Absolute, so worker processes started elsewhere see the same folder."""
-    return Path(path).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME")
+    if base:
+        return expand_user(base, "XDG_CACHE_HOME") / "dynroute"
+    return expand_user("~/.cache", "the home folder") / "dynroute"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Raw-data folder: explicit argument, else $DYNROUTE_DATA, else the per-user cache."""
     if data_dir is not None:
-        return _absolute(data_dir)
+        return expand_user(data_dir, "`data_dir`")
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
-        return _absolute(from_env)
+        return expand_user(from_env, DATA_DIR_ENV)
     return user_cache_dir()
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where built datasets go: explicit argument, else $DYNROUTE_CACHE, else per-user cache."""
     if cache_dir is not None:
-        return _absolute(cache_dir)
+        return expand_user(cache_dir, "`cache_dir`")
     from_env = os.environ.get(CACHE_DIR_ENV)
     if from_env:
-        return _absolute(from_env)
+        return expand_user(from_env, CACHE_DIR_ENV)
     return user_cache_dir() / "datasets"
 
 
@@ -82,13 +95,9 @@ def md5_bytes(data: bytes) -> str:
 
 
 def md5_file(path: Path) -> str:
-    """MD5 of a file, streamed so large archives do not need to fit in memory."""
-    with open_regular(path) as handle:
-        try:
-            digest = hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False))
-        except OSError as exc:
-            raise cannot_read(path, exc) from exc
-    return digest.hexdigest()
+    """MD5 of a file, streamed so large archives do not need to fit in memory, and read up
+    to the size its status gives (``dynroute.gate.file_digest``)."""
+    return file_digest(path, "md5")
 
 
 def check_label_count(top: int, where: str) -> None:

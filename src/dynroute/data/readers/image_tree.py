@@ -11,12 +11,13 @@ not regular files (named pipes, devices, sockets) are skipped by name, never ope
 that are not valid UTF-8 are refused. Every image file's size is checked before it is read
 (``MAX_IMAGE_FILE_BYTES``; sparse files and zip members that expand more than
 ``MAX_EXPANSION_RATIO`` times are refused), and every image's pixel count before it is
-decoded (``MAX_IMAGE_PIXELS``).
+decoded (``MAX_IMAGE_PIXELS``). Images are decoded by the image format's own code
+(``dynroute.data.formats.images``), which ``dynroute predict`` and ``dynroute serve`` decode
+files and request bodies with too.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import multiprocessing
 import os
@@ -33,11 +34,11 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar, Self
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dynroute.data.formats.images import SUFFIXES as IMAGE_SUFFIXES
+from dynroute.data.formats.images import Checks, decode_rgb
 from dynroute.data.readers.common import (
     MAX_IMAGE_FILE_BYTES,
-    MAX_IMAGE_PIXELS,
     SPLITS,
     FileCheck,
     Provenance,
@@ -54,14 +55,9 @@ from dynroute.data.readers.common import (
     utf8_name,
 )
 from dynroute.errors import DynrouteError
-from dynroute.nn.registry import MIN_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-# Smaller images carry too little to resize from; a user's file this small is a mistake.
-# Pillow's bilinear filter widens with the scale factor, so shrinking is antialiased.
-RESAMPLE = Image.Resampling.BILINEAR
 # Below this many images (or bytes) a process pool costs more than it saves.
 PARALLEL_DECODE_MIN_IMAGES = 4000
 PARALLEL_DECODE_MIN_BYTES = 16 << 20
@@ -79,11 +75,6 @@ def _natural_key(name: str) -> tuple[int, int, str]:
 def is_hidden(name: str) -> bool:
     """Dot-files and folders, and the metadata folder macOS adds to zips."""
     return name.startswith(".") or name == "__MACOSX"
-
-
-def resize_square(image: Image.Image, size: int) -> Image.Image:
-    """The one resize of user pixels (files and arrays alike): bilinear, stretched to square."""
-    return image.resize((size, size), RESAMPLE)
 
 
 @dataclass(frozen=True)
@@ -193,117 +184,11 @@ def _discovered_classes(found: dict[str, dict[str, list[str]]], where: Path) -> 
     return tuple(names)
 
 
-def _check_pixels(name: str, width: int, height: int) -> None:
-    """Refuse an image too large to decode safely (the pixel count, before decoding)."""
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DynrouteError(
-            f"{name}: image is {width}x{height} = {width * height} pixels, more than the "
-            f"limit of {MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS); shrink it"
-        )
-
-
-def _decode_one(
-    source: bytes | Image.Image,
-    name: str,
-    size: int,
-    resize: bool,
-    min_size: int = MIN_IMAGE_SIZE,
-    wide: bool = False,
-) -> bytes:
-    """RGB bytes of one size x size image (a file's bytes, or a file Pillow has opened and
-    not yet decoded: the caller hands it over); built-in copies must already have that size.
-
-    ``wide``: read 16-bit integer pixels too, rounded to 8 bits first (as saving the image
-    with 8 bits per channel would); otherwise they are refused.
-    """
-    if isinstance(source, Image.Image):
-        return _decode_opened(source, name, size, resize, min_size, wide)
-    with Image.open(io.BytesIO(source)) as image:
-        return _decode_opened(image, name, size, resize, min_size, wide)
-
-
-def _decode_opened(
-    image: Image.Image, name: str, size: int, resize: bool, min_size: int, wide: bool
-) -> bytes:
-    width, height = image.size
-    if not resize:
-        if image.size != (size, size):
-            raise DynrouteError(f"{name}: image is {width}x{height}, expected {size}x{size}")
-        return image.convert("RGB").tobytes()
-    if min(width, height) < min_size:
-        raise DynrouteError(
-            f"{name}: image is {width}x{height} pixels, too small (at least {min_size} on a side)"
-        )
-    if image.mode in ("I", "F") or image.mode.startswith("I;"):
-        if not wide or image.mode == "F":
-            raise DynrouteError(
-                f"{name}: {image.mode} pixels (16-bit or floating point) are not supported; "
-                "save the image with 8 bits per channel"
-            )
-        _check_pixels(name, *image.size)
-        upright = _eight_bit(ImageOps.exif_transpose(image), name)
-    else:
-        image.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, >= size
-        _check_pixels(name, *image.size)
-        upright = ImageOps.exif_transpose(image)  # camera photos as they are displayed
-    rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
-    return (rgb if rgb.size == (size, size) else resize_square(rgb, size)).tobytes()
-
-
-def _eight_bit(image: Image.Image, name: str = "image") -> Image.Image:
-    """A 16-bit grayscale image as 8-bit grayscale (x / 257, rounded), in integers (no
-    float64 detour: 4 bytes a pixel at most). 32-bit values beyond 16 bits are refused, not
-    clipped to white."""
-    pixels = np.asarray(image)
-    if pixels.dtype.itemsize > 2 and (pixels.max(initial=0) > 65535 or pixels.min(initial=0) < 0):
-        raise DynrouteError(
-            f"{name}: 32-bit integer pixels beyond 16 bits are not supported; save the image "
-            "with 8 or 16 bits per channel"
-        )
-    scaled = (pixels.astype(np.uint32) + 128) // 257
-    return Image.fromarray(scaled.astype(np.uint8), "L")
-
-
-#: What decoding a file can raise besides a ``DynrouteError``: the file is not an image,
-#: is truncated, or too large to decode safely.
-DECODE_ERRORS = (
-    UnidentifiedImageError,
-    Image.DecompressionBombError,
-    OSError,
-    SyntaxError,
-    ValueError,
-)
-
-
-def decode_image(
-    blob: bytes | Image.Image,
-    name: str,
-    size: int,
-    min_size: int = MIN_IMAGE_SIZE,
-    wide: bool = False,
-) -> np.ndarray:
-    """One image file's bytes as (3, size, size) uint8 RGB, decoded and resized exactly as a
-    user's image tree is for training (upright, RGB, Pillow bilinear, stretched to square);
-    any failure is a ``DynrouteError`` naming ``name``. ``min_size`` and ``wide`` as in
-    ``_decode_one``."""
-    try:
-        pixels = _decode_one(blob, name, size, True, min_size, wide)
-    except UnidentifiedImageError:
-        raise DynrouteError(f"{name}: not an image file (Pillow cannot identify it)") from None
-    except DECODE_ERRORS as exc:
-        raise DynrouteError(f"{name}: cannot decode image ({exc})") from exc
-    return np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3).transpose(2, 0, 1).copy()
-
-
 def _decode_chunk(blobs: list[bytes], names: list[str], size: int, resize: bool) -> np.ndarray:
     """Decode images to (N, 3, size, size) uint8; top-level for the process pool."""
     out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
     for index, (blob, name) in enumerate(zip(blobs, names, strict=True)):
-        try:
-            pixels = _decode_one(blob, name, size, resize)
-        except DECODE_ERRORS as exc:
-            raise DynrouteError(f"{name}: cannot decode image ({exc})") from exc
-        out[index] = np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
+        out[index] = decode_rgb(blob, name, size, Checks(resize=resize))
     return out.transpose(0, 3, 1, 2).copy()
 
 

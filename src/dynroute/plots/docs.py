@@ -1,0 +1,287 @@
+"""Numbers in the documentation, generated from the result files: never typed.
+
+A document marks a generated block with two comments::
+
+    <!-- generated: cpu/policy-findings -->
+    ...
+    <!-- end generated -->
+
+``dynroute report --scale cpu`` rewrites every ``cpu/...`` block of the documents it is
+given (README.md and docs/*.md by default) from ``results/cpu``, and a test fails when a
+committed block differs from what the committed results give. A block's name is its scale
+and a generator registered here (``BLOCKS``); each generator reads the same claims and
+studies the report does, so a number in the docs is the report's number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynroute.atomic import write_text_atomic
+from dynroute.errors import DynrouteError
+from dynroute.experiments.claims import Claim, check_claims
+from dynroute.experiments.results import Results, load_results, load_studies, load_variants
+
+_BLOCK = re.compile(
+    r"(?P<open><!-- generated: (?P<name>[\w.-]+/[\w.-]+) -->\n)(?P<body>.*?)(?P<close><!-- end "
+    r"generated -->)",
+    re.S,
+)
+
+
+@dataclass
+class Evidence:
+    """What a scale's results say, loaded once for every block of that scale."""
+
+    scale: str
+    results: Results
+    studies: dict[str, dict]
+    claims: list[Claim]
+    results_dir: str | os.PathLike[str] = "results"
+
+    @classmethod
+    def load(cls, results_dir: str | os.PathLike[str], scale: str) -> Evidence:
+        results = load_results(results_dir, scale)
+        variants = load_variants(results_dir, scale)
+        studies = load_studies(results_dir, scale)
+        claims = check_claims(results, variants, studies)
+        return cls(scale, results, studies, claims, results_dir)
+
+    def claims_starting(self, start: str) -> list[Claim]:
+        """The claims whose text starts with ``start`` (one per dataset where it repeats)."""
+        return [c for c in self.claims if c.claim.startswith(start)]
+
+
+#: name -> generator of the block's lines from a scale's evidence.
+BLOCKS: dict[str, Callable[[Evidence], list[str]]] = {}
+
+
+def block(name: str) -> Callable[[Callable[[Evidence], list[str]]], Callable]:
+    """Register a generated block (its name without the scale)."""
+
+    def register(generate: Callable[[Evidence], list[str]]) -> Callable:
+        BLOCKS[name] = generate
+        return generate
+
+    return register
+
+
+def claim_lines(evidence: Evidence, starts: Iterable[str]) -> list[str]:
+    """One bullet per claim: its verdict in bold, the claim, and its evidence."""
+    lines = [
+        f"- **{found.verdict}**: {found.claim}. {found.evidence}."
+        for start in starts
+        for found in evidence.claims_starting(start)
+    ]
+    return lines or ["- (no results for these claims at this scale)"]
+
+
+def render(name: str, evidence: Evidence) -> str:
+    """A block's body: its generator's lines, each ending in a newline."""
+    kind = name.split("/", 1)[1]
+    if kind not in BLOCKS:
+        raise DynrouteError(f"unknown generated block {name!r}; known: {', '.join(BLOCKS)}")
+    return "".join(f"{line}\n" for line in BLOCKS[kind](evidence))
+
+
+def rewrite(
+    documents: Iterable[str | os.PathLike[str]], results_dir: str | os.PathLike[str], scale: str
+) -> list[Path]:
+    """Rewrite every ``scale/...`` block of ``documents``; returns the documents changed."""
+    evidence: Evidence | None = None
+    changed = []
+    for document in documents:
+        path = Path(document)
+        text = path.read_text(encoding="utf-8")
+
+        def fill(match: re.Match[str]) -> str:
+            nonlocal evidence
+            name = match["name"]
+            if not name.startswith(f"{scale}/"):
+                return match[0]
+            evidence = evidence or Evidence.load(results_dir, scale)
+            return match["open"] + render(name, evidence) + match["close"]
+
+        new = _BLOCK.sub(fill, text)
+        if new != text:
+            write_text_atomic(path, new)
+            changed.append(path)
+    return changed
+
+
+def stale(
+    documents: Iterable[str | os.PathLike[str]], results_dir: str | os.PathLike[str]
+) -> list[tuple[Path, str]]:
+    """Every (document, block) whose body differs from what the results give now."""
+    cache: dict[str, Evidence] = {}
+    out = []
+    for document in documents:
+        path = Path(document)
+        for match in _BLOCK.finditer(path.read_text(encoding="utf-8")):
+            scale = match["name"].split("/", 1)[0]
+            if scale not in cache:
+                cache[scale] = Evidence.load(results_dir, scale)
+            if match["body"] != render(match["name"], cache[scale]):
+                out.append((path, match["name"]))
+    return out
+
+
+def default_documents(root: str | os.PathLike[str] = ".") -> list[Path]:
+    """README.md and docs/*.md under ``root`` that hold a generated block."""
+    base = Path(root)
+    candidates = [base / "README.md", *sorted((base / "docs").glob("*.md"))]
+    return [p for p in candidates if p.is_file() and "<!-- generated: " in p.read_text("utf-8")]
+
+
+# --------------------------------------------------------------------------- the blocks
+#: The policy evidence's claims, in the order the documents discuss them.
+POLICY_CLAIMS = (
+    "recalibrating each exit",
+    "combining the answers",
+    "a learned per-example exit decision",
+    "the learned decision (the one most accurate on validation) needs fewer MACs",
+    "the learned decision's mean gain",
+    "learned routers beat",
+)
+GUARANTEE_CLAIMS = ("guaranteed accuracy targets hold", "under the same guarantee")
+ROUTER_CLAIMS = (
+    "learned routers beat",
+    "actor training + learned routers beat multi-exit",
+    "a learned per-example exit decision",
+)
+
+
+@block("policy-findings")
+def _policy_findings(evidence: Evidence) -> list[str]:
+    return claim_lines(evidence, POLICY_CLAIMS)
+
+
+@block("guarantee-findings")
+def _guarantee_findings(evidence: Evidence) -> list[str]:
+    return claim_lines(evidence, GUARANTEE_CLAIMS)
+
+
+@block("router-findings")
+def _router_findings(evidence: Evidence) -> list[str]:
+    return claim_lines(evidence, ROUTER_CLAIMS)
+
+
+@block("claims")
+def _claims(evidence: Evidence) -> list[str]:
+    lines = ["| claim | verdict | evidence |", "| --- | --- | --- |"]
+    return lines + [f"| {c.claim} | **{c.verdict}** | {c.evidence} |" for c in evidence.claims]
+
+
+@block("lead")
+def _lead(evidence: Evidence) -> list[str]:
+    """Per lead study: the best static network and the routed point that matches it."""
+    studies = {n: s for n, s in evidence.studies.items() if s.get("study") == "lead"}
+    if not studies:
+        return ["(no lead study at this scale: `dynroute study lead RUN --static EXPERIMENT`)"]
+    from dynroute.plots.report import lead_table
+
+    return lead_table(studies)
+
+
+@block("recipes")
+def _recipes(evidence: Evidence) -> list[str]:
+    """Each exit-training recipe against plain multi-exit training of the same chain."""
+    from dynroute.experiments.claims import DATASETS
+    from dynroute.experiments.claims.recipes import recipe_rows
+
+    rows = recipe_rows(evidence.results)
+    if not rows:
+        return ["(no recipe trained beside plain multi-exit training at this scale)"]
+    lines = [
+        "| recipe | data | binding cells | ahead | behind | mean difference, points "
+        "| recalibration adds (plain) | training time (plain) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        recalibration = "–" if row.recalibration is None else f"{100 * row.recalibration:+.2f}"
+        plain = "–" if row.plain_recalibration is None else f"{100 * row.plain_recalibration:+.2f}"
+        lines.append(
+            f"| {row.recipe} | {DATASETS[row.dataset]} | {len(row.verdict.cells)} | "
+            f"{row.verdict.ahead} | {row.verdict.behind} | {100 * row.mean_difference:+.2f} | "
+            f"{recalibration} ({plain}) | {row.train_seconds / 60:.0f} min "
+            f"({row.plain_train_seconds / 60:.0f} min) |"
+        )
+    return [*lines, "", *claim_lines(evidence, ("the best exit-training recipe",))]
+
+
+@block("policy-spread")
+def _policy_spread(evidence: Evidence) -> list[str]:
+    from dynroute.experiments.results import load_variants
+    from dynroute.plots.report import spread_table
+
+    lines = spread_table(evidence.results, load_variants(evidence.results_dir, evidence.scale))
+    return lines or ["(no network trained on several validation splits at this scale)"]
+
+
+@block("policy-steps")
+def _policy_steps(evidence: Evidence) -> list[str]:
+    """Each decomposition step over the step before, and the learned decision over the best
+    baseline: distinct binding cells, how many are significantly ahead or behind."""
+    from dynroute.experiments import policy_claims
+
+    tables, _ = policy_claims.equal_footing_tables(evidence.results)
+    families = [
+        (
+            "+ recalibration, over the best raw rule",
+            policy_claims.step_cells(tables, "+ recalibration"),
+        ),
+        (
+            "+ combination, over the best rule on raw or recalibrated answers",
+            policy_claims.step_cells(tables, "+ combination"),
+        ),
+        (
+            "the learned decision (the scheduler or the routers, on any answers), over the best "
+            "baseline",
+            policy_claims.learned_cells(tables),
+        ),
+    ]
+    lines = [
+        "| step | distinct binding cells | significantly ahead | significantly behind | mean gain "
+        "| test MACs, first side against second |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for title, cells in families:
+        if not cells:
+            continue
+        verdict = policy_claims.judge(cells)
+        differences = [c.difference for c in verdict.cells]
+        macs = [c.macs for c in verdict.cells if c.macs is not None]
+        ratio = (
+            "–"
+            if not macs
+            else f"{min(a / b for a, b in macs):.2f}× to {max(a / b for a, b in macs):.2f}×"
+        )
+        lines.append(
+            f"| {title} | {len(verdict.cells)} | {verdict.ahead} | {verdict.behind} | "
+            f"{100 * sum(differences) / len(differences):+.2f} points | {ratio} |"
+        )
+    return lines
+
+
+@block("guarantees")
+def _guarantees(evidence: Evidence) -> list[str]:
+    from dynroute.plots.report import guarantee_table
+
+    studies = {n: s for n, s in evidence.studies.items() if s.get("study") == "guarantees"}
+    if not studies:
+        return ["(no guarantee study at this scale: `dynroute study guarantees RUN`)"]
+    return guarantee_table(studies)
+
+
+@block("held-out")
+def _held_out(evidence: Evidence) -> list[str]:
+    from dynroute.plots.report import held_out_lines
+
+    lines = held_out_lines(evidence.studies)
+    return [line.replace("### ", "#### ") for line in lines[1:]] or [
+        "(no held-out study at this scale: `dynroute study held-out RUN`)"
+    ]

@@ -1,0 +1,61 @@
+"""int8 exports: every model quantized, the operating point re-fitted on int8 answers,
+checked against float32; the torch-free runtime runs them unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dynroute.delivery.export import export_run
+from dynroute.deploy import load
+
+pytest.importorskip("onnxruntime", reason="int8 exports need the deploy extra")
+
+
+@pytest.mark.slow
+def test_an_int8_export_keeps_early_exit_and_agrees_with_float32(trained, tmp_path) -> None:
+    run = trained["budgeted"]  # calibrated for 1.5 M MACs with per-exit thresholds
+    manifest, how, check = export_run(run, tmp_path / "int8", int8=True)
+    assert manifest["model"]["precision"] == "int8" and manifest["guarantee"] is None
+    assert "re-fitted for 1.5 M MACs on the int8 answers" in how
+    assert check["same_class"] >= 0.8 and abs(check["accuracy_difference"]) <= 0.1
+    assert check["int8"]["mean_macs"] <= 1.5e6 * 1.5
+    written = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert written["source"]["int8_check"] == check
+    assert len(written["operating_points"]["points"]) >= 2  # predict --target-macs works
+    model = load(tmp_path / "int8")
+    x = np.random.default_rng(0).random((16, *model.input_shape), dtype=np.float32)
+    routed = model.predict(x)
+    assert routed.logits.dtype == np.float32 and len(set(routed.exits.tolist())) >= 1
+    import onnx
+
+    quantized = onnx.load(str(tmp_path / "int8" / manifest["segments"][0]["file"]))
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+
+
+@pytest.mark.parametrize("boost", [0.0, 0.5])
+def test_every_exit_of_an_export_is_its_dense_graph(tmp_path, boost: float) -> None:
+    """The segment walk that int8 calibration and re-fitting read gives what dense.onnx
+    does (boosted answers composed the same way)."""
+    import torch
+
+    from dynroute.decisions import boosted_exits
+    from dynroute.delivery.export import export_tree
+    from helpers.routing import random_conv_tree, scramble_routing
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(32, 3, 4, 4, generator=gen)
+    tree = scramble_routing(random_conv_tree(2, boost=boost), x)
+    export_tree(tree, tmp_path / "export", dense=True)
+    model = load(tmp_path / "export")
+    answers, scores = model.every_exit(x.numpy())
+    outputs = model._dense[0]([x.numpy()])
+    heads = dict(zip(model.leaves, outputs[: len(model.leaves)], strict=True))
+    dense = boosted_exits(model.shape, heads, model.boost)
+    np.testing.assert_allclose(
+        answers, np.stack([dense[leaf] for leaf in model.leaves], 1), rtol=1e-4, atol=1e-4
+    )
+    for j, s in zip(model.junctions, outputs[len(model.leaves) :], strict=True):
+        np.testing.assert_allclose(scores[j], s, rtol=1e-4, atol=1e-4)

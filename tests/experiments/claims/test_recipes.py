@@ -1,0 +1,32 @@
+"""The recipe claims: each recipe against plain multi-exit training, and the best one."""
+
+from __future__ import annotations
+
+from dynroute.experiments.claims import NOT_SUPPORTED, SUPPORTED, Context, recipes
+from dynroute.experiments.policy_claims import Cell, judge
+
+
+def _row(recipe: str, dataset: str, p_values: list[float]) -> recipes.RecipeRow:
+    cells = [
+        Cell(f"{dataset}-{recipe}", 1e6 * (i + 1), 0.02, p, f"{i}") for i, p in enumerate(p_values)
+    ]
+    return recipes.RecipeRow(recipe, dataset, judge(cells), 0.01, None, 60.0, 50.0)
+
+
+def test_each_recipe_and_the_best_one_on_both_datasets(monkeypatch) -> None:
+    rows = [_row("distill", "hybrid", [1e-4, 1e-4]), _row("boost", "hybrid", [0.5, 1e-4])]
+    monkeypatch.setattr(recipes, "recipe_rows", lambda _: rows)
+    context = Context({})
+    distill, boost = recipes.recipe_beats_plain_training(context)
+    assert distill.verdict == SUPPORTED and "'distill'" in distill.claim
+    assert "recalibration adds +1.00 points on top of it (plain: –)" in distill.evidence
+    assert "trained in 60 s (plain: 50 s)" in distill.evidence
+    assert boost.verdict == SUPPORTED  # ahead at 1 of 2 cells, behind at none
+    best = recipes.best_recipe_ahead(context)
+    assert "hybrid: 'distill', ahead at 2 and behind at 0 of 2" in best.evidence
+    assert best.verdict == NOT_SUPPORTED and "CIFAR-10: no recipe measured" in best.evidence
+
+
+def test_without_a_recipe_there_is_no_recipe_claim() -> None:
+    assert recipes.recipe_beats_plain_training(Context({})) == []
+    assert recipes.best_recipe_ahead(Context({})) is None
