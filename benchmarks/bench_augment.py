@@ -18,7 +18,7 @@ import torch
 from dynroute.data.augment import augment_batch
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
-from dynroute.devices import configure_cpu
+from dynroute.platform.devices import configure_cpu
 
 
 def images_per_second(step: Callable[[], object], batch_size: int, seconds: float) -> float:

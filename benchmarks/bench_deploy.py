@@ -51,8 +51,8 @@ from deployed import (
     throughput,
 )
 from dynroute.deploy import load
-from dynroute.devices import configure_cpu, machine_description
 from dynroute.engine.early_exit import EarlyExitEngine
+from dynroute.platform.devices import configure_cpu, machine_description
 from timing import save_results
 
 BATCH = 256

@@ -24,11 +24,11 @@ import statistics
 import torch
 from torch import nn
 
-from dynroute.devices import configure_cpu, machine_description
 from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.engine.fold import fold_batchnorm
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.models import build_model
+from dynroute.platform.devices import configure_cpu, machine_description
 from timing import interleaved_seconds, median_speedup
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from dynroute.devices import configure_cpu, machine_description, resolve_device
 from dynroute.nn.models import build_model
+from dynroute.platform.devices import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import PAPER_K_CPT_SET
 from dynroute.train.strategies import Strategy, make_strategy
 from dynroute.train.talr import talr_scales

@@ -107,7 +107,7 @@ def main() -> None:
                 f"on validation, {hold.moves} moves so far",
                 flush=True,
             )
-    from dynroute.devices import machine_description
+    from dynroute.platform.devices import machine_description
 
     save_results(
         {

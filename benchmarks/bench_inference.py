@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from dynroute.data.datasets import load_dataset
-from dynroute.devices import configure_cpu, machine_description, resolve_device
 from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.engine.fold import fold_batchnorm
 from dynroute.nn import checkpoint
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.models import build_model
 from dynroute.nn.tree import RoutedTree
+from dynroute.platform.devices import configure_cpu, machine_description, resolve_device
 from timing import interleaved_seconds, median_speedup, peak_memory_mb
 
 

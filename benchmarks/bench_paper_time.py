@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dynroute.devices import configure_cpu, machine_description, resolve_device
+from dynroute.platform.devices import configure_cpu, machine_description, resolve_device
 from dynroute.train.config import TrainConfig
 from dynroute.train.data import load_training_data
 from dynroute.train.trainer import Trainer

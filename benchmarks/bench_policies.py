@@ -18,9 +18,9 @@ import statistics
 
 import torch
 
-from dynroute.devices import configure_cpu, machine_description
 from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.experiments.policy_claims import best_learned
+from dynroute.platform.devices import configure_cpu, machine_description
 from dynroute.policies.exit_table import dense_outputs
 from dynroute.policies.table import budget_table, cell_policy
 from dynroute.runs import open_run

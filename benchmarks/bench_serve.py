@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from deployed import export_pair, png_bytes, test_sample, throughput
-    from dynroute.devices import configure_cpu, machine_description
+    from dynroute.platform.devices import configure_cpu, machine_description
     from timing import save_results
 
     configure_cpu(1)

@@ -28,7 +28,7 @@ import torch
 
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.loader import BatchLoader
-from dynroute.devices import bf16_on, configure_cpu, machine_description, resolve_device
+from dynroute.platform.devices import bf16_on, configure_cpu, machine_description, resolve_device
 from dynroute.train.config import COMPILE_MODES, TrainConfig
 from dynroute.train.data import Split, TrainingData
 from dynroute.train.trainer import Trainer

@@ -23,8 +23,8 @@ import tempfile
 
 import torch
 
-from dynroute.devices import configure_cpu, machine_description
-from dynroute.machine import available_cores
+from dynroute.platform.devices import configure_cpu, machine_description
+from dynroute.platform.machine import available_cores
 from dynroute.train.config import TrainConfig
 from dynroute.train.trainer import Trainer
 from timing import save_results

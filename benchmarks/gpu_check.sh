@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one go, sized for a short lease (about 10 minutes on one H100):
-#   1. the CUDA tests (tests/base/test_cuda.py: same batches and losses as the CPU, no host
+#   1. the CUDA tests (tests/platform/test_cuda.py: same batches and losses as the CPU, no host
 #      synchronisation inside a training step, CUDA-graph training, engine routing);
 #   2. the paper-scale (80,000-iteration) hybrid actor chain: step time per execution mode,
 #      the projected run time, and the full run itself when it fits --full-budget;
@@ -41,7 +41,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to OUT_DIR/NAM
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 phase dataset 50 "$py" -c "from dynroute.data.datasets import load_dataset; print(load_dataset('hybrid').train.images.shape)"
-phase tests 110 "$py" -m pytest -q -p no:cacheprovider tests/base/test_cuda.py
+phase tests 110 "$py" -m pytest -q -p no:cacheprovider tests/platform/test_cuda.py
 phase paper-time "${PAPER_LIMIT:-280}" "$py" benchmarks/bench_paper_time.py --device cuda \
     --modes "${MODES:-eager,bf16,graphs}" \
     --full auto --full-budget "${FULL_BUDGET:-200}" --json "$out/paper-time.json" --out-dir "$out"

@@ -33,13 +33,13 @@ _PUBLIC = {
     "load_dataset": "dynroute.data.datasets",
     "BatchLoader": "dynroute.data.loader",
     # routing policies and inference
-    "Policy": "dynroute.policy",
-    "POLICIES": "dynroute.policy",
+    "Policy": "dynroute.core.policy",
+    "POLICIES": "dynroute.core.policy",
     "EarlyExitEngine": "dynroute.engine.early_exit",
     "evaluate": "dynroute.engine.evaluate",
     "calibrate": "dynroute.policies.calibration",
     # errors
-    "DynrouteError": "dynroute.errors",
+    "DynrouteError": "dynroute.core.errors",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -19,8 +19,8 @@ import re
 import sys
 
 from dynroute import __version__
-from dynroute.atomic import os_reason
-from dynroute.errors import DynrouteError, Interrupted, stop_signals
+from dynroute.core.errors import DynrouteError, Interrupted, stop_signals
+from dynroute.io.atomic import os_reason
 
 #: Optional packages -> the extra that installs them (``pyproject.toml``).
 MISSING_EXTRAS = {

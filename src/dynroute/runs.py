@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dynroute import checks
-from dynroute.atomic import FolderLock, read_json_object, write_json_atomic
+from dynroute.core import checks
+from dynroute.core.errors import DynrouteError
+from dynroute.core.guarantee import MALFORMED, Guarantee, certified, read_policy
+from dynroute.core.policy import LEARNED, Policy
 from dynroute.deploy.manifest import sha256_file
-from dynroute.errors import DynrouteError
-from dynroute.guarantee import MALFORMED, Guarantee, certified, read_policy
+from dynroute.io.atomic import FolderLock, read_json_object, write_json_atomic
 from dynroute.nn import checkpoint
 from dynroute.nn.tree import RoutedTree
-from dynroute.policy import LEARNED, Policy
 
 if TYPE_CHECKING:
     from dynroute.data.datasets import DatasetSplits
@@ -472,7 +472,7 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         """A calibration from ``to_dict``'s data, every field checked: the policy, the
         k_cpt input and the target in range, the measurements accuracies and MAC counts,
-        the guarantee consistent (``dynroute.guarantee.certified``), certifying the
+        the guarantee consistent (``dynroute.core.guarantee.certified``), certifying the
         calibrated point at its target, and never on the training split."""
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise DynrouteError(f"a malformed calibration (format {_format_of(data)!r})")
@@ -626,7 +626,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
 
 def metrics_line(record: dict[str, Any], path: Path) -> str:
     """One record of ``metrics.jsonl``: strict JSON on one line."""
-    from dynroute.atomic import json_text
+    from dynroute.io.atomic import json_text
 
     return json_text(record, path)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data import BatchLoader, DatasetSplit, augment_batch
 from dynroute.data.augment import AugmentParams, draw_params, shift_and_flip
-from dynroute.errors import DynrouteError
 
 
 def naive(image: torch.Tensor, du: int, dv: int, flip: bool) -> torch.Tensor:

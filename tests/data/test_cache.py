@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data import DatasetSplit, cache, datasets, load_dataset
-from dynroute.errors import DynrouteError
 
 CIFAR10_TEST_LABELS = list(range(10))
 

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data import datasets, load_dataset
 from dynroute.data.datasets import GAMMA, dataset_names, digit_colours, validation_positions
-from dynroute.errors import DynrouteError
 
 
 def test_names_and_unknown_dataset(data_root, cache_dir):

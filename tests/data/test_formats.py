@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data import formats
-from dynroute.data.formats import FORMATS, Input, Limits, TooLarge, registry
+from dynroute.data.formats import FORMATS, Input, InputLimits, TooLarge, registry
 from dynroute.data.formats.pixels import array_images, to_linear
-from dynroute.errors import DynrouteError
 
 SIZE = 16
 
@@ -92,7 +92,7 @@ def test_a_new_format_is_one_module_registered() -> None:
     class Plain(formats.Reading):
         """A toy format: the text ``PLAIN v`` is one grey image of value v."""
 
-        def __init__(self, source: Input, size: int, limits: Limits) -> None:
+        def __init__(self, source: Input, size: int, limits: InputLimits) -> None:
             self.value, self.name, self.size = int(source.read(64)[6:]), source.name, size
             self.count, self.cost = 1, 3 * size * size * 4
 
@@ -184,18 +184,20 @@ def test_limits_are_checked_from_the_header_before_decoding() -> None:
     """Pixels and examples are refused as ``TooLarge`` (a server's 413) before a value is
     read or a pixel decoded; a tiny image is still classified (training wants more)."""
     data = samples()
-    small = Limits(max_pixels=100)
+    small = InputLimits(max_pixels=100)
     for name in ("rgb.png", "photo.jpg", "nhwc.npy", "mixed.npz"):
         with pytest.raises(TooLarge, match="more than the limit of 100"):
             formats.open_input(Input.body(data[name], name), SIZE, small)
     with pytest.raises(TooLarge, match="holds 6 images, over the limit of 5"):
-        formats.open_input(Input.body(data["mixed.npz"], "x.npz"), SIZE, Limits(max_examples=5))
+        formats.open_input(
+            Input.body(data["mixed.npz"], "x.npz"), SIZE, InputLimits(max_examples=5)
+        )
     _, reading = formats.open_input(Input.body(data["mixed.npz"], "x.npz"), SIZE)
     assert reading.count == 6 and reading.cost >= 6 * 3 * SIZE * SIZE * 4
     tiny = _npy(np.zeros((2, 1, 1), np.uint8))
     assert formats.open_input(Input.body(tiny, "t.npy"), SIZE)[1].whole(SIZE)[1].shape[0] == 2
     with pytest.raises(DynrouteError, match="too small"):
-        formats.open_input(Input.body(tiny, "t.npy"), SIZE, Limits(min_side=8))
+        formats.open_input(Input.body(tiny, "t.npy"), SIZE, InputLimits(min_side=8))
     with pytest.raises(TooLarge, match="holds 10 bytes, more than the limit"):
         Input.body(b"0123456789", "b").read(9)
 

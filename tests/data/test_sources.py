@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import cifar_pixels, idx_bytes, png_bytes
+from dynroute.core.errors import DynrouteError
 from dynroute.data import load_dataset, sources
 from dynroute.data.readers.mnist_idx import parse_idx, read_maybe_gzip
 from dynroute.data.sources import find_source, identify_source, read_source
-from dynroute.errors import DynrouteError
 
 
 def read(dataset: str, root: Path, allow: bool = False):

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image, features
 
 from dynroute import cli
+from dynroute.core.errors import DynrouteError
 from dynroute.data import absolute_dataset_name, is_dataset_name, load_dataset, user_data
 from dynroute.data.datasets import GAMMA
-from dynroute.errors import DynrouteError
 
 SIDE = 12  # generated images are 12x12 unless a test says otherwise
 

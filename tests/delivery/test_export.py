@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from dynroute.cli import main
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import Policy
 from dynroute.deploy import load
-from dynroute.errors import DynrouteError
 from dynroute.nn.prediction import predict_dense
-from dynroute.policy import Policy
 from helpers.delivery import SIZE, coloured, image_folder
 
 pytest.importorskip("onnx", reason="exporting needs the export extra")

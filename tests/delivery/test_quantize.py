@@ -41,7 +41,7 @@ def test_every_exit_of_an_export_is_its_dense_graph(tmp_path, boost: float) -> N
     does (boosted answers composed the same way)."""
     import torch
 
-    from dynroute.decisions import boosted_exits
+    from dynroute.core.decisions import boosted_exits
     from dynroute.delivery.export import export_tree
     from helpers.routing import random_conv_tree, scramble_routing
 

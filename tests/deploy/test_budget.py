@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from dynroute.core.errors import DynrouteError
 from dynroute.deploy.budget import BudgetHold
-from dynroute.errors import DynrouteError
 
 
 @dataclass

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import LEARNED, Policy
 from dynroute.delivery.export import export_tree, segments
 from dynroute.deploy import load
 from dynroute.deploy.manifest import CHECKSUM_FILE, MANIFEST_FILE, read_manifest
-from dynroute.errors import DynrouteError
 from dynroute.nn.models import build_model
 from dynroute.nn.prediction import Prediction, predict_dense
-from dynroute.policy import LEARNED, Policy
 from helpers.routing import fitted_policies, random_conv_tree, scramble_routing
 from helpers.toy_trees import random_tree
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import LEARNED, Policy
 from dynroute.engine.early_exit import EarlyExitEngine, select_rows
 from dynroute.engine.fold import fold_batchnorm
-from dynroute.errors import DynrouteError
 from dynroute.nn.models import build_model
 from dynroute.nn.prediction import Prediction, predict_dense
-from dynroute.policy import LEARNED, Policy
 from helpers.routing import fitted_policies, random_conv_tree, scramble_routing
 from helpers.toy_trees import random_tree
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import Policy
 from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.engine.evaluate import evaluate, every_exit_accuracy
-from dynroute.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import Node, RoutedTree
-from dynroute.policy import Policy
 
 
 def linear(weight: list[list[float]], bias: list[float] | None = None) -> nn.Linear:
@@ -161,7 +161,7 @@ def test_policy_validation(name, threshold, message) -> None:
 def test_a_dynamic_net_at_every_k_cpt_from_one_dense_pass(boost: float) -> None:
     """The trainer evaluates a dynamic-k_cpt net at its whole k_cpt set: the columns once,
     the routers per value, with exactly the statistics one pass per value gives."""
-    from dynroute.train.evaluation import routing_statistics, routing_statistics_by_k
+    from dynroute.nn.evaluation import routing_statistics, routing_statistics_by_k
     from helpers.routing import random_conv_tree, scramble_routing
 
     gen = torch.Generator().manual_seed(7)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dynroute.cli import main
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.experiments import studies
 
 METHODS = {

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from dynroute.cli import main
+from dynroute.core.errors import DynrouteError
 from dynroute.data.datasets import DatasetSplit
-from dynroute.errors import DynrouteError
 from dynroute.experiments.claims import check_claims
 from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
@@ -230,7 +230,7 @@ def test_killed_sweep_resumes_mid_network_and_matches_uninterrupted(tmp_path, mo
 
 def test_failed_network_is_reported_and_sweep_continues(tmp_path, monkeypatch):
     def broken(config, data_dir, device, allow_checksum_mismatch=False):
-        from dynroute.errors import DynrouteError
+        from dynroute.core.errors import DynrouteError
 
         raise DynrouteError("no data")
 

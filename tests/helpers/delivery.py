@@ -59,10 +59,10 @@ def make_export(folder: Path) -> Path:
     """The chain at 16 px with random routers, exported with class names and preprocessing."""
     import torch
 
+    from dynroute.core.policy import Policy
     from dynroute.data.files import preprocessing
     from dynroute.delivery.export import export_tree
     from dynroute.nn.models import build_model
-    from dynroute.policy import Policy
     from helpers.routing import scramble_routing
 
     torch.manual_seed(3)

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from dynroute.atomic import write_json_atomic
 from dynroute.engine.evaluate import evaluate
 from dynroute.experiments.registry import expand
 from dynroute.experiments.results import RESULT_FORMAT, result_path
+from dynroute.io.atomic import write_json_atomic
 from dynroute.nn.models import build_model
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynroute.decisions import SCHEDULER_FEATURES
+from dynroute.core.policy import Policy
+from dynroute.core.rules.scheduler import SCHEDULER_FEATURES
 from dynroute.nn.heads import Classifier, Router
 from dynroute.nn.tree import Node, RoutedTree
-from dynroute.policy import Policy
 
 
 def scramble_routing(
@@ -70,7 +70,8 @@ def random_conv_tree(
 
 
 def random_scheduler(tree, gen: torch.Generator) -> dict:
-    """Scheduler models with random coefficients for ``tree``'s exits (``dynroute.decisions``)."""
+    """Scheduler models with random coefficients for ``tree``'s exits
+    (``dynroute.core.rules.scheduler``)."""
     shape = tree.shape
     width = len(SCHEDULER_FEATURES)
     exits = []

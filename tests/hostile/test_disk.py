@@ -11,8 +11,8 @@ import tempfile
 import pytest
 import torch
 
-from dynroute import atomic
 from dynroute.cli import main
+from dynroute.io import atomic
 from helpers.hostile import (
     SWEEP,
     TRAIN,

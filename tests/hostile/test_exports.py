@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from dynroute.core.errors import DynrouteError
 from dynroute.deploy import load
 from dynroute.deploy.manifest import CHECKSUM_FILE, MANIFEST_FILE, checksum_lines
-from dynroute.errors import DynrouteError
 from helpers.delivery import make_export
 
 
@@ -186,7 +186,7 @@ def test_checksums_that_are_not_utf8_are_one_line(export, tmp_path) -> None:
 def _guarantee(**changes) -> dict:
     """A guarantee the exported point (confidence 0.4) could hold: 60 errors in 1000 test
     examples certify accuracy >= 0.9 at delta 0.1."""
-    from dynroute.guarantee import METHOD_BINARY, binary_p_value, lower_bound
+    from dynroute.core.guarantee import METHOD_BINARY, binary_p_value, lower_bound
 
     n, errors = 1000, 60
     data = {

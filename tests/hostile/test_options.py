@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from dynroute import checks
 from dynroute.cli import build_parser, main
-from dynroute.errors import DynrouteError
+from dynroute.core import checks
+from dynroute.core.errors import DynrouteError
 from helpers.hostile import (
     SWEEP,
     refused,
@@ -152,9 +152,9 @@ def test_the_library_and_the_parser_give_one_message(capsys):
 
 
 def test_the_readers_default_fits_the_machine(monkeypatch):
-    import dynroute.machine
+    import dynroute.platform.machine
 
-    monkeypatch.setattr(dynroute.machine, "available_cores", lambda: 1)
+    monkeypatch.setattr(dynroute.platform.machine, "available_cores", lambda: 1)
     args = build_parser().parse_args(["predict", "RUN", "x.png"])
     assert args.readers == 1
 

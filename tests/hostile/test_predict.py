@@ -1,5 +1,5 @@
 """``dynroute predict`` on hostile inputs and outputs, run as a user would: every file goes
-through the gate (``dynroute.gate``), and the rows are written whole, safely, never over
+through the gate (``dynroute.io.gate``), and the rows are written whole, safely, never over
 an input."""
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def test_links_that_leave_the_folder_are_named_not_followed(
 def test_reads_stop_at_the_size_a_file_reports(export, tmp_path, capsys, deadline) -> None:
     """A "regular" file of size 0 that has content (or would block, like /proc/kmsg) is
     read as empty: no read goes past the size the file's status gives."""
-    from dynroute import gate
+    from dynroute.io import gate
 
     assert os.stat("/proc/self/status").st_size == 0
     assert gate.read_bytes(Path("/proc/self/status")) == b""

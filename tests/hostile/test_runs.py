@@ -190,7 +190,7 @@ def _edit_calibration(run: Path, edit) -> None:
 def _consistent_guarantee(record: dict, **changes) -> None:
     """Give ``record`` a guarantee its numbers could hold (60 errors in 1000 certify accuracy
     0.9 at delta 0.1), certifying its own policy, with ``changes`` on top."""
-    from dynroute.guarantee import METHOD_BINARY, binary_p_value, lower_bound
+    from dynroute.core.guarantee import METHOD_BINARY, binary_p_value, lower_bound
 
     record["target"] = {"mean_macs": None, "accuracy": 0.9, "disagreement": None, "delta": 0.1}
     record["guarantee"] = {

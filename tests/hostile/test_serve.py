@@ -161,8 +161,8 @@ def test_a_port_in_use_is_one_line(export, capsys):
 
 def test_more_workers_than_memory_holds_are_refused_naming_the_option(monkeypatch):
     """Each worker needs about what the first holds once loaded (here: this process)."""
+    from dynroute.core.errors import DynrouteError
     from dynroute.delivery.serve import workers as supervision
-    from dynroute.errors import DynrouteError
 
     monkeypatch.setattr(supervision, "available_memory", lambda: 1 << 20)
     with socket.socket() as sock:

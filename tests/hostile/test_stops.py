@@ -28,7 +28,7 @@ from helpers.hostile import (
 def _hold_lock(folder: Path, doing: str) -> subprocess.Popen:
     """Another process holding ``folder``'s lock, as a running trainer or sweep would."""
     code = (
-        "import sys, time; from dynroute.atomic import FolderLock; "
+        "import sys, time; from dynroute.io.atomic import FolderLock; "
         "FolderLock(sys.argv[1], 'folder', sys.argv[2]).acquire(); print('held', flush=True); "
         "time.sleep(120)"
     )
@@ -188,7 +188,7 @@ def test_sigkill_mid_training_resumes_to_the_same_weights(workspace, tmp_path):
 #: that never ends, or of a hung disk, would): it writes ``sys.argv[1]`` when it blocks.
 _BLOCKING_READER = """
 import pathlib, sys, threading
-from dynroute import gate
+from dynroute.io import gate
 real = gate.read_bytes
 def read_bytes(path, limit=None):
     if pathlib.Path(path).name == "block.png":

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from dynroute.core.errors import DynrouteError
 from dynroute.engine.early_exit import EarlyExitEngine
-from dynroute.errors import DynrouteError
 from dynroute.nn.backbones import (
     BACKBONES,
     load_pretrained,
@@ -188,7 +188,7 @@ def test_checkpoint_specs_rebuild(name: str) -> None:
 def test_fitted_policies_run_on_backbone_exits(name: str) -> None:
     """Per-exit thresholds on raw and combined answers on ResNet-18 and MobileNetV3 exits:
     the engine runs what the dense reference decides."""
-    from dynroute.policy import Policy
+    from dynroute.core.policy import Policy
 
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(24, 3, 32, 32, generator=gen) * torch.rand(24, 1, 1, 1, generator=gen)

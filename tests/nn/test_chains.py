@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from dynroute.core.errors import DynrouteError
 from dynroute.engine.early_exit import EarlyExitEngine
-from dynroute.errors import DynrouteError
 from dynroute.nn.chains import PooledRouter, routed_chain, stage_channels, static_truncation
 from dynroute.nn.macs import count_node_macs, flop_counter_macs, tree_costs
 from dynroute.nn.prediction import predict_dense

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn import checkpoint
 from dynroute.nn.models import build_model
 

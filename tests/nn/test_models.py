@@ -93,7 +93,7 @@ def test_custom_resnet_example() -> None:
 
 def test_the_registry_refuses_a_second_builder_under_a_name() -> None:
     import dynroute
-    from dynroute.errors import DynrouteError
+    from dynroute.core.errors import DynrouteError
 
     register_model = dynroute.register_model  # the public one: built-ins registered first
     with pytest.raises(DynrouteError, match="already registered"):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dynroute.core.policy import Policy
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.prediction import predict_dense
 from dynroute.policies.analysis import analyse, learned_exits, oracle_curve
 from dynroute.policies.curves import as_points, macs_for_accuracy
 from dynroute.policies.exit_table import dense_outputs, exit_table
 from dynroute.policies.statistics import pack_bits, unpack_bits
-from dynroute.policy import Policy
 from helpers.routing import scramble_routing
 from helpers.toy_trees import random_tree
 

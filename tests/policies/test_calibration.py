@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dynroute.cli import main
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import Policy
 from dynroute.policies.calibration import calibrate, families
-from dynroute.policy import Policy
 
 
 def test_families_name_what_a_policy_chooses_among() -> None:

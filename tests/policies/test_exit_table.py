@@ -1,5 +1,5 @@
 """Policies replayed on an exit table decide exactly as they do when run: one exit rule
-(``dynroute.decisions``) for the tables, the engine and the export runtime."""
+(``dynroute.core.decisions``) for the tables, the engine and the export runtime."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from dynroute.core.policy import Policy
 from dynroute.nn.prediction import predict_dense
 from dynroute.policies.exit_table import dense_outputs, exit_table
-from dynroute.policy import Policy
 from helpers.routing import fitted_policies, scramble_routing
 from helpers.toy_trees import random_tree
 

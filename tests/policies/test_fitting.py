@@ -6,15 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.core.rules.base import threshold_family
+from dynroute.core.rules.budgeted import budgeted_family, budgeted_thresholds
 from dynroute.nn.models import build_model
 from dynroute.policies.exit_table import TreeFacts, exit_table
-from dynroute.policies.fitting import (
-    budgeted_family,
-    budgeted_thresholds,
-    fit_answers,
-    threshold_family,
-)
+from dynroute.policies.fitting import fit_answers
 from helpers.outputs import chain_outputs
 
 CLASSES = 4
@@ -27,7 +24,7 @@ def chain():
 
 def _nll(table) -> np.ndarray:
     """Per exit, the mean negative log-likelihood of the table's answers."""
-    from dynroute.decisions import log_softmax
+    from dynroute.core.probabilities import log_softmax
 
     n, leaves, classes = table.answer.shape
     log_p = log_softmax(table.answer.reshape(n * leaves, classes)).reshape(n, leaves, classes)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dynroute.errors import DynrouteError
-from dynroute.guarantee import METHOD_BINARY, Guarantee
+from dynroute.core.errors import DynrouteError
+from dynroute.core.guarantee import METHOD_BINARY, Guarantee
 from dynroute.policies.guarantees import (
     PathPoint,
     binomial_cdf,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from dynroute.cli import main
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import Policy, override_policy
 from dynroute.policies.calibration import calibrate
 from dynroute.policies.resolve import resolve_operating_point
-from dynroute.policy import Policy, override_policy
 from dynroute.runs import open_run
 
 

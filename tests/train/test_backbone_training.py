@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dynroute.cli import main
+from dynroute.core.errors import DynrouteError
 from dynroute.data.datasets import DatasetSplit
-from dynroute.errors import DynrouteError
 from dynroute.nn.checkpoint import load_model
 from dynroute.train.config import TrainConfig
 from dynroute.train.data import training_data

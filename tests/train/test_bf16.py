@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynroute import machine
 from dynroute.engine.early_exit import EarlyExitEngine
 from dynroute.nn.prediction import predict_dense
+from dynroute.platform import machine
 from dynroute.train.trainer import Trainer
 from helpers.routing import random_conv_tree, scramble_routing
 from helpers.training import synthetic_data, tiny_config
@@ -35,7 +35,7 @@ def test_bf16_training_steps_run_in_nchw_and_learn_as_float32_does(tmp_path) -> 
 
 
 def test_bf16_without_native_instructions_says_so_and_stays_float32(monkeypatch, capsys) -> None:
-    from dynroute.devices import bf16_on
+    from dynroute.platform.devices import bf16_on
 
     monkeypatch.setattr(machine, "native_bf16", lambda: False)
     assert not bf16_on(torch.device("cpu"), True)

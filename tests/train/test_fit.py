@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import dynroute
+from dynroute.core.errors import DynrouteError
 from dynroute.data.datasets import DatasetSplit
-from dynroute.errors import DynrouteError
 from dynroute.nn.chains import routed_chain, static_truncation
 from dynroute.train import data as data_module
 from dynroute.train import resume as resume_module

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.train.config import TrainConfig
 from dynroute.train.strategies import make_strategy

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.heads import Classifier, Router
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import K_CPT_INPUT_SCALE, DenseOutput, Node, RoutedTree

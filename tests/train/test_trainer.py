@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn import registry
 from dynroute.nn.models import _routed_column
 from dynroute.train import config as config_module

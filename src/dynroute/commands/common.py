@@ -1,6 +1,6 @@
 """Arguments that several commands share, defined once: data folders, threads, k_cpt,
 operating points, sizes; and ``ranged``, the argument type every numeric option is parsed
-with. Each parses and range-checks its value (``dynroute.checks``) before any work
+with. Each parses and range-checks its value (``dynroute.core.checks``) before any work
 starts, so every command that takes an option refuses the same bad values with the same
 one-line message: the option, its range and why."""
 
@@ -12,21 +12,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dynroute import checks
+from dynroute.core import checks
+from dynroute.core.errors import DynrouteError
+from dynroute.core.operating import ANY, BEST
+from dynroute.core.policy import ALIASES, ANSWERS
+from dynroute.core.rules import deployable_rules
 from dynroute.data.sources import DATA_DIR_ENV
-from dynroute.errors import DynrouteError
 
-#: Policy names the operating-point options accept (``best``: chosen among every policy).
-OPERATING_POLICIES = (
-    "learned",
-    "confidence",
-    "entropy",
-    "budgeted",
-    "scheduler",
-    "ensemble",
-    "best",
-)
-ANSWER_CHOICES = ("raw", "calibrated", "combined", "any")
+#: What ``--answers`` accepts: a kind of answers, or any (chosen on validation).
+ANSWER_CHOICES = (*ANSWERS, ANY)
+
+
+def operating_policies() -> tuple[str, ...]:
+    """Policy names the operating-point options accept: every deployable rule registered
+    (``dynroute.core.rules``), the old aliases and ``best`` (chosen among every policy)."""
+    return (*deployable_rules(), *ALIASES, BEST)
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def _parse(text: str, integer: bool) -> int | float:
 
 def ranged(allowed: checks.Range) -> Callable[[str], Any]:
     """The argparse ``type`` of an option whose values lie in ``allowed`` (a
-    ``dynroute.checks.Range``): the text parsed and checked before any work starts, a value
+    ``dynroute.core.checks.Range``): the text parsed and checked before any work starts, a value
     out of range refused in one line with the range and why (argparse names the flag)."""
 
     def parse(text: str) -> int | float:
@@ -100,7 +100,7 @@ def config_range(name: str) -> checks.Range:
 
 
 def _checked(text: str, check: Callable[[float], Any]) -> float:
-    """``text`` as a number that passes ``check`` (a ``dynroute.checks`` function), with
+    """``text`` as a number that passes ``check`` (a ``dynroute.core.checks`` function), with
     the same message the library gives."""
     value = _parse(text, integer=False)
     try:
@@ -148,8 +148,9 @@ def finite_number(text: str) -> float:
 
 
 def millions_of_macs(text: str) -> float:
-    """A budget in millions of MACs: positive, at most ``checks.MAX_MACS`` MACs."""
-    return _checked(text, lambda value: checks.target_macs(value * 1e6))
+    """A budget given in millions of MACs, as MACs (the one place the command line scales
+    a budget): positive, at most ``checks.MAX_MACS``."""
+    return _checked(text, lambda value: checks.target_macs(value * 1e6)) * 1e6
 
 
 def unit_interval(text: str) -> float:
@@ -157,26 +158,32 @@ def unit_interval(text: str) -> float:
     return _checked(text, lambda value: checks.unit_interval(value, "value"))
 
 
-def add_operating_point_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def add_operating_point_arguments(
+    parser: argparse.ArgumentParser, what: str, *, calibrating: bool = False
+) -> None:
     """``--policy``, ``--answers``, ``--threshold``, ``--target-macs``, ``--k-cpt``: how a
-    command picks the operating point it runs a network at (``dynroute.policies.resolve``)."""
+    command picks the operating point it runs a network at (``dynroute.core.operating``; read
+    back with ``OperatingRequest.from_options``). ``calibrating``: ``calibrate``'s set (the
+    policy to fit, no threshold: it is what calibrating chooses)."""
     parser.add_argument(
         "--policy",
-        default=None,
-        choices=OPERATING_POLICIES,
+        default="learned" if calibrating else None,
+        choices=operating_policies(),
         help=f"routing policy (default: {what}); best: the most accurate of every policy "
-        "within --target-macs",
+        "on every kind of answer within --target-macs; ensemble: confidence or budgeted on "
+        "combined answers",
     )
     parser.add_argument(
         "--answers",
         default=None,
         choices=ANSWER_CHOICES,
         help="what the exits answer with: raw, calibrated or combined (fitted on the "
-        "validation split), or any (chosen there)",
+        "validation split), or any (chosen there); default raw (the scheduler: any)",
     )
-    parser.add_argument(
-        "--threshold", type=finite_number, default=None, help="the policy's threshold"
-    )
+    if not calibrating:
+        parser.add_argument(
+            "--threshold", type=finite_number, default=None, help="the policy's threshold"
+        )
     parser.add_argument(
         "--target-macs",
         type=millions_of_macs,
@@ -186,5 +193,8 @@ def add_operating_point_arguments(parser: argparse.ArgumentParser, what: str) ->
         "on the run's validation split (an export: among the points it carries)",
     )
     parser.add_argument(
-        "--k-cpt", type=k_cpt_value, default=None, help="k_cpt input of a dynamic-k_cpt net"
+        "--k-cpt",
+        type=k_cpt_value,
+        default=None,
+        help="k_cpt input of a dynamic-k_cpt net (calibrate: for its threshold policies)",
     )

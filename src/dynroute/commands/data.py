@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.datasets import (
     DATASETS,
     DEFAULT_TEST_FRACTION,
@@ -20,7 +21,6 @@ from dynroute.data.sources import (
     resolve_cache_dir,
     resolve_data_dir,
 )
-from dynroute.errors import DynrouteError
 
 
 def _user_kinds() -> list[str]:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynroute.errors import DynrouteError
-from dynroute.gate import table_cell
+from dynroute.core.errors import DynrouteError
+from dynroute.core.operating import OperatingRequest
+from dynroute.io.gate import table_cell
 
 FORMATS = ("csv", "jsonl")
 
@@ -28,17 +29,12 @@ FORMATS = ("csv", "jsonl")
 def _open(args: argparse.Namespace) -> Any:
     from dynroute.delivery.predict import open_predictor
 
-    target = None if args.target_macs is None else args.target_macs * 1e6
     return open_predictor(
         args.model,
-        policy=args.policy,
-        threshold=args.threshold,
-        target_macs=target,
-        k_cpt=args.k_cpt,
+        **OperatingRequest.from_options(args).options(),
         threads=args.threads,
         data_dir=args.data_dir,
         allow_checksum_mismatch=args.allow_checksum_mismatch,
-        answers=args.answers,
     )
 
 
@@ -74,9 +70,9 @@ def _row_text(row: dict[str, Any], fmt: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dynroute.atomic import write_json_atomic
     from dynroute.data.files import batches, expand
     from dynroute.delivery.predict import ROW_FIELDS, Totals
+    from dynroute.io.atomic import write_json_atomic
 
     _check_outputs(args)
     predictor = _open(args)
@@ -123,13 +119,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 class RowWriter:
-    """Rows to stdout as they come, or to ``--out`` through a ``dynroute.atomic.AtomicFile``:
+    """Rows to stdout as they come, or to ``--out`` through a ``dynroute.io.atomic.AtomicFile``:
     streamed into a temporary file beside it and renamed into place at the end, so a full
     disk, an error or Ctrl-C leaves the previous file, or none, never half of one; a failure
     names the file."""
 
     def __init__(self, path: str | None) -> None:
-        from dynroute.atomic import AtomicFile
+        from dynroute.io.atomic import AtomicFile
 
         self.file = None if path is None else AtomicFile(path)
 
@@ -153,15 +149,10 @@ class RowWriter:
 def cmd_export(args: argparse.Namespace) -> int:
     from dynroute.delivery.export import export_run
 
-    target = None if args.target_macs is None else args.target_macs * 1e6
     manifest, how, check = export_run(
         args.run,
         args.out,
-        policy=args.policy,
-        threshold=args.threshold,
-        target_macs=target,
-        k_cpt=args.k_cpt,
-        answers=args.answers,
+        **OperatingRequest.from_options(args).options(),
         dense=args.dense,
         force=args.force,
         data_dir=args.data_dir,
@@ -170,9 +161,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         operating_points=not args.no_operating_points,
         int8=args.int8,
     )
-    from dynroute.decisions import path_macs
+    from dynroute.core.decisions import path_macs
+    from dynroute.core.policy import Policy
     from dynroute.deploy.manifest import shape
-    from dynroute.policy import Policy
 
     policy = Policy.from_dict(manifest["policy"])
     setting = policy.label()
@@ -221,9 +212,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dynroute.core.errors import Interrupted
     from dynroute.delivery.serve import Limits, ServeApp, default_decode_threads, serve
-    from dynroute.errors import Interrupted
-    from dynroute.machine import threads_per_worker
+    from dynroute.platform.machine import threads_per_worker
 
     if args.hold and args.target_macs is None:
         raise DynrouteError("--hold keeps a budget: give it with --target-macs")
@@ -251,7 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             if predictor.kind != "export":
                 raise DynrouteError("--hold runs an export (it moves among its operating points)")
-            hold = BudgetHold(predictor.model, args.target_macs * 1e6)
+            hold = BudgetHold(predictor.model, args.target_macs)
             predictor.backend = hold.predict
             predictor.how += "; held to the budget online (--hold)"
         if args.dense:
@@ -308,7 +299,6 @@ def _serve_range(name: str) -> Any:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute import checks
     from dynroute.commands.common import (
         add_checksum_argument,
         add_data_dir_argument,
@@ -319,7 +309,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ranged,
         seconds,
     )
-    from dynroute.machine import available_cores
+    from dynroute.core import checks
+    from dynroute.platform.machine import available_cores
 
     predict = sub.add_parser(
         "predict", help="classify image files and .npz arrays with a run or an export"

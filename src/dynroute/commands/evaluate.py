@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 
 def format_exit_table(stats: dict[str, Any]) -> str:
@@ -37,8 +37,9 @@ def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dynroute.devices import configure_cpu, resolve_device, use_channels_last
+    from dynroute.core.operating import OperatingRequest
     from dynroute.engine.evaluate import evaluate, every_exit_accuracy
+    from dynroute.platform.devices import configure_cpu, resolve_device, use_channels_last
     from dynroute.policies.resolve import resolve_operating_point
     from dynroute.runs import open_run
 
@@ -46,11 +47,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     configure_cpu(args.threads)
     point = resolve_operating_point(
         run,
-        args.policy,
-        args.threshold,
-        None if args.target_macs is None else args.target_macs * 1e6,
-        args.k_cpt,
-        answers=args.answers,
+        **OperatingRequest.from_options(args).options(),
         data_dir=args.data_dir,
         allow_checksum_mismatch=args.allow_checksum_mismatch,
     )

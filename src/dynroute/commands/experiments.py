@@ -74,22 +74,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dynroute.atomic import write_json_atomic
-    from dynroute.devices import configure_cpu
     from dynroute.experiments import studies
+    from dynroute.io.atomic import write_json_atomic
+    from dynroute.platform.devices import configure_cpu
 
     configure_cpu(args.threads)
 
     def say(message: str) -> None:
         print(f"  {message}", flush=True)
 
-    source = studies.Source(args.data_dir, args.dataset, args.allow_checksum_mismatch)
+    source = studies.StudyData(args.data_dir, args.dataset, args.allow_checksum_mismatch)
     if args.study == "held-out":
         result = studies.held_out(
             args.run, args.sisters or (), args.larger, source=source, progress=say
         )
     elif args.study == "lead":
-        from dynroute.errors import DynrouteError
+        from dynroute.core.errors import DynrouteError
         from dynroute.experiments.results import load_results
 
         if not args.static:
@@ -128,10 +128,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_import_run(args: argparse.Namespace) -> int:
-    from dynroute.atomic import write_json_atomic
-    from dynroute.errors import DynrouteError
+    from dynroute.core.errors import DynrouteError
     from dynroute.experiments.registry import expand, get_experiment
     from dynroute.experiments.results import result_from_run, result_path
+    from dynroute.io.atomic import write_json_atomic
 
     experiment = get_experiment(args.experiment)
     networks = {n.name: n for n in expand(experiment, args.scale)}
@@ -158,7 +158,6 @@ def _results_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute import checks
     from dynroute.commands.common import (
         add_checksum_argument,
         add_data_dir_argument,
@@ -167,6 +166,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ranged,
         ranged_list,
     )
+    from dynroute.core import checks
 
     listing = sub.add_parser("experiments", help="list the named experiments and scales")
     listing.set_defaults(func=cmd_experiments)

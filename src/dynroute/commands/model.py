@@ -10,8 +10,8 @@ if TYPE_CHECKING:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from dynroute.checks import Bounds, Range
     from dynroute.commands.common import config_range, ranged
+    from dynroute.core.checks import Bounds, Range
     from dynroute.nn.registry import MAX_CLASSES
 
     parser = subparsers.add_parser("model", help="inspect the built-in models")

@@ -19,14 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 SPLIT_CHOICES = ("validation", "test", "train")
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
-    from dynroute.atomic import write_json_atomic
-    from dynroute.devices import configure_cpu
+    from dynroute.io.atomic import write_json_atomic
+    from dynroute.platform.devices import configure_cpu
     from dynroute.plots.figures import plot_policy_curves
     from dynroute.policies.analysis import analyse, analysis_k_values
     from dynroute.runs import open_run, run_lock
@@ -97,8 +97,8 @@ def _budget_table(run, tree, images, labels, args: argparse.Namespace) -> dict[s
 
 def _into_result(path: Path, run, table: dict | None) -> None:
     """Put a run's policy table into the sweep result file of the same network."""
-    from dynroute.atomic import write_json_atomic
     from dynroute.experiments.results import read_result
+    from dynroute.io.atomic import write_json_atomic
 
     result = read_result(path)
     from dynroute.train.config import EXECUTION_ONLY
@@ -149,13 +149,13 @@ def _m(value: float | None) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from dynroute.devices import configure_cpu
+    from dynroute.platform.devices import configure_cpu
     from dynroute.policies.calibration import calibrate
 
     configure_cpu(args.threads)
     record = calibrate(
         args.runs,
-        target_macs=None if args.target_macs is None else args.target_macs * 1e6,
+        target_macs=args.target_macs,
         target_accuracy=args.target_accuracy,
         max_disagreement=args.max_disagreement,
         delta=args.delta,
@@ -166,7 +166,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         allow_checksum_mismatch=args.allow_checksum_mismatch,
     )
-    from dynroute.policy import Policy
+    from dynroute.core.policy import Policy
 
     policy = Policy.from_dict(record["policy"])
     setting = policy.label()
@@ -208,18 +208,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from dynroute import checks
     from dynroute.commands.common import (
-        ANSWER_CHOICES,
-        OPERATING_POLICIES,
         add_checksum_argument,
         add_data_dir_argument,
+        add_operating_point_arguments,
         add_threads_argument,
-        k_cpt_value,
-        millions_of_macs,
         ranged,
         ranged_list,
     )
+    from dynroute.core import checks
 
     # A budget of the policy table, in millions of MACs.
     budget_millions = checks.Range(
@@ -256,23 +253,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "calibrate", help="choose the operating point that meets a MAC budget or an accuracy"
     )
     calibrate.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    calibrate.add_argument(
-        "--policy",
-        default="learned",
-        choices=OPERATING_POLICIES,
-        help="policy to choose among (default: learned, the routers; best: every policy on "
-        "every kind of answer; ensemble: confidence or budgeted on combined answers)",
-    )
-    calibrate.add_argument(
-        "--answers",
-        default=None,
-        choices=ANSWER_CHOICES,
-        help="what the exits answer with (default: raw; the scheduler: any)",
-    )
-    calibrate.add_argument(
-        "--target-macs", type=millions_of_macs, default=None, metavar="M",
-        help="mean MACs, in millions",
-    )  # fmt: skip
+    add_operating_point_arguments(calibrate, "learned, the routers", calibrating=True)
     calibrate.add_argument(
         "--target-accuracy", type=ranged(checks.TARGET_ACCURACY), default=None, metavar="A"
     )
@@ -291,9 +272,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="guarantee the target with probability at least 1 - D over the calibration "
         "split (Learn-then-Test; default for --max-disagreement: 0.1); without it the target "
         "is met as a point estimate",
-    )
-    calibrate.add_argument(
-        "--k-cpt", type=k_cpt_value, default=None, help="threshold policies on a dynamic-k_cpt net"
     )
     calibrate.add_argument(
         "--split",

@@ -90,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dynroute.devices import configure_cpu, resolve_device
+    from dynroute.platform.devices import configure_cpu, resolve_device
     from dynroute.runs import CONFIG_FILE, run_lock
     from dynroute.train.data import load_training_data
     from dynroute.train.resume import inspect_run_dir
@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if created and locked:  # leave no empty run directory behind a run that never began
             _remove_if_empty(out_dir)
         if isinstance(exc, KeyboardInterrupt) and (out_dir / CONFIG_FILE).exists():
-            from dynroute.errors import Interrupted
+            from dynroute.core.errors import Interrupted
 
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             raise Interrupted(
@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    from dynroute.atomic import LOCK_FILE
+    from dynroute.io.atomic import LOCK_FILE
 
     try:
         (folder / LOCK_FILE).unlink(missing_ok=True)

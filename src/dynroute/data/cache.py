@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.readers.common import CACHE_DIR_ENV, check_labels, os_reason
-from dynroute.errors import DynrouteError
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.cache import (
     FORMAT_VERSION,
     HASH_ALGORITHM,
@@ -54,7 +55,6 @@ from dynroute.data.readers.common import (
 from dynroute.data.readers.mnist_idx import MNIST_DIGITS
 from dynroute.data.registry import source_kind, source_kinds
 from dynroute.data.sources import CIFAR_CLASSES, find_source, identify_source, read_source
-from dynroute.errors import DynrouteError
 from dynroute.nn.registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)

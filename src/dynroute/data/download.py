@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dynroute.atomic import AtomicFile
+from dynroute.core.errors import DynrouteError
 from dynroute.data import sources
 from dynroute.data.readers.common import (
     md5_bytes,
@@ -25,7 +25,7 @@ from dynroute.data.readers.common import (
 )
 from dynroute.data.readers.mnist_idx import gunzip
 from dynroute.data.sources import CIFAR_ARCHIVE_NAME, LOCAL_COPY_HINT
-from dynroute.errors import DynrouteError
+from dynroute.io.atomic import AtomicFile
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",

@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from dynroute import gate
+from dynroute.core.errors import DynrouteError
 from dynroute.data.formats import Piece, file_pieces, holds_one_example, read_file
 from dynroute.data.formats.images import read_image_bytes
 from dynroute.data.formats.pixels import GAMMA
-from dynroute.errors import DynrouteError
-from dynroute.gate import file_kind, printable
+from dynroute.io import gate
+from dynroute.io.gate import file_kind, printable
 
 # ``read_file`` (one file's examples at once) and ``read_image_bytes`` (one image file's
 # bytes as input) are re-exported for Python callers.
@@ -106,7 +106,7 @@ def preprocessing(dataset: str | None, image_size: int) -> dict[str, Any]:
 def expand(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Path | Failure]:
     """The files named, and every file below the folders named, as they are found (hidden
     ones skipped, in the order of sorted paths, links that leave a folder not followed,
-    each folder walked once however many links lead to it: ``dynroute.gate.walk``); a path
+    each folder walked once however many links lead to it: ``dynroute.io.gate.walk``); a path
     that does not exist, or is no regular file (a FIFO, a device), comes as a ``Failure``
     naming it, never opened."""
     for given in paths:

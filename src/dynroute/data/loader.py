@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.augment import DEFAULT_MAX_SHIFT, AugmentParams, draw_params, shift_and_flip
 from dynroute.data.datasets import DatasetSplit
-from dynroute.devices import to_device
-from dynroute.errors import DynrouteError
+from dynroute.platform.devices import to_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

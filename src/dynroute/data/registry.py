@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 #: ``loader(name, kind, path_text, *, cache_dir, validation_size, seed, image_size,
 #: test_fraction) -> DatasetSplits``.

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.readers import (
     CifarBatchesReader,
     CifarTarReader,
@@ -40,7 +41,6 @@ from dynroute.data.readers.common import (
     resolve_cache_dir,
     resolve_data_dir,
 )
-from dynroute.errors import DynrouteError
 
 __all__ = [
     "CACHE_DIR_ENV",

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.cache import FORMAT_VERSION, CacheLayout, array_path, cached_build, load_split
 from dynroute.data.datasets import (
     CHUNK,
@@ -55,7 +56,6 @@ from dynroute.data.readers.common import (
 from dynroute.data.readers.image_tree import ImageFolderReader, ImageZipReader
 from dynroute.data.readers.npz_arrays import NpzReader
 from dynroute.data.registry import register_source_kind
-from dynroute.errors import DynrouteError
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynroute import __version__, selection
-from dynroute.atomic import (
+from dynroute import __version__
+from dynroute.core import selection
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import LEARNED, Policy
+from dynroute.deploy import manifest as fmt
+from dynroute.engine.fold import fold_batchnorm
+from dynroute.io.atomic import (
     cannot_write,
     current_umask,
     fsync_folder,
@@ -49,14 +54,10 @@ from dynroute.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
-from dynroute.deploy import manifest as fmt
-from dynroute.engine.fold import fold_batchnorm
-from dynroute.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.prediction import predict_dense
 from dynroute.nn.routing import decider
 from dynroute.nn.tree import K_CPT_INPUT_SCALE, RoutedTree
-from dynroute.policy import LEARNED, Policy
 
 #: Examples traced per model (any batch size runs afterwards: the batch axis is dynamic).
 TRACE_BATCH = 2

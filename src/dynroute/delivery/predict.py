@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from dynroute import checks
+from dynroute.core.errors import DynrouteError
+from dynroute.core.operating import OperatingRequest
+from dynroute.core.policy import Policy
 from dynroute.data.files import Failure
 from dynroute.deploy.manifest import MANIFEST_FILE
-from dynroute.deploy.runtime import ExportPrediction as Prediction
-from dynroute.errors import DynrouteError
-from dynroute.gate import printable
-from dynroute.policy import Policy, override_policy
+from dynroute.deploy.runtime import ExportPrediction
+from dynroute.io.gate import printable
 
 #: Columns of ``dynroute predict``'s rows (CSV header, JSON keys).
 ROW_FIELDS = ("file", "class", "confidence", "exit", "macs")
@@ -52,10 +52,10 @@ def check_outputs(
 ) -> None:
     """Refuse, before any work, an output (option -> path: ``--out``, ``--totals``) that
     would replace what it must not: anything but a regular file (a device such as
-    ``/dev/null``, a FIFO, a link, a folder: ``dynroute.atomic.check_target``), a file of
+    ``/dev/null``, a FIFO, a link, a folder: ``dynroute.io.atomic.check_target``), a file of
     the run or export being run, an input (a file named, or one a folder named would
     read), or another output."""
-    from dynroute.atomic import check_target
+    from dynroute.io.atomic import check_target
 
     model = Path(model)
     real_model = os.path.realpath(model)
@@ -119,7 +119,7 @@ class Predictor:
             return int(shape[1])
         return None
 
-    def predict(self, x: np.ndarray) -> Prediction:
+    def predict(self, x: np.ndarray) -> ExportPrediction:
         return self.backend(x)
 
     def describe(self) -> str:
@@ -135,7 +135,7 @@ class Predictor:
             text += f"; guaranteed: {self.guarantee['promise']}"
         return text
 
-    def rows(self, names: list[str] | None, prediction: Prediction) -> list[dict[str, Any]]:
+    def rows(self, names: list[str] | None, prediction: ExportPrediction) -> list[dict[str, Any]]:
         """One row per example: file, class name, confidence, exit name, MACs (no file
         where ``names`` is None: the server names each request's rows itself)."""
         labels = prediction.predictions.tolist()
@@ -169,10 +169,19 @@ def open_predictor(
     allow_checksum_mismatch: bool = False,
     answers: str | None = None,
 ) -> Predictor:
-    """A run directory (or checkpoint) or an export folder, ready to classify."""
+    """A run directory (or checkpoint) or an export folder, ready to classify at the
+    operating point asked (``dynroute.core.operating``: resolved alike for both)."""
+    request = OperatingRequest(policy, threshold, target_macs, k_cpt, answers)
     path = Path(path)
     if is_export(path):
-        return _open_export(path, policy, threshold, target_macs, k_cpt, threads, answers)
+        from dynroute.deploy import load
+
+        model = load(path, threads=threads)
+        resolved, how = model.resolve(request)
+        predictor = _export_predictor(path, resolved, how)
+        if resolved is model:  # the certified operating point, unchanged
+            predictor.guarantee = model.manifest.get("guarantee")
+        return predictor
     if not path.exists():
         raise DynrouteError(f"no such export folder or run directory: {path}")
     from dynroute.policies.resolve import resolve_operating_point
@@ -181,11 +190,7 @@ def open_predictor(
     run = open_run(path)
     point = resolve_operating_point(
         run,
-        policy,
-        threshold,
-        target_macs,
-        k_cpt,
-        answers=answers,
+        **request.options(),
         data_dir=data_dir,
         allow_checksum_mismatch=allow_checksum_mismatch,
     )
@@ -194,50 +199,8 @@ def open_predictor(
     return predictor
 
 
-def _open_export(
-    path: Path,
-    policy: str | None,
-    threshold: float | None,
-    target_macs: float | None,
-    k_cpt: float | None,
-    threads: int | None,
-    answers: str | None,
-) -> Predictor:
-    from dynroute.deploy import load
-
-    checks.target_macs(target_macs)
-    checks.k_cpt(k_cpt)
-    model = load(path, threads=threads)
-    current = Policy.from_dict(model.policy)
-    if target_macs is not None:
-        if threshold is not None:
-            raise DynrouteError("give `threshold` or `target_macs`, not both")
-        if policy is not None or answers is not None:
-            raise DynrouteError(
-                f"export {path} chooses a budget among the operating points it carries "
-                f"({current.describe()}); export the run again for another policy"
-            )
-        model, point = model.for_budget(target_macs)
-        if k_cpt is not None:
-            model = model.with_policy(None, k_cpt)
-        how = (
-            f"chosen for {target_macs / 1e6:g} M MACs on the run's validation split "
-            f"(accuracy {point['accuracy']:.4f} at {point['mean_macs'] / 1e6:.3f} M there)"
-        )
-        return _export_predictor(path, model, how)
-    chosen = override_policy(current, policy, threshold, answers)
-    if chosen is not current:
-        model = model.with_policy(chosen.to_dict())
-    if k_cpt is not None:
-        model = model.with_policy(None, k_cpt)
-    predictor = _export_predictor(path, model, "exported" if chosen is current else "given")
-    if chosen is current and k_cpt is None:  # the certified operating point, unchanged
-        predictor.guarantee = model.manifest.get("guarantee")
-    return predictor
-
-
 def _export_predictor(path: Path, model: Any, how: str) -> Predictor:
-    def backend(x: np.ndarray) -> Prediction:
+    def backend(x: np.ndarray) -> ExportPrediction:
         return model.predict(x)
 
     return Predictor(
@@ -257,8 +220,8 @@ def _export_predictor(path: Path, model: Any, how: str) -> Predictor:
 def _open_run(run: Any, policy: Policy, k_cpt: float | None, how: str, threads: int | None):
     import torch
 
-    from dynroute.devices import configure_cpu
     from dynroute.engine.early_exit import EarlyExitEngine
+    from dynroute.platform.devices import configure_cpu
 
     configure_cpu(threads)
     tree = run.load_tree().eval()
@@ -266,9 +229,11 @@ def _open_run(run: Any, policy: Policy, k_cpt: float | None, how: str, threads: 
     engine.default_k_cpt = k_cpt
     exit_names = {leaf: tree.nodes[leaf].name for leaf in tree.leaves}
 
-    def backend(x: np.ndarray) -> Prediction:
+    def backend(x: np.ndarray) -> ExportPrediction:
         result = engine.predict(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return Prediction(result.logits.float().numpy(), result.exits.numpy(), result.macs.numpy())
+        return ExportPrediction(
+            result.logits.float().numpy(), result.exits.numpy(), result.macs.numpy()
+        )
 
     return Predictor(
         run.path,
@@ -295,7 +260,7 @@ class Totals:
     started: float = field(default_factory=time.perf_counter)
     failures: list[Failure] = field(default_factory=list)
 
-    def add(self, prediction: Prediction, seconds: float) -> None:
+    def add(self, prediction: ExportPrediction, seconds: float) -> None:
         self.count += len(prediction)
         self.macs += int(prediction.macs.sum())
         self.exits.update(int(e) for e in prediction.exits)

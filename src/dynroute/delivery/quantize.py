@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 #: Calibration images per model (the validation split's first ones, fixed).
 CALIBRATION_IMAGES = 512

@@ -11,7 +11,7 @@ the folder); this package loads it and runs real early exit::
 
 Nothing here imports torch (``pip install 'dynroute[deploy]'`` is enough to run an
 export); onnxruntime is imported when a model is loaded. The policy's decisions are
-``dynroute.decisions``, the same code the PyTorch engine decides with. See docs/deploy.md.
+``dynroute.core.decisions``, the same code the PyTorch engine decides with. See docs/deploy.md.
 """
 
 from __future__ import annotations

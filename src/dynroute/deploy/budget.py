@@ -7,7 +7,7 @@ point may spend twice the budget. ``BudgetHold`` watches what the network really
 over a sliding window of the last examples, estimates how far the data has drifted (the
 ratio of the MACs spent to what the points in use spent on validation), and moves to the
 operating point whose validation cost, scaled by that ratio, meets the budget: the most
-accurate such point of those the export carries (``dynroute.selection``). Mean MACs then
+accurate such point of those the export carries (``dynroute.core.selection``). Mean MACs then
 stay within a few percent of the budget when the inputs drift, and the shift is reported.
 Torch-free.
 """
@@ -15,14 +15,13 @@ Torch-free.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dynroute import checks
-from dynroute.errors import DynrouteError
-from dynroute.selection import frontier, within_budget
+from dynroute.core import checks
+from dynroute.core.errors import DynrouteError
+from dynroute.core.selection import frontier, within_budget
 
 #: Examples over which the spending is watched.
 DEFAULT_WINDOW = 1024
@@ -36,13 +35,6 @@ TOLERANCE = checks.Range(
 )
 
 
-@dataclass
-class _Point:
-    mean_macs: float
-    accuracy: float
-    entry: dict[str, Any]
-
-
 class BudgetHold:
     """Runs ``model`` (an ``ExportedModel``) at the point that keeps the mean MACs of the
     last ``window`` examples at ``target_macs`` (see the module's docstring)."""
@@ -54,14 +46,12 @@ class BudgetHold:
         window: int = DEFAULT_WINDOW,
         tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
-        from dynroute.deploy.manifest import operating_points
+        from dynroute.deploy.manifest import stored_points
 
         checks.target_macs(target_macs, required=True)
         checks.in_range(window, "window", WINDOW)
         checks.in_range(tolerance, "tolerance", TOLERANCE)
-        points = [
-            _Point(p["mean_macs"], p["accuracy"], p) for p in operating_points(model.manifest)
-        ]
+        points = stored_points(model.manifest)
         if len(points) < 2:
             raise DynrouteError(
                 "holding a budget needs an export that carries operating points (export the "

@@ -34,17 +34,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynroute import checks, decisions, gate
-from dynroute.decisions import Decider, Shape
-from dynroute.errors import DynrouteError
-from dynroute.guarantee import MALFORMED, certified, read_policy
-from dynroute.policy import Policy
+from dynroute.core import checks, decisions
+from dynroute.core.decisions import Decider, Shape
+from dynroute.core.errors import DynrouteError
+from dynroute.core.guarantee import MALFORMED, certified, read_policy
+from dynroute.core.policy import Policy
+from dynroute.io import gate
 
 FORMAT = "dynroute-export"
-#: 2: policies as a rule on raw, calibrated or combined answers (``dynroute.policy``);
+#: 2: policies as a rule on raw, calibrated or combined answers (``dynroute.core.policy``);
 #: 3: every model entry binds its file's SHA-256, every node its MACs.
 FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
@@ -65,7 +67,7 @@ def output_name(part: int) -> str:
 
 
 #: Base cost models of ``costs.path_macs`` (``dynroute.nn.macs.TreeCosts.base_path_macs``);
-#: a policy's own paths add what deciding costs (``dynroute.decisions.path_macs``).
+#: a policy's own paths add what deciding costs (``dynroute.core.decisions.path_macs``).
 COST_MODELS = ("learned", "threshold", "oracle")
 
 NODE_KINDS = ("node", "junction", "leaf")
@@ -83,7 +85,7 @@ def shape(manifest: dict[str, Any]) -> Shape:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a regular file (a FIFO or device named in a manifest is refused by
-    ``dynroute.gate``, never opened)."""
+    ``dynroute.io.gate``, never opened)."""
     digest = hashlib.sha256()
     with gate.open_regular(Path(path)) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -151,7 +153,7 @@ def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict[s
     """The manifest of an export folder, its files checked first (``verify``: each against
     ``SHA256SUMS`` and against the digest its manifest entry binds it to) and its structure,
     costs, operating points and guarantee validated. The guarantee comes back rewritten from
-    its checked numbers (``dynroute.guarantee.certified``), never as the file has it."""
+    its checked numbers (``dynroute.core.guarantee.certified``), never as the file has it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DynrouteError(f"no such export folder: {folder}")
@@ -434,7 +436,7 @@ def _check_costs(
     check: _Schema, manifest: dict[str, Any], nodes: list[dict[str, Any]]
 ) -> dict[str, list[int]]:
     """``costs`` as the nodes' MACs say they are: each node's total, and each path's under
-    every cost model, recomputed (``dynroute.decisions.base_path_macs``). Returns the path
+    every cost model, recomputed (``dynroute.core.decisions.base_path_macs``). Returns the path
     MACs."""
     costs = check.object(manifest["costs"], "costs")
     count = len(nodes)
@@ -482,7 +484,7 @@ def _within_costs(mean_macs: float, cheapest: float, dearest: float, what: str) 
 
 def _checked_guarantee(manifest: dict[str, Any], folder: Path | None) -> dict[str, Any]:
     """The manifest's guarantee, checked against the exported operating point and its
-    exits' costs, as ``dynroute.guarantee.certified`` writes it."""
+    exits' costs, as ``dynroute.core.guarantee.certified`` writes it."""
     tree = shape(manifest)
     classes = manifest["model"]["num_classes"]
     try:
@@ -492,6 +494,21 @@ def _checked_guarantee(manifest: dict[str, Any], folder: Path | None) -> dict[st
         return certified(manifest["guarantee"], policy, manifest.get("k_cpt"), cheapest)
     except DynrouteError as exc:
         raise _fail(folder, f"its guarantee: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """An operating point an export carries: its accuracy and mean MACs on held-out data,
+    and its whole entry (``operating_points``)."""
+
+    mean_macs: float
+    accuracy: float
+    entry: dict[str, Any]
+
+
+def stored_points(manifest: dict[str, Any]) -> list[StoredPoint]:
+    """``operating_points`` as points the selection rules choose among."""
+    return [StoredPoint(p["mean_macs"], p["accuracy"], p) for p in operating_points(manifest)]
 
 
 def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -530,7 +547,7 @@ def operating_points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_policy(policy: Any, tree: Shape, classes: int) -> Policy:
-    """A deployable policy from plain data (``dynroute.policy.Policy.to_dict``), checked
+    """A deployable policy from plain data (``dynroute.core.policy.Policy.to_dict``), checked
     against the exported tree's exits and classes; returns it."""
     chosen = read_policy(policy)
     if not chosen.deployable:

@@ -23,18 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from dynroute import checks, decisions
+from dynroute.core import checks, decisions, probabilities
+from dynroute.core.errors import DynrouteError
+from dynroute.core.operating import OperatingRequest, chosen_for_budget
+from dynroute.core.policy import Policy
+from dynroute.core.selection import choose
 from dynroute.deploy.manifest import (
     K_FEATURE,
+    StoredPoint,
     check_policy,
     input_name,
     operating_points,
     read_manifest,
     shape,
+    stored_points,
 )
-from dynroute.errors import DynrouteError
-from dynroute.machine import available_cores
-from dynroute.selection import choose
+from dynroute.platform.machine import available_cores
 
 _MANIFEST_K_CPT = object()  # "use the manifest's k_cpt"
 
@@ -56,7 +60,7 @@ class ExportPrediction:
     @property
     def confidences(self) -> np.ndarray:
         """Max softmax probability of each answer."""
-        return decisions.confidence(self.logits)
+        return probabilities.confidence(self.logits)
 
     def __len__(self) -> int:
         return int(self.exits.shape[0])
@@ -118,18 +122,11 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-@dataclass
-class _Point:
-    mean_macs: float
-    accuracy: float
-    entry: dict[str, Any]
-
-
 class ExportedModel:
     """An export folder (``dynroute export``), loaded and checked, ready to classify.
 
     ``policy``: a deployable policy as plain data (``{"name": "confidence", "threshold":
-    0.8}``, the format of ``dynroute.policy.Policy.to_dict``) instead of the export's own;
+    0.8}``, the format of ``dynroute.core.policy.Policy.to_dict``) instead of the export's own;
     ``k_cpt``: the routers' k_cpt input of a dynamic-k_cpt net instead of the export's;
     ``threads``: onnxruntime's intra-op threads (default: every available core);
     ``verify``: check every file's SHA-256 first (``SHA256SUMS``).
@@ -246,10 +243,32 @@ class ExportedModel:
                 "(it was exported without its run's validation data, or its policy has one "
                 "operating point): export again with the data, or with `target_macs`"
             )
-        views = [_Point(p["mean_macs"], p["accuracy"], p) for p in points]
-        chosen = choose(views, target_macs, None).entry
+        chosen = choose(stored_points(self.manifest), target_macs, None).entry
         k_cpt = chosen.get("k_cpt") if self.dynamic_k_cpt else self.k_cpt
         return self.with_policy(chosen["policy"], k_cpt), chosen
+
+    def resolve(self, request: OperatingRequest) -> tuple[ExportedModel, str]:
+        """The same models at the operating point ``request`` asks (``dynroute.core.operating``,
+        as a run resolves it): the export's own, one given, or the one its stored points
+        choose for a budget; and how it was chosen."""
+        current = Policy.from_dict(self.policy)
+        if request.target_macs is not None:
+            if request.policy is not None or request.answers is not None:
+                raise DynrouteError(
+                    f"export {self.folder} chooses a budget among the operating points it "
+                    f"carries ({current.describe()}); export the run again for another policy"
+                )
+            model, entry = self.for_budget(request.target_macs)
+            if request.k_cpt is not None:
+                model = model.with_policy(None, request.k_cpt)
+            point = StoredPoint(entry["mean_macs"], entry["accuracy"], entry)
+            where = "the run's validation split"
+            return model, chosen_for_budget(request.target_macs, point, where)
+        chosen = request.applied_to(current)
+        model = self if chosen is current else self.with_policy(chosen.to_dict())
+        if request.k_cpt is not None:
+            model = model.with_policy(None, request.k_cpt)
+        return model, "exported" if chosen is current else "given"
 
     @property
     def has_dense(self) -> bool:
@@ -355,7 +374,7 @@ class ExportedModel:
                     if rule.reads_exits:
                         measures[s] = rule.measure(position[children[s]], history, answers[s])
                 if (rule.needs_history or self.boost) and raw:
-                    passed = np.stack([decisions.log_softmax(z) for z in raw.values()], axis=1)
+                    passed = np.stack([probabilities.log_softmax(z) for z in raw.values()], axis=1)
                     deeper = passed if history is None else np.concatenate([history, passed], 1)
             decision = rule.choose(end, scores, measures)
             size = decision.shape[0]

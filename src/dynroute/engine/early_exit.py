@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute.decisions import boosted, log_softmax
-from dynroute.devices import bf16_on, use_channels_last
+from dynroute.core.decisions import boosted
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import LEARNED, Policy
+from dynroute.core.probabilities import log_softmax
 from dynroute.engine.fold import fold_batchnorm as fold_batchnorm_into
-from dynroute.errors import DynrouteError
 from dynroute.nn.macs import policy_path_macs
 from dynroute.nn.prediction import Prediction, check_images
 from dynroute.nn.routing import decider, to_numpy
 from dynroute.nn.tree import RoutedTree
-from dynroute.policy import LEARNED, Policy
+from dynroute.platform.devices import bf16_on, use_channels_last
 
 
 def select_rows(signal: Any, rows: torch.Tensor) -> Any:
@@ -99,7 +100,7 @@ class EarlyExitEngine:
             )
         self.tree = tree
         self.policy = policy
-        #: The one implementation of the policy's decisions (``dynroute.decisions``).
+        #: The one implementation of the policy's decisions (``dynroute.core.decisions``).
         self.decider = decider(tree, policy)
         #: The k_cpt input used when a call gives none (set by ``from_run``).
         self.default_k_cpt: float | None = None

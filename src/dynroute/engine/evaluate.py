@@ -1,4 +1,4 @@
-"""Evaluation with the early-exit engine: the statistics of ``dynroute.train.evaluation``,
+"""Evaluation with the early-exit engine: the statistics of ``dynroute.nn.evaluation``,
 computed by running only the nodes each example reaches.
 """
 
@@ -9,13 +9,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dynroute.devices import bf16_on
+from dynroute.core.policy import LEARNED, Policy
 from dynroute.engine.early_exit import EarlyExitEngine
+from dynroute.nn import evaluation
+from dynroute.nn.evaluation import Evaluation, every_exit_accuracy
 from dynroute.nn.prediction import Prediction, predict_dense
 from dynroute.nn.tree import RoutedTree
-from dynroute.policy import LEARNED, Policy
-from dynroute.train import evaluation
-from dynroute.train.evaluation import Evaluation, every_exit_accuracy
+from dynroute.platform.devices import bf16_on
 
 __all__ = ["Evaluation", "evaluate", "every_exit_accuracy"]
 

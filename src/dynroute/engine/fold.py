@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 

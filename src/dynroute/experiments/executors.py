@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynroute.core.errors import DynrouteError, Interrupted
 from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
 from dynroute.data.readers.common import expand_user
-from dynroute.devices import configure_cpu, resolve_device
 from dynroute.engine.evaluate import evaluate
-from dynroute.errors import DynrouteError, Interrupted
 from dynroute.experiments.results import build_result
+from dynroute.platform.devices import configure_cpu, resolve_device
 from dynroute.policies.analysis import RESULT_PAIRED_POINTS, analyse, analysis_k_values
 from dynroute.policies.exit_table import dense_outputs
 from dynroute.policies.statistics import pack_bits

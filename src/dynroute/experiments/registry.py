@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.train.config import PAPER_K_CPT_SET, TrainConfig
 
 

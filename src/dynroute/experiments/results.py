@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dynroute.atomic import read_json_object
-from dynroute.devices import machine_description
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.io.atomic import read_json_object
+from dynroute.platform.devices import machine_description
 from dynroute.policies.curves import CurvePoint
 
 RESULT_FORMAT = 1

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute import selection
-from dynroute.errors import DynrouteError
+from dynroute.core import selection
+from dynroute.core.errors import DynrouteError
+from dynroute.core.rules.scheduler import cross_fitted_measures, fit_scheduler, scheduler_family
 from dynroute.nn.prediction import as_tensor
 from dynroute.policies.exit_table import (
     DenseOutputs,
@@ -38,7 +39,6 @@ from dynroute.policies.exit_table import (
     exit_table,
 )
 from dynroute.policies.fitting import fit_answers
-from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler, scheduler_family
 from dynroute.policies.statistics import mcnemar
 from dynroute.policies.table import default_budgets, policy_families
 from dynroute.runs import Run, open_run
@@ -50,7 +50,7 @@ TRAIN_SAMPLE = 10_000
 
 
 @dataclass(frozen=True)
-class Source:
+class StudyData:
     """Where a study reads the runs' data: the data folder, another dataset than the run's
     own, and whether a copy whose checksums differ from the official files is accepted
     (the options every other verb takes)."""
@@ -60,7 +60,7 @@ class Source:
     allow_checksum_mismatch: bool = False
 
 
-def _outputs(run: Run, split: str, source: Source, limit: int | None = None) -> DenseOutputs:
+def _outputs(run: Run, split: str, source: StudyData, limit: int | None = None) -> DenseOutputs:
     tree = run.load_tree().eval()
     images, labels, _ = run.split(
         split, source.data_dir, source.dataset, source.allow_checksum_mismatch
@@ -76,9 +76,10 @@ def _chosen_on_test(
 ) -> tuple[dict[str, float], np.ndarray] | None:
     """The scheduler's member most accurate on validation (its cross-fitted ``measures``)
     within ``budget``, deployed at the price that spends as much
-    (``dynroute.policies.scheduler.scheduler_family``); its test point and correctness."""
+    (``dynroute.core.rules.scheduler.scheduler_family``); its test point and correctness."""
     pairs = scheduler_family(validation, scheduler, measures=measures)
-    members = [_Member(point["mean_macs"], point["accuracy"], policy) for policy, point in pairs]
+    points = [(policy, validation.point(e, policy)) for policy, e in pairs]
+    members = [_Member(p["mean_macs"], p["accuracy"], policy) for policy, p in points]
     chosen = selection.within_budget(members, budget)
     if chosen is None:
         return None
@@ -94,7 +95,7 @@ class _Member:
 class _Setting:
     """One run's held-out outputs, its baselines and its combined-answer exit tables."""
 
-    def __init__(self, run: Run, source: Source) -> None:
+    def __init__(self, run: Run, source: StudyData) -> None:
         self.run = run
         self.tree = run.load_tree().eval()
         self.facts = TreeFacts.of(self.tree)
@@ -149,7 +150,7 @@ def held_out(
     sisters: Sequence[str | os.PathLike[str]] = (),
     larger: str | os.PathLike[str] | None = None,
     budgets: Sequence[float] | None = None,
-    source: Source = Source(),
+    source: StudyData = StudyData(),
     progress: Progress = None,
 ) -> dict[str, Any]:
     """The held-out study of one run (see the module's docstring): JSON-ready."""
@@ -213,9 +214,7 @@ def _reanswer(fitted: Any, like: Any) -> Any:
 
 
 def _rows(table: ExitTable, rows: np.ndarray) -> ExitTable:
-    from dynroute.policies.scheduler import _subset
-
-    return _subset(table, rows)
+    return table.subset(rows)
 
 
 def _exit_accuracy(table: ExitTable) -> list[float]:
@@ -245,7 +244,7 @@ def guarantees(
     deltas: Sequence[float] = (0.05, 0.1, 0.2),
     partitions: int = 200,
     calibration_size: int = 5000,
-    source: Source = Source(),
+    source: StudyData = StudyData(),
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Guaranteed accuracy targets over random partitions of the run's held-out examples
@@ -258,8 +257,8 @@ def guarantees(
     bounds by delta; and given certification), the certification chance ``calibrate``
     estimated, and the MACs saved against the deepest exit; beside the naive point
     estimate (``calibrate`` without ``--delta``)."""
+    from dynroute.core.operating import BEST
     from dynroute.policies.calibration import (
-        BEST,
         candidates,
         families,
         guarantee_paths,
@@ -385,7 +384,7 @@ LEAD_DRAWS = 2000
 def lead(
     run_paths: Sequence[str | os.PathLike[str]],
     static_results: dict[str, dict[str, Any]],
-    source: Source = Source(),
+    source: StudyData = StudyData(),
     progress: Progress = None,
 ) -> dict[str, Any]:
     """How many fewer MACs the routed runs need than the best static network for its
@@ -395,7 +394,8 @@ def lead(
     of every run, whose validation accuracy reaches the static network's. Both are scored
     on test: accuracies (exact McNemar, paired), mean MACs and their ratio, with 95 %
     bootstrap intervals over the test examples."""
-    from dynroute.policies.calibration import BEST, candidates, families, positions_on
+    from dynroute.core.operating import BEST
+    from dynroute.policies.calibration import candidates, families, positions_on
     from dynroute.policies.statistics import unpack_bits
 
     say = progress or (lambda message: None)

@@ -23,11 +23,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dynroute import machine
-from dynroute.atomic import FolderLock, check_writable, write_json_atomic
+from dynroute.core.errors import DynrouteError, Interrupted, stop_signals
 from dynroute.data.datasets import absolute_dataset_name, load_dataset
 from dynroute.data.readers.common import expand_user
-from dynroute.errors import DynrouteError, Interrupted, stop_signals
 from dynroute.experiments.executors import (
     DataLoaderFn,
     ProcessPoolRunner,
@@ -37,6 +35,8 @@ from dynroute.experiments.executors import (
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
 from dynroute.experiments.results import git_revision, read_result, result_path, scale_dir
+from dynroute.io.atomic import FolderLock, check_writable, write_json_atomic
+from dynroute.platform import machine
 from dynroute.runs import CONFIG_FILE
 from dynroute.train.config import EXECUTION_ONLY, TrainConfig
 from dynroute.train.data import load_training_data

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.chains import routed_chain_root, static_truncation_root
 from dynroute.nn.registry import CHANNELS, IMAGE_SIZE, register_model
 from dynroute.nn.tree import Node, RoutedTree

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.heads import Classifier, Router
 from dynroute.nn.tree import Node, RoutedTree, evaluation_mode
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from dynroute.atomic import write_atomic
-from dynroute.errors import DynrouteError
-from dynroute.gate import open_regular
+from dynroute.core.errors import DynrouteError
+from dynroute.io.atomic import write_atomic
+from dynroute.io.gate import open_regular
 from dynroute.nn.models import build_from_spec
 from dynroute.nn.registry import validate_spec
 from dynroute.nn.tree import RoutedTree

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dynroute.decisions import base_path_macs, path_macs
+from dynroute.core.decisions import base_path_macs, path_macs
+from dynroute.core.policy import Policy
 from dynroute.nn.tree import RoutedTree, evaluation_mode
-from dynroute.policy import Policy
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -184,6 +184,6 @@ def tree_costs(tree: RoutedTree) -> TreeCosts:
 
 def policy_path_macs(tree: RoutedTree, policy: Policy) -> tuple[int, ...]:
     """Per node, what an example classified there costs under ``policy``
-    (``dynroute.decisions.path_macs`` on the tree's cost table)."""
+    (``dynroute.core.decisions.path_macs`` on the tree's cost table)."""
     costs = tree_costs(tree)
     return tuple(path_macs(policy, tree.shape, tree.num_classes, costs.base_path_macs()))

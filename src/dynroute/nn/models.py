@@ -21,7 +21,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.heads import Classifier, Router
 from dynroute.nn.multiscale import COLUMN_CHANNELS, MultiScaleColumn, PyramidColumn
 from dynroute.nn.registry import (

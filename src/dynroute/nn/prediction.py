@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import LEARNED, Policy
 from dynroute.nn.macs import policy_path_macs, tree_costs
 from dynroute.nn.routing import dense_choices, oracle_exits
 from dynroute.nn.tree import DenseOutput, RoutedTree
-from dynroute.policy import LEARNED, Policy
 
 
 @dataclass
@@ -116,9 +116,9 @@ def predict_from_outputs(
         leaves = tree.leaves
         costs = tree_costs(tree)
         path_macs = torch.tensor(policy_path_macs(tree, policy), device=x.device)
-        if policy.name == "oracle":
+        if policy.rule.needs_labels:
             if labels is None:
-                raise DynrouteError("the oracle policy needs the labels")
+                raise DynrouteError(f"the {policy.name} policy needs the labels")
             leaf_macs = [costs.oracle_path_macs[leaf] for leaf in leaves]
             exits = oracle_exits(out.logits, labels.to(x.device), leaves, leaf_macs)
             logits = torch.stack([out.logits[i] for i in leaves], dim=1)[

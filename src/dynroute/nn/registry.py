@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 #: The paper's images are 32x32 RGB; other sizes are built when a dataset asks for them.
 IMAGE_SIZE = 32

@@ -1,6 +1,6 @@
-"""Routing decisions on PyTorch outputs: ``dynroute.decisions`` applied to tensors.
+"""Routing decisions on PyTorch outputs: ``dynroute.core.decisions`` applied to tensors.
 
-Every policy decides through ``dynroute.decisions.Decider`` (NumPy), the one
+Every policy decides through ``dynroute.core.decisions.Decider`` (NumPy), the one
 implementation the engine, the export runtime and the policy tables share; this module
 moves tensors across and adds the oracle, which needs labels and so never runs outside
 an analysis.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynroute.decisions import Decider
+from dynroute.core.decisions import Decider
+from dynroute.core.policy import Policy
 from dynroute.nn.tree import RoutedTree
-from dynroute.policy import Policy
 
 
 def decider(tree: RoutedTree, policy: Policy) -> Decider:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dynroute.decisions import Shape
+from dynroute.core.decisions import Shape
 
 #: Router input for dynamic k_cpt is expressed in cost per ten million MACs (paper §4.6).
 K_CPT_INPUT_SCALE = 1e7
@@ -183,7 +183,7 @@ class RoutedTree(nn.Module):
 
     @property
     def shape(self) -> Shape:
-        """The tree's structure without torch (what ``dynroute.decisions`` decides on)."""
+        """The tree's structure without torch (what ``dynroute.core.decisions`` decides on)."""
         shape = self.__dict__.get("_shape")
         if shape is None:
             shape = Shape(tuple(self.parent), tuple(tuple(c) for c in self.children_of), self.boost)

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynroute.atomic import write_text_atomic
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.experiments.claims import Claim, check_claims
 from dynroute.experiments.results import Results, load_results, load_studies, load_variants
+from dynroute.io.atomic import write_text_atomic
 
 _BLOCK = re.compile(
     r"(?P<open><!-- generated: (?P<name>[\w.-]+/[\w.-]+) -->\n)(?P<body>.*?)(?P<close><!-- end "

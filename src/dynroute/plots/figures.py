@@ -19,8 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from dynroute.atomic import make_folder, write_atomic  # noqa: E402
-from dynroute.errors import DynrouteError  # noqa: E402
+from dynroute.core.errors import DynrouteError  # noqa: E402
 from dynroute.experiments.results import (  # noqa: E402
     curve,
     learned_macs,
@@ -30,6 +29,7 @@ from dynroute.experiments.results import (  # noqa: E402
     result_class_names,
     study_label,
 )
+from dynroute.io.atomic import make_folder, write_atomic  # noqa: E402
 from dynroute.policies.curves import frontier_errors  # noqa: E402
 
 Results = dict[str, dict[str, dict[str, Any]]]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dynroute.atomic import write_text_atomic
 from dynroute.experiments import policy_claims
 from dynroute.experiments.claims import Claim, Context, check_claims, mmacs, peak
 from dynroute.experiments.results import (
@@ -24,6 +23,7 @@ from dynroute.experiments.results import (
     load_variants,
     study_label,
 )
+from dynroute.io.atomic import write_text_atomic
 from dynroute.plots.tables import policy_table_markdown
 
 

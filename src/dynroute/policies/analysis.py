@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from dynroute.core.policy import Policy
+from dynroute.core.rules.base import thresholds_at_quantiles, with_threshold
 from dynroute.nn.prediction import as_tensor, predict_dense
 from dynroute.nn.tree import RoutedTree, evaluation_mode
 from dynroute.policies.curves import as_points, macs_for_accuracy
 from dynroute.policies.exit_table import ExitTable, TreeFacts, dense_outputs, exit_table
 from dynroute.policies.statistics import mcnemar, pack_bits
-from dynroute.policy import Policy
 
 #: Thresholds per curve: the certainty values at these many quantiles.
 CURVE_POINTS = 201
@@ -46,27 +46,6 @@ def analysis_k_values(
     if not tree.dynamic_k_cpt:
         return [None]
     return [float(k) for k in (k_cpt_set or PAPER_K_CPT_SET)]
-
-
-def thresholds_at_quantiles(table: ExitTable, rule: Policy, count: int) -> list[float]:
-    """The rule's measures at ``count`` quantiles of what the exits on the paths show,
-    plus the bounds that send everyone to the first or the last exit."""
-    candidates = table.candidates
-    measure = table.measures(rule)
-    shown = np.take_along_axis(
-        measure, np.where(candidates >= 0, candidates, 0).reshape(len(table), -1), 1
-    )[candidates.reshape(len(table), -1) >= 0]
-    shown = shown[np.isfinite(shown)]
-    if shown.size == 0:
-        shown = np.array([0.5])
-    values = np.quantile(shown.astype(np.float64), np.linspace(0, 1, count))
-    if rule.rule.bounded:
-        values = np.clip(values, 0, 1)
-        bounds = [0.0, 1.0]
-    else:
-        spread = float(values.max() - values.min()) or 1.0
-        bounds = [float(values.min() - spread), float(values.max() + spread)]
-    return sorted({*bounds, *(float(v) for v in values)})
 
 
 def threshold_curve(
@@ -93,11 +72,6 @@ def threshold_curve(
             point["correct_bits"] = pack_bits(table.correctness(positions))
         points.append(point)
     return points
-
-
-def with_threshold(answers: Policy, name: str, threshold: float) -> Policy:
-    """A single-threshold rule on ``answers``' answers."""
-    return replace(answers, name=name, threshold=threshold, thresholds=None)
 
 
 def single_exit_points(table: ExitTable, names: Sequence[str]) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ raw, recalibrated or combined answers (their weights fitted on the same split fi
 budgeted policy's exit distributions, the scheduler's prices (its models fitted on the
 split, each point measured with models fitted without the examples it is measured on),
 the learned routers (and the k_cpt input of a dynamic-k_cpt net, a fine log grid), on
-every run given. ``dynroute.selection`` chooses: the most accurate point within a MAC
+every run given. ``dynroute.core.selection`` chooses: the most accurate point within a MAC
 budget, the cheapest that reaches an accuracy. ``dynroute.policies.guarantees`` chooses
 with a finite-sample guarantee instead.
 """
@@ -22,14 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute import checks, selection
-from dynroute.errors import DynrouteError
-from dynroute.guarantee import TARGETS
+from dynroute.core import checks, selection
+from dynroute.core.errors import DynrouteError
+from dynroute.core.guarantee import TARGETS
+from dynroute.core.operating import ANY, BEST
+from dynroute.core.policy import ANSWERS, LEARNED, Policy, policy_names, resolve_name
+from dynroute.core.rules import RULES, deployable_rules
+from dynroute.nn.evaluation import routing_statistics
 from dynroute.nn.prediction import as_tensor
 from dynroute.nn.tree import RoutedTree
 from dynroute.policies.analysis import exits_for_k, router_inputs
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, dense_outputs, exit_table
-from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
+from dynroute.policies.fitting import fit_answers
 from dynroute.policies.guarantees import (
     CEILING_ERRORS,
     DEFAULT_DELTA,
@@ -43,17 +47,10 @@ from dynroute.policies.guarantees import (
     split_for_guarantee,
     upper_bound_mean,
 )
-from dynroute.policies.scheduler import fit_scheduler, scheduler_family
-from dynroute.policy import ANSWERS, LEARNED, POLICY_NAMES, Policy, resolve_name
 from dynroute.runs import Calibration, Run, check_one_dataset, checkpoint_fingerprint, open_run
-from dynroute.train.evaluation import routing_statistics
 
 #: k_cpt inputs tried for a dynamic-k_cpt net: 0 and a log grid over this range.
 K_CPT_GRID = (1e-11, 1e-6, 201)
-#: Every policy on every kind of answer: what ``--policy best`` chooses among.
-BEST = "best"
-#: Answers of an exit rule when none are named: every kind, chosen on validation.
-ANY = "any"
 
 
 @dataclass
@@ -83,19 +80,18 @@ def dense_k_cpt(tree: RoutedTree, k_cpt: float | None) -> float | None:
 def families(name: str, answers: str | None = None) -> list[tuple[str, str]]:
     """The (rule, answers) families a policy name stands for. ``best``: every deployable
     rule on every kind of answer; an alias (``ensemble``) its rules and answers; a rule its
-    answers (default raw, the scheduler every kind); ``answers`` ``any``: every kind."""
+    answers (default: the rule's ``default_answers``); ``answers`` ``any``: every kind."""
     if name == BEST:
-        rules = ("learned", "confidence", "entropy", "budgeted", "scheduler")
-        return [(r, a) for r in rules for a in ANSWERS]
+        return [(r, a) for r in deployable_rules() for a in ANSWERS]
     rule, implied = resolve_name(name)
-    if rule == "oracle":
-        raise DynrouteError("the oracle policy needs labels: it cannot be calibrated")
+    if not RULES[rule].deployable:
+        raise DynrouteError(f"the {rule} policy needs labels: it cannot be calibrated")
     if implied is not None:  # ensemble: a threshold or one per exit, on combined answers
         if answers not in (None, implied):
             raise DynrouteError(f"the {name} policy reads {implied} answers")
         return [("confidence", implied), ("budgeted", implied)]
     if answers is None:
-        answers = ANY if rule == "scheduler" else "raw"
+        answers = RULES[rule].default_answers
     if answers == ANY:
         return [(rule, kind) for kind in ANSWERS]
     if answers not in ANSWERS:
@@ -123,7 +119,7 @@ def candidates(
     out: list[Candidate] = []
     answers: dict[str, Policy] = {}
     for rule, kind in wanted:
-        if rule != "learned" and tree.dynamic_k_cpt and k_cpt is None:
+        if RULES[rule].reads_exits and tree.dynamic_k_cpt and k_cpt is None:
             raise DynrouteError("a dynamic-k_cpt net needs `k_cpt` for its routers' choices")
         if kind not in answers:
             if fitted is not None and fitted.answers == kind:
@@ -136,25 +132,10 @@ def candidates(
                 )
         table = exit_table(tree, outputs, answers[kind])
         key = f"{rule}/{kind}"
-        if rule == "learned":
+        if not RULES[rule].reads_exits:  # the routers: the network's own choices
             out += _learned(run, tree, table, images)
             continue
-        if rule == "budgeted":
-            members = budgeted_family(table)
-        elif rule == "scheduler":
-            scheduler = fitted if fitted is not None and fitted.name == "scheduler" else None
-            scheduler = scheduler or fit_scheduler([table])
-            for policy, point in scheduler_family(table, scheduler):
-                out.append(
-                    Candidate(
-                        run, policy, k_cpt, point["accuracy"], point["mean_macs"], key,
-                        table.exits(policy).astype(np.int16), table,
-                    )
-                )  # fmt: skip
-            continue
-        else:
-            members = threshold_family(table, rule)
-        for policy, positions in members:
+        for policy, positions in RULES[rule].family(table, fitted):
             point = table.point(positions, policy)
             out.append(
                 Candidate(
@@ -188,7 +169,7 @@ def _learned(
             raise DynrouteError("calibrating needs routers that say what they read (Router.reads)")
         exits = [exits_for_k(tree, inputs, len(images), k).numpy() for k in k_values]
     else:
-        from dynroute.decisions import Decider
+        from dynroute.core.decisions import Decider
 
         rule = Decider(LEARNED, tree.shape, tree.num_classes)
         k_values = [None]
@@ -333,7 +314,7 @@ def positions_on(
             inputs = router_inputs(tree, images)
             exits = exits_for_k(tree, inputs, len(images), candidate.k_cpt).numpy()
         else:
-            from dynroute.decisions import Decider
+            from dynroute.core.decisions import Decider
 
             rule = Decider(LEARNED, tree.shape, tree.num_classes)
             exits = rule.reached_exits(rule.dense_choices({}, outputs.scores), len(outputs))
@@ -389,7 +370,7 @@ def _family_for(
 def choose(
     points: list[Candidate], target_macs: float | None, target_accuracy: float | None
 ) -> Candidate:
-    """The operating point that meets the target (``dynroute.selection.choose``)."""
+    """The operating point that meets the target (``dynroute.core.selection.choose``)."""
     return selection.choose(points, target_macs, target_accuracy)
 
 
@@ -464,8 +445,8 @@ def calibrate(
     if delta is not None:
         checks.unit_interval(delta, "delta")
     checks.k_cpt(k_cpt)
-    if policy not in (*POLICY_NAMES, BEST):
-        raise DynrouteError(f"`policy` must be one of {', '.join((*POLICY_NAMES, BEST))}")
+    if policy not in (*policy_names(), BEST):
+        raise DynrouteError(f"`policy` must be one of {', '.join((*policy_names(), BEST))}")
     wanted = families(policy, answers)
     if split == "train" and delta is not None:
         raise DynrouteError(

@@ -3,9 +3,9 @@ replayed on, for any parameter, without running the network again.
 
 ``dense_outputs`` runs the tree once over a split and keeps every exit's logits and every
 router's scores. An ``ExitTable`` turns them into one kind of answers (raw, calibrated or
-combined: ``dynroute.policy``), whether each is right, and the path an example takes
+combined: ``dynroute.core.policy``), whether each is right, and the path an example takes
 among non-exit sinks when no exit stops it. ``ExitTable.exits`` then replays any exit rule
-on those answers through the same ``dynroute.decisions.Decider`` the engine and the export
+on those answers through the same ``dynroute.core.decisions.Decider`` the engine and the export
 runtime decide with (tests check it against ``predict_dense`` on random trees), so a curve
 of thousands of thresholds costs one pass.
 """
@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynroute.decisions import Decider, Shape, certainty, log_softmax, passes, path_macs
+from dynroute.core.decisions import Decider, Shape, certainty, passes, path_macs
+from dynroute.core.policy import Policy
+from dynroute.core.probabilities import log_softmax_all
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.prediction import as_tensor
 from dynroute.nn.tree import RoutedTree, evaluation_mode
-from dynroute.policy import Policy
 
 #: The answers a table of raw exits reads (no fitted parameters).
 RAW = Policy("confidence", 0.5)
@@ -185,7 +186,7 @@ class ExitTable:
         """Position (in leaf order) of each example's exit under an exit rule, exactly as
         ``Decider.choose`` decides junction by junction (the routers: as they choose)."""
         self._check_answers(policy)
-        if policy.name == "learned":
+        if not policy.uses_threshold:  # the routers choose
             rule = self.decider(policy)
             exits = rule.reached_exits(rule.dense_choices({}, self.outputs.scores), len(self))
             where = self.facts.shape.leaf_position
@@ -215,11 +216,11 @@ class ExitTable:
         offered exit whose measure passes."""
         self._check_answers(policy)
         n, depth, width = self.candidates.shape
-        if width != 1 or policy.thresholds is not None or policy.name == "learned":
+        if width != 1 or policy.thresholds is not None or not policy.uses_threshold:
             return None
         values = self._offered_measures(policy)[:, :, 0]
         valid = self.candidates[:, :, 0] >= 0
-        sign = np.float32(-1.0) if policy.name == "entropy" else np.float32(1.0)
+        sign = np.float32(-1.0) if policy.rule.passes_below else np.float32(1.0)
         level = np.where(valid, sign * values, np.float32(-np.inf))  # passes: level >= t
         best = np.maximum.accumulate(level, axis=1)  # the best seen up to each depth
         t = sign * np.asarray(thresholds, dtype=np.float32)
@@ -233,6 +234,20 @@ class ExitTable:
             picked = np.take_along_axis(chosen, np.minimum(first, depth - 1), axis=1)
             out[:, start : start + step] = np.where(reached, picked, self.terminal[:, None])
         return out
+
+    def subset(self, rows: np.ndarray) -> ExitTable:
+        """The table's examples ``rows`` (same answers, same paths)."""
+        return replace(
+            self,
+            outputs=self.outputs.subset(rows),
+            answer=self.answer[rows],
+            correct=self.correct[rows],
+            candidates=self.candidates[rows],
+            terminal=self.terminal[rows],
+            _measures={},
+            _offered={},
+            _keep=[],
+        )
 
     def correctness(self, positions: np.ndarray) -> np.ndarray:
         return self.correct[np.arange(len(self)), positions]
@@ -249,12 +264,6 @@ class ExitTable:
         """Per exit, its path's MACs with nothing spent on deciding (the oracle's cost)."""
         macs = self.facts.base_macs["oracle"]
         return np.asarray([macs[leaf] for leaf in self.facts.shape.leaves], dtype=np.float64)
-
-
-def log_softmax_all(logits: np.ndarray) -> np.ndarray:
-    """(N, leaves, classes) log-softmaxes of every exit's raw logits."""
-    n, leaves, classes = logits.shape
-    return log_softmax(logits.reshape(n * leaves, classes)).reshape(n, leaves, classes)
 
 
 def exit_table(

@@ -1,4 +1,4 @@
-"""Parameters fitted on held-out data: recalibrated and combined answers, thresholds.
+"""Answers fitted on held-out data: recalibrated and combined.
 
 Everything here is fitted on a split the network did not train on (a run's validation
 split) and then applied unchanged to new data (``docs/policies.md``):
@@ -10,33 +10,24 @@ split) and then applied unchanged to new data (``docs/policies.md``):
   keeps its calibrated answer unless combining, cross-fitted on two halves of the split,
   answers clearly more held-out examples right (by more than two standard deviations of
   the paired difference), so a net whose exits gain nothing from each other loses nothing.
-- ``threshold_family``: a single-threshold rule at the quantiles of its measure;
-- ``budgeted_family``: MSDNet's budgeted scheme (Huang et al. 2018):
-  the share of examples leaving at the exit of depth d follows q^d (normalised), and each
-  depth's confidence threshold is the quantile that lets that share out.
+
+Each exit rule fits its own parameters (thresholds, the scheduler's models) in its file
+under ``dynroute.core.rules``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
-import numpy as np
 import torch
 
-from dynroute.errors import DynrouteError
-from dynroute.policies.analysis import thresholds_at_quantiles, with_threshold
-from dynroute.policies.exit_table import DenseOutputs, ExitTable, TreeFacts, log_softmax_all
-from dynroute.policy import Policy
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import Policy
+from dynroute.core.probabilities import log_softmax_all
+from dynroute.policies.exit_table import DenseOutputs, TreeFacts
 
 #: L2 penalty of the answers' weights and biases (per example of the fitting split).
 ANSWERS_L2 = 1e-3
-#: Thresholds tried per single-threshold rule: its measures at this many quantiles.
-THRESHOLD_QUANTILES = 2001
-#: The budgeted scheme's q is searched over [1/Q_RANGE, Q_RANGE] (log scale).
-Q_RANGE = 1e3
-#: Values of q tried for the budgeted scheme's family.
-Q_COUNT = 401
 
 
 def fit_answers(
@@ -112,77 +103,3 @@ def _fit_combination(
     with torch.enable_grad():
         optimiser.step(loss)
     return w.detach().tolist(), b.detach().tolist()
-
-
-# --------------------------------------------------------------------------- families
-
-
-def threshold_family(
-    table: ExitTable, rule: str | Policy, count: int = THRESHOLD_QUANTILES
-) -> list[tuple[Policy, np.ndarray]]:
-    """A single-threshold rule on the table's answers at every threshold worth trying:
-    (policy, exit positions) pairs. ``rule``: its name, or a policy carrying its fitted
-    parameters (a scheduler's models)."""
-    template = with_threshold(table.answers, rule, 0.5) if isinstance(rule, str) else rule
-    thresholds = thresholds_at_quantiles(table, template, count)
-    policies = [replace(template, threshold=t) for t in thresholds]
-    at_once = table.exits_for_thresholds(template, np.asarray(thresholds))
-    if at_once is None:
-        return [(policy, table.exits(policy)) for policy in policies]
-    return [(policy, at_once[:, k]) for k, policy in enumerate(policies)]
-
-
-def _depths(table: ExitTable) -> list[int]:
-    """Each exit's depth on the paths (its step column); -1 for exits only ever terminal."""
-    depth = [-1] * table.answer.shape[1]
-    for d in range(table.candidates.shape[1]):
-        for position in np.unique(table.candidates[:, d]).tolist():
-            if position >= 0 and depth[position] < 0:
-                depth[position] = d
-    return depth
-
-
-def budgeted_thresholds(table: ExitTable, q: float) -> Policy:
-    """The budgeted policy on the table's answers whose exit shares follow q^depth
-    (MSDNet)."""
-    template = replace(
-        table.answers,
-        name="budgeted",
-        threshold=None,
-        thresholds=(0.5,) * len(table.facts.shape.leaves),
-    )
-    measure = table.measures(template)
-    candidates = table.candidates
-    n, depth_count, _ = candidates.shape
-    first = np.where(candidates[:, :, 0] >= 0, candidates[:, :, 0], 0)
-    values_at = np.take_along_axis(measure, first, 1)  # the first exit offered at each depth
-    offered = candidates[:, :, 0] >= 0
-    levels = [d for d in range(depth_count) if offered[:, d].any()]
-    shares = q ** np.arange(len(levels) + 1, dtype=np.float64)
-    shares /= shares.sum()
-    share_of = dict(zip(levels, shares, strict=False))
-    remaining = np.ones(n, dtype=bool)
-    by_depth = []
-    for d in range(depth_count):
-        here = remaining & offered[:, d]
-        values = values_at[here, d]
-        take = int(round(share_of.get(d, 0.0) * n))
-        if take <= 0 or len(values) == 0:
-            threshold = 2.0  # nobody leaves here
-        elif take >= len(values):
-            threshold = -1.0  # everybody who gets here leaves
-        else:
-            threshold = float(np.sort(values)[::-1][take - 1])
-        by_depth.append(threshold)
-        remaining &= ~(here & (values_at[:, d] >= np.float32(threshold)))
-    thresholds = [by_depth[d] if d >= 0 else 2.0 for d in _depths(table)]
-    return replace(template, thresholds=tuple(thresholds))
-
-
-def budgeted_family(table: ExitTable, count: int = Q_COUNT) -> list[tuple[Policy, np.ndarray]]:
-    """The budgeted policy for q on a log grid: (policy, exit positions) pairs."""
-    family = []
-    for q in np.logspace(-math.log10(Q_RANGE), math.log10(Q_RANGE), count):
-        policy = budgeted_thresholds(table, float(q))
-        family.append((policy, table.exits(policy)))
-    return family

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from dynroute.errors import DynrouteError
-from dynroute.guarantee import (
+from dynroute.core.errors import DynrouteError
+from dynroute.core.guarantee import (
     METHOD_BINARY,
     METHOD_BOUNDED,
     TARGETS,

@@ -4,7 +4,8 @@
 here, so they cannot disagree: the run's calibration (``dynroute calibrate``), or the
 learned routers without one; overridden by a policy name, answers or threshold given;
 or chosen for a MAC budget on the run's validation split, as ``calibrate`` chooses
-(nothing is saved). Each option is checked here, once.
+(nothing is saved). The options are checked once, as an ``OperatingRequest``
+(``dynroute.core.operating``); an export resolves the same request in ``ExportedModel.resolve``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from typing import Any
 
 import torch
 
-from dynroute import checks
-from dynroute.errors import DynrouteError
+from dynroute.core.operating import BEST, OperatingRequest, chosen_for_budget
+from dynroute.core.policy import Policy
 from dynroute.nn.prediction import as_tensor
 from dynroute.policies.calibration import (
-    BEST,
     Candidate,
     candidates,
     choose,
@@ -27,7 +27,6 @@ from dynroute.policies.calibration import (
     families,
 )
 from dynroute.policies.exit_table import dense_outputs
-from dynroute.policy import POLICY_NAMES, Policy, override_policy
 from dynroute.runs import Run
 
 
@@ -46,8 +45,8 @@ class OperatingPoint:
 
 def family_name(policy: Policy) -> tuple[str, str | None]:
     """The policy name and answers ``calibration.families`` expands to ``policy``'s own."""
-    if policy.name == "learned":
-        return "learned", None
+    if not policy.rule.reads_exits:  # the routers: one answers kind per operating point
+        return policy.name, None
     return policy.name, policy.answers
 
 
@@ -65,29 +64,19 @@ def resolve_operating_point(
     """The policy and k_cpt input to run ``run`` by, and how they were chosen (see the
     module's docstring). ``target_macs``: mean MACs per example, chosen among the operating
     points of ``policy`` (default: the calibrated policy's kind; ``best``: every kind)."""
-    checks.target_macs(target_macs)
-    checks.k_cpt(k_cpt)
-    if policy is not None and policy not in (*POLICY_NAMES, BEST):
-        raise DynrouteError(f"`policy` must be one of {', '.join((*POLICY_NAMES, BEST))}")
+    request = OperatingRequest(policy, threshold, target_macs, k_cpt, answers)
     calibration = run.calibration()
     calibrated, calibrated_k = run.operating_point()
     k = calibrated_k if k_cpt is None else k_cpt
     if target_macs is not None:
-        if threshold is not None:
-            raise DynrouteError("give `threshold` or `target_macs`, not both")
         name, kind = (policy, answers) if policy is not None else family_name(calibrated)
         wanted = families(name, answers if policy is not None else kind)
         points = _measure(run, wanted, k, data_dir, allow_checksum_mismatch)
         chosen = choose(points, target_macs, None)
-        how = (
-            f"{chosen.policy.label()} chosen for {target_macs / 1e6:g} M MACs on the validation "
-            f"split (accuracy {chosen.accuracy:.4f} at {chosen.mean_macs / 1e6:.3f} M there)"
-        )
+        how = chosen_for_budget(target_macs, chosen)
         return OperatingPoint(chosen.policy, chosen.k_cpt if chosen.k_cpt is not None else k,
                               how, points)  # fmt: skip
-    if policy == BEST:
-        raise DynrouteError("the best policy is chosen for a budget: give `target_macs`")
-    chosen_policy = override_policy(calibrated, policy, threshold, answers)
+    chosen_policy = request.applied_to(calibrated)
     if chosen_policy is calibrated:
         how = "learned routers (no calibration)" if calibration is None else "calibrated"
         guarantee = None if calibration is None else calibration.guarantee

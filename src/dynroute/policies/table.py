@@ -11,7 +11,7 @@ The protocol (docs/policies.md), the same for every policy:
   Time Waste); each budget also lists the best single exit (a truncation of the net);
 - **selection**: at every budget each policy takes, among its members spending at most
   the budget on validation, the cheapest one within one standard error of the most
-  accurate (``dynroute.selection.sufficient_within_budget``): more spend that buys nothing
+  accurate (``dynroute.core.selection.sufficient_within_budget``): more spend that buys nothing
   distinguishable from noise is not spent. The best baseline is the baseline most
   accurate on validation. A budget **binds** a policy where its choice there differs from
   its choice without a budget; a comparison binds where it binds either side, and only
@@ -20,7 +20,7 @@ The protocol (docs/policies.md), the same for every policy:
   decisions each take the best (on validation) of what is available so far; each step's
   gain is its test accuracy minus the previous step's, with an exact McNemar p-value;
 - **learned decisions** (the paper's routers and the scheduler, each on raw, recalibrated
-  or combined answers: ``dynroute.policy``) are compared with the best baseline (McNemar),
+  or combined answers: ``dynroute.core.policy``) are compared with the best baseline (McNemar),
   and their **MAC saving** is measured on the test envelopes of both families: at the
   accuracy the baseline's envelope reaches at the budget, one minus the policy's MACs
   there over the baseline's; only where both envelopes still rise (the accuracy at least
@@ -40,15 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from dynroute import selection
-from dynroute.errors import DynrouteError
+from dynroute.core import selection
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import LEARNED, Policy
+from dynroute.core.rules import RULES, ExitRule
 from dynroute.nn.tree import RoutedTree
 from dynroute.policies.curves import CurvePoint, accuracy_at, as_points, macs_for_accuracy
 from dynroute.policies.exit_table import DenseOutputs, ExitTable, TreeFacts, exit_table
-from dynroute.policies.fitting import budgeted_family, fit_answers, threshold_family
-from dynroute.policies.scheduler import fit_scheduler, scheduler_family
+from dynroute.policies.fitting import fit_answers
 from dynroute.policies.statistics import mcnemar, pack_bits, unpack_bits
-from dynroute.policy import LEARNED, Policy
 
 #: The table format: 2 puts every baseline on equal footing; 3 adds the one-standard-error
 #: selection, binding budgets, the routers on every kind of answers and MAC savings.
@@ -62,8 +62,6 @@ BUDGET_SHARES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.73)
 #: The lowest default budget is at least this multiple of the cheapest exit's MACs.
 CHEAPEST_MARGIN = 1.05
 ANSWER_KINDS = ("raw", "calibrated", "combined")
-#: Baseline exit rules (each on every kind of answer), then the truncation.
-BASELINE_RULES = ("confidence", "entropy", "budgeted", "truncation")
 #: The decomposition: each step adds the answers or rules named.
 STEPS = (
     ("raw rule", ("raw",), False),
@@ -147,10 +145,13 @@ def _replay(table: ExitTable, policies: Sequence[Policy]) -> list[np.ndarray]:
     return [table.exits(p) for p in policies]
 
 
-def _members(policies: Sequence[Policy], validation: ExitTable, test: ExitTable) -> list[Member]:
+def _members(
+    pairs: Sequence[tuple[Policy, np.ndarray]], validation: ExitTable, test: ExitTable
+) -> list[Member]:
+    """Members from a family's (policy, exits on validation) pairs, replayed on test."""
+    policies = [policy for policy, _ in pairs]
     out = []
-    replayed = zip(_replay(validation, policies), _replay(test, policies), strict=True)
-    for policy, (on_validation, on_test) in zip(policies, replayed, strict=True):
+    for (policy, on_validation), on_test in zip(pairs, _replay(test, policies), strict=True):
         out.append(
             Member(
                 _parameters(policy),
@@ -160,6 +161,24 @@ def _members(policies: Sequence[Policy], validation: ExitTable, test: ExitTable)
             )
         )
     return out
+
+
+def _rule_family(
+    rule: ExitRule,
+    kind: str,
+    validation: ExitTable,
+    test: ExitTable,
+    fitted: dict[str, Policy],
+) -> list[Family]:
+    """The rule's family on ``kind`` answers (none if it has no member); a rule with fitted
+    models (the scheduler) has them stored once, under its key."""
+    pairs = rule.family(validation)
+    if not pairs:
+        return []
+    key = f"{rule.name}/{kind}"
+    if rule.parameter == "scheduler":
+        fitted[key] = pairs[0][0]
+    return [Family(key, rule.name, kind, rule.learned, _members(pairs, validation, test))]
 
 
 def _truncations(validation: ExitTable, test: ExitTable, names: list[str]) -> list[Member]:
@@ -187,7 +206,7 @@ def _routers(kind: str, on_validation: ExitTable, on_test: ExitTable, fitted: Po
     policy = LEARNED
     if kind != "raw":
         policy = Policy("learned", answers=kind, weights=fitted.weights, biases=fitted.biases)
-    (member,) = _members([policy], on_validation, on_test)
+    (member,) = _members([(policy, on_validation.exits(policy))], on_validation, on_test)
     return Family(f"learned/{kind}", "learned", kind, True, [member])
 
 
@@ -212,23 +231,10 @@ def policy_families(
         on_validation = exit_table(facts, validation, fitted[kind])
         on_test = exit_table(facts, test, fitted[kind])
         test_tables[kind] = on_test
-        for rule in ("confidence", "entropy"):
-            policies = [p for p, _ in threshold_family(on_validation, rule)]
-            families.append(
-                Family(
-                    f"{rule}/{kind}", rule, kind, False, _members(policies, on_validation, on_test)
-                )
-            )
-        budgeted = [p for p, _ in budgeted_family(on_validation)]
-        families.append(
-            Family(
-                f"budgeted/{kind}",
-                "budgeted",
-                kind,
-                False,
-                _members(budgeted, on_validation, on_test),
-            )
-        )
+        fixed = [r for r in RULES.values() if r.deployable and r.reads_exits and not r.learned]
+        learned = [r for r in RULES.values() if r.deployable and r.reads_exits and r.learned]
+        for rule in fixed:
+            families += _rule_family(rule, kind, on_validation, on_test, fitted)
         if kind != "combined":  # a truncation reads no earlier exit
             families.append(
                 Family(
@@ -239,16 +245,8 @@ def policy_families(
                     _truncations(on_validation, on_test, names),
                 )
             )
-        scheduler = fit_scheduler([on_validation])
-        fitted[f"scheduler/{kind}"] = scheduler
-        if any(entry is not None for entry in scheduler.scheduler["exits"]):
-            pairs = scheduler_family(on_validation, scheduler)
-            policies = [p for p, _ in pairs]
-            members = [
-                Member(_parameters(p), point, on_test.point(e, p), on_test.correctness(e))
-                for (p, point), e in zip(pairs, _replay(on_test, policies), strict=True)
-            ]
-            families.append(Family(f"scheduler/{kind}", "scheduler", kind, True, members))
+        for rule in learned:
+            families += _rule_family(rule, kind, on_validation, on_test, fitted)
         if routers:
             families.append(_routers(kind, on_validation, on_test, fitted[kind]))
         if progress is not None:
@@ -289,7 +287,7 @@ class _Draws:
         """The family's test curve in each draw."""
         if family.key not in self._curves:
             correct = np.stack([m.correct for m in family.members]).astype(np.float32)
-            accuracies = correct @ self.counts  # (members, draws)
+            accuracies = np.clip(correct @ self.counts, 0, 1)  # (members, draws); float32 sums
             macs = [m.test["mean_macs"] for m in family.members]
             self._curves[family.key] = [
                 as_points(

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from dynroute.checks import NON_NEGATIVE, POSITIVE, Bounds
-from dynroute.errors import DynrouteError
+from dynroute.core.checks import NON_NEGATIVE, POSITIVE, Bounds
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.registry import MAX_IMAGE_SIZE, MAX_WIDTH, MIN_IMAGE_SIZE
 from dynroute.train.choices import (
     CRITIC_TARGETS,

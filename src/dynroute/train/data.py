@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.datasets import DatasetSplit, load_dataset
 from dynroute.data.loader import BatchLoader
-from dynroute.errors import DynrouteError
 from dynroute.runs import DataRecord
 from dynroute.train.config import TrainConfig
 

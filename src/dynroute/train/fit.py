@@ -35,11 +35,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.datasets import DatasetSplit
 from dynroute.data.readers.common import check_label_count
 from dynroute.data.readers.npz_arrays import _labels as checked_labels
-from dynroute.devices import resolve_device
-from dynroute.errors import DynrouteError
 from dynroute.nn import checkpoint
 from dynroute.nn.registry import (
     CHANNELS,
@@ -49,6 +48,7 @@ from dynroute.nn.registry import (
     MIN_IMAGE_SIZE,
 )
 from dynroute.nn.tree import RoutedTree
+from dynroute.platform.devices import resolve_device
 from dynroute.runs import DataRecord, arrays_fingerprint, open_run
 from dynroute.train.config import TrainConfig
 from dynroute.train.data import training_data

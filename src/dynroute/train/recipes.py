@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import DenseOutput, RoutedTree
 from dynroute.train.choices import TEACHERS, WEIGHT_SCHEDULES

@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dynroute.atomic import read_json_object, write_json_atomic, write_text_atomic
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.io.atomic import read_json_object, write_json_atomic, write_text_atomic
 from dynroute.nn.registry import CUSTOM_MODEL
 from dynroute.runs import (
     CHECKPOINT_FILE,

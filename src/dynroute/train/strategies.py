@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.tree import DenseOutput, RoutedTree, k_cpt_per_example
 from dynroute.train.choices import CRITIC_TARGETS, ERROR_MEASURES, STRATEGY_NAMES

@@ -22,15 +22,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dynroute.atomic import append_line, write_json_atomic
-from dynroute.devices import bf16_on, resolve_device, to_device, use_channels_last
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.io.atomic import append_line, write_json_atomic
 from dynroute.nn import checkpoint
 from dynroute.nn.backbones import load_pretrained
+from dynroute.nn.evaluation import routing_statistics, routing_statistics_by_k
 from dynroute.nn.macs import tree_costs
 from dynroute.nn.models import build_model
 from dynroute.nn.registry import CUSTOM_MODEL
 from dynroute.nn.tree import DenseOutput, RoutedTree
+from dynroute.platform.devices import bf16_on, resolve_device, to_device, use_channels_last
 from dynroute.runs import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -41,7 +42,6 @@ from dynroute.runs import (
 )
 from dynroute.train.config import TrainConfig
 from dynroute.train.data import TrainingData
-from dynroute.train.evaluation import routing_statistics, routing_statistics_by_k
 from dynroute.train.resume import prepare_run_dir, truncate_metrics, validate_config
 from dynroute.train.schedules import Schedule
 from dynroute.train.strategies import LossOutput, make_strategy

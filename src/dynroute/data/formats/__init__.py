@@ -3,7 +3,7 @@ format, in one registry, for training, ``dynroute predict`` and ``dynroute serve
 
 A format (``registry.Format``) says how it is recognised (file suffixes, first bytes,
 request content types) and how it is opened: ``open`` checks what the input's header
-declares (bytes, pixels, examples, layout) against ``Limits`` before anything is decoded,
+declares (bytes, pixels, examples, layout) against ``InputLimits`` before anything is decoded,
 and returns a ``Reading`` whose ``pieces`` decode it, a block at a time, to (N, 3, size,
 size) float32 in [0, 1]. ``pixels`` holds what every format shares once it has pixels
 (layouts, the resize, the linear or plain conversion). The training readers decode with
@@ -25,25 +25,26 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from dynroute.core.errors import DynrouteError
+
 # The built-in formats, registered as they are imported (a new format: its module here).
 from dynroute.data.formats import arrays, images  # noqa: F401
 from dynroute.data.formats.registry import (
     FORMATS,
     Format,
     Input,
-    Limits,
+    InputLimits,
     Piece,
     Reading,
     TooLarge,
     join,
 )
-from dynroute.errors import DynrouteError
 
 __all__ = [
     "FORMATS",
     "Format",
     "Input",
-    "Limits",
+    "InputLimits",
     "Piece",
     "Reading",
     "TooLarge",
@@ -113,13 +114,13 @@ def choose(source: Input, declared: Format | None, how: str = "its suffix") -> F
 def open_input(
     source: Input,
     size: int,
-    limits: Limits | None = None,
+    limits: InputLimits | None = None,
     declared: Format | None = None,
     how: str = "its suffix",
 ) -> tuple[Format, Reading]:
     """``source`` opened by its format (``choose``) and checked against ``limits``."""
     fmt = choose(source, declared, how)
-    return fmt, fmt.open(source, size, limits or Limits())
+    return fmt, fmt.open(source, size, limits or InputLimits())
 
 
 def file_pieces(path: Path, size: int, rows: int | None = None) -> Iterator[Piece]:

@@ -26,10 +26,18 @@ from typing import IO, Self
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.formats.pixels import LAYOUTS, check_images, image_sides, network_input
-from dynroute.data.formats.registry import Format, Input, Limits, Piece, Reading, TooLarge, register
-from dynroute.errors import DynrouteError
-from dynroute.gate import (
+from dynroute.data.formats.registry import (
+    Format,
+    Input,
+    InputLimits,
+    Piece,
+    Reading,
+    TooLarge,
+    register,
+)
+from dynroute.io.gate import (
     MAX_ARRAY_FILE_BYTES,
     NpyHeader,
     cannot_read,
@@ -262,7 +270,7 @@ class ArrayReading(Reading):
     """The arrays of images of an .npy or .npz file or body, every header checked when it
     is opened; ``pieces`` reads their values a block of rows at a time."""
 
-    def __init__(self, source: Input, size: int, limits: Limits) -> None:
+    def __init__(self, source: Input, size: int, limits: InputLimits) -> None:
         self.size, self.min_side = size, limits.min_side
         self.arrays = ArrayFile(source, single=True)
         try:
@@ -275,7 +283,7 @@ class ArrayReading(Reading):
         block = max((min(header.declared, BLOCK_BYTES) for _, header in self.images), default=0)
         self.cost = 2 * self.count * 3 * size * size * 4 + block
 
-    def _check(self, limits: Limits) -> list[tuple[str, NpyHeader]]:
+    def _check(self, limits: InputLimits) -> list[tuple[str, NpyHeader]]:
         """The arrays that hold images and their headers, every header checked against the
         bytes that hold it and the limits, before a value is read (each stream closed again:
         an .npz may hold thousands)."""
@@ -343,7 +351,7 @@ class ArrayReading(Reading):
         self.arrays.close()
 
 
-def open_arrays(source: Input, size: int, limits: Limits) -> ArrayReading:
+def open_arrays(source: Input, size: int, limits: InputLimits) -> ArrayReading:
     """An .npy or .npz file or body opened and checked: its size, then every array's
     header, before a value is read."""
     if source.path is not None:

@@ -26,10 +26,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.formats.pixels import resize_square, to_linear
-from dynroute.data.formats.registry import Format, Input, Limits, Piece, Reading, TooLarge, register
-from dynroute.errors import DynrouteError
-from dynroute.gate import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
+from dynroute.data.formats.registry import (
+    Format,
+    Input,
+    InputLimits,
+    Piece,
+    Reading,
+    TooLarge,
+    register,
+)
+from dynroute.io.gate import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from dynroute.nn.registry import MIN_IMAGE_SIZE
 
 #: Suffixes of image files: what a training tree takes as images, and what ``predict``
@@ -120,7 +128,7 @@ class Checks:
     max_pixels: int = MAX_IMAGE_PIXELS
 
     @classmethod
-    def of(cls, limits: Limits) -> Checks:
+    def of(cls, limits: InputLimits) -> Checks:
         """A user's file or body (``predict``, ``serve``): any size, 16-bit grey read too."""
         return cls(min_size=limits.min_side, wide=True, max_pixels=limits.max_pixels)
 
@@ -213,7 +221,7 @@ def decode_rgb(
 def read_image_bytes(blob: bytes | Image.Image, name: str, size: int) -> np.ndarray:
     """One image file's bytes (or the file opened by Pillow, handed over) as (3, size, size)
     float32 network input, as ``predict`` and ``serve`` read it."""
-    rgb = decode_rgb(blob, name, size, Checks.of(Limits()))
+    rgb = decode_rgb(blob, name, size, Checks.of(InputLimits()))
     return to_linear(rgb.transpose(2, 0, 1))
 
 
@@ -233,7 +241,7 @@ class ImageReading(Reading):
         self.image.close()
 
 
-def open_input(source: Input, size: int, limits: Limits) -> ImageReading:
+def open_input(source: Input, size: int, limits: InputLimits) -> ImageReading:
     """An image file or body opened and checked against ``limits``: its bytes, then its
     header's pixels, before anything is decoded."""
     image = open_image(source.read(MAX_IMAGE_FILE_BYTES), source.name)

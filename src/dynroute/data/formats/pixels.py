@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 GAMMA = 2.2
 _GAMMA_TABLE = ((np.arange(256, dtype=np.float64) / 255.0) ** GAMMA).astype(np.float32)

@@ -17,8 +17,8 @@ from typing import IO, Self
 
 import numpy as np
 
-from dynroute import gate
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.io import gate
 
 #: One piece of an input's examples: their names, and (n, 3, size, size) float32.
 Piece = tuple[list[str], np.ndarray]
@@ -32,7 +32,7 @@ class TooLarge(DynrouteError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class InputLimits:
     """What reading one input may take, each checked from its header before anything is
     decoded. ``predict`` reads files with the defaults; ``serve`` sets its options'."""
 
@@ -155,7 +155,7 @@ class Format:
     media_types: tuple[str, ...]
     #: Whether an input holds one example (an image file) or many (an array file).
     one_example: bool
-    open: Callable[[Input, int, Limits], Reading]
+    open: Callable[[Input, int, InputLimits], Reading]
 
 
 #: The formats, by name, in the order registered.

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.readers.common import (
     FileCheck,
     Provenance,
@@ -32,7 +33,6 @@ from dynroute.data.readers.common import (
     mismatch_details,
     read_bytes,
 )
-from dynroute.errors import DynrouteError
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCHES_DIR = "cifar-10-batches-py"

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from dynroute.errors import DynrouteError
-from dynroute.gate import (  # noqa: F401  (re-exported: the readers' names)
+from dynroute.core.errors import DynrouteError
+from dynroute.io.gate import (  # noqa: F401  (re-exported: the readers' names)
     EXPANSION_FREE_BYTES,
     MAX_EXPANSION_RATIO,
     MAX_IMAGE_FILE_BYTES,
@@ -96,7 +96,7 @@ def md5_bytes(data: bytes) -> str:
 
 def md5_file(path: Path) -> str:
     """MD5 of a file, streamed so large archives do not need to fit in memory, and read up
-    to the size its status gives (``dynroute.gate.file_digest``)."""
+    to the size its status gives (``dynroute.io.gate.file_digest``)."""
     return file_digest(path, "md5")
 
 

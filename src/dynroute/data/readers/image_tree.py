@@ -35,6 +35,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.formats.images import SUFFIXES as IMAGE_SUFFIXES
 from dynroute.data.formats.images import Checks, decode_rgb
 from dynroute.data.readers.common import (
@@ -54,7 +55,6 @@ from dynroute.data.readers.common import (
     open_regular,
     utf8_name,
 )
-from dynroute.errors import DynrouteError
 
 logger = logging.getLogger(__name__)
 

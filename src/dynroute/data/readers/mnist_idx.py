@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.readers.common import (
     EXPANSION_FREE_BYTES,
     MAX_EXPANSION_RATIO,
@@ -32,7 +33,6 @@ from dynroute.data.readers.common import (
     md5_bytes,
     read_bytes,
 )
-from dynroute.errors import DynrouteError
 
 MNIST_DIGITS = 10
 MNIST_SIZE = 28

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data.formats.arrays import ArrayFile
 from dynroute.data.formats.pixels import array_images
 from dynroute.data.readers.common import (
@@ -32,7 +33,6 @@ from dynroute.data.readers.common import (
     combined_checksum,
     md5_file,
 )
-from dynroute.errors import DynrouteError
 from dynroute.nn.registry import MIN_IMAGE_SIZE
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")

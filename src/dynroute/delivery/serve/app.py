@@ -19,9 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dynroute.data.formats import Limits as InputLimits
-from dynroute.errors import DynrouteError
-from dynroute.gate import printable
+from dynroute.core.errors import DynrouteError
+from dynroute.data.formats import InputLimits
+from dynroute.io.gate import printable
 
 from .batching import Batcher, Ticket
 from .bodies import (

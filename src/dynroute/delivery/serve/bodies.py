@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from dynroute.core.errors import DynrouteError
 from dynroute.data import formats
-from dynroute.errors import DynrouteError
 
 LOG = logging.getLogger("dynroute.serve")
 #: Bodies whose decoding holds at most this many bytes (an image of about 170,000 pixels)
@@ -142,7 +142,7 @@ class Body:
     name: str
     declared: formats.Format | None
     size: int
-    limits: formats.Limits
+    limits: formats.InputLimits
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def _decoding_process_started() -> None:
     group) and stops with it."""
     import signal
 
-    from dynroute.machine import stop_with_parent
+    from dynroute.platform.machine import stop_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_with_parent(signal.SIGKILL)

@@ -1,6 +1,6 @@
 """What one server allows, and the range of every number that bounds it on this machine.
 
-Each option of ``dynroute serve`` that bounds work has one ``dynroute.checks.Range`` here,
+Each option of ``dynroute serve`` that bounds work has one ``dynroute.core.checks.Range`` here,
 with the reason for it; the command line's argument types (``commands.common.ranged``) and
 ``Limits`` (for Python callers) check against the same ranges, so a value out of range is
 refused with one line naming the option, the range and why, before any model is loaded.
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from dynroute import checks
-from dynroute.checks import Bounds, Range
-from dynroute.errors import DynrouteError
-from dynroute.gate import MAX_IMAGE_PIXELS
-from dynroute.machine import available_cores, open_files_limit
+from dynroute.core import checks
+from dynroute.core.checks import Bounds, Range
+from dynroute.core.errors import DynrouteError
+from dynroute.io.gate import MAX_IMAGE_PIXELS
+from dynroute.platform.machine import available_cores, open_files_limit
 
 #: At most this many workers a core: each holds its own model, and more only share cores.
 WORKERS_PER_CORE = 2
@@ -58,7 +58,7 @@ def ranges() -> dict[str, Range]:
         "max_pixels": Range(
             Bounds(1, MAX_IMAGE_PIXELS),
             True,
-            "no image is decoded beyond dynroute.gate.MAX_IMAGE_PIXELS",
+            "no image is decoded beyond dynroute.io.gate.MAX_IMAGE_PIXELS",
         ),
         "max_wait_ms": Range(
             Bounds(0, 1000),

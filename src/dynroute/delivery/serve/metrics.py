@@ -56,7 +56,7 @@ _PATH_INDEX = {path: k for k, path in enumerate(PATHS)}
 _STATUS_INDEX = {status: k for k, status in enumerate(STATUSES)}
 
 
-class Table:
+class MetricTable:
     """One row of float64 counters per worker, in shared anonymous memory (children made by
     ``os.fork`` after this see the same pages)."""
 
@@ -77,16 +77,18 @@ class Table:
 class Metrics:
     """This worker's counters (its row of ``table``) and the totals over every worker."""
 
-    def __init__(self, exit_names: dict[int, str], table: Table | None = None, worker: int = 0):
+    def __init__(
+        self, exit_names: dict[int, str], table: MetricTable | None = None, worker: int = 0
+    ):
         self.exit_names = exit_names
         leaves = list(exit_names)
         self._exit_position = np.full(max(leaves, default=0) + 1, MAX_EXITS - 1, dtype=np.intp)
         self._exit_position[leaves] = np.minimum(np.arange(len(leaves)), MAX_EXITS - 1)
-        self.attach(table or Table(1), worker)
+        self.attach(table or MetricTable(1), worker)
         if table is None:  # one process alone: it serves once it answers
             self.set("state", READY)
 
-    def attach(self, table: Table, worker: int) -> None:
+    def attach(self, table: MetricTable, worker: int) -> None:
         """Write into ``worker``'s row of ``table`` from now on (set before serving)."""
         self.table, self.worker = table, worker
         self.row = table.rows[worker]

@@ -1,7 +1,7 @@
 """Processes: the listening socket, one worker's server, and the supervisor of many.
 
 With one worker the command's own process serves. With ``workers`` N a supervisor forks N
-workers that share the listening socket and a table of counters (``metrics.Table``); each
+workers that share the listening socket and a table of counters (``metrics.MetricTable``); each
 loads its own model and says on a pipe when it serves, or why it could not start. The
 supervisor reports the server ready only once every worker is; a worker that fails to start
 stops the server with that worker's error (a non-zero exit). The first worker starts alone,
@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dynroute.errors import DynrouteError, Interrupted
-from dynroute.machine import available_memory, resident_bytes, stop_with_parent
+from dynroute.core.errors import DynrouteError, Interrupted
+from dynroute.platform.machine import available_memory, resident_bytes, stop_with_parent
 
 from .limits import Limits, check
-from .metrics import DOWN, READY, STARTING, Table
+from .metrics import DOWN, READY, STARTING, MetricTable
 from .protocol import guarded_protocol
 
 LOG = logging.getLogger("dynroute.serve")
@@ -219,7 +219,7 @@ class Supervisor:
     ) -> None:
         self.make_app, self.sock, self.limits = make_app, sock, limits
         self.pid = os.getpid()
-        self.table = Table(workers)
+        self.table = MetricTable(workers)
         self.slots = [Worker(k) for k in range(workers)]
         self.stop_signal: int | None = None
         self.failed_starts = 0

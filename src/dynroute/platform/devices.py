@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from dynroute import machine
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.platform import machine
 
 
 def resolve_device(name: str = "auto") -> torch.device:

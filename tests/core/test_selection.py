@@ -1,4 +1,4 @@
-"""``dynroute.selection``: the one rule that picks an operating point for a target, and the
+"""``dynroute.core.selection``: the one rule that picks an operating point for a target, and the
 frontier an export stores so it chooses every target as its run does."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from dynroute.errors import DynrouteError
-from dynroute.selection import choose, frontier, reaching, within_budget
+from dynroute.core.errors import DynrouteError
+from dynroute.core.selection import choose, frontier, reaching, within_budget
 
 
 @dataclass

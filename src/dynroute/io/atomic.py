@@ -7,7 +7,7 @@ killed writer leaves at most a hidden ``.*.tmp`` file, which is removed if the
 writer fails or is stopped normally. ``AtomicFile`` does this for a file written as
 it goes (``predict``'s rows, a download); ``write_atomic`` for one written at once. A
 write that fails (a full disk, a read-only or unwritable folder) is a ``DynrouteError``
-naming the path and the reason (``dynroute.gate.os_reason``, the one wording of a
+naming the path and the reason (``dynroute.io.gate.os_reason``, the one wording of a
 failed file operation), and the previous version of the file is left as it was.
 
 Only regular files are written: a target that is a device (``/dev/null``), a FIFO, a
@@ -31,9 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from dynroute import gate
-from dynroute.errors import DynrouteError
-from dynroute.gate import os_reason
+from dynroute.core.errors import DynrouteError
+from dynroute.io import gate
+from dynroute.io.gate import os_reason
 
 try:  # POSIX; elsewhere a folder lock is a no-op
     import fcntl

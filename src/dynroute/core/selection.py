@@ -16,15 +16,15 @@ import math
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 
-class OperatingPoint(Protocol):
+class Measured(Protocol):
     mean_macs: float
     accuracy: float
 
 
-Point = TypeVar("Point", bound=OperatingPoint)
+Point = TypeVar("Point", bound=Measured)
 
 
 def within_budget(points: Sequence[Point], target_macs: float) -> Point | None:

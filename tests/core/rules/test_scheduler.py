@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynroute import selection
-from dynroute.decisions import SCHEDULER_FEATURES
+from dynroute.core import selection
+from dynroute.core.rules.base import threshold_family
+from dynroute.core.rules.scheduler import SCHEDULER_FEATURES, cross_fitted_measures, fit_scheduler
 from dynroute.nn.models import build_model
 from dynroute.policies.exit_table import DenseOutputs, exit_table
-from dynroute.policies.fitting import threshold_family
-from dynroute.policies.scheduler import cross_fitted_measures, fit_scheduler
 
 CLASSES = 4
 
@@ -85,7 +84,7 @@ def test_cross_fitted_measures_come_from_models_that_never_saw_the_example(chain
 
 
 def test_the_scheduler_counts_its_own_macs(chain) -> None:
-    from dynroute.policy import Policy
+    from dynroute.core.policy import Policy
 
     table = exit_table(chain, hopeless_mixture(300, 3))
     scheduler = fit_scheduler([table])

@@ -7,9 +7,10 @@ the torch-free export runtime (``dynroute.deploy``) and the policy tables
 1. ``answer``: what an exit says under the policy's answers (its raw logits, or its
    log-softmax scaled, combined with the exits the example passed, and shifted by a bias
    per class);
-2. ``measure``: the rule's number for that answer (max softmax, normalised entropy, or the
-   scheduler's "least accuracy per MAC a deeper exit promises", negated);
-3. ``passes``: whether the measure is enough to stop there (a threshold, or one per exit);
+2. ``measure``: the rule's number for that answer (``dynroute.core.rules``: each rule's file
+   says how it measures an answer);
+3. ``passes``: whether the measure is enough to stop there (a threshold, or one per exit,
+   passed from above or below as the rule says);
 4. ``choose``: at a junction, the most certain passing exit takes the example; otherwise
    it goes on to the one non-exit sink, or to the one the router prefers among several.
 
@@ -20,7 +21,6 @@ sinks), which the costs of a policy's decisions are counted on (``path_macs``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from dynroute.errors import DynrouteError
-from dynroute.policy import Policy
+from dynroute.core.errors import DynrouteError
+from dynroute.core.policy import Policy
+from dynroute.core.probabilities import log_softmax
 
 # --------------------------------------------------------------------------- the tree
 
@@ -131,30 +132,6 @@ class Shape:
 # --------------------------------------------------------------------------- answers
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float32, copy=False)
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float32, copy=False)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def confidence(logits: np.ndarray) -> np.ndarray:
-    """Max softmax probability per example: 1 / sum(exp(z - max z))."""
-    z = logits.astype(np.float32, copy=False)
-    return np.float32(1.0) / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
-
-
-def normalised_entropy(logits: np.ndarray) -> np.ndarray:
-    """Entropy of the softmax divided by log(classes), in [0, 1]."""
-    log_p = log_softmax(logits)
-    return -(np.exp(log_p) * log_p).sum(axis=1) / np.float32(math.log(logits.shape[1]))
-
-
 def boosted(logits: np.ndarray, history: np.ndarray | None, boost: float) -> np.ndarray:
     """A boosted exit's answer from its head's output: plus ``boost`` times the
     log-softmax of the answer of the exit passed last (``history[:, -1]``); what
@@ -180,60 +157,6 @@ def boosted_exits(
     return answers
 
 
-#: The scheduler's inputs, computed from what an example has already run.
-SCHEDULER_FEATURES = (
-    "max_probability",  # of the exit's answer
-    "log_odds",  # log(p / (1 - p)) of that probability
-    "margin",  # top probability minus the second
-    "entropy",  # normalised entropy of the answer
-    "previous_max_probability",  # of the exit passed last (raw), 0 for the first exit
-    "agrees_with_previous",  # 1 if that exit's class is this answer's class
-    "agreement",  # share of the exits passed whose class is this answer's class
-    "previous_class_probability",  # this answer's probability of that exit's class
-)
-
-
-def scheduler_features(history: np.ndarray | None, answer: np.ndarray) -> np.ndarray:
-    """(N, len(SCHEDULER_FEATURES)) float64 inputs of the scheduler at one exit:
-    ``answer`` (N, classes) the exit's answer, ``history`` (N, m, classes) the raw
-    log-softmaxes of the exits passed (path order) or None."""
-    p = softmax(answer).astype(np.float64)
-    n = p.shape[0]
-    top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] >= 2 else np.concatenate([p, p], 1)
-    top = top2[:, 1]
-    clipped = np.clip(top, 1e-6, 1 - 1e-6)
-    entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1) / math.log(p.shape[1])
-    label = p.argmax(axis=1)
-    previous_top = np.zeros(n)
-    agrees = np.zeros(n)
-    agreement = np.zeros(n)
-    previous_class = np.zeros(n)
-    if history is not None and history.shape[1]:
-        last = history[:, -1].astype(np.float64)
-        previous_top = np.exp(last.max(axis=1))
-        previous_label = last.argmax(axis=1)
-        agrees = (previous_label == label).astype(np.float64)
-        agreement = (history.argmax(axis=2) == label[:, None]).mean(axis=1)
-        previous_class = p[np.arange(n), previous_label]
-    return np.stack(
-        [
-            top,
-            np.log(clipped) - np.log1p(-clipped),
-            top - top2[:, 0],
-            entropy,
-            previous_top,
-            agrees,
-            agreement,
-            previous_class,
-        ],
-        axis=1,
-    )
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 class Decider:
     """A policy bound to a tree: answers, measures and junction choices (module docstring).
 
@@ -242,15 +165,17 @@ class Decider:
     """
 
     def __init__(self, policy: Policy, shape: Shape, classes: int) -> None:
-        if not policy.deployable and policy.name != "oracle":
+        rule = policy.rule
+        if not rule.deployable and not rule.needs_labels:
             raise DynrouteError(f"the {policy.name} policy cannot decide")
         self.policy = policy
+        self.rule = rule
         self.shape = shape
         self.classes = classes
         leaves = shape.leaves
         policy.check(len(leaves), classes, [len(shape.history[leaf]) for leaf in leaves])
         self.reads_exits = policy.uses_threshold
-        self.needs_history = policy.answers == "combined" or policy.name == "scheduler"
+        self.needs_history = policy.answers == "combined" or rule.needs_history
         #: Whether the heads of the exits an example passes run (to decide, or because an
         #: answer builds on theirs), and whether an exit's answer is more than its logits.
         self.runs_heads = self.reads_exits or self.needs_history or bool(shape.boost)
@@ -260,7 +185,7 @@ class Decider:
         self._thresholds = (
             None if policy.thresholds is None else np.asarray(policy.thresholds, np.float32)
         )
-        self._scheduler = _scheduler_arrays(policy.scheduler) if policy.scheduler else None
+        self._state = rule.prepare(policy) if self.reads_exits else None
 
     # ------------------------------------------------------------------ one exit
     def answer(self, position: int, history: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
@@ -275,13 +200,7 @@ class Decider:
 
     def measure(self, position: int, history: np.ndarray | None, answer: np.ndarray) -> np.ndarray:
         """The rule's measure of an answer (float32, N): what its threshold is held to."""
-        name = self.policy.name
-        if name == "entropy":
-            return normalised_entropy(answer)
-        if name == "scheduler":
-            assert self._scheduler is not None
-            return _scheduler_measure(self._scheduler[position], history, answer)
-        return confidence(answer)
+        return self.rule.measure(self._state, position, history, answer)
 
     def passes(self, measure: np.ndarray, positions: Any) -> np.ndarray:
         return passes(self.policy, measure, positions, self._thresholds)
@@ -381,67 +300,16 @@ def passes(
 ) -> np.ndarray:
     """Whether each measure is enough to stop at its exit (``positions``: the exits'
     places in leaf order, an int or an array like ``measure``): float32 comparisons."""
-    if policy.name == "entropy":
-        return measure <= np.float32(policy.threshold)
     if policy.thresholds is not None:
         if thresholds is None:
             thresholds = np.asarray(policy.thresholds, np.float32)
-        return measure >= thresholds[positions]
-    return measure >= np.float32(policy.threshold)
+        return policy.rule.passes(measure, thresholds[positions])
+    return policy.rule.passes(measure, np.float32(policy.threshold))
 
 
 def certainty(policy: Policy, measure: np.ndarray) -> np.ndarray:
     """Higher is more certain (the most certain passing exit takes an example)."""
-    return np.float32(1.0) - measure if policy.name == "entropy" else measure
-
-
-def _scheduler_arrays(scheduler: dict[str, Any]) -> list[dict[str, np.ndarray] | None]:
-    """The scheduler's per-exit models as arrays (None for an exit that never decides)."""
-    out: list[dict[str, np.ndarray] | None] = []
-    width = len(SCHEDULER_FEATURES)
-    for entry in scheduler["exits"]:
-        if entry is None:
-            out.append(None)
-            continue
-        try:
-            arrays = {
-                "mean": np.asarray(entry["mean"], np.float64),
-                "scale": np.asarray(entry["scale"], np.float64),
-                "coefficients": np.asarray(entry["coefficients"], np.float64),
-                "intercepts": np.asarray(entry["intercepts"], np.float64),
-                "extra_macs": np.asarray(entry["extra_macs"], np.float64),
-            }
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DynrouteError(f"a scheduler exit is malformed ({exc})") from None
-        targets = len(arrays["intercepts"])
-        shapes_ok = (
-            arrays["mean"].shape == (width,)
-            and arrays["scale"].shape == (width,)
-            and arrays["coefficients"].shape == (targets, width)
-            and arrays["extra_macs"].shape == (targets,)
-            and targets >= 1
-        )
-        finite = all(np.isfinite(a).all() for a in arrays.values())
-        if not shapes_ok or not finite or (arrays["scale"] <= 0).any():
-            raise DynrouteError("a scheduler exit has parameters of the wrong shape or value")
-        if (arrays["extra_macs"][1:] <= 0).any():
-            raise DynrouteError("a scheduler's deeper exits must cost more MACs")
-        out.append(arrays)
-    return out
-
-
-def _scheduler_measure(
-    model: dict[str, np.ndarray] | None, history: np.ndarray | None, answer: np.ndarray
-) -> np.ndarray:
-    """Minus the most accuracy per million MACs that going on to a deeper exit promises
-    (+inf where there is none): stop when it is at least minus the price."""
-    n = answer.shape[0]
-    if model is None or len(model["intercepts"]) < 2:
-        return np.full(n, np.inf, dtype=np.float32)
-    x = (scheduler_features(history, answer) - model["mean"]) / model["scale"]
-    correct = _sigmoid(x @ model["coefficients"].T + model["intercepts"])
-    gain = (correct[:, 1:] - correct[:, :1]) / (model["extra_macs"][1:] / 1e6)
-    return (-gain.max(axis=1)).astype(np.float32)
+    return policy.rule.certainty(measure)
 
 
 # --------------------------------------------------------------------------- costs
@@ -489,10 +357,8 @@ def decision_macs(policy: Policy, shape: Shape, classes: int) -> list[int]:
             macs += classes
         elif policy.answers == "combined":
             macs += (len(shape.history[leaf]) + 1) * classes
-        if policy.scheduler is not None:
-            entry = policy.scheduler["exits"][position]
-            if entry is not None:
-                macs += len(entry["intercepts"]) * len(SCHEDULER_FEATURES)
+        if policy.uses_threshold:
+            macs += policy.rule.decision_macs(policy, position)
         out.append(macs)
     return out
 
@@ -506,7 +372,7 @@ def path_macs(
     the routers an example pays for the answer of the exit it takes, and where that answer
     builds on the exits passed (combined answers, boosted exits), for their heads too."""
     table = list(base[policy.cost_model])
-    if policy.name == "oracle":
+    if policy.rule.needs_labels:
         return [int(m) for m in table]
     extra = decision_macs(policy, shape, classes)
     where = shape.leaf_position

@@ -2,7 +2,7 @@
 open-files limit and memory (Linux ``/proc``, where there is one), and the kernel's promise
 to stop a child when its parent dies.
 
-Shared by the torch side (``dynroute.devices``: threads per training worker), the
+Shared by the torch side (``dynroute.platform.devices``: threads per training worker), the
 torch-free export runtime (``dynroute.deploy``: onnxruntime's threads) and the server
 (``dynroute.delivery.serve``: workers, connections, memory).
 """

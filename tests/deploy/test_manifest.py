@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynroute.decisions import base_path_macs
-from dynroute.errors import DynrouteError
-from dynroute.guarantee import (
+from dynroute.core.decisions import base_path_macs
+from dynroute.core.errors import DynrouteError
+from dynroute.core.guarantee import (
     METHOD_BINARY,
     METHOD_BOUNDED,
     Guarantee,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynroute import devices, machine
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
+from dynroute.platform import devices, machine
 
 
 def test_workers_times_threads_never_exceed_cores(monkeypatch):

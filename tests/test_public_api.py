@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dynroute
 
-API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 PUBLIC = {
     "fit", "load", "FitResult", "TrainConfig", "Trainer",

@@ -7,17 +7,18 @@ A policy is two choices and their parameters:
   with a class prior, fitted on held-out data) or ``combined`` (each exit's answer is a
   weighted geometric mean of its own softmax and those of the exits the example already
   passed, plus a bias per class: a running ensemble, as in Zero Time Waste);
-- its **rule**, how the answers decide (``RULES``): the paper's learned routers, a
-  threshold on the answers' confidence or entropy, MSDNet's per-exit thresholds, the
-  learned scheduler, or the oracle (a bound, never deployed). The routers decide without
-  reading the answers; the exit they choose still answers as the policy says.
+- its **rule**, how the answers decide: one of ``dynroute.core.rules.RULES`` (one file each):
+  the paper's learned routers, a threshold on the answers' confidence or entropy,
+  MSDNet's per-exit thresholds, the learned scheduler, or the oracle (a bound, never
+  deployed). The routers decide without reading the answers; the exit they choose still
+  answers as the policy says.
 
 Only ``learned`` and ``scheduler`` make *learned* per-example decisions; the others are
 fixed rules on (possibly recalibrated or combined) answers. The old name ``ensemble``
 still reads: it is ``confidence`` (or ``budgeted``) on ``combined`` answers.
 
 This module is torch-free, so the command line, calibration files and exports share it;
-``dynroute.decisions`` carries the rules out (in NumPy) for the engine, the export runtime
+``dynroute.core.decisions`` carries the rules out (in NumPy) for the engine, the export runtime
 and the policy tables alike.
 """
 
@@ -27,77 +28,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dynroute.checks import finite_numbers, is_finite_number
-from dynroute.errors import DynrouteError
+from dynroute.core.checks import finite_numbers, is_finite_number
+from dynroute.core.errors import DynrouteError
+from dynroute.core.rules import RULES, ExitRule
 
-
-@dataclass(frozen=True)
-class Rule:
-    """One exit rule, registered in ``RULES``.
-
-    ``parameter``: what it is set by (``none``, one ``threshold``, per-exit ``thresholds``,
-    or a fitted ``scheduler`` plus its threshold); ``bounded``: the threshold lies in
-    [0, 1]; ``learned``: its per-example decisions are learned (not a fixed rule);
-    ``reads_exits``: it decides by evaluating the exit heads (the threshold cost model);
-    ``fitted``: its parameters come from held-out data (``dynroute calibrate``).
-    """
-
-    name: str
-    summary: str
-    parameter: str = "threshold"
-    bounded: bool = True
-    learned: bool = False
-    reads_exits: bool = True
-    fitted: bool = False
-    deployable: bool = True
-
-
-RULES: dict[str, Rule] = {
-    rule.name: rule
-    for rule in (
-        Rule(
-            "learned",
-            "the paper's routers: each junction's router picks a sink (learned in training)",
-            parameter="none",
-            learned=True,
-            reads_exits=False,
-        ),
-        Rule("confidence", "leave at the first exit whose max softmax is >= the threshold"),
-        Rule("entropy", "leave at the first exit whose normalised entropy is <= the threshold"),
-        Rule(
-            "budgeted",
-            "confidence against a threshold per exit, fitted to a budget (MSDNet)",
-            parameter="thresholds",
-            fitted=True,
-        ),
-        Rule(
-            "scheduler",
-            "leave unless a deeper exit promises more accuracy per MAC than the threshold's "
-            "price (a model of each exit's correctness, fitted on held-out data)",
-            parameter="scheduler",
-            bounded=False,
-            learned=True,
-            fitted=True,
-        ),
-        Rule(
-            "oracle",
-            "the cheapest correct exit (needs labels: a bound, never deployed)",
-            parameter="none",
-            reads_exits=False,
-            deployable=False,
-        ),
-    )
-}
-POLICIES = tuple(RULES)
+#: Every rule's name, live: a rule registered later (``dynroute.core.rules``) is listed too.
+POLICIES = RULES.keys()
 ANSWERS = ("raw", "calibrated", "combined")
-#: Rules set by thresholds on the answers' certainty: the equal-footing baselines.
-THRESHOLD_RULES = ("confidence", "entropy", "budgeted")
-#: Rules whose per-example decisions are learned.
-LEARNED_RULES = tuple(name for name, rule in RULES.items() if rule.learned)
 #: Old names that still read: name -> (rule, answers).
 ALIASES = {"ensemble": ("confidence", "combined")}
-#: Every name the command line accepts for a policy.
-POLICY_NAMES = (*POLICIES, *ALIASES)
+
+
+def policy_names() -> tuple[str, ...]:
+    """Every name a policy can be given: each registered rule and the old aliases."""
+    return (*RULES, *ALIASES)
 
 
 #: Fitted answers already checked, by the id of their weights (kept alive here, so an id
@@ -128,7 +72,7 @@ class Policy:
         rule = RULES.get(self.name)
         if rule is None:
             raise DynrouteError(
-                f"`policy` must be one of {', '.join(POLICY_NAMES)}; got {self.name!r}"
+                f"`policy` must be one of {', '.join(policy_names())}; got {self.name!r}"
             )
         if self.answers not in ANSWERS:
             raise DynrouteError(
@@ -136,18 +80,9 @@ class Policy:
             )
         self._check_thresholds(rule)
         self._check_answers(rule)
-        if rule.parameter == "scheduler":
-            if not isinstance(self.scheduler, dict) or not isinstance(
-                self.scheduler.get("exits"), list
-            ):
-                raise DynrouteError(
-                    "the scheduler policy needs its fitted `scheduler` (one model per exit): "
-                    "fit it with `calibrate --policy scheduler`"
-                )
-        elif self.scheduler is not None:
-            raise DynrouteError(f"the {self.name} policy takes no `scheduler`")
+        rule.check(self)
 
-    def _check_thresholds(self, rule: Rule) -> None:
+    def _check_thresholds(self, rule: ExitRule) -> None:
         if rule.parameter in ("threshold", "scheduler"):
             value = self.threshold
             if rule.bounded and not (is_finite_number(value) and 0 <= value <= 1):
@@ -174,7 +109,7 @@ class Policy:
         elif self.thresholds is not None:
             raise DynrouteError(f"the {self.name} policy takes no `thresholds`")
 
-    def _check_answers(self, rule: Rule) -> None:
+    def _check_answers(self, rule: ExitRule) -> None:
         if self.answers == "raw":
             if self.weights is not None or self.biases is not None:
                 raise DynrouteError(
@@ -205,7 +140,7 @@ class Policy:
 
     # ------------------------------------------------------------------ properties
     @property
-    def rule(self) -> Rule:
+    def rule(self) -> ExitRule:
         return RULES[self.name]
 
     @property
@@ -224,9 +159,9 @@ class Policy:
 
     @property
     def cost_model(self) -> str:
-        """The base accounting of its paths (``dynroute.decisions.path_macs`` adds what
+        """The base accounting of its paths (``dynroute.core.decisions.path_macs`` adds what
         its answers and scheduler cost)."""
-        if self.name == "oracle":
+        if self.rule.needs_labels:
             return "oracle"
         return "threshold" if self.uses_threshold else "learned"
 
@@ -307,7 +242,7 @@ def resolve_name(name: str) -> tuple[str, str | None]:
     if name in ALIASES:
         return ALIASES[name]
     if name not in RULES:
-        raise DynrouteError(f"`policy` must be one of {', '.join(POLICY_NAMES)}; got {name!r}")
+        raise DynrouteError(f"`policy` must be one of {', '.join(policy_names())}; got {name!r}")
     return name, None
 
 
@@ -326,8 +261,8 @@ def override_policy(
     kind = (
         answers or implied or (current.answers if name is None or rule == current.name else "raw")
     )
-    if rule == "oracle":
-        raise DynrouteError("the oracle policy needs the labels; it cannot classify new inputs")
+    if not RULES[rule].deployable:
+        raise DynrouteError(f"the {rule} policy cannot classify new inputs (it needs labels)")
     spec = RULES[rule]
     if (
         implied is not None

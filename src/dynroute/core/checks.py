@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 #: The most multiply-accumulates anything may cost per example (a path, a budget): far
 #: beyond any network, and still exact as a float.

@@ -1,7 +1,8 @@
 """The package's layers: imports only point down, and no two files import each other.
 
-Bottom to top: the base modules (errors, atomic, machine, devices, selection, policy,
-decisions) → ``nn`` (trees, models, costs) → ``data`` → ``runs`` (the run-directory
+Bottom to top: the base (``core``: errors, checks, rules, policy, decisions, selection,
+guarantees; ``io``: atomic writes and guarded reads; ``platform``: the machine and torch
+devices) → ``nn`` (trees, models, costs) → ``data`` → ``runs`` (the run-directory
 reader) → ``train`` → ``policies`` (the science of exit policies) → ``engine`` (early-exit
 inference) → ``delivery`` (export, predict, serve) → ``experiments`` → ``plots`` →
 ``commands``/``cli``.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "src" / "dynroute"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dynroute"
 LAYERS = [
     "base",
     "nn",
@@ -31,23 +32,12 @@ LAYERS = [
     "plots",
     "commands",
 ]
-BASE = {
-    "dynroute",
-    "dynroute.errors",
-    "dynroute.atomic",
-    "dynroute.machine",
-    "dynroute.devices",
-    "dynroute.selection",
-    "dynroute.policy",
-    "dynroute.decisions",
-    "dynroute.checks",
-    "dynroute.guarantee",
-    "dynroute.gate",
-}
+#: The base: the package's root and its torch-free core, file-safety and platform rooms.
+BASE_ROOMS = ("dynroute.core", "dynroute.io", "dynroute.platform")
 #: Packages outside the layer order: what they may import, and which layers may import them.
 SIDE = {"deploy": {"imports": {"base"}, "imported_by": set(LAYERS[1:])}}
 #: Base modules that import torch, which a side package must not use.
-TORCH_BASE = {"dynroute.devices"}
+TORCH_BASE = {"dynroute.platform.devices"}
 
 
 def modules() -> dict[str, Path]:
@@ -61,7 +51,9 @@ def modules() -> dict[str, Path]:
 
 
 def layer(module: str) -> str:
-    if module in BASE:
+    if module == "dynroute" or module.startswith(tuple(r + "." for r in BASE_ROOMS)):
+        return "base"
+    if module in BASE_ROOMS:
         return "base"
     if module == "dynroute.cli":
         return "commands"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dynroute.core.policy import LEARNED, Policy
 from dynroute.nn.macs import policy_path_macs, tree_costs
 from dynroute.nn.prediction import (
     Prediction,
@@ -25,7 +26,6 @@ from dynroute.nn.prediction import (
     predict_from_outputs,
 )
 from dynroute.nn.tree import RoutedTree, evaluation_mode
-from dynroute.policy import LEARNED, Policy
 
 #: ``predictor(images, k_cpt, labels) -> Prediction`` for one batch.
 Predictor = Callable[[torch.Tensor, Any, torch.Tensor], Prediction]

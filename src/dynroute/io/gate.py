@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from dynroute.errors import DynrouteError
+from dynroute.core.errors import DynrouteError
 
 #: An image file (in a folder or a zip) larger than this is refused before it is read.
 MAX_IMAGE_FILE_BYTES = 128 << 20
