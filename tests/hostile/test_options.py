@@ -180,3 +180,17 @@ def test_a_home_folder_of_no_user_is_one_line(monkeypatch, capsys, variable, arg
     line = refused(capsys, *argv)
     assert "'~nouser'" in line and "no such user or home folder" in line
     assert (variable or "~nouser/x") in line
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"batch_size": 0}, {"batch_size": 10**9}, {"batch_size": True}, {"workers": 0},
+     {"workers": 10**6}],
+)  # fmt: skip
+def test_the_library_reader_checks_its_ranges_as_the_command_line_does(options) -> None:
+    """``dynroute.data.files.batches`` (what ``predict`` reads with) refuses what
+    ``--batch-size`` and ``--readers`` refuse, with the same ranges, before reading."""
+    from dynroute.data.files import batches
+
+    with pytest.raises(DynrouteError, match="must be an integer >= 1 and <="):
+        next(batches([], 32, **{"batch_size": 4, **options}))

@@ -69,7 +69,7 @@ class Policy:
     scheduler: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        rule = RULES.get(self.name)
+        rule = RULES.get(self.name) if isinstance(self.name, str) else None
         if rule is None:
             raise DynrouteError(
                 f"`policy` must be one of {', '.join(policy_names())}; got {self.name!r}"
@@ -121,6 +121,10 @@ class Policy:
                 f"{self.answers} answers need `weights` and `biases` fitted on held-out data: "
                 "fit them with `calibrate`"
             )
+        if not isinstance(self.weights, (list, tuple)) or not isinstance(
+            self.biases, (list, tuple)
+        ):
+            raise DynrouteError("`weights` and `biases` must be lists (one per exit)")
         if len(self.weights) != len(self.biases):
             raise DynrouteError("a policy needs as many `weights` as `biases` (one per exit)")
         known = _CHECKED_ANSWERS.get(id(self.weights))
@@ -225,6 +229,8 @@ class Policy:
         if unknown:
             raise DynrouteError(f"unknown policy fields: {', '.join(unknown)}")
         values = dict(data)
+        if not isinstance(values.get("name", "learned"), str):
+            raise DynrouteError(f"a policy's `name` must be a string, got {values['name']!r}")
         if values.get("name") in ALIASES:
             rule, answers = ALIASES[values["name"]]
             per_exit = values.get("thresholds") is not None

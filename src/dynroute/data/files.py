@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dynroute.core import checks
 from dynroute.core.errors import DynrouteError
 from dynroute.data.formats import Piece, file_pieces, holds_one_example, read_file
 from dynroute.data.formats.images import read_image_bytes
@@ -241,8 +242,8 @@ def batches(
     ahead of the consumer (Pillow and NumPy release the GIL), a few batches' worth at most
     however large a file is. Unreadable files come back as failures with the batch that
     would have held them."""
-    if batch_size < 1:
-        raise DynrouteError(f"`batch_size` must be at least 1, got {batch_size}")
+    checks.in_range(batch_size, "batch_size", checks.BATCH_SIZE)
+    checks.in_range(workers, "workers", checks.READERS)
     names: list[str] = []
     chunks: deque[np.ndarray] = deque()
     failures: list[Failure] = []

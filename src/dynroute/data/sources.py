@@ -6,23 +6,19 @@ shared copy, so everything derived from it goes to the cache directory (see
 unreadable or foreign files) becomes a ``DynrouteError`` that names the file and
 says what to do, instead of a traceback or a silently wrong array.
 
-The official checksum tables live here rather than in the readers, and readers
-are built from them on every call, so the tables are the single thing to change
-(or, in tests, to patch) when the set of trusted files changes.
+Each layout registers itself beside its reader (``register_layout`` in the reader's
+module, with its rank: official files before re-encoded copies). The official checksum
+tables live here rather than in the readers, and readers are built from them on every
+call, so the tables are the single thing to change (or, in tests, to patch) when the set
+of trusted files changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from dynroute.core.errors import DynrouteError
 from dynroute.data.readers import (
-    CifarBatchesReader,
-    CifarTarReader,
-    ImageFolderReader,
-    ImageZipReader,
-    MnistIdxReader,
     Provenance,
     RawData,
     Reader,
@@ -31,10 +27,10 @@ from dynroute.data.readers import (
 from dynroute.data.readers.cifar_python import ARCHIVE_NAME as CIFAR_ARCHIVE_NAME
 from dynroute.data.readers.cifar_python import BATCHES_DIR as CIFAR_BATCHES_DIR
 from dynroute.data.readers.cifar_python import CIFAR_CLASSES
-from dynroute.data.readers.cifar_python import SUBFOLDERS as CIFAR_SUBFOLDERS
 from dynroute.data.readers.common import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
+    LAYOUTS,
     SPLITS,
     cannot_read,
     check_labels,
@@ -92,41 +88,20 @@ MISSING_DATA_HINT = (
 )
 
 
-def _mnist_readers() -> tuple[Reader, ...]:
-    return (MnistIdxReader(expected_md5=MNIST_MD5),)
+def trusted() -> dict[str, object]:
+    """The checksum tables the readers trust, read now (tests patch the tables above)."""
+    return {"mnist": MNIST_MD5, "cifar10": CIFAR_BATCH_MD5, "cifar10-archive": CIFAR_ARCHIVE_MD5}
 
 
-def _cifar10_readers() -> tuple[Reader, ...]:
-    image_tree = {
-        "dataset": "cifar10",
-        "classes": CIFAR_CLASSES,
-        "name_hint": "cifar",
-        "subfolders": CIFAR_SUBFOLDERS,
-    }
-    return (
-        CifarTarReader(batch_md5=CIFAR_BATCH_MD5, archive_md5=CIFAR_ARCHIVE_MD5),
-        CifarBatchesReader(batch_md5=CIFAR_BATCH_MD5),
-        ImageZipReader(**image_tree),
-        ImageFolderReader(**image_tree),
-    )
-
-
-# Per raw dataset, its readers best first: official files before re-encoded copies.
-READERS: dict[str, Callable[[], tuple[Reader, ...]]] = {
-    "mnist": _mnist_readers,
-    "cifar10": _cifar10_readers,
-}
 DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 
 
 def readers(dataset: str) -> tuple[Reader, ...]:
     """The layouts ``dataset`` is accepted in, in order of preference."""
-    try:
-        return READERS[dataset]()
-    except KeyError:
-        raise DynrouteError(
-            f"no raw dataset {dataset!r}; choose one of: {', '.join(READERS)}"
-        ) from None
+    if dataset not in LAYOUTS:
+        raise DynrouteError(f"no raw dataset {dataset!r}; choose one of: {', '.join(LAYOUTS)}")
+    tables = trusted()
+    return tuple(factory(tables) for _, factory in LAYOUTS[dataset])
 
 
 def locate(dataset: str, data_dir: Path) -> Source | None:

@@ -58,6 +58,10 @@ SCHEDULER_FEATURES = (
 )
 
 
+#: Scheduler models already checked, by id (kept alive here, so an id is not reused).
+_CHECKED: dict[int, dict[str, Any]] = {}
+
+
 @register_rule
 class Scheduler(ExitRule):
     name = "scheduler"
@@ -80,6 +84,12 @@ class Scheduler(ExitRule):
                 "the scheduler policy needs its fitted `scheduler` (one model per exit): "
                 "fit it with `calibrate --policy scheduler`"
             )
+        known = _CHECKED.get(id(policy.scheduler))
+        if known is not policy.scheduler:  # a family shares one dict: check it once
+            scheduler_arrays(policy.scheduler)
+            if len(_CHECKED) >= 256:
+                _CHECKED.clear()
+            _CHECKED[id(policy.scheduler)] = policy.scheduler
 
     def prepare(self, policy: Policy) -> list[dict[str, np.ndarray] | None]:
         assert policy.scheduler is not None
@@ -161,6 +171,8 @@ def scheduler_arrays(scheduler: dict[str, Any]) -> list[dict[str, np.ndarray] | 
         if entry is None:
             out.append(None)
             continue
+        if not isinstance(entry, dict):
+            raise DynrouteError("a scheduler exit must be an object (or null)")
         try:
             arrays = {
                 key: np.asarray(entry[key], np.float64)

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +32,9 @@ from dynroute.data.readers.common import (
     md5_file,
     mismatch_details,
     read_bytes,
+    register_layout,
 )
+from dynroute.data.readers.image_tree import ImageFolderReader, ImageZipReader
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCHES_DIR = "cifar-10-batches-py"
@@ -185,3 +187,33 @@ class CifarBatchesReader(_CifarPythonReader):
         batches = {name: read_bytes(self._batch_path(source, name)) for name in self.batch_md5}
         raw, checks = decode_batches(batches, self.batch_md5, source.path)
         return raw, Provenance(source, combined_checksum(checks), tuple(checks))
+
+
+# CIFAR-10's layouts, best first: the official archive, its unpacked batches, then
+# re-encoded image copies (a zip, a folder) checked by their class folders.
+@register_layout("cifar10", 0)
+def _archive(trusted: dict[str, Any]) -> CifarTarReader:
+    return CifarTarReader(batch_md5=trusted["cifar10"], archive_md5=trusted["cifar10-archive"])
+
+
+@register_layout("cifar10", 1)
+def _batches(trusted: dict[str, Any]) -> CifarBatchesReader:
+    return CifarBatchesReader(batch_md5=trusted["cifar10"])
+
+
+_IMAGE_TREE = {
+    "dataset": "cifar10",
+    "classes": CIFAR_CLASSES,
+    "name_hint": "cifar",
+    "subfolders": SUBFOLDERS,
+}
+
+
+@register_layout("cifar10", 2)
+def _image_zip(trusted: dict[str, Any]) -> ImageZipReader:
+    return ImageZipReader(**_IMAGE_TREE)
+
+
+@register_layout("cifar10", 3)
+def _image_folder(trusted: dict[str, Any]) -> ImageFolderReader:
+    return ImageFolderReader(**_IMAGE_TREE)

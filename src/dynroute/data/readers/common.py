@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -194,6 +194,25 @@ class Reader(Protocol):
     def read(self, source: Source, allow_checksum_mismatch: bool) -> tuple[RawData, Provenance]:
         """Decoded arrays, checksumming exactly the bytes decoded."""
         ...
+
+
+#: Every registered layout of each raw dataset: (rank, factory) pairs, lower rank preferred
+#: (official files before re-encoded copies). A factory builds its reader from the trusted
+#: checksum tables (``dynroute.data.sources.trusted``), read at call time.
+LAYOUTS: dict[str, list[tuple[int, Callable[[dict[str, Any]], Reader]]]] = {}
+
+
+def register_layout(
+    dataset: str, rank: int
+) -> Callable[[Callable[[dict[str, Any]], Reader]], Callable[[dict[str, Any]], Reader]]:
+    """Decorator: ``factory(trusted) -> Reader`` is one layout ``dataset`` is accepted in."""
+
+    def register(factory: Callable[[dict[str, Any]], Reader]) -> Callable[[dict[str, Any]], Reader]:
+        LAYOUTS.setdefault(dataset, []).append((rank, factory))
+        LAYOUTS[dataset].sort(key=lambda pair: pair[0])
+        return factory
+
+    return register
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from dynroute.data.readers.common import (
     expansion_problem,
     md5_bytes,
     read_bytes,
+    register_layout,
 )
 
 MNIST_DIGITS = 10
@@ -164,3 +165,8 @@ class MnistIdxReader:
                 )
         raw = RawData(arrays[0], arrays[1].astype(np.int64), arrays[2], arrays[3].astype(np.int64))
         return raw, provenance
+
+
+@register_layout("mnist", 0)
+def _idx_files(trusted: dict[str, Any]) -> MnistIdxReader:
+    return MnistIdxReader(expected_md5=trusted["mnist"])
