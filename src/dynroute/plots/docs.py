@@ -187,6 +187,14 @@ def _lead(evidence: Evidence) -> list[str]:
     return lead_table(studies)
 
 
+RECIPE_CLAIMS = ("the best exit-training recipe",)
+
+
+@block("recipe-findings")
+def _recipe_findings(evidence: Evidence) -> list[str]:
+    return claim_lines(evidence, RECIPE_CLAIMS)
+
+
 @block("recipes")
 def _recipes(evidence: Evidence) -> list[str]:
     """Each exit-training recipe against plain multi-exit training of the same chain."""
@@ -210,7 +218,7 @@ def _recipes(evidence: Evidence) -> list[str]:
             f"{recalibration} ({plain}) | {row.train_seconds / 60:.0f} min "
             f"({row.plain_train_seconds / 60:.0f} min) |"
         )
-    return [*lines, "", *claim_lines(evidence, ("the best exit-training recipe",))]
+    return [*lines, "", *claim_lines(evidence, RECIPE_CLAIMS)]
 
 
 @block("policy-spread")
