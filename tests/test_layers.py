@@ -149,3 +149,14 @@ def test_the_rules_are_enforced() -> None:
     assert layer("dynroute.deploy.runtime") == "deploy"
     assert "base" not in SIDE["deploy"]["imported_by"]
     assert any(layer(m) == "deploy" for m in modules())
+
+
+def test_no_two_classes_share_a_name() -> None:
+    """A class name says which class: none is defined twice in the package."""
+    where: dict[str, list[str]] = {}
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(module)
+    twice = {name: found for name, found in where.items() if len(found) > 1}
+    assert not twice, f"classes defined twice: {twice}"

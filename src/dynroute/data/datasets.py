@@ -70,7 +70,7 @@ TRAIN_COLOUR_STREAM, TEST_COLOUR_STREAM, VALIDATION_STREAM, TEST_SPLIT_STREAM = 
 
 
 @dataclass(frozen=True)
-class _Part:
+class _SourcePart:
     """Examples taken from one source: source label -> dataset label (None keeps all)."""
 
     source: str
@@ -83,7 +83,7 @@ class DatasetSpec:
     name: str
     description: str
     class_names: tuple[str, ...]
-    parts: tuple[_Part, ...]
+    parts: tuple[_SourcePart, ...]
 
     @property
     def mirror_symmetric(self) -> tuple[bool, ...]:
@@ -126,25 +126,25 @@ DATASETS: dict[str, DatasetSpec] = {
             "mnist",
             "MNIST digits 0-9, resized to 32x32 and recoloured like the hybrid digits",
             tuple(str(d) for d in range(MNIST_DIGITS)),
-            (_Part("mnist", {d: d for d in range(MNIST_DIGITS)}),),
+            (_SourcePart("mnist", {d: d for d in range(MNIST_DIGITS)}),),
         ),
         DatasetSpec(
             "cifar10",
             "CIFAR-10, ten classes",
             CIFAR_CLASSES,
-            (_Part("cifar10", _cifar_map(list(CIFAR_CLASSES))),),
+            (_SourcePart("cifar10", _cifar_map(list(CIFAR_CLASSES))),),
         ),
         DatasetSpec(
             "cifar5",
             "CIFAR-10 as cat, deer, dog, horse and other",
             (*CIFAR5_NAMED, "other"),
-            (_Part("cifar10", _cifar_map(CIFAR5_NAMED), others=len(CIFAR5_NAMED)),),
+            (_SourcePart("cifar10", _cifar_map(CIFAR5_NAMED), others=len(CIFAR5_NAMED)),),
         ),
         DatasetSpec(
             "cifar2",
             "CIFAR-10 as other (label 0) vs. horse (label 1)",
             ("other", "horse"),
-            (_Part("cifar10", _cifar_map(["horse"], offset=1), others=0),),
+            (_SourcePart("cifar10", _cifar_map(["horse"], offset=1), others=0),),
         ),
         DatasetSpec(
             "hybrid",
@@ -152,8 +152,8 @@ DATASETS: dict[str, DatasetSpec] = {
             "frog, horse (labels 5-9)",
             (*(str(d) for d in range(5)), *HYBRID_CIFAR),
             (
-                _Part("mnist", {d: d for d in range(5)}),
-                _Part("cifar10", _cifar_map(HYBRID_CIFAR, offset=5)),
+                _SourcePart("mnist", {d: d for d in range(5)}),
+                _SourcePart("cifar10", _cifar_map(HYBRID_CIFAR, offset=5)),
             ),
         ),
     )

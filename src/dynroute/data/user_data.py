@@ -142,7 +142,7 @@ def _read(found: _Found, test_fraction: float | None, seed: int) -> tuple[RawDat
 
 
 @dataclass(frozen=True)
-class _Part:
+class _SplitRows:
     """The examples of one split: positions into a decoded array."""
 
     images: np.ndarray
@@ -152,12 +152,12 @@ class _Part:
 
 def _split(
     raw: RawData, found: _Found, test_fraction: float, seed: int, validation_size: int
-) -> dict[str, _Part]:
+) -> dict[str, _SplitRows]:
     """Train, validation (if asked for) and test, each drawn stratified and seeded."""
     everything = np.arange(len(raw.train_labels))
     if found.own_test_split:
-        train = _Part(raw.train_images, raw.train_labels, everything)
-        test = _Part(raw.test_images, raw.test_labels, np.arange(len(raw.test_labels)))
+        train = _SplitRows(raw.train_images, raw.train_labels, everything)
+        test = _SplitRows(raw.test_images, raw.test_labels, np.arange(len(raw.test_labels)))
     else:
         rng = np.random.default_rng([seed, TEST_SPLIT_STREAM])
         size = round(test_fraction * len(everything))
@@ -168,8 +168,8 @@ def _split(
                 f"{found.source.path}: the test split would be empty (test fraction "
                 f"{test_fraction} of {len(everything)} images); add images or raise it"
             )
-        test = _Part(raw.train_images, raw.train_labels, held)
-        train = _Part(raw.train_images, raw.train_labels, np.setdiff1d(everything, held))
+        test = _SplitRows(raw.train_images, raw.train_labels, held)
+        train = _SplitRows(raw.train_images, raw.train_labels, np.setdiff1d(everything, held))
     parts = {"train": train, "test": test}
     if validation_size:
         chosen = validation_positions(train.labels[train.positions], validation_size, seed)
@@ -179,7 +179,7 @@ def _split(
     return parts
 
 
-def _write(folder: Path, split: str, part: _Part, image_size: int) -> None:
+def _write(folder: Path, split: str, part: _SplitRows, image_size: int) -> None:
     """float32 linear-intensity pixels chunk by chunk into a .npy memmap, then the labels."""
     out = new_image_array(folder, split, len(part.positions), image_size)
     for start in range(0, len(part.positions), CHUNK):
