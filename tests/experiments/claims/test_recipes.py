@@ -30,3 +30,25 @@ def test_each_recipe_and_the_best_one_on_both_datasets(monkeypatch) -> None:
 def test_without_a_recipe_there_is_no_recipe_claim() -> None:
     assert recipes.recipe_beats_plain_training(Context({})) == []
     assert recipes.best_recipe_ahead(Context({})) is None
+
+
+def test_a_boosted_nets_budgets_pair_with_the_plain_nets() -> None:
+    """Budgets are shares of each net's deepest path: a boosted net's are a few MACs
+    higher, and still pair with the plain net's at the same share (not one MAC further)."""
+    import numpy as np
+
+    from dynroute.policies.statistics import pack_bits
+
+    def table(budgets: list[float], right: list[bool]) -> dict:
+        bits = pack_bits(np.asarray(right))
+        cell = {"test": {"accuracy": float(np.mean(right)), "mean_macs": 1.0}, "correct": "c"}
+        rows = [
+            {"budget": b, "steps": [{"policy": "p"}], "policies": {"p": cell}} for b in budgets
+        ]
+        return {"budgets": rows, "correct_bits": {"c": bits}, "num_test": len(right)}
+
+    plain = table([2060774.4, 3091161.6], [True, False, True, False])
+    boosted = table([2060781.4, 3091172.1, 9e6], [True, True, True, False])
+    cells = recipes.frontier_cells("boost", boosted, plain)
+    assert [round(c.budget) for c in cells] == [2060781, 3091172]
+    assert all(abs(c.difference - 0.25) < 1e-9 for c in cells)

@@ -45,11 +45,12 @@ def _table(results: Results, experiment: str) -> tuple[dict[str, Any], dict[str,
 
 def frontier_cells(label: str, first: dict[str, Any], second: dict[str, Any]) -> list[Cell]:
     """At every budget both tables share: the first network's frontier against the
-    second's (their last steps), paired on the shared test split, where the budget binds."""
+    second's (their last steps), paired on the shared test split, where the budget binds.
+    Budgets are shares of each network's deepest path, so they match within
+    ``BUDGET_MATCH`` (a boosted net's exits cost a few MACs more)."""
     cells = []
-    by_budget = {round(row["budget"]): row for row in second["budgets"]}
     for row in first["budgets"]:
-        other = by_budget.get(round(row["budget"]))
+        other = _same_budget(row["budget"], second["budgets"])
         if other is None or not row.get("steps") or not other.get("steps"):
             continue
         mine = row["policies"][row["steps"][-1]["policy"]]
@@ -62,6 +63,15 @@ def frontier_cells(label: str, first: dict[str, Any], second: dict[str, Any]) ->
         pair = f"{mine['correct']}|{theirs['correct']}"
         cells.append(Cell(label, row["budget"], difference, mcnemar_p_value(b, c), pair, macs))
     return cells
+
+
+#: Two tables' budgets are the same budget when they differ by at most this share.
+BUDGET_MATCH = 1e-3
+
+
+def _same_budget(budget: float, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    near = [r for r in rows if abs(r["budget"] - budget) <= BUDGET_MATCH * budget]
+    return min(near, key=lambda r: abs(r["budget"] - budget)) if near else None
 
 
 def recalibration_gain(table: dict[str, Any]) -> float | None:
