@@ -48,3 +48,25 @@ def test_a_guaranteed_target_says_how_it_holds(run_copy: Path, capsys) -> None:
                  "--policy", "confidence"]) == 2  # fmt: skip
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no operating point can guarantee accuracy >= 0.999" in line
+
+
+def test_one_family_fitted_on_two_samples_replays_on_its_own_answers() -> None:
+    """The guarantee study fits calibrated answers on each method's own sample: a family
+    fitted twice must replay each member on the answers it was fitted with (it used to
+    replay the second on the first's table and fail)."""
+    import numpy as np
+
+    from dynroute.nn.models import build_model
+    from dynroute.policies.calibration import candidates, positions_on, table_key
+    from helpers.outputs import chain_outputs
+
+    tree = build_model("chain", num_classes=4).eval()
+    unseen = chain_outputs(300, 3)
+    first = candidates(0, tree, chain_outputs(400, 1), [("confidence", "calibrated")])
+    second = candidates(0, tree, chain_outputs(400, 2), [("confidence", "calibrated")])
+    assert table_key(first[0]) != table_key(second[0])
+    tables: dict = {}
+    for candidate in (first[len(first) // 2], second[len(second) // 2]):
+        positions = positions_on(tree, unseen, candidate, None, tables)
+        assert positions.shape == (300,) and np.all(positions >= 0)
+    assert len(tables) == 2

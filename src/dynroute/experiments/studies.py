@@ -358,10 +358,10 @@ class _Scorer:
         self.tables: dict[str, ExitTable] = {}
 
     def score(self, record: dict, chosen: Any, target: float) -> None:
-        from dynroute.policies.calibration import positions_on
+        from dynroute.policies.calibration import positions_on, table_key
 
         positions = positions_on(self.tree, self.unseen, chosen, None, self.tables)
-        table = self.tables.get(chosen.family) or exit_table(self.facts, self.unseen)
+        table = self.tables.get(table_key(chosen)) or exit_table(self.facts, self.unseen)
         accuracy = float(table.correctness(positions).mean())
         macs = float(table.facts.leaf_macs(chosen.policy)[positions].mean())
         record["violations"] += accuracy < target
@@ -395,7 +395,7 @@ def lead(
     on test: accuracies (exact McNemar, paired), mean MACs and their ratio, with 95 %
     bootstrap intervals over the test examples."""
     from dynroute.core.operating import BEST
-    from dynroute.policies.calibration import candidates, families, positions_on
+    from dynroute.policies.calibration import candidates, families, positions_on, table_key
     from dynroute.policies.statistics import unpack_bits
 
     say = progress or (lambda message: None)
@@ -436,7 +436,7 @@ def lead(
     run, tree = runs[chosen.run]
     test = tests[chosen.run]
     positions = positions_on(tree, test, chosen, None, tables := {})
-    table = tables.get(chosen.family) or exit_table(tree, test)
+    table = tables.get(table_key(chosen)) or exit_table(tree, test)
     correct = table.correctness(positions)
     macs = table.facts.leaf_macs(chosen.policy)[positions]
     static_correct = unpack_bits(static["correct_bits"], len(correct))

@@ -303,11 +303,12 @@ def positions_on(
     images: torch.Tensor | None,
     tables: dict[str, ExitTable],
 ) -> np.ndarray:
-    """The candidate's exits on ``outputs`` (a table per family of answers, built once)."""
+    """The candidate's exits on ``outputs`` (a table per fitted answers, built once)."""
     policy = candidate.policy
-    if candidate.family not in tables and policy.answers != "raw":
-        tables[candidate.family] = exit_table(tree, outputs, policy)
-    if policy.name == "learned":
+    key = table_key(candidate)
+    if key not in tables and policy.answers != "raw":
+        tables[key] = exit_table(tree, outputs, policy)
+    if not policy.uses_threshold and not policy.rule.needs_labels:  # the routers choose
         where = tree.shape.leaf_position
         if tree.dynamic_k_cpt:
             assert images is not None
@@ -319,9 +320,19 @@ def positions_on(
             rule = Decider(LEARNED, tree.shape, tree.num_classes)
             exits = rule.reached_exits(rule.dense_choices({}, outputs.scores), len(outputs))
         return np.asarray([where[int(e)] for e in exits], dtype=np.int64)
-    if candidate.family not in tables:
-        tables[candidate.family] = exit_table(tree, outputs, policy)
-    return tables[candidate.family].exits(policy)
+    if key not in tables:
+        tables[key] = exit_table(tree, outputs, policy)
+    return tables[key].exits(policy)
+
+
+def table_key(candidate: Candidate) -> str:
+    """Which exit table a candidate replays on: its family and its fitted answers (the
+    same family fitted on other data has other answers; a table holds them alive, so the
+    identity is not reused while the table is kept)."""
+    policy = candidate.policy
+    if policy.answers == "raw":
+        return candidate.family
+    return f"{candidate.family}#{id(policy.weights)}"
 
 
 def _family_for(

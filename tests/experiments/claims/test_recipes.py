@@ -42,9 +42,7 @@ def test_a_boosted_nets_budgets_pair_with_the_plain_nets() -> None:
     def table(budgets: list[float], right: list[bool]) -> dict:
         bits = pack_bits(np.asarray(right))
         cell = {"test": {"accuracy": float(np.mean(right)), "mean_macs": 1.0}, "correct": "c"}
-        rows = [
-            {"budget": b, "steps": [{"policy": "p"}], "policies": {"p": cell}} for b in budgets
-        ]
+        rows = [{"budget": b, "steps": [{"policy": "p"}], "policies": {"p": cell}} for b in budgets]
         return {"budgets": rows, "correct_bits": {"c": bits}, "num_test": len(right)}
 
     plain = table([2060774.4, 3091161.6], [True, False, True, False])
