@@ -102,3 +102,21 @@ def test_the_lead_holds_the_cheapest_sufficient_point_against_the_best_static(ru
     assert study["best_validation_accuracy"] >= routed["validation"]["accuracy"]
     with pytest.raises(DynrouteError, match="validation point"):
         studies.lead([run_copy], {"old": {"accuracy": 0.5, "mean_macs": 1e6}})
+
+
+def test_two_networks_studies_never_share_a_file(tmp_path) -> None:
+    """A sweep's run folders are named after the network (``multi-exit``) inside their
+    experiment: the default study file says which experiment, so the studies of
+    hybrid-multi-exit and cifar10-multi-exit no longer overwrite each other."""
+    from dynroute.commands.experiments import run_label
+
+    for folder in ("cpu/hybrid-multi-exit/multi-exit", "cpu/cifar10-multi-exit/multi-exit",
+                   "cpu/hybrid-actor/k_cpt-4e-09", "mine"):  # fmt: skip
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    labels = [
+        run_label(str(tmp_path / f))
+        for f in ("cpu/hybrid-multi-exit/multi-exit", "cpu/cifar10-multi-exit/multi-exit",
+                  "cpu/hybrid-actor/k_cpt-4e-09", "mine")
+    ]  # fmt: skip
+    assert labels == ["hybrid-multi-exit", "cifar10-multi-exit", "hybrid-actor-k_cpt-4e-09", "mine"]

@@ -8,6 +8,7 @@ committed results on any machine.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dynroute.experiments.registry import EXPERIMENTS, SCALES
 from dynroute.plots import FIGURE_KINDS
@@ -71,8 +72,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_label(run: str) -> str:
+    """What a study file of ``run`` is named after: a sweep's run folder with its
+    experiment (``runs/cpu/hybrid-actor/k_cpt-4e-09`` -> ``hybrid-actor-k_cpt-4e-09``;
+    ``hybrid-multi-exit/multi-exit`` -> ``hybrid-multi-exit``), so two networks' studies
+    never share a file; a run folder of its own keeps its name."""
+    path = Path(run).resolve()
+    name, parent = path.name or "run", path.parent.name
+    if not (path.parent / "config.json").exists() and (path / "config.json").exists():
+        grandparent = path.parent.parent.name
+        inside_sweep = parent not in ("", "runs") and grandparent.split("-seed")[0] in SCALES
+        if inside_sweep:
+            return parent if parent.endswith(name) else f"{parent}-{name}"
+    return name
+
+
 def cmd_study(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from dynroute.experiments import studies
     from dynroute.io.atomic import write_json_atomic
@@ -107,8 +122,8 @@ def cmd_study(args: argparse.Namespace) -> int:
             source=source,
             progress=say,
         )
-    name = Path(args.run).name if Path(args.run).name not in ("", ".") else "run"
-    out = Path(args.out or f"{args.results}/{args.scale}/studies/{args.study}-{name}.json")
+    default = f"{args.results}/{args.scale}/studies/{args.study}-{run_label(args.run)}.json"
+    out = Path(args.out or default)
     write_json_atomic(out, {"study": args.study, "scale": args.scale, **result})
     print(f"written: {out} (`dynroute report --scale {args.scale}` shows it)")
     return 0
