@@ -15,6 +15,7 @@ studies the report does, so a number in the docs is the report's number.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -293,3 +294,58 @@ def _held_out(evidence: Evidence) -> list[str]:
     return [line.replace("### ", "#### ") for line in lines[1:]] or [
         "(no held-out study at this scale: `dynroute study held-out RUN`)"
     ]
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def _bench(evidence: Evidence, name: str) -> dict | None:
+    """A benchmark's JSON record under ``results/bench/<scale>/`` (None if absent)."""
+    path = Path(evidence.results_dir) / "bench" / evidence.scale / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@block("soak")
+def _soak(evidence: Evidence) -> list[str]:
+    """``benchmarks/soak_serve.py``'s record: what the soak served and its checks."""
+    record = _bench(evidence, "soak.json")
+    if record is None:
+        return ["(no soak at this scale: `python benchmarks/soak_serve.py EXPORT --json ...`)"]
+    soak, unloaded, stop = record["soak"], record["unloaded"], record["sigterm"]
+    statuses = ", ".join(f"{n:,} × {code}" for code, n in sorted(soak["healthy_statuses"].items()))
+    checks = ", ".join(
+        f"{name}: {'ok' if ok else 'FAILED'}" for name, ok in record["checks"].items()
+    )
+    return [
+        f"{record['minutes']:g} minutes, {record['workers']} workers, {record['concurrency']} "
+        f"connections of which {record['hostile_clients']} hostile, on "
+        f"{record['machine']['cores']} cores: {soak['healthy_requests']:,} healthy requests "
+        f"({statuses}); healthy p99 "
+        f"{soak['p99_ms']:.1f} ms against {unloaded['p99_ms']:.1f} ms unloaded; resident memory "
+        f"{record['rss_mb_second_fifth']:.1f} MB over the soak's second fifth and "
+        f"{record['rss_mb_last_fifth']:.1f} MB over its last; `/livez` p99 "
+        f"{soak['livez_p99_ms']:.1f} ms, slowest {soak['livez_slowest_ms']:.1f} ms; SIGTERM under "
+        f"load: exit {stop['exit_status']} after {stop['seconds']:.2f} s (deadline "
+        f"{stop['deadline_s']:g} s). Checks: {checks}.",
+    ]
+
+
+@block("train-precision")
+def _train_precision(evidence: Evidence) -> list[str]:
+    """``benchmarks/bench_train.py``'s record: float32 and bf16 side by side."""
+    record = _bench(evidence, "train-bf16.json")
+    if record is None:
+        return [
+            "(no training benchmark at this scale: `python benchmarks/bench_train.py --json ...`)"
+        ]
+    lines = ["| variant | images/s (median of rounds) |", "| --- | --- |"]
+    for name in ("actor chain", "actor chain bf16", "static-8", "static-8 bf16", "naive reference"):
+        if name in record:
+            lines.append(f"| {name} | {record[name]['images_per_second']:,.0f} |")
+    lines += ["", "| ratio | value |", "| --- | --- |"]
+    for title, value in record["ratios"].items():
+        shown = f"{100 * value:+.1f} %" if title.startswith("routing overhead") else f"{value:.2f}×"
+        lines.append(f"| {title} | {shown} |")
+    info = record["machine"]
+    machine = f"{info.get('cpu', '?')}, {info['cores']} cores, torch {info.get('torch', '?')}"
+    return [*lines, "", f"Machine: {machine}."]
