@@ -26,7 +26,7 @@ def test_a_request_is_checked_once_with_one_message() -> None:
         OperatingRequest("confidence", answers="cooked")
     with pytest.raises(DynrouteError, match="the best policy is chosen for a budget"):
         OperatingRequest("best")
-    assert not OperatingRequest().given and OperatingRequest(k_cpt=0.0).given
+    assert OperatingRequest(k_cpt=0.0).k_cpt == 0.0
 
 
 def test_the_command_line_parses_a_budget_once_in_macs() -> None:

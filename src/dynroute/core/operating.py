@@ -61,11 +61,6 @@ class OperatingRequest:
         """As keyword arguments (``evaluate``'s, ``export_run``'s, ``open_predictor``'s)."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
-    @property
-    def given(self) -> bool:
-        """Whether anything was asked at all (else the run's or export's own point)."""
-        return any(getattr(self, name) is not None for name in self.__dataclass_fields__)
-
     def applied_to(self, current: Policy) -> Policy:
         """``current`` with the policy name, threshold and answers asked (no budget)."""
         return override_policy(current, self.policy, self.threshold, self.answers)
