@@ -24,6 +24,24 @@ from dynroute.data import sources
 CIFAR_SHAPE = (32, 32, 3)
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``-n N``), pin each worker to its own share of the cores.
+
+    Every thread count in dynroute (torch's, a sweep's workers, the commands a test
+    starts) follows the cores this process may run on, so two workers that each took
+    every core would oversubscribe them and run many times slower, not twice as fast.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores[int(worker[2:]) % len(cores) :: count] or cores)
+
+
+_share_the_cores()
+
+
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     """Serialise a uint8 array as an IDX file with the given magic number."""
     header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}I", *array.shape)
