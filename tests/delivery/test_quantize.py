@@ -1,4 +1,4 @@
-"""int8 exports: every model quantized, the operating point re-fitted on int8 answers,
+"""int8 exports: the models int8 speeds up quantized, the operating point re-fitted on int8 answers,
 checked against float32; the torch-free runtime runs them unchanged."""
 
 from __future__ import annotations
@@ -8,15 +8,20 @@ import json
 import numpy as np
 import pytest
 
+from dynroute.delivery import quantize
 from dynroute.delivery.export import export_run
 from dynroute.deploy import load
+from dynroute.deploy.manifest import model_files
 
 pytest.importorskip("onnxruntime", reason="int8 exports need the deploy extra")
 
 
 @pytest.mark.slow
-def test_an_int8_export_keeps_early_exit_and_agrees_with_float32(trained, tmp_path) -> None:
+def test_an_int8_export_keeps_early_exit_and_agrees_with_float32(
+    trained, tmp_path, monkeypatch
+) -> None:
     run = trained["budgeted"]  # calibrated for 1.5 M MACs with per-exit thresholds
+    monkeypatch.setattr(quantize, "FASTER_BY", 0.0)  # every model int8, however fast
     manifest, how, check = export_run(run, tmp_path / "int8", int8=True)
     assert manifest["model"]["precision"] == "int8" and manifest["guarantee"] is None
     assert "re-fitted for 1.5 M MACs on the int8 answers" in how
@@ -33,6 +38,24 @@ def test_an_int8_export_keeps_early_exit_and_agrees_with_float32(trained, tmp_pa
 
     quantized = onnx.load(str(tmp_path / "int8" / manifest["segments"][0]["file"]))
     assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    record = written["source"]["int8_models"]
+    assert set(record) == set(model_files(written))
+    assert all(r["precision"] == "int8" and r["int8_ms"] > 0 for r in record.values())
+
+
+@pytest.mark.slow
+def test_a_model_int8_does_not_speed_up_stays_float32(trained, tmp_path, monkeypatch) -> None:
+    """Where int8 runs slower (a small or memory-bound model), the export keeps the float32
+    model: here none is fast enough, so every file is the float32 export's, yet the
+    manifest says int8, records each model's timings, and the operating point is re-fitted."""
+    run = trained["budgeted"]
+    export_run(run, tmp_path / "float32")
+    monkeypatch.setattr(quantize, "FASTER_BY", float("inf"))
+    manifest, how, _ = export_run(run, tmp_path / "int8", int8=True)
+    assert manifest["model"]["precision"] == "int8" and "int8 answers" in how
+    for name in model_files(manifest):
+        assert (tmp_path / "int8" / name).read_bytes() == (tmp_path / "float32" / name).read_bytes()
+    assert {r["precision"] for r in manifest["source"]["int8_models"].values()} == {"float32"}
 
 
 @pytest.mark.parametrize("boost", [0.0, 0.5])

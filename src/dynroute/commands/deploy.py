@@ -193,6 +193,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             "choose another budget; export with --policy and --target-macs for one that can"
         )
     if check is not None and args.int8:
+        from dynroute.delivery.quantize import FASTER_BY
+
+        record = manifest["source"].get("int8_models", {})
+        kept = sorted(name for name, r in record.items() if r["precision"] == "int8")
+        print(
+            f"  int8 kept for {len(kept)} of {len(record)} models: those that ran at least "
+            f"{FASTER_BY:g}x as fast as float32 on the calibration images here "
+            "(the others stay float32; timings in the manifest's source.int8_models)"
+        )
         print(
             f"  int8 against float32 on the test split ({check['examples']} images, each at "
             f"its own operating point): accuracy {100 * check['int8']['accuracy']:.2f} % "
@@ -357,8 +366,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--int8",
         action="store_true",
-        help="quantize every model to int8 (static, per-channel weights, calibrated on the "
-        "validation split), re-fit the operating point on the int8 answers and check it "
+        help="quantize the models to int8 (static, per-channel weights, calibrated on the "
+        "validation split; each model only where int8 runs faster on this machine), re-fit "
+        "the operating point on the int8 answers and check it "
         "against float32 on the test split; needs a validation split",
     )
     export.add_argument(

@@ -739,18 +739,22 @@ def write_quantized(
     k_cpt: float | None = None,
     force: bool = False,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The float32 export in ``folder`` with every model quantized on ``images``
-    (``dynroute.delivery.quantize.quantize_models``), written to ``out`` at the same
-    operating point: its manifest (``precision`` int8, no guarantee: it was certified on
-    float32 answers) and its files. ``int8_export`` then re-fits the operating point."""
+    """The float32 export in ``folder`` with its models quantized on ``images``
+    (``dynroute.delivery.quantize.quantize_models``: those that run faster in int8 on this
+    machine), written to ``out`` at the same operating point: its manifest
+    (``precision`` int8, each model's precision and timings in ``source.int8_models``, no
+    guarantee: it was certified on float32 answers) and its files. ``int8_export`` then
+    re-fits the operating point."""
     import json
 
     from dynroute.delivery.quantize import quantize_models
 
     manifest = json.loads((Path(folder) / fmt.MANIFEST_FILE).read_text(encoding="utf-8"))
     files = {name: (Path(folder) / name).read_bytes() for name in fmt.model_files(manifest)}
-    files.update(quantize_models(folder, images, k_cpt))
+    quantized, record = quantize_models(folder, images, k_cpt)
+    files.update(quantized)
     manifest["model"]["precision"] = "int8"
+    manifest["source"]["int8_models"] = record
     manifest["guarantee"] = None
     fmt.bind_models(manifest, files)
     fmt.validate(manifest)

@@ -6,7 +6,11 @@
    example (``ExportedModel.every_exit``), recording each model's inputs;
 2. quantizes each model statically (onnxruntime, QDQ, int8 weights per output channel,
    uint8 activations calibrated on those inputs), so segments, heads and routers stay
-   separate models and the runtime still skips what an example does not reach;
+   separate models and the runtime still skips what an example does not reach; a model
+   keeps its int8 version only where that runs at least ``FASTER_BY`` times as fast as the
+   float32 one on those inputs, on this machine (a first layer on three colour channels or
+   a small head is memory-bound: quantizing its input and de-quantizing its output costs
+   more than int8 arithmetic saves);
 3. re-fits the operating point on the int8 answers: the same policy family chosen for the
    same target on the validation split (thresholds move when answers change), and measures
    the operating points a budget is later chosen among on them too;
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,10 @@ from dynroute.core.errors import DynrouteError
 CALIBRATION_IMAGES = 512
 #: Images per calibration batch fed to onnxruntime's calibrator.
 CALIBRATION_BATCH = 64
+#: How many times as fast an int8 model must run as its float32 one to replace it.
+FASTER_BY = 1.1
+#: Timing rounds per model (float32 and int8 taking turns; the fastest round counts).
+TIMING_ROUNDS = 3
 
 
 def _quantization() -> Any:
@@ -62,10 +71,14 @@ class _Feeds:
 
 def quantize_models(
     folder: str | os.PathLike[str], images: np.ndarray, k_cpt: Any = None
-) -> dict[str, bytes]:
+) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
     """Every model file of the float32 export in ``folder`` (of a fixed-k_cpt net),
-    quantized on ``images`` (the calibration inputs, in the export's input layout): file
-    name -> int8 model bytes."""
+    quantized on ``images`` (the calibration inputs, in the export's input layout).
+
+    Returns the int8 model bytes to use (file name -> bytes: the models whose int8 version
+    runs ``FASTER_BY`` times as fast) and, for every model,
+    what decided it: its float32 and int8 milliseconds on the calibration inputs and the
+    precision kept."""
     from dynroute.deploy import load
 
     quantization = _quantization()
@@ -77,6 +90,7 @@ def quantize_models(
         entry["file"] for key in ("segments", "heads", "routers") for entry in model.manifest[key]
     }
     out: dict[str, bytes] = {}
+    record: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="dynroute-int8-") as scratch:
         for name in sorted(files):
             target = Path(scratch) / name
@@ -89,8 +103,38 @@ def quantize_models(
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
             )
-            out[name] = target.read_bytes()
-    return out
+            float32_ms, int8_ms = _milliseconds([Path(folder) / name, target], feeds[name])
+            keep = float32_ms >= FASTER_BY * int8_ms
+            record[name] = {
+                "float32_ms": round(float32_ms, 4),
+                "int8_ms": round(int8_ms, 4),
+                "precision": "int8" if keep else "float32",
+            }
+            if keep:
+                out[name] = target.read_bytes()
+    return out, record
+
+
+def _milliseconds(paths: list[Path], batches: list[dict[str, np.ndarray]]) -> list[float]:
+    """Each model's time over ``batches`` (one thread, the models taking turns; the
+    fastest of ``TIMING_ROUNDS`` rounds): what decides whether int8 pays on this machine."""
+    import onnxruntime
+
+    from dynroute.deploy.runtime import session_options
+
+    sessions = [
+        onnxruntime.InferenceSession(str(p), session_options(1), providers=["CPUExecutionProvider"])
+        for p in paths
+    ]
+    best = [float("inf")] * len(sessions)
+    for round_ in range(TIMING_ROUNDS + 1):  # the first round warms up
+        for i, session in enumerate(sessions):
+            started = time.perf_counter()
+            for batch in batches:
+                session.run(None, batch)
+            if round_:
+                best[i] = min(best[i], (time.perf_counter() - started) * 1000)
+    return best
 
 
 def exit_outputs(folder: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray,
