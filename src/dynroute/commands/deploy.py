@@ -194,6 +194,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if check is not None and args.int8:
         from dynroute.delivery.quantize import FASTER_BY
+        from dynroute.platform.machine import INT8_FLAGS, native_int8
 
         record = manifest["source"].get("int8_models", {})
         kept = sorted(name for name, r in record.items() if r["precision"] == "int8")
@@ -202,6 +203,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{FASTER_BY:g}x as fast as float32 on the calibration images here "
             "(the others stay float32; timings in the manifest's source.int8_models)"
         )
+        if not native_int8():
+            print(
+                f"  this CPU has no int8 dot-product instructions ({', '.join(INT8_FLAGS)}): "
+                "int8 seldom pays here; export on the kind of machine you deploy to"
+            )
         print(
             f"  int8 against float32 on the test split ({check['examples']} images, each at "
             f"its own operating point): accuracy {100 * check['int8']['accuracy']:.2f} % "
