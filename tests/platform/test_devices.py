@@ -32,6 +32,14 @@ def test_configure_cpu_defaults_to_every_core(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_bf16_on_a_cpu_goes_channels_last_only_with_amx_tiles(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert devices.use_channels_last(cpu) and not devices.use_channels_last(cpu, bf16=True)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
+    assert devices.use_channels_last(cpu) and devices.use_channels_last(cpu, bf16=True)
+
+
 def test_resolve_device():
     assert devices.resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():

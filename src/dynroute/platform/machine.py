@@ -93,6 +93,12 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & set(BF16_FLAGS))
 
 
+def amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in AMX tiles: there oneDNN's bf16
+    convolutions are fastest channels-last; with AVX-512 BF16 alone, NCHW."""
+    return "amx_bf16" in cpu_flags()
+
+
 def native_int8() -> bool:
     """Whether this CPU has int8 dot-product instructions (what int8 exports need to pay)."""
     return bool(cpu_flags() & set(INT8_FLAGS))

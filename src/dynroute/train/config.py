@@ -298,8 +298,8 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto", execution=True)
     bf16: bool = option(
         False,
-        "bfloat16 autocast: on CUDA, or on a CPU with native bf16 instructions (NCHW layout "
-        "there, chosen automatically); elsewhere a warning and float32",
+        "bfloat16 autocast: on CUDA, or on a CPU with native bf16 instructions (the layout "
+        "that is fast there, chosen by the CPU's flags); elsewhere a warning and float32",
     )
     compile: bool = option(False, "torch.compile the forward pass and the loss", execution=True)
     compile_mode: str = option(
