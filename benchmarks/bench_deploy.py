@@ -168,8 +168,11 @@ def int8_comparison(
     over_static = statistics.median(
         s / i for s, i in zip(seconds["static int8"], seconds["routed int8"], strict=True)
     )
+    record = routed8.manifest["source"]["int8_models"]
     out = {
         "how": how,
+        "models_in_int8": sum(r["precision"] == "int8" for r in record.values()),
+        "models": len(record),
         "check_on_test": check,
         "test_accuracy": {"float32": pair["test_accuracy"], "int8": accuracy8},
         "macs": {"float32": float32_macs, "int8": macs8, "static int8": static_macs},
@@ -192,7 +195,8 @@ def int8_comparison(
     print(
         f"batch 256: int8 routed {over_float:.2f}x the float32 routed export (goal 1.8); "
         f"{over_static:.2f}x {static_name} in int8 for a MAC ratio of "
-        f"{static_macs / macs8:.2f} ({out['share_of_mac_ratio']:.2f} of it; goal 0.85)"
+        f"{static_macs / macs8:.2f} ({out['share_of_mac_ratio']:.2f} of it; goal 0.85); "
+        f"{out['models_in_int8']} of {out['models']} models in int8"
     )
     print(
         "batch 1 p50/p99 ms: "

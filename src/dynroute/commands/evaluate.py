@@ -39,7 +39,12 @@ def format_every_exit_table(every: dict[str, dict], class_names: tuple[str, ...]
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dynroute.core.operating import OperatingRequest
     from dynroute.engine.evaluate import evaluate, every_exit_accuracy
-    from dynroute.platform.devices import configure_cpu, resolve_device, use_channels_last
+    from dynroute.platform.devices import (
+        bf16_on,
+        configure_cpu,
+        resolve_device,
+        use_channels_last,
+    )
     from dynroute.policies.resolve import resolve_operating_point
     from dynroute.runs import open_run
 
@@ -54,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     policy, k_cpt = point.policy, point.k_cpt
     device = resolve_device(args.device)
     tree = run.load_tree(device)
-    if use_channels_last(device):
+    if use_channels_last(device, bf16_on(device, args.bf16, warn=False)):
         import torch
 
         tree.to(memory_format=torch.channels_last)

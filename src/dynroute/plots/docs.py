@@ -330,6 +330,33 @@ def _soak(evidence: Evidence) -> list[str]:
     ]
 
 
+@block("deploy-int8")
+def _deploy_int8(evidence: Evidence) -> list[str]:
+    """``benchmarks/bench_deploy.py --int8``'s record: the int8 export against float32."""
+    record = _bench(evidence, "deploy-int8.json")
+    if record is None or "int8" not in record:
+        return ["(no int8 benchmark at this scale: `python benchmarks/bench_deploy.py RUN --int8`)"]
+    int8, accuracy, macs = record["int8"], record["int8"]["test_accuracy"], record["int8"]["macs"]
+    one = int8["batch1_ms"]
+    info = record["machine"]
+    return [
+        "| | float32 | int8 |",
+        "| --- | --- | --- |",
+        f"| test accuracy | {100 * accuracy['float32']:.2f} % | {100 * accuracy['int8']:.2f} % |",
+        f"| mean MACs | {macs['float32'] / 1e6:.2f} M | {macs['int8'] / 1e6:.2f} M |",
+        f"| batch 1 p50 / p99 | {one['routed']['p50']:.3f} / {one['routed']['p99']:.3f} ms "
+        f"| {one['routed int8']['p50']:.3f} / {one['routed int8']['p99']:.3f} ms |",
+        "",
+        f"At batch 256 the int8 routed export runs {int8['batch256_int8_over_float32']:.2f}× "
+        f"as fast as the float32 one, and {int8['batch256_int8_over_static_int8']:.2f}× as fast "
+        f"as {int8['static']} in int8 (the static net of its test accuracy) for a MAC ratio of "
+        f"{int8['mac_ratio_vs_static_int8']:.2f} ({int8['share_of_mac_ratio']:.2f} of it); "
+        f"{int8['models_in_int8']} of its {int8['models']} models run in int8. Machine: "
+        f"{info.get('cpu', '?')}, {info['cores']} cores, onnxruntime threads "
+        f"{info.get('onnxruntime_threads', '?')}.",
+    ]
+
+
 @block("train-precision")
 def _train_precision(evidence: Evidence) -> list[str]:
     """``benchmarks/bench_train.py``'s record: float32 and bf16 side by side."""
