@@ -21,8 +21,15 @@ from dynroute.data.datasets import DatasetSplit
 from dynroute.experiments.claims import check_claims
 from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
-from dynroute.experiments.results import load_results, result_path
+from dynroute.experiments.results import (
+    load_results,
+    load_variants,
+    parse_variant,
+    result_path,
+    variant_name,
+)
 from dynroute.experiments.sweep import plan, run_sweep
+from dynroute.platform import machine
 from dynroute.train import config as config_module
 from dynroute.train.config import PAPER_K_CPT_SET
 from dynroute.train.data import Split, TrainingData
@@ -439,3 +446,21 @@ def test_sweep_on_another_dataset_keeps_its_state_and_results_apart(tmp_path, ca
     assert "was trained on 'npz:" in capsys.readouterr().err
     assert main([*argv, "--dataset", "csv:x", "--results", str(mine)]) == 2
     assert "unknown dataset prefix 'csv:'" in capsys.readouterr().err
+
+
+def test_variants_have_their_own_folders_and_bf16_is_refused_where_it_would_be_float32(
+    tmp_path, monkeypatch
+):
+    for args, name in (((1, None), "cpu-seed1"), ((None, None, True), "cpu-bf16"),
+                       ((2, 500, True), "cpu-seed2-val500-bf16")):  # fmt: skip
+        assert variant_name("cpu", *args) == name
+        assert parse_variant(name) == ("cpu", str(args[0] or 0), name.endswith("-bf16"))
+    assert parse_variant("bench") is None and parse_variant("cpu-seedx") is None
+    for folder in ("cpu-seed1", "cpu-bf16", "cpu-seed1-bf16", "cpu-val9-bf16", "quick-bf16"):
+        (tmp_path / folder).mkdir()
+    assert list(load_variants(tmp_path, "cpu")) == ["1"]
+    assert list(load_variants(tmp_path, "cpu", bf16=True)) == ["0", "1"]
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(DynrouteError, match="would train in float32"):
+        run_sweep(["hybrid-static"], "smoke", results_dir=tmp_path, runs_dir=tmp_path / "runs",
+                  bf16=True, execution={"device": "cpu"})  # fmt: skip

@@ -29,7 +29,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dynroute.experiments.sweep import run_sweep, variant_name
+    from dynroute.experiments.results import variant_name
+    from dynroute.experiments.sweep import run_sweep
 
     report = run_sweep(
         args.experiments,
@@ -50,11 +51,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         seed=args.seed,
         validation_size=args.validation_size,
+        bf16=args.bf16,
     )
     print(
         f"sweep {args.scale}: {len(report.trained)} trained, {len(report.skipped)} already "
         f"done, {len(report.failed)} failed, {report.seconds:.0f} s; results in "
-        f"{args.results}/{variant_name(args.scale, args.seed, args.validation_size)}/"
+        f"{args.results}/{variant_name(args.scale, args.seed, args.validation_size, args.bf16)}/"
     )
     for label, message in report.failed.items():
         print(f"  failed {label}: {message}")
@@ -77,11 +79,13 @@ def run_label(run: str) -> str:
     experiment (``runs/cpu/hybrid-actor/k_cpt-4e-09`` -> ``hybrid-actor-k_cpt-4e-09``;
     ``hybrid-multi-exit/multi-exit`` -> ``hybrid-multi-exit``), so two networks' studies
     never share a file; a run folder of its own keeps its name."""
+    from dynroute.experiments.results import parse_variant
+
     path = Path(run).resolve()
     name, parent = path.name or "run", path.parent.name
     if not (path.parent / "config.json").exists() and (path / "config.json").exists():
         grandparent = path.parent.parent.name
-        inside_sweep = parent not in ("", "runs") and grandparent.split("-seed")[0] in SCALES
+        inside_sweep = parent not in ("", "runs") and parse_variant(grandparent) is not None
         if inside_sweep:
             return parent if parent.endswith(name) else f"{parent}-{name}"
     return name
@@ -230,6 +234,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="hold this many training images out instead of the scale's own; results go "
         "to RESULTS/SCALE-valN",
+    )
+    sweep.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train every network in bfloat16 autocast (CUDA, or a CPU with native bf16 "
+        "instructions; refused elsewhere); results go to RESULTS/SCALE-bf16, after any "
+        "-seedN: float32 and bf16 curves never mix",
     )
     add_data_dir_argument(sweep)
     add_checksum_argument(sweep)

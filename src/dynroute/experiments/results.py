@@ -10,11 +10,13 @@ revision and the machine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from dynroute.core.errors import DynrouteError
+from dynroute.experiments.registry import SCALES
 from dynroute.io.atomic import read_json_object
 from dynroute.platform.devices import machine_description
 from dynroute.policies.curves import CurvePoint
@@ -199,13 +201,50 @@ def study_label(name: str, study: dict[str, Any]) -> str:
     return name.removeprefix(f"{study.get('study', '')}-")
 
 
-def load_variants(results_dir: str | os.PathLike[str], scale: str) -> dict[str, Results]:
+def variant_name(
+    scale: str, seed: int | None, validation_size: int | None, bf16: bool = False
+) -> str:
+    """The results folder of a scale trained with another seed, validation size or in
+    bfloat16 (``cpu-seed1``, ``cpu-val10000``, ``cpu-bf16``, ``cpu-seed1-bf16``), so the
+    registry's own results are never mixed in."""
+    name = scale
+    if seed is not None:
+        if seed < 0:
+            raise DynrouteError(f"`seed` must be >= 0, got {seed}")
+        name += f"-seed{seed}"
+    if validation_size is not None:
+        if validation_size < 0:
+            raise DynrouteError(f"`validation_size` must be >= 0, got {validation_size}")
+        name += f"-val{validation_size}"
+    return name + ("-bf16" if bf16 else "")
+
+
+_VARIANT = re.compile(r"^(?P<scale>[a-z0-9_]+?)(-seed(?P<seed>\d+))?(-val\d+)?(?P<bf16>-bf16)?$")
+
+
+def parse_variant(name: str) -> tuple[str, str, bool] | None:
+    """A results folder's name taken apart: (scale, seed as text, bf16); None if the
+    name is no scale or variant of one (``variant_name`` backwards)."""
+    match = _VARIANT.match(name)
+    if match is None or match["scale"] not in SCALES:
+        return None
+    return match["scale"], match["seed"] or "0", bool(match["bf16"])
+
+
+def load_variants(
+    results_dir: str | os.PathLike[str], scale: str, bf16: bool = False
+) -> dict[str, Results]:
     """The results of ``scale`` trained again on other seeds (``sweep --seed N``: folders
-    ``<scale>-seedN``), by seed; empty if there are none."""
+    ``<scale>-seedN``), by seed; empty if there are none. ``bf16``: those trained in
+    bfloat16 instead (``sweep --bf16``: ``<scale>-bf16`` is seed "0", ``<scale>-seedN-bf16``
+    seed N)."""
     out = {}
-    for folder in sorted(Path(results_dir).glob(f"{scale}-seed*")):
-        seed = folder.name[len(scale) + len("-seed") :]
-        if seed.isdigit() and folder.is_dir():
+    for folder in sorted(Path(results_dir).glob(f"{scale}-*")):
+        variant = parse_variant(folder.name)
+        if variant is None or not folder.is_dir() or "-val" in folder.name:
+            continue
+        base, seed, in_bf16 = variant
+        if base == scale and in_bf16 == bf16 and (bf16 or seed != "0"):
             out[seed] = load_results(results_dir, folder.name)
     return out
 

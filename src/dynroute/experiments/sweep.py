@@ -34,7 +34,13 @@ from dynroute.experiments.executors import (
     Task,
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
-from dynroute.experiments.results import git_revision, read_result, result_path, scale_dir
+from dynroute.experiments.results import (
+    git_revision,
+    read_result,
+    result_path,
+    scale_dir,
+    variant_name,
+)
 from dynroute.io.atomic import FolderLock, check_writable, write_json_atomic
 from dynroute.platform import machine
 from dynroute.runs import CONFIG_FILE
@@ -77,6 +83,7 @@ def run_sweep(
     dataset: str | None = None,
     seed: int | None = None,
     validation_size: int | None = None,
+    bf16: bool = False,
     load_data: DataLoaderFn = load_training_data,
 ) -> SweepReport:
     """Train the missing networks and write their result files; returns what happened.
@@ -91,8 +98,10 @@ def run_sweep(
     datasets' curves never mix in one folder. ``seed`` trains every network again with that
     seed instead of the registry's 0 (a fresh validation split, initialisation and batch
     order: how much a result owes to one draw), ``validation_size`` with that many training
-    images held out instead of the scale's; such a variant's results and training state go
-    to their own folders (``variant_name``). ``load_data`` replaces dataset loading for
+    images held out instead of the scale's, ``bf16`` in bfloat16 autocast (refused where
+    the machine does not compute it natively: the results would be float32's); such a
+    variant's results and training state go to their own folders (``variant_name``).
+    ``load_data`` replaces dataset loading for
     in-process runs (tests); spawned and Ray workers always load the real dataset.
     """
     if workers < 1:
@@ -108,6 +117,8 @@ def run_sweep(
             f"{cores}, since more would only slow every network down"
         )
         workers = machine.available_cores()
+    if bf16 and not ray_address:
+        _check_bf16(execution.get("device", "auto"))
     started = time.perf_counter()
     report = SweepReport()
     networks = plan(experiments, scale)
@@ -118,10 +129,10 @@ def run_sweep(
             raise DynrouteError(f"no network {', '.join(unknown)} in these experiments: {names}")
         networks = [n for n in networks if n.name in only]
     state_dir = Path(runs_dir, scale)
-    results_scale = variant_name(scale, seed, validation_size)
+    results_scale = variant_name(scale, seed, validation_size, bf16)
     if results_scale != scale:
         state_dir = Path(runs_dir, results_scale)
-        changes = {"seed": seed, "validation_size": validation_size}
+        changes = {"seed": seed, "validation_size": validation_size, "bf16": bf16 or None}
         changes = {k: v for k, v in changes.items() if v is not None}
         networks = [replace(n, config=replace(n.config, **changes).validate()) for n in networks]
     if dataset is not None:
@@ -159,19 +170,15 @@ def run_sweep(
     return report
 
 
-def variant_name(scale: str, seed: int | None, validation_size: int | None) -> str:
-    """The results folder of a scale trained with another seed or validation size
-    (``cpu-seed1``, ``cpu-val10000``), so the registry's own results are never mixed in."""
-    name = scale
-    if seed is not None:
-        if seed < 0:
-            raise DynrouteError(f"`seed` must be >= 0, got {seed}")
-        name += f"-seed{seed}"
-    if validation_size is not None:
-        if validation_size < 0:
-            raise DynrouteError(f"`validation_size` must be >= 0, got {validation_size}")
-        name += f"-val{validation_size}"
-    return name
+def _check_bf16(device: str) -> None:
+    """Refuse a bf16 sweep where the networks would silently train in float32."""
+    from dynroute.platform.devices import bf16_on, resolve_device
+
+    if not bf16_on(resolve_device(device), True, warn=False):
+        raise DynrouteError(
+            "--bf16: this machine computes bfloat16 neither on CUDA nor natively on its CPU "
+            "(avx512_bf16 or amx_bf16), so the networks would train in float32"
+        )
 
 
 def _train(

@@ -49,7 +49,8 @@ class Evidence:
         results = load_results(results_dir, scale)
         variants = load_variants(results_dir, scale)
         studies = load_studies(results_dir, scale)
-        claims = check_claims(results, variants, studies)
+        bf16 = load_variants(results_dir, scale, bf16=True)
+        claims = check_claims(results, variants, studies, bf16)
         return cls(scale, results, studies, claims, results_dir)
 
     def claims_starting(self, start: str) -> list[Claim]:
@@ -328,6 +329,45 @@ def _soak(evidence: Evidence) -> list[str]:
         f"load: exit {stop['exit_status']} after {stop['seconds']:.2f} s (deadline "
         f"{stop['deadline_s']:g} s). Checks: {checks}.",
     ]
+
+
+@block("bf16-accuracy")
+def _bf16_accuracy(evidence: Evidence) -> list[str]:
+    """Each network trained in bf16 against its float32 seeds (the bf16 claim's rows)."""
+    from dynroute.experiments.claims.precision import precision_rows
+
+    bf16 = load_variants(evidence.results_dir, evidence.scale, bf16=True)
+    if not bf16:
+        return [
+            "(no network trained in bf16 at this scale: `dynroute sweep EXPERIMENT --scale "
+            f"{evidence.scale} --bf16`, beside float32 runs on `--seed 1` and `--seed 2`)"
+        ]
+    float32 = {"0": evidence.results, **load_variants(evidence.results_dir, evidence.scale)}
+    lines = [
+        "| network | measure | float32, by seed | bf16 | exit shares: bf16 from float32 "
+        "(seeds apart) | holds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in precision_rows(float32, bf16):
+        shares = (
+            "–"
+            if row.share_distance is None
+            else f"{row.share_distance:.3f} ({row.seed_distance:.3f})"
+        )
+        holds = (
+            "too few float32 seeds"
+            if not row.judged
+            else ("yes" if row.accuracy_holds and row.shares_hold else "**no**")
+        )
+        lines.append(
+            f"| {row.label} | {row.measure} | {_percents(row.float32)} | "
+            f"{_percents(row.bf16)} | {shares} | {holds} |"
+        )
+    return lines
+
+
+def _percents(values: dict[str, float]) -> str:
+    return ", ".join(f"{100 * v:.2f} %" for _, v in sorted(values.items())) or "–"
 
 
 @block("deploy-int8")

@@ -466,7 +466,7 @@ def report_markdown(
     results = load_results(results_dir, scale)
     variants = load_variants(results_dir, scale)
     studies = load_studies(results_dir, scale)
-    claims = check_claims(results, variants, studies)
+    claims = check_claims(results, variants, studies, load_variants(results_dir, scale, True))
     return _markdown(scale, results, claims, figures, variants, studies)
 
 

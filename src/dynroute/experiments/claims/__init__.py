@@ -10,7 +10,15 @@ outside these modules come last. ``dynroute.plots.report`` only renders what the
 
 from __future__ import annotations
 
-from dynroute.experiments.claims import footing, guarantees, lead, paper, recipes, routing
+from dynroute.experiments.claims import (
+    footing,
+    guarantees,
+    lead,
+    paper,
+    precision,
+    recipes,
+    routing,
+)
 from dynroute.experiments.claims.common import (
     CLAIMS,
     DATASETS,
@@ -29,7 +37,7 @@ from dynroute.experiments.results import Results
 #: The topic modules, in the order their claims appear in the report: the paper's own
 #: claims, routing beyond them, the equal-footing policy tables, the guarantee studies, the
 #: exit-training recipes, the lead studies.
-TOPICS = (paper, routing, footing, guarantees, recipes, lead)
+TOPICS = (paper, routing, footing, guarantees, recipes, lead, precision)
 
 __all__ = [
     "CLAIMS",
@@ -61,11 +69,13 @@ def check_claims(
     results: Results,
     variants: dict[str, Results] | None = None,
     studies: dict[str, dict] | None = None,
+    bf16: dict[str, Results] | None = None,
 ) -> list[Claim]:
     """Every registered claim's verdict, in report order; ``variants``: the same registry
-    trained on other seeds; ``studies``: the scale's studies (``dynroute study``). A claim
-    that does not apply at this scale (it returns None) is left out."""
-    context = Context(results, variants, studies)
+    trained on other seeds; ``studies``: the scale's studies (``dynroute study``); ``bf16``:
+    networks trained in bfloat16, by seed. A claim that does not apply at this scale (it
+    returns None) is left out."""
+    context = Context(results, variants, studies, bf16)
     found: list[Claim] = []
     for check in sorted(CLAIMS, key=_position):  # stable: definition order within a topic
         checked = check(context)

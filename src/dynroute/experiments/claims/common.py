@@ -38,10 +38,13 @@ class Context:
         results: Results,
         variants: dict[str, Results] | None = None,
         studies: dict[str, dict] | None = None,
+        bf16: dict[str, Results] | None = None,
     ) -> None:
         self.results = results
         #: The same registry trained on other seeds (validation splits drawn afresh).
         self.variants = variants or {}
+        #: Networks of the registry trained in bfloat16 (``sweep --bf16``), by seed.
+        self.bf16 = bf16 or {}
         #: The scale's studies (``dynroute study``), by name.
         self.studies = studies or {}
         self.curves = {name: curve(networks) for name, networks in results.items()}
