@@ -101,8 +101,8 @@ def run_sweep(
     images held out instead of the scale's, ``bf16`` in bfloat16 autocast (refused where
     the machine does not compute it natively: the results would be float32's); such a
     variant's results and training state go to their own folders (``variant_name``).
-    ``load_data`` replaces dataset loading for
-    in-process runs (tests); spawned and Ray workers always load the real dataset.
+    ``load_data`` replaces dataset loading for in-process runs (tests); spawned and Ray
+    workers always load the real dataset.
     """
     if workers < 1:
         raise DynrouteError("`workers` must be at least 1")
