@@ -29,7 +29,7 @@ from dynroute.data import CACHE_DIR_ENV, DATA_DIR_ENV
 from dynroute.data.readers.common import expand_user
 from dynroute.engine.evaluate import evaluate
 from dynroute.experiments.results import build_result
-from dynroute.platform.devices import configure_cpu, resolve_device
+from dynroute.platform.devices import bf16_on, configure_cpu, resolve_device
 from dynroute.policies.analysis import RESULT_PAIRED_POINTS, analyse, analysis_k_values
 from dynroute.policies.exit_table import dense_outputs
 from dynroute.policies.statistics import pack_bits
@@ -118,12 +118,24 @@ def train_points(trainer: Trainer, size: int) -> list[dict[str, Any]]:
     return points
 
 
+def check_bf16(device: torch.device) -> None:
+    """Refuse bf16 training where it would silently be float32: a result filed under bf16
+    must have been computed in it."""
+    if not bf16_on(device, True, warn=False):
+        raise DynrouteError(
+            "--bf16: this machine computes bfloat16 neither on CUDA nor natively on its CPU "
+            "(avx512_bf16 or amx_bf16), so the networks would train in float32"
+        )
+
+
 def train_network(task: Task, load_data: DataLoaderFn = load_training_data) -> dict[str, Any]:
     """Train (or resume) one network in its run directory; return its result document."""
     configure_cpu(task.threads)
     config = TrainConfig.from_dict(task.config).validate()
     run_dir = Path(task.run_dir)
     device = resolve_device(config.device)
+    if config.bf16:  # checked where it trains (a Ray worker may be another machine)
+        check_bf16(device)
     data = load_data(config, task.data_dir, device, task.allow_checksum_mismatch)
     data = subset_evaluation(data, task.eval_subset)
     trainer = Trainer(config, data, run_dir, progress=False, origin=task.origin)

@@ -32,6 +32,7 @@ from dynroute.experiments.executors import (
     RayRunner,
     SerialExecutor,
     Task,
+    check_bf16,
 )
 from dynroute.experiments.registry import Network, expand, get_experiment, get_scale
 from dynroute.experiments.results import (
@@ -43,6 +44,7 @@ from dynroute.experiments.results import (
 )
 from dynroute.io.atomic import FolderLock, check_writable, write_json_atomic
 from dynroute.platform import machine
+from dynroute.platform.devices import resolve_device
 from dynroute.runs import CONFIG_FILE
 from dynroute.train.config import EXECUTION_ONLY, TrainConfig
 from dynroute.train.data import load_training_data
@@ -117,8 +119,8 @@ def run_sweep(
             f"{cores}, since more would only slow every network down"
         )
         workers = machine.available_cores()
-    if bf16 and not ray_address:
-        _check_bf16(execution.get("device", "auto"))
+    if bf16 and not ray_address:  # before any training; each worker checks again
+        check_bf16(resolve_device(execution.get("device", "auto")))
     started = time.perf_counter()
     report = SweepReport()
     networks = plan(experiments, scale)
@@ -168,17 +170,6 @@ def run_sweep(
         )
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _check_bf16(device: str) -> None:
-    """Refuse a bf16 sweep where the networks would silently train in float32."""
-    from dynroute.platform.devices import bf16_on, resolve_device
-
-    if not bf16_on(resolve_device(device), True, warn=False):
-        raise DynrouteError(
-            "--bf16: this machine computes bfloat16 neither on CUDA nor natively on its CPU "
-            "(avx512_bf16 or amx_bf16), so the networks would train in float32"
-        )
 
 
 def _train(
