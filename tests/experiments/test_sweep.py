@@ -22,6 +22,7 @@ from dynroute.experiments.claims import check_claims
 from dynroute.experiments.executors import ProcessPoolRunner, RayRunner, Task, subset_evaluation
 from dynroute.experiments.registry import EXPERIMENTS, expand
 from dynroute.experiments.results import (
+    RESULT_FORMAT,
     load_results,
     load_variants,
     parse_variant,
@@ -29,6 +30,7 @@ from dynroute.experiments.results import (
     variant_name,
 )
 from dynroute.experiments.sweep import plan, run_sweep
+from dynroute.io.atomic import write_json_atomic
 from dynroute.platform import machine
 from dynroute.train import config as config_module
 from dynroute.train.config import PAPER_K_CPT_SET
@@ -457,7 +459,11 @@ def test_variants_have_their_own_folders_and_bf16_is_refused_where_it_would_be_f
         assert parse_variant(name) == ("cpu", str(args[0] or 0), name.endswith("-bf16"))
     assert parse_variant("bench") is None and parse_variant("cpu-seedx") is None
     for folder in ("cpu-seed1", "cpu-bf16", "cpu-seed1-bf16", "cpu-val9-bf16", "quick-bf16"):
-        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "hybrid-static").mkdir(parents=True)
+        result = {"format": RESULT_FORMAT, "experiment": "hybrid-static", "network": "static-1",
+                  "config": {}, "points": [{}], "metrics": []}  # fmt: skip
+        write_json_atomic(tmp_path / folder / "hybrid-static" / "static-1.json", result)
+    (tmp_path / "cpu-seed2-bf16").mkdir()  # a sweep just begun: no result yet
     assert list(load_variants(tmp_path, "cpu")) == ["1"]
     assert list(load_variants(tmp_path, "cpu", bf16=True)) == ["0", "1"]
     monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2"}))

@@ -245,7 +245,9 @@ def load_variants(
             continue
         base, seed, in_bf16 = variant
         if base == scale and in_bf16 == bf16 and (bf16 or seed != "0"):
-            out[seed] = load_results(results_dir, folder.name)
+            results = load_results(results_dir, folder.name)
+            if results:  # a sweep that has only just begun has an empty folder
+                out[seed] = results
     return out
 
 

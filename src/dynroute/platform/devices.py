@@ -85,9 +85,8 @@ def keep_freed_memory() -> bool:
 def use_channels_last(device: torch.device, bf16: bool = False) -> bool:
     """Channels-last convolutions are ~1.4x faster on CPU (oneDNN) and on tensor cores.
     bfloat16 on a CPU depends on the instructions: with AMX tiles channels-last is the fast
-    layout (a 2-core Xeon: chain training 1.35x NCHW bf16, 1.47x float32), with AVX-512 BF16
-    alone it is many times slower (a 2-core EPYC: 108 against 1,192 img/s NCHW), so there
-    bf16 keeps NCHW."""
+    layout (``benchmarks/bench_train.py``), with AVX-512 BF16 alone oneDNN's channels-last
+    bf16 convolutions are many times slower than NCHW ones, so there bf16 keeps NCHW."""
     if bf16 and device.type == "cpu":
         return machine.amx_bf16()
     return device.type in ("cpu", "cuda")

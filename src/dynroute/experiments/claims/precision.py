@@ -160,13 +160,15 @@ def bf16_claim(context: Context) -> Claim | None:
         "shares are no further from float32's than the float32 seeds are from each other"
     )
     rows = precision_rows({"0": context.results, **context.variants}, context.bf16)
+    if not rows:
+        return None
     unjudged = [row.label for row in rows if not row.judged]
-    if unjudged or not rows:
+    if unjudged:
         return Claim(
             claim,
             NOT_RUN,
             f"needs float32 results on {MIN_FLOAT32_SEEDS}+ seeds (sweep --seed N) of "
-            + ", ".join(unjudged or ["a network"]),
+            + ", ".join(unjudged),
         )
     evidence = "; ".join(
         f"{row.label}: bf16 {_points(row.bf16)} against float32 {_points(row.float32)}"
