@@ -76,9 +76,8 @@ def quantize_models(
     quantized on ``images`` (the calibration inputs, in the export's input layout).
 
     Returns the int8 model bytes to use (file name -> bytes: the models whose int8 version
-    runs ``FASTER_BY`` times as fast) and, for every model,
-    what decided it: its float32 and int8 milliseconds on the calibration inputs and the
-    precision kept."""
+    runs ``FASTER_BY`` times as fast) and, for every model, what decided it: its float32
+    and int8 milliseconds on the calibration inputs and the precision kept."""
     from dynroute.deploy import load
 
     quantization = _quantization()
