@@ -9,6 +9,7 @@ import pytest
 from dynroute.cli import main
 from dynroute.core.errors import DynrouteError
 from dynroute.experiments import studies
+from helpers.delivery import SIZE
 
 METHODS = {
     "calibrate --policy best",
@@ -80,6 +81,7 @@ def _static(validation: float, test: float, macs: float, correct: list[bool]) ->
         "accuracy": test,
         "mean_macs": macs,
         "correct_bits": pack_bits(correct),
+        "points": [{"num_examples": len(correct)}],
     }
 
 
@@ -102,6 +104,31 @@ def test_the_lead_holds_the_cheapest_sufficient_point_against_the_best_static(ru
     assert study["best_validation_accuracy"] >= routed["validation"]["accuracy"]
     with pytest.raises(DynrouteError, match="validation point"):
         studies.lead([run_copy], {"old": {"accuracy": 0.5, "mean_macs": 1e6}})
+
+
+def test_the_lead_recalibrates_a_static_exit_only_on_validation(
+    run_copy, small_run, tmp_path
+) -> None:
+    """With its run folder, the static network may answer through its exit recalibrated on
+    validation (the routed side may): kept only where validation says it is better, and
+    scored on test from the network itself, not from its result file."""
+    static_run = tmp_path / "static-2"
+    npz = small_run.parent / "colours.npz"  # the small run's own data and split
+    assert main(["train", "--dataset", f"npz:{npz}", "--image-size", str(SIZE),
+                 "--model", "static-2", "--iterations", "20", "--batch-size", "32",
+                 "--validation-size", "60", "--eval-every", "20", "--threads", "1",
+                 "--no-progress", "--out", str(static_run)]) == 0  # fmt: skip
+    # The result file is a stand-in: every test example wrong, validation 0 %.
+    statics = {"static-2": _static(0.0, 0.0, 3e6, [False] * 90)}
+    study = studies.lead([run_copy], statics, static_runs={"static-2": static_run})
+    chosen = study["static"]
+    assert chosen["recalibrated_on_validation"] == ["static-2"]
+    assert chosen["answers"] in ("raw", "calibrated")
+    # Scored from the checkpoint: better than the stand-in's 0 % on both splits.
+    assert chosen["validation"]["accuracy"] > 0 and chosen["test"]["accuracy"] > 0
+    without = studies.lead([run_copy], statics)
+    assert without["static"]["answers"] == "raw"
+    assert without["static"]["recalibrated_on_validation"] == []
 
 
 def test_two_networks_studies_never_share_a_file(tmp_path) -> None:

@@ -540,7 +540,13 @@ def test_the_studies_section_shows_each_guarantee_row() -> None:
     row = {"method": "per-exit thresholds", "target": 0.9, "delta": 0.1, "partitions": 500,
            "certified": 500, "violation_rate": 0.09, "standard_error": math.sqrt(0.09 / 500),
            "macs_saved": 0.6, "mean_accuracy": 0.91}  # fmt: skip
-    study = {"study": "guarantees", "run": "runs/cpu/net/multi-exit", "rows": [row]}
-    section = "\n".join(_studies_section({"guarantees-net": study}, []))
+    study = {"study": "guarantees", "run": "runs/cpu/net/multi-exit", "rows": [row],
+             "pipeline": "calibrate --policy best (Learn-then-Test)"}  # fmt: skip
+    # A study that predates calibrate's pipeline is marked: the text's "exactly calibrate's
+    # pipeline" does not cover it.
+    older = {"study": "guarantees", "run": "runs/cpu/old/k_cpt-8e-09", "rows": [row]}
+    section = "\n".join(_studies_section({"guarantees-net": study, "guarantees-old": older}, []))
     shown = "| net | per-exit thresholds | 0.9 | 0.1 | 500/500 | 9.0 ± 1.3 % | – | 60.0 % |"
     assert shown in section
+    assert "| old (older study) | per-exit thresholds |" in section
+    assert "| net (older study)" not in section

@@ -114,8 +114,19 @@ def cmd_study(args: argparse.Namespace) -> int:
         if not args.static:
             raise DynrouteError("the lead study needs --static EXPERIMENT (its static networks)")
         statics = load_results(args.results, args.scale).get(args.static, {})
+        folder = Path(args.static_runs or Path("runs") / args.scale / args.static)
+        static_runs = {n: folder / n for n in statics if (folder / n / "checkpoint.pt").exists()}
+        if len(static_runs) < len(statics):
+            say(
+                f"{len(statics) - len(static_runs)} of {len(statics)} static networks have no "
+                f"run in {folder}: their exits are used raw, not offered recalibrated"
+            )
         result = studies.lead(
-            [args.run, *(args.sisters or ())], statics, source=source, progress=say
+            [args.run, *(args.sisters or ())],
+            statics,
+            source=source,
+            progress=say,
+            static_runs=static_runs,
         )
     else:
         result = studies.guarantees(
@@ -274,6 +285,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     study.add_argument(
         "--static", metavar="EXPERIMENT", help="lead: the static experiment whose networks "
         "(in RESULTS/SCALE) the routed runs are held against"
+    )  # fmt: skip
+    study.add_argument(
+        "--static-runs", metavar="DIR", help="lead: the folder of the static networks' runs "
+        "(default: runs/SCALE/EXPERIMENT); a network with its run there may answer through "
+        "its exit recalibrated on validation, as the routed side may"
     )  # fmt: skip
     study.add_argument("--dataset", default=None, help="defaults to the run's dataset")
     add_checksum_argument(study)

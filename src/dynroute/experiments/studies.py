@@ -13,7 +13,8 @@ guaranteed targets hold (``dynroute study``; ``results/<scale>/studies/``).
   random partitions of a run's held-out examples into calibration and evaluation data,
   against the naive point estimate and one threshold shared by every exit.
 - ``lead``: the MACs routed runs need to be as accurate as the best static network, each
-  chosen on validation, scored on test, with a bootstrap interval over test examples.
+  chosen on validation (the static net's exit raw or recalibrated, as the routed side's
+  may be), scored on test, with a bootstrap interval over test examples.
 """
 
 from __future__ import annotations
@@ -381,34 +382,82 @@ def _concat(first: DenseOutputs, second: DenseOutputs) -> DenseOutputs:
 LEAD_DRAWS = 2000
 
 
+@dataclass
+class _StaticChoice:
+    """One way to answer with one static network: its raw exit, or the exit recalibrated
+    on validation (as the routed side may recalibrate its exits)."""
+
+    network: str
+    answers: str
+    validation_accuracy: float
+    mean_macs: float
+    test_correct: np.ndarray
+
+
+def _static_choices(
+    name: str, result: dict[str, Any], run_path: Any, source: StudyData
+) -> list[_StaticChoice]:
+    """The static network's answers to choose among: raw from its result file; with its
+    run (checkpoint) also the recalibrated exit, fitted on the validation split alone."""
+    from dynroute.policies.statistics import unpack_bits
+
+    macs = float(result["mean_macs"])
+    if run_path is None:
+        correct = unpack_bits(result["correct_bits"], result["points"][0]["num_examples"])
+        return [_StaticChoice(name, "raw", result["validation"]["accuracy"], macs, correct)]
+    run = open_run(run_path)
+    tree = run.load_tree().eval()
+    validation, test = _outputs(run, "validation", source), _outputs(run, "test", source)
+    raw = exit_table(tree, validation)
+    calibrated = fit_answers(raw.facts, validation, "calibrated")
+    first_v, first_t = np.zeros(len(validation), np.int64), np.zeros(len(test), np.int64)
+    return [
+        _StaticChoice(
+            name,
+            answers,
+            float(exit_table(tree, validation, policy).correctness(first_v).mean()),
+            macs,
+            exit_table(tree, test, policy).correctness(first_t),
+        )
+        for answers, policy in (("raw", raw.answers), ("calibrated", calibrated))
+    ]
+
+
 def lead(
     run_paths: Sequence[str | os.PathLike[str]],
     static_results: dict[str, dict[str, Any]],
     source: StudyData = StudyData(),
     progress: Progress = None,
+    static_runs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """How many fewer MACs the routed runs need than the best static network for its
     accuracy. The static network is the most accurate on validation among
-    ``static_results`` (result documents by name, trained as long); the routed operating
-    point is the cheapest on validation, over every family of ``calibrate --policy best``
-    of every run, whose validation accuracy reaches the static network's. Both are scored
-    on test: accuracies (exact McNemar, paired), mean MACs and their ratio, with 95 %
-    bootstrap intervals over the test examples."""
+    ``static_results`` (result documents by name, trained as long), its exit raw or, where
+    ``static_runs`` holds its run folder, recalibrated on validation if that is more
+    accurate there (the routed side may recalibrate too); the routed operating point is the
+    cheapest on validation, over every family of ``calibrate --policy best`` of every run,
+    whose validation accuracy reaches the static network's. Both are scored on test:
+    accuracies (exact McNemar, paired), mean MACs and their ratio, with 95 % bootstrap
+    intervals over the test examples."""
     from dynroute.core.operating import BEST
     from dynroute.policies.calibration import candidates, families, positions_on, table_key
-    from dynroute.policies.statistics import unpack_bits
 
     say = progress or (lambda message: None)
+    static_runs = static_runs or {}
     usable = {n: r for n, r in static_results.items() if "validation" in r and "correct_bits" in r}
     if not usable:
         raise DynrouteError(
             "the lead needs static results with a validation point and test correctness "
             "(trained by this version's sweep with a validation split)"
         )
-    name, static = max(
-        usable.items(), key=lambda nr: (nr[1]["validation"]["accuracy"], -nr[1]["mean_macs"])
-    )
-    target = static["validation"]["accuracy"]
+    options: list[_StaticChoice] = []
+    for name, result in sorted(usable.items()):
+        options += _static_choices(name, result, static_runs.get(name), source)
+        say(f"static {name}: {len(options)} ways to answer so far")
+    # The most accurate on validation; on a tie the cheaper, then the raw exit.
+    static = max(options, key=lambda o: (o.validation_accuracy, -o.mean_macs, o.answers == "raw"))
+    target = static.validation_accuracy
+    recalibrated = sorted({o.network for o in options if o.answers != "raw"})
     runs, pool, tests = [], [], []
     for index, path in enumerate(run_paths):
         run = open_run(path)
@@ -423,9 +472,11 @@ def lead(
         "dataset": runs[0][0].dataset_name(),
         "runs": [str(run.path) for run, _ in runs],
         "static": {
-            "network": name,
-            "validation": static["validation"],
-            "test": {"accuracy": static["accuracy"], "mean_macs": static["mean_macs"]},
+            "network": static.network,
+            "answers": static.answers,
+            "recalibrated_on_validation": recalibrated,
+            "validation": {"accuracy": target, "mean_macs": static.mean_macs},
+            "test": {"accuracy": float(static.test_correct.mean()), "mean_macs": static.mean_macs},
         },
         "target_accuracy": target,
         "best_validation_accuracy": max(c.accuracy for c in pool),
@@ -439,8 +490,12 @@ def lead(
     table = tables.get(table_key(chosen)) or exit_table(tree, test)
     correct = table.correctness(positions)
     macs = table.facts.leaf_macs(chosen.policy)[positions]
-    static_correct = unpack_bits(static["correct_bits"], len(correct))
-    static_macs = float(static["mean_macs"])
+    static_correct, static_macs = static.test_correct, static.mean_macs
+    if len(static_correct) != len(correct):
+        raise DynrouteError(
+            f"the static network was scored on {len(static_correct)} test examples and the "
+            f"routed run on {len(correct)}: they must share the test split"
+        )
     rng = np.random.default_rng(0)
     draws = rng.integers(0, len(correct), (LEAD_DRAWS, len(correct)))
     ratios = static_macs / macs[draws].mean(axis=1)

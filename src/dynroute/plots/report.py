@@ -235,7 +235,10 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
             "restricted to per-exit thresholds or to one shared threshold, and the naive point "
             "estimate (`calibrate` without `--delta`: the cheapest point whose calibration "
             "accuracy reaches the target). `calibrate` estimates how often it certifies by "
-            "resampling the testing half; its mean estimate is beside the certified share.",
+            "resampling the testing half; its mean estimate is beside the certified share. "
+            f"Networks marked {OLDER_STUDY} come from an older study: per-exit thresholds and one "
+            "shared threshold certified along the cost-ordered path, and the naive point "
+            "estimate, not calibrate's pipeline (rerunning the study on the run refreshes them).",
             "",
             *guarantee_table(found),
         ]
@@ -247,7 +250,9 @@ def _studies_section(studies: dict[str, dict], figures: list[Path]) -> list[str]
             "### The lead over the best static network",
             "",
             "`dynroute study lead RUN --sisters RUN... --static EXPERIMENT`: the static network "
-            "most accurate on validation, and the cheapest operating point on validation (any "
+            "most accurate on validation (its exit raw or, where its run is at hand, "
+            "recalibrated on validation if that is better there), and the cheapest operating "
+            "point on validation (any "
             "family of `calibrate --policy best`, any of the runs) that reaches its validation "
             "accuracy; both scored on test, with 95 % bootstrap intervals over test examples.",
             "",
@@ -330,8 +335,9 @@ def lead_table(studies: dict[str, dict]) -> list[str]:
     for name, study in sorted(studies.items()):
         static = study["static"]
         routed = study.get("routed")
+        answers = " (recalibrated exit)" if static.get("answers") == "calibrated" else ""
         left = (
-            f"| {study.get('dataset', name)} | {static['network']} | "
+            f"| {study.get('dataset', name)} | {static['network']}{answers} | "
             f"{100 * static['test']['accuracy']:.2f} %, {static['test']['mean_macs'] / 1e6:.2f} M"
         )
         if routed is None:
@@ -348,6 +354,10 @@ def lead_table(studies: dict[str, dict]) -> list[str]:
     return lines
 
 
+#: The mark beside a guarantee study that predates calibrate's pipeline (no ``pipeline`` key).
+OLDER_STUDY = "(older study)"
+
+
 def guarantee_table(studies: dict[str, dict]) -> list[str]:
     """Every guarantee study's rows (the report's and the documents' table)."""
     lines = [
@@ -357,6 +367,7 @@ def guarantee_table(studies: dict[str, dict]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, study in sorted(studies.items()):
+        label = study_label(name, study) + ("" if "pipeline" in study else f" {OLDER_STUDY}")
         for row in study["rows"]:
             rate = (
                 "–"
@@ -372,7 +383,7 @@ def guarantee_table(studies: dict[str, dict]) -> list[str]:
             estimate = row.get("estimated_certification")
             estimate = "" if estimate is None else f" ({100 * estimate:.0f} %)"
             lines.append(
-                f"| {study_label(name, study)} | {row['method']} | {row['target']:g} | "
+                f"| {label} | {row['method']} | {row['target']:g} | "
                 f"{row['delta']:g} | {row['certified']}/{row['partitions']}{estimate} | {rate} | "
                 f"{given} | {saved} | {accuracy} |"
             )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dynroute.experiments.claims import NOT_SUPPORTED, SUPPORTED, Context, recipes
+import numpy as np
+
+from dynroute.experiments.claims import NOT_RUN, NOT_SUPPORTED, SUPPORTED, Context, recipes
 from dynroute.experiments.policy_claims import Cell, judge
 
 
@@ -32,21 +34,49 @@ def test_without_a_recipe_there_is_no_recipe_claim() -> None:
     assert recipes.best_recipe_ahead(Context({})) is None
 
 
+def table(budgets: list[float], right: list[bool]) -> dict:
+    """A policy table whose frontier answers ``right`` at every budget."""
+    from dynroute.policies.statistics import pack_bits
+
+    bits = pack_bits(np.asarray(right))
+    cell = {"test": {"accuracy": float(np.mean(right)), "mean_macs": 1.0}, "correct": "c"}
+    rows = [{"budget": b, "steps": [{"policy": "p"}], "policies": {"p": cell}} for b in budgets]
+    return {"budgets": rows, "correct_bits": {"c": bits}, "num_test": len(right)}
+
+
 def test_a_boosted_nets_budgets_pair_with_the_plain_nets() -> None:
     """Budgets are shares of each net's deepest path: a boosted net's are a few MACs
     higher, and still pair with the plain net's at the same share (not one MAC further)."""
-    import numpy as np
-
-    from dynroute.policies.statistics import pack_bits
-
-    def table(budgets: list[float], right: list[bool]) -> dict:
-        bits = pack_bits(np.asarray(right))
-        cell = {"test": {"accuracy": float(np.mean(right)), "mean_macs": 1.0}, "correct": "c"}
-        rows = [{"budget": b, "steps": [{"policy": "p"}], "policies": {"p": cell}} for b in budgets]
-        return {"budgets": rows, "correct_bits": {"c": bits}, "num_test": len(right)}
-
     plain = table([2060774.4, 3091161.6], [True, False, True, False])
     boosted = table([2060781.4, 3091172.1, 9e6], [True, True, True, False])
     cells = recipes.frontier_cells("boost", boosted, plain)
     assert [round(c.budget) for c in cells] == [2060781, 3091172]
     assert all(abs(c.difference - 0.25) < 1e-9 for c in cells)
+
+
+def test_the_best_recipes_spread_over_validation_splits(monkeypatch) -> None:
+    """The best recipe (on the registry's split) against plain training on each split:
+    not run below three splits, supported only where every split's mean gain is positive."""
+    rows = [_row("distill", "hybrid", [1e-4]), _row("distill", "cifar10", [1e-4])]
+    monkeypatch.setattr(recipes, "recipe_rows", lambda _: rows)
+
+    def split(gain: int) -> dict:
+        """Plain training right on 2 of 4 test examples, the recipe on 2 + ``gain``."""
+        recipe = [True] * (2 + gain) + [False] * (2 - gain)
+        return {
+            f"{d}-multi-exit{r}": {"multi-exit": {"budgets": table([1e6], right)}}
+            for d in ("hybrid", "cifar10")
+            for r, right in (("", [True, True, False, False]), ("-distill", recipe))
+        }
+
+    context = Context({})
+    context.results, context.variants = split(1), {"1": split(2)}
+    assert recipes.split_gains(context, "hybrid", "distill") == [0.25, 0.5]
+    claim = recipes.best_recipe_across_splits(context)
+    assert claim.verdict == NOT_RUN and "hybrid: 'distill' on 2 of 3 splits" in claim.evidence
+    context.variants["2"] = split(1)
+    claim = recipes.best_recipe_across_splits(context)
+    assert claim.verdict == SUPPORTED
+    assert "'distill' +25.00, +50.00, +25.00 points on 3 splits (mean +33.33" in claim.evidence
+    context.variants["2"] = split(0)  # level on one split: no gain there
+    assert recipes.best_recipe_across_splits(context).verdict == NOT_SUPPORTED

@@ -22,6 +22,7 @@ import numpy as np
 
 from dynroute.experiments.claims.common import (
     DATASETS,
+    NOT_RUN,
     NOT_SUPPORTED,
     SUPPORTED,
     Claim,
@@ -188,3 +189,60 @@ def best_recipe_ahead(context: Context) -> Claim | None:
         SUPPORTED if ok else NOT_SUPPORTED,
         "; ".join(parts),
     )
+
+
+#: Validation splits (``sweep --seed``) the best recipe's gain is measured on.
+SPLITS_NEEDED = 3
+
+
+def split_gains(context: Context, dataset: str, recipe: str) -> list[float]:
+    """The recipe's mean frontier difference against plain multi-exit training on each
+    validation split where both were trained (the registry's own split first), over that
+    split's distinct binding cells."""
+    gains = []
+    for _seed, results in sorted({"0": context.results, **context.variants}.items()):
+        plain = _table(results, f"{dataset}-multi-exit")
+        found = _table(results, f"{dataset}-multi-exit-{recipe}")
+        if plain is None or found is None:
+            continue
+        cells = frontier_cells(f"{dataset}-multi-exit-{recipe}", found[1], plain[1])
+        distinct = {c.pair: c.difference for c in cells}
+        if distinct:
+            gains.append(float(np.mean(list(distinct.values()))))
+    return gains
+
+
+@register_claim
+def best_recipe_across_splits(context: Context) -> Claim | None:
+    """The spread goal: the best recipe (on the registry's own split) gains on every one
+    of at least ``SPLITS_NEEDED`` validation splits, on both datasets."""
+    rows = context.once(recipe_rows)
+    if not rows:
+        return None
+    claim = (
+        f"the best exit-training recipe gains over plain multi-exit training on each of "
+        f"at least {SPLITS_NEEDED} validation splits (`sweep --seed`), on hybrid and on "
+        "CIFAR-10 (per split: the mean frontier difference over its distinct binding cells)"
+    )
+    parts, verdict = [], SUPPORTED
+    for dataset, title in DATASETS.items():
+        best = best_recipe(rows, dataset)
+        gains = [] if best is None else split_gains(context, dataset, best.recipe)
+        if best is None or len(gains) < SPLITS_NEEDED:
+            verdict = NOT_RUN
+            recipe = "no recipe" if best is None else f"'{best.recipe}'"
+            parts.append(
+                f"{title}: {recipe} on {len(gains)} of {SPLITS_NEEDED} splits "
+                f"(`dynroute sweep {dataset}-multi-exit"
+                f"{'' if best is None else '-' + best.recipe} --seed N`)"
+            )
+            continue
+        shown = ", ".join(f"{100 * g:+.2f}" for g in gains)
+        spread = 100 * float(np.std(gains, ddof=1))
+        parts.append(
+            f"{title}: '{best.recipe}' {shown} points on {len(gains)} splits "
+            f"(mean {100 * float(np.mean(gains)):+.2f} ± {spread:.2f} SD)"
+        )
+        if verdict != NOT_RUN and min(gains) <= 0:
+            verdict = NOT_SUPPORTED
+    return Claim(claim, verdict, "; ".join(parts))
