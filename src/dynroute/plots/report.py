@@ -15,6 +15,7 @@ import numpy as np
 
 from dynroute.experiments import policy_claims
 from dynroute.experiments.claims import Claim, Context, check_claims, mmacs, peak
+from dynroute.experiments.claims.lead import static_answers
 from dynroute.experiments.results import (
     Results,
     learned_macs,
@@ -335,9 +336,8 @@ def lead_table(studies: dict[str, dict]) -> list[str]:
     for name, study in sorted(studies.items()):
         static = study["static"]
         routed = study.get("routed")
-        answers = " (recalibrated exit)" if static.get("answers") == "calibrated" else ""
         left = (
-            f"| {study.get('dataset', name)} | {static['network']}{answers} | "
+            f"| {study.get('dataset', name)} | {static['network']}{static_answers(static)} | "
             f"{100 * static['test']['accuracy']:.2f} %, {static['test']['mean_macs'] / 1e6:.2f} M"
         )
         if routed is None:

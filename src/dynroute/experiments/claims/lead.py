@@ -54,13 +54,15 @@ def _lead_claim(name: str, study: dict) -> Claim:
         f"{routed['family']} on {routed['run']} at "
         f"{routed['test']['mean_macs'] / 1e6:.2f} M, "
         f"{100 * routed['test']['accuracy']:.2f} % on test, against "
-        f"{static['network']}{_answers(static)} at {static['test']['mean_macs'] / 1e6:.2f} M, "
+        f"{static['network']}{static_answers(static)} at "
+        f"{static['test']['mean_macs'] / 1e6:.2f} M, "
         f"{100 * static['test']['accuracy']:.2f} %; accuracy difference "
         f"{100 * versus['accuracy_difference']:+.2f} points (McNemar p = "
         f"{versus['p_value']:.2g})",
     )
 
 
-def _answers(static: dict) -> str:
-    """How the static network answers, where not through its raw exit."""
+def static_answers(static: dict) -> str:
+    """How a lead study's static network answers, where not through its raw exit (the
+    claim's and the tables' words)."""
     return " (recalibrated exit)" if static.get("answers") == "calibrated" else ""
