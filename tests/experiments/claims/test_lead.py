@@ -32,7 +32,11 @@ def test_supported_only_when_the_whole_interval_reaches_the_goal() -> None:
     first, second = lead_claims(Context({}, studies=studies))
     assert first.verdict == SUPPORTED and second.verdict == NOT_SUPPORTED
     assert f"at least {goal:g}× fewer MACs (CIFAR-10;" in first.claim
-    assert "scheduler on runs/a at 2.00 M, 90.00 % on test, against static-4" in first.evidence
+    assert "scheduler on runs/a at 2.00 M, 90.00 % on test, against static-4 at" in first.evidence
+    # A static net answering through its recalibrated exit says so.
+    studies["lead-a"]["static"]["answers"] = "calibrated"
+    first, _ = lead_claims(Context({}, studies=studies))
+    assert "against static-4 (recalibrated exit) at 8.00 M" in first.evidence
 
 
 def test_a_dataset_without_a_goal_needs_fewer_macs_and_a_routed_point() -> None:
