@@ -550,3 +550,25 @@ def test_the_studies_section_shows_each_guarantee_row() -> None:
     assert shown in section
     assert "| old (older study) | per-exit thresholds |" in section
     assert "| net (older study)" not in section
+
+
+def test_the_lead_table_puts_the_test_difference_beside_the_ratio() -> None:
+    """A MAC ratio at a lower test accuracy is not the same lead: the table shows both."""
+    from dynroute.plots.report import lead_table
+
+    static = {"network": "static-6", "answers": "calibrated",
+              "test": {"accuracy": 0.8121, "mean_macs": 17e6}}  # fmt: skip
+    routed = {"run": "runs/cpu/net/multi-exit", "family": "scheduler/combined",
+              "test": {"accuracy": 0.7998, "mean_macs": 6.08e6}}  # fmt: skip
+    study = {"study": "lead", "dataset": "cifar10", "static": static, "routed": routed,
+             "mac_ratio": 2.79, "mac_ratio_interval": [2.76, 2.83],
+             "versus_static": {"accuracy_difference": -0.0123, "p_value": 0.001}}  # fmt: skip
+    missing = {"study": "lead", "dataset": "hybrid", "static": static, "routed": None,
+               "best_validation_accuracy": 0.9}  # fmt: skip
+    header, rule, *rows = lead_table({"lead-a": study, "lead-b": missing})
+    assert header.count("|") == rule.count("|") == rows[0].count("|") == rows[1].count("|")
+    assert rows[0] == (
+        "| CIFAR-10 | static-6 (recalibrated exit) | 81.21 %, 17.00 M | net/multi-exit, "
+        "scheduler on combined | 79.98 %, 6.08 M | -1.23 points (0.001) | 2.79× [2.76–2.83] |"
+    )
+    assert "none reaches it on validation (best 90.00 %)" in rows[1]
