@@ -36,7 +36,11 @@ def test_a_violation_beyond_two_standard_errors_breaks_the_promise() -> None:
     context = _context(
         {**HELD, "one shared threshold": 0.16}, {**SAVED, "per-exit thresholds": 0.4}
     )
-    assert guarantees_hold(context).verdict == NOT_SUPPORTED
+    hold = guarantees_hold(context)
+    assert hold.verdict == NOT_SUPPORTED
+    # The evidence names the cell over the bound, not merely the largest rate.
+    assert "1 of 2" in hold.evidence and "over: one shared threshold on net" in hold.evidence
+    assert "16.0 % of 500 draws (500 certified; bound 12.7 %)" in hold.evidence
     assert per_exit_guarantees_save_more(context).verdict == NOT_SUPPORTED
 
 

@@ -47,7 +47,12 @@ def guarantees_hold(context: Context) -> Claim | None:
     over = [
         (name, r) for name, r in rows if r["violation_rate"] > r["delta"] + 2 * r["standard_error"]
     ]
-    worst = max(rows, key=lambda nr: nr[1]["violation_rate"] - nr[1]["delta"])
+
+    # The cells over the bound, else the one nearest it (in the bound's own units).
+    def margin(row: dict) -> float:
+        return row["violation_rate"] - row["delta"] - 2 * row["standard_error"]
+
+    shown = over or [max(rows, key=lambda nr: margin(nr[1]))]
     naive = [
         r["violation_rate"]
         for _, r in everything
@@ -58,14 +63,17 @@ def guarantees_hold(context: Context) -> Claim | None:
         if naive
         else ""
     )
-    name, row = worst
+    cells = "; ".join(
+        f"{row['method']} on {name}, target {row['target']:g}, delta {row['delta']:g}: "
+        f"{100 * row['violation_rate']:.1f} % of {row['partitions']} draws ({row['certified']} "
+        f"certified; bound {100 * (row['delta'] + 2 * row['standard_error']):.1f} %)"
+        for name, row in shown
+    )
     return Claim(
         claim,
         NOT_SUPPORTED if over else SUPPORTED,
         f"{len(rows) - len(over)} of {len(rows)} (network, method, target, delta) cells "
-        f"within; the closest: {row['method']} on {name}, target {row['target']:g}, delta "
-        f"{row['delta']:g}: {100 * row['violation_rate']:.1f} % of {row['partitions']} "
-        f"draws ({row['certified']} certified){naive_text}",
+        f"within; {'over' if over else 'the closest'}: {cells}{naive_text}",
     )
 
 
