@@ -122,8 +122,8 @@ def test_ctrl_c_stops_a_sweep_at_once_and_the_next_one_resumes(workspace, tmp_pa
     assert "dynroute: sweep stopped by SIGINT: 1 network(s) finished and kept" in err
     assert "run the same sweep again to continue" in err
     assert not (results / "smoke/hybrid-static/static-2.json").exists()
-    code, out, _ = cli(capsys, *sweep)
-    assert code == 0 and "1 trained, 1 already done" in out
+    code, out, err = cli(capsys, *sweep)
+    assert code == 0 and "1 trained, 1 already done" in out, out + err
 
 
 @pytest.mark.slow
