@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynroute.core.errors import Interrupted, stop_signals
+from dynroute.io.atomic import write_atomic
 from helpers.hostile import (
     SRC,
     SWEEP,
@@ -106,6 +108,35 @@ def test_sigterm_stops_training_cleanly_and_it_resumes(workspace, tmp_path, caps
     assert not list(run.glob(".*.tmp"))  # no half-written file left behind
     step = torch.load(run / "checkpoint.pt", weights_only=True)["extra"]["step"]
     assert 2 <= step < 400
+
+
+def test_a_stop_during_a_checkpoint_write_comes_after_the_file_is_whole(tmp_path):
+    """torch.save drives the write from C++; a stop raised inside its write callback could
+    come out as torch's own error. Held until the file is in place, it is a clean stop
+    with the new checkpoint kept whole."""
+    path = tmp_path / "checkpoint.pt"
+    state = {"weights": torch.arange(50_000.0)}
+
+    def save(handle):
+        class SignalsOnFirstWrite:
+            sent = False
+
+            def write(self, data):
+                if not self.sent:
+                    self.sent = True
+                    os.kill(os.getpid(), signal.SIGINT)
+                return handle.write(data)
+
+            def flush(self):
+                handle.flush()
+
+        torch.save(state, SignalsOnFirstWrite())
+
+    with pytest.raises(Interrupted), stop_signals():
+        write_atomic(path, save)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], state["weights"])
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 def test_ctrl_c_stops_a_sweep_at_once_and_the_next_one_resumes(workspace, tmp_path, capsys):

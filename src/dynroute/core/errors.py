@@ -6,6 +6,7 @@ into its message and status 128 + the signal's number (130 for Ctrl-C).
 """
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,3 +63,34 @@ def stop_signals(handler: Callable[[int, Any], Any] | int = _raise_interrupted) 
     finally:
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then go where they would have gone.
+
+    For short writes that C code drives: ``torch.save`` calls back into Python to write,
+    and an ``Interrupted`` raised inside that callback comes out as torch's own
+    ``RuntimeError`` ("unexpected pos"), so a Ctrl-C that lands mid-checkpoint would read
+    as a failure, not a stop. Held here, the file is finished and the stop comes after it.
+    Only the first signal is delivered (a second Ctrl-C while held is the same request).
+    Outside the main thread signals cannot be handled and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])

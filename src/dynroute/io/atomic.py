@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from dynroute.core.errors import DynrouteError
+from dynroute.core.errors import DynrouteError, signals_deferred
 from dynroute.io import gate
 from dynroute.io.gate import os_reason
 
@@ -245,9 +245,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 
     On any failure the temporary file is removed and ``path`` is left as it was; a failed
     file operation (full disk, read-only folder, ...) is a ``DynrouteError`` naming ``path``.
+    Ctrl-C or SIGTERM during the write is held until the file is in place (a checkpoint
+    is a short write, and ``torch.save`` would turn the stop into an error of its own).
     """
     target = AtomicFile(path)
-    with target as handle:
+    with signals_deferred(), target as handle:
         try:
             write(handle)  # type: ignore[arg-type]
         except OSError as exc:
