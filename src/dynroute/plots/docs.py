@@ -223,6 +223,42 @@ def _recipes(evidence: Evidence) -> list[str]:
     return [*lines, "", *claim_lines(evidence, RECIPE_CLAIMS)]
 
 
+@block("recipe-exits")
+def _recipe_exits(evidence: Evidence) -> list[str]:
+    """Each exit's own test accuracy (alone, raw answers) under each recipe and plain
+    multi-exit training, beside the static net of each depth: where along the chain a
+    recipe gains or loses."""
+    from dynroute.experiments.claims import DATASETS
+    from dynroute.experiments.registry import RECIPES
+
+    rows: list[tuple[str, str, list[str]]] = []
+    width = 0
+    for dataset, title in DATASETS.items():
+        for recipe in ("", *RECIPES):
+            name = f"{dataset}-multi-exit{'-' + recipe if recipe else ''}"
+            result = evidence.results.get(name, {}).get("multi-exit")
+            if result is not None:
+                exits = result["policies"]["single_exit"]
+                width = max(width, len(exits))
+                rows.append(
+                    (title, recipe or "plain", [f"{100 * e['accuracy']:.1f}" for e in exits])
+                )
+        statics = evidence.results.get(f"{dataset}-static", {})
+        if rows and rows[-1][0] == title and statics:  # static-k: k segments, one exit
+            shown = [
+                f"{100 * statics[f'static-{k}']['accuracy']:.1f}"
+                if f"static-{k}" in statics
+                else "–"
+                for k in range(1, width + 1)
+            ]
+            rows.append((title, "static-k alone", shown))
+    if not rows:
+        return ["(no multi-exit network trained at this scale)"]
+    header = " | ".join(f"exit {k}" for k in range(1, width + 1))
+    lines = [f"| data | recipe | {header} |", "| --- | --- |" + " --- |" * width]
+    return lines + [f"| {title} | {what} | {' | '.join(shown)} |" for title, what, shown in rows]
+
+
 @block("policy-spread")
 def _policy_spread(evidence: Evidence) -> list[str]:
     from dynroute.experiments.results import load_variants
