@@ -100,18 +100,23 @@ def test_gradient_equilibrium_gives_each_node_the_mean_of_its_exits_gradients() 
 
 
 def test_the_ramp_brings_the_early_exits_in_over_the_first_half() -> None:
+    """The deepest exit keeps its weight throughout (as SDN's final classifier does), so
+    the deep layers' steps are never larger than plain training's."""
     tree = chain_like()
     strategy = make_strategy("multi-exit", exit_weight_schedule="ramp")
     strategy.check(tree)
     deepest = tree.leaves.index(strategy.teacher_leaf(tree))
+    other = 1 - deepest if deepest < 2 else 0
+    plain = [1 / len(tree.leaves)] * len(tree.leaves)
     strategy.set_progress(0.0)
     start = strategy.base_weights(tree, 1.0)
-    assert start[deepest] == 1.0 and sum(start) == pytest.approx(1.0)
+    assert start[deepest] == pytest.approx(plain[deepest]) and start[other] == 0.0
     strategy.set_progress(0.25)
     quarter = strategy.base_weights(tree, 1.0)
-    assert quarter[deepest] == pytest.approx(2 * quarter[1 - deepest if deepest < 2 else 0])
+    assert quarter[deepest] == pytest.approx(plain[deepest])
+    assert quarter[other] == pytest.approx(plain[other] / 2)
     strategy.set_progress(0.6)
-    assert strategy.base_weights(tree, 1.0) == pytest.approx([1 / len(tree.leaves)] * len(start))
+    assert strategy.base_weights(tree, 1.0) == pytest.approx(plain)
 
 
 def test_boosted_exits_add_the_previous_answer_and_learn_its_residual() -> None:

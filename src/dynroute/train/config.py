@@ -226,7 +226,7 @@ class TrainConfig:
     exit_weight_schedule: str = option(
         "constant",
         "multi-exit or actor: constant exit weights, or ramp (the early exits' weights grow "
-        "from 0 over the first half of the run)",
+        "from 0 over the first half of the run; the deepest exit's stays)",
         choices=WEIGHT_SCHEDULES,
     )
     learned_exit_weights: bool = option(

@@ -4,8 +4,9 @@ The multi-exit and actor strategies both train every exit of the tree; ``ExitRec
 how each exit's loss is formed and weighed (docs/training.md, "Exit-training recipes"):
 
 - **weights** per exit (``exit_weights``), fixed, ramped in over the run (``ramp``: the
-  early exits' weights grow from 0 over the first half, as Shallow-Deep Networks grow their
-  internal classifiers' weights; Kaya et al., ICML 2019), or learned as in uncertainty
+  early exits' weights grow from 0 over the first half while the deepest exit's stays, as
+  Shallow-Deep Networks grow their internal classifiers' weights beside the final
+  classifier's fixed one; Kaya et al., ICML 2019), or learned as in uncertainty
   weighting (``learned_exit_weights``: exp(-s) * loss + s / 2 per exit; Kendall et al.,
   CVPR 2018);
 - **self-distillation** (``distill``): each exit also matches the softened answer of a
@@ -100,9 +101,14 @@ class ExitRecipe:
 
     # ------------------------------------------------------------------ losses
     def base_weights(self, tree: RoutedTree, total: float) -> list[float]:
-        """Each exit's weight now (leaf order), before any learned weighting, scaled to sum
-        to ``total``."""
+        """Each exit's weight now (leaf order), before any learned weighting: the given
+        weights scaled to sum to ``total``; under ``ramp`` the early exits' are scaled down
+        by the ramp while the deepest exit keeps its own, as Shallow-Deep Networks keep the
+        final classifier's (renormalising instead would put the whole weight, several
+        times the usual step, on the deep layers early on)."""
         weights = list(self.exit_weights or (1.0,) * len(tree.leaves))
+        given = sum(weights)
+        weights = [total * w / given for w in weights]
         if self.exit_weight_schedule == "ramp":
             ramp = min(1.0, self.progress / RAMP_FRACTION)
             deepest = self.teacher_leaf(tree)
@@ -110,8 +116,7 @@ class ExitRecipe:
                 w if leaf == deepest else w * ramp
                 for w, leaf in zip(weights, tree.leaves, strict=True)
             ]
-        given = sum(weights)
-        return [total * w / given for w in weights]
+        return weights
 
     def teacher_leaf(self, tree: RoutedTree) -> int:
         """The deepest exit: the one whose path costs the most."""
