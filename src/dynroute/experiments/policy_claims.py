@@ -21,7 +21,7 @@ its spread across validation splits drawn afresh.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,16 @@ class Verdict:
     cells: list[Cell]
     ahead: int
     behind: int
+    #: Per cell, whether the correction rejects "no difference" there.
+    significant: list[bool] = field(default_factory=list)
+
+    def budgets(self, ahead: bool = True) -> list[float]:
+        """The budgets of the cells significantly ahead (or behind), in increasing order."""
+        return sorted(
+            c.budget
+            for c, s in zip(self.cells, self.significant, strict=True)
+            if s and (c.difference > 0) == ahead and c.difference != 0
+        )
 
     @property
     def supported(self) -> bool:
@@ -101,7 +111,7 @@ def judge(cells: Iterable[Cell]) -> Verdict:
     rejected = holm([c.p_value for c in family])
     ahead = sum(r and c.difference > 0 for c, r in zip(family, rejected, strict=True))
     behind = sum(r and c.difference < 0 for c, r in zip(family, rejected, strict=True))
-    return Verdict(family, ahead, behind)
+    return Verdict(family, ahead, behind, list(rejected))
 
 
 def equal_footing_tables(results: Results) -> tuple[list[tuple[str, dict]], list[str]]:

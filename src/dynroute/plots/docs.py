@@ -197,6 +197,10 @@ def _recipe_findings(evidence: Evidence) -> list[str]:
     return claim_lines(evidence, RECIPE_CLAIMS)
 
 
+def _budgets(budgets: list[float]) -> str:
+    return ", ".join(f"{b / 1e6:.2f} M" for b in budgets) or "–"
+
+
 @block("recipes")
 def _recipes(evidence: Evidence) -> list[str]:
     """Each exit-training recipe against plain multi-exit training of the same chain."""
@@ -207,16 +211,17 @@ def _recipes(evidence: Evidence) -> list[str]:
     if not rows:
         return ["(no recipe trained beside plain multi-exit training at this scale)"]
     lines = [
-        "| recipe | data | binding cells | ahead | behind | mean difference, points "
-        "| recalibration adds (plain) | training time (plain) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| recipe | data | binding cells | ahead | behind | ahead at budget (MACs) "
+        "| mean difference, points | recalibration adds (plain) | training time (plain) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         recalibration = "–" if row.recalibration is None else f"{100 * row.recalibration:+.2f}"
         plain = "–" if row.plain_recalibration is None else f"{100 * row.plain_recalibration:+.2f}"
         lines.append(
             f"| {row.recipe} | {DATASETS[row.dataset]} | {len(row.verdict.cells)} | "
-            f"{row.verdict.ahead} | {row.verdict.behind} | {100 * row.mean_difference:+.2f} | "
+            f"{row.verdict.ahead} | {row.verdict.behind} | {_budgets(row.verdict.budgets())} | "
+            f"{100 * row.mean_difference:+.2f} | "
             f"{recalibration} ({plain}) | {row.train_seconds / 60:.0f} min "
             f"({row.plain_train_seconds / 60:.0f} min) |"
         )

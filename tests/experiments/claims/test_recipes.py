@@ -29,6 +29,19 @@ def test_each_recipe_and_the_best_one_on_both_datasets(monkeypatch) -> None:
     assert best.verdict == NOT_SUPPORTED and "CIFAR-10: no recipe measured" in best.evidence
 
 
+def test_a_verdict_names_the_budgets_where_it_is_ahead_and_behind() -> None:
+    """After Holm's correction: the 2 M cell (p 0.3) is significant neither way."""
+    cells = [
+        Cell("n", 3e6, -0.01, 1e-6, "a"),
+        Cell("n", 1e6, 0.02, 1e-5, "b"),
+        Cell("n", 2e6, 0.02, 0.3, "c"),
+        Cell("n", 4e6, 0.01, 1e-4, "d"),
+    ]
+    verdict = judge(cells)
+    assert verdict.budgets() == [1e6, 4e6] and verdict.budgets(ahead=False) == [3e6]
+    assert (verdict.ahead, verdict.behind) == (2, 1)
+
+
 def test_without_a_recipe_there_is_no_recipe_claim() -> None:
     assert recipes.recipe_beats_plain_training(Context({})) == []
     assert recipes.best_recipe_ahead(Context({})) is None

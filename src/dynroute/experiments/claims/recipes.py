@@ -6,7 +6,7 @@ policy there (the table's last step: every family, chosen on validation), scored
 paired per example (exact McNemar). Only budgets that bind either side count, identical
 comparisons count once, and Holm's correction runs over each (recipe, dataset) family. A
 recipe is ahead where it is significantly ahead after the correction; "best" is the recipe
-significantly ahead at the most cells, ties broken by the mean difference.
+with the most cells ahead less those behind, ties broken by the mean difference.
 
 Beside the frontier: what recalibration still adds on top of each network (its table's
 "+ recalibration" step, mean over distinct binding cells: a recipe that only does what
@@ -134,8 +134,8 @@ def recipe_rows(results: Results) -> list[RecipeRow]:
 
 
 def best_recipe(rows: list[RecipeRow], dataset: str) -> RecipeRow | None:
-    """The recipe significantly ahead at the most cells on ``dataset`` (then the largest
-    mean difference)."""
+    """The recipe with the most cells significantly ahead less those behind on ``dataset``
+    (then the largest mean difference)."""
     mine = [r for r in rows if r.dataset == dataset]
     if not mine:
         return None
