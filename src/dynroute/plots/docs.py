@@ -441,7 +441,18 @@ def _deploy_int8(evidence: Evidence) -> list[str]:
 @block("train-precision")
 def _train_precision(evidence: Evidence) -> list[str]:
     """``benchmarks/bench_train.py``'s record: float32 and bf16 side by side."""
-    record = _bench(evidence, "train-bf16.json")
+    return _train_table(evidence, "train-bf16.json")
+
+
+@block("train-precision-compiled")
+def _train_precision_compiled(evidence: Evidence) -> list[str]:
+    """The same with ``--compile`` (every dynroute variant compiled; the naive reference
+    stays eager, as its author would write it)."""
+    return _train_table(evidence, "train-bf16-compile.json")
+
+
+def _train_table(evidence: Evidence, name: str) -> list[str]:
+    record = _bench(evidence, name)
     if record is None:
         return [
             "(no training benchmark at this scale: `python benchmarks/bench_train.py --json ...`)"
