@@ -69,7 +69,8 @@ def test_a_boosted_nets_budgets_pair_with_the_plain_nets() -> None:
 
 def test_the_best_recipes_spread_over_validation_splits(monkeypatch) -> None:
     """The best recipe (on the registry's split) against plain training on each split:
-    not run below three splits, supported only where every split's mean gain is positive."""
+    not run below three splits, supported only where every split's mean gain is positive,
+    and not supported once one dataset has three splits and a gain that is not."""
     rows = [_row("distill", "hybrid", [1e-4]), _row("distill", "cifar10", [1e-4])]
     monkeypatch.setattr(recipes, "recipe_rows", lambda _: rows)
 
@@ -93,3 +94,10 @@ def test_the_best_recipes_spread_over_validation_splits(monkeypatch) -> None:
     assert "'distill' +25.00, +50.00, +25.00 points on 3 splits (mean +33.33" in claim.evidence
     context.variants["2"] = split(0)  # level on one split: no gain there
     assert recipes.best_recipe_across_splits(context).verdict == NOT_SUPPORTED
+    # One dataset failing on its three splits settles it, the other still short of them.
+    for results in (context.results, *context.variants.values()):
+        del results["hybrid-multi-exit-distill"]
+    del context.variants["1"]["cifar10-multi-exit-distill"]
+    context.variants["3"] = split(0)
+    claim = recipes.best_recipe_across_splits(context)
+    assert claim.verdict == NOT_SUPPORTED and "hybrid: 'distill' on 1 of 3" in claim.evidence
