@@ -48,3 +48,22 @@ def test_a_block_is_rewritten_in_place_and_only_for_its_scale(tmp_path) -> None:
     assert docs.rewrite([doc], tmp_path / "results", "demo") == []  # nothing left to change
     with pytest.raises(Exception, match="unknown generated block"):
         docs.render("demo/nonsense", docs.Evidence("demo", {}, {}, []))
+
+
+def test_the_per_exit_block_puts_each_recipe_beside_plain_training_and_static_nets() -> None:
+    def multi_exit(*accuracies: float) -> dict:
+        exits = [{"accuracy": a} for a in accuracies]
+        return {"multi-exit": {"policies": {"single_exit": exits}}}
+
+    results = {
+        "hybrid-multi-exit": multi_exit(0.9, 0.95),
+        "hybrid-multi-exit-ramp": multi_exit(0.88, 0.96),
+        "hybrid-multi-exit-boost": {"multi-exit": {}},  # no per-exit table: left out
+        "hybrid-static": {"static-2": {"accuracy": 0.94}},
+    }
+    lines = docs.render("demo/recipe-exits", docs.Evidence("demo", results, {}, [])).splitlines()
+    assert lines[0] == "| data | recipe | exit 1 | exit 2 |"
+    assert "| hybrid | plain | 90.0 | 95.0 |" in lines
+    assert "| hybrid | ramp | 88.0 | 96.0 |" in lines
+    assert "| hybrid | static-k alone | – | 94.0 |" in lines
+    assert not any("boost" in line for line in lines)

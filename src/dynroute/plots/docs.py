@@ -241,9 +241,9 @@ def _recipe_exits(evidence: Evidence) -> list[str]:
     for dataset, title in DATASETS.items():
         for recipe in ("", *RECIPES):
             name = f"{dataset}-multi-exit{'-' + recipe if recipe else ''}"
-            result = evidence.results.get(name, {}).get("multi-exit")
-            if result is not None:
-                exits = result["policies"]["single_exit"]
+            result = evidence.results.get(name, {}).get("multi-exit") or {}
+            exits = result.get("policies", {}).get("single_exit")
+            if exits:
                 width = max(width, len(exits))
                 rows.append(
                     (title, recipe or "plain", [f"{100 * e['accuracy']:.1f}" for e in exits])
